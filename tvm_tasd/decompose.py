@@ -1,0 +1,321 @@
+"""TASD decomposition: N:M terms, greedy series, compressed storage, errors.
+
+Everything here is plain numpy, vectorised over groups (no Python loop over
+groups), and follows DESIGN §2 exactly:
+
+* groups of M run along the reduction axis; K is zero-padded to a multiple
+  of M and padding never counts as a kept value;
+* a term keeps the N entries of each group with the largest score, ties to
+  the lower index; entries already zero in the residual are never preferred
+  over a nonzero one, so a series whose N's reach M is exact under any score;
+* a series is greedy on the residual: ``T1 = NM(W)``, ``T2 = NM(W − T1)``, …;
+* the kept values are always the tensor's own; the score only decides which.
+
+Scores: ``"magnitude"`` (|w|, the paper's rule) or a per-channel scale vector
+``s`` of length K (``|w|·s_k``, the activation-aware Wanda-style rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import NMPattern, TASDConfig
+
+#: Reduction axis of each weight layout the project knows (DESIGN §2).
+LAYOUT_AXIS = {
+    "matmul": 0,  # (K, N) constant of matmul(x, W)
+    "linear": 1,  # (N, K) PyTorch Linear / ONNX Gemm transB=1
+    "oihw": 1,  # conv2d weight: groups along input channels
+    "activation": -1,  # (…, K) runtime tensor
+}
+
+Score = "str | np.ndarray | None"
+
+
+def _float_array(x, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.name not in ("float16", "float32", "float64", "bfloat16"):
+        raise TypeError(
+            f"{what} must be float16, bfloat16, float32 or float64, got {arr.dtype}; "
+            "integer (quantised) and complex tensors are not decomposed — cast to float first"
+        )
+    if arr.ndim == 0:
+        raise ValueError(f"{what} is a scalar; N:M groups need at least one axis")
+    if not np.all(np.isfinite(arr.astype(np.float32))):
+        raise ValueError(f"{what} contains NaN or inf; N:M selection is undefined for it")
+    return arr
+
+
+def resolve_axis(axis: "int | str", ndim: int) -> int:
+    """Accept an int axis or a layout name from :data:`LAYOUT_AXIS`."""
+    if isinstance(axis, str):
+        if axis not in LAYOUT_AXIS:
+            raise ValueError(f"unknown layout {axis!r}; choose one of {sorted(LAYOUT_AXIS)} or an int axis")
+        axis = LAYOUT_AXIS[axis]
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} out of range for a {ndim}-d tensor")
+    return axis % ndim
+
+
+def channel_scale(score: Score, k: int, name: str | None = None) -> np.ndarray | None:
+    """Validate a score: None/"magnitude" → None, else a length-K scale vector."""
+    where = f" for layer {name!r}" if name else ""
+    if score is None or (isinstance(score, str) and score == "magnitude"):
+        return None
+    if isinstance(score, str):
+        if score == "activation":
+            raise ValueError(
+                f"score 'activation'{where} needs the per-channel scale vector s "
+                "(collect it from calibration data, or take it from a plan)"
+            )
+        raise ValueError(f"unknown score {score!r}{where}; use 'magnitude' or a scale vector")
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    if s.shape[0] != k:
+        raise ValueError(f"scale vector{where} has {s.shape[0]} entries, the reduction axis has {k}")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"scale vector{where} must be finite and non-negative")
+    return s.astype(np.float32)
+
+
+def _padded(x: np.ndarray, axis: int, multiple: int) -> np.ndarray:
+    """Zero-pad ``axis`` to a multiple of ``multiple`` (contiguous result)."""
+    pad = (-x.shape[axis]) % multiple
+    if not pad:
+        return np.ascontiguousarray(x)
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return np.pad(x, widths)
+
+
+def _grouped(x: np.ndarray, axis: int, m: int) -> np.ndarray:
+    """View a contiguous, padded tensor as (before, G, m, after): groups on axis 2.
+
+    A free reshape for any axis, so no transpose is ever made.
+    """
+    before = int(np.prod(x.shape[:axis], dtype=np.int64))
+    after = int(np.prod(x.shape[axis + 1 :], dtype=np.int64))
+    return x.reshape(before, x.shape[axis] // m, m, after)
+
+
+def _first_argmax(score: np.ndarray) -> np.ndarray:
+    """argmax over axis 2 of (before, G, m, after), first maximum on ties, shape (…, 1, …).
+
+    When groups are strided (after > 1) a running max over the m slices
+    streams contiguous memory and beats ``np.argmax`` on a non-last axis.
+    """
+    if score.shape[3] == 1:
+        return np.expand_dims(np.argmax(score, axis=2), 2)
+    best = score[:, :, 0, :].copy()
+    position = np.zeros(best.shape, np.intp)
+    for j in range(1, score.shape[2]):
+        candidate = score[:, :, j, :]
+        better = candidate > best  # strict: an earlier equal score keeps the pick
+        position[better] = j
+        np.maximum(best, candidate, out=best)
+    return np.expand_dims(position, 2)
+
+
+def _top_n_positions(score: np.ndarray, n: int) -> np.ndarray:
+    """Positions (ascending) of the n best scores along axis 2, ties to lower index.
+
+    ``score`` is a (before, G, m, after) view that this function overwrites
+    at the positions it picks (with -inf). Repeated argmax over the tiny group
+    axis — n passes — beats a full argsort; for n > m/2 it instead drops the
+    m − n worst (negated argmax from the back, so ties keep the lower index).
+    """
+    m = score.shape[2]
+    if n <= m - n:
+        picks = []
+        for _ in range(n):
+            best = _first_argmax(score)
+            np.put_along_axis(score, best, -np.inf, axis=2)
+            picks.append(best)
+        return picks[0] if n == 1 else np.sort(np.concatenate(picks, axis=2), axis=2)
+    negated_reversed = -score[:, :, ::-1, :]
+    keep = np.ones(score.shape, bool)
+    for _ in range(m - n):
+        worst_reversed = _first_argmax(negated_reversed)  # first in reversed order = last minimum
+        np.put_along_axis(negated_reversed, worst_reversed, -np.inf, axis=2)
+        np.put_along_axis(keep, m - 1 - worst_reversed, False, axis=2)
+    rank = np.cumsum(keep, axis=2, dtype=np.int16)
+    slots = [np.argmax(rank > r, axis=2) for r in range(n)]  # position of the (r+1)-th kept entry
+    return np.stack(slots, axis=2)
+
+
+@dataclass(frozen=True)
+class NMTerm:
+    """One N:M term in compressed storage (DESIGN §2, "Compressed storage").
+
+    ``values`` and ``indices`` have the tensor's shape with the reduction axis
+    shrunk from K to ceil(K/M)·N; ``indices`` are uint8 positions in 0…M−1,
+    ascending within each group.
+    """
+
+    pattern: NMPattern
+    axis: int
+    shape: tuple[int, ...]
+    values: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.pattern.n
+
+    @property
+    def m(self) -> int:
+        return self.pattern.m
+
+    def dense(self) -> np.ndarray:
+        """The term as a dense tensor of the original shape."""
+        return decompress(self.values, self.indices, self.pattern, self.axis, self.shape[self.axis])
+
+    @property
+    def nonzero_density(self) -> float:
+        """Share of the tensor's entries this term really holds as nonzeros."""
+        return float(np.count_nonzero(self.values)) / max(1, int(np.prod(self.shape)))
+
+
+def _series(w: np.ndarray, patterns, axis: int, scale: np.ndarray | None) -> list[NMTerm]:
+    """Greedy extraction of every pattern from a padded working copy of w."""
+    multiple = int(np.lcm.reduce([p.m for p in patterns]))
+    residual = _padded(w, axis, multiple)
+    residual = residual.copy() if residual is w else residual
+    score = np.abs(residual, dtype=np.float32) if residual.dtype != np.float64 else np.abs(residual).astype(np.float32)
+    if scale is not None:
+        shape = [1] * w.ndim
+        shape[axis] = residual.shape[axis]
+        padded_scale = np.zeros(residual.shape[axis], np.float32)
+        padded_scale[: scale.shape[0]] = scale
+        score *= padded_scale.reshape(shape)
+    score[residual == 0] = -1.0  # zeros (and padding) never beat a nonzero entry
+    out_shape = list(w.shape)
+    terms = []
+    for pattern in patterns:
+        n, m = pattern.n, pattern.m
+        groups = _grouped(residual, axis, m)
+        positions = _top_n_positions(_grouped(score, axis, m), n)
+        values = np.take_along_axis(groups, positions, axis=2)
+        np.put_along_axis(groups, positions, 0, axis=2)
+        np.put_along_axis(_grouped(score, axis, m), positions, -1.0, axis=2)
+        kept_groups = -(-w.shape[axis] // m)  # drop groups that are all padding of a larger lcm
+        out_shape[axis] = kept_groups * n
+        values = values[:, :kept_groups].reshape(out_shape)
+        indices = positions[:, :kept_groups].astype(np.uint8).reshape(out_shape)
+        terms.append(NMTerm(pattern, axis, w.shape, values, indices))
+    return terms
+
+
+def nm_term(w, pattern: "NMPattern | str", axis: "int | str" = 0, score: Score = None, name=None) -> NMTerm:
+    """One N:M term of ``w``: the N best-scoring entries of each group of M."""
+    pattern = pattern if isinstance(pattern, NMPattern) else NMPattern.parse(pattern)
+    return decompose(w, TASDConfig((pattern,)), axis=axis, score=score, name=name)[0]
+
+
+def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None) -> list[NMTerm]:
+    """Greedy TASD series of ``w``: the list of compressed N:M terms.
+
+    ``axis`` is the reduction axis (an int, or a layout name: ``"matmul"``,
+    ``"linear"``, ``"oihw"``, ``"activation"``). ``dense`` returns ``[]``.
+    """
+    w = _float_array(w, f"tensor {name!r}" if name else "tensor")
+    config = TASDConfig.parse(config)
+    axis = resolve_axis(axis, w.ndim)
+    scale = channel_scale(score, w.shape[axis], name)
+    return _series(w, config.terms, axis, scale) if config.terms else []
+
+
+def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None) -> np.ndarray:
+    """Σ of the series' terms as a dense array of ``w``'s dtype (``dense``: a copy of w)."""
+    w = _float_array(w, f"tensor {name!r}" if name else "tensor")
+    terms = decompose(w, config, axis=axis, score=score, name=name)
+    if not terms:
+        return w.copy()
+    out = np.zeros_like(w)
+    for term in terms:  # supports are disjoint, so the sum is exact in any dtype
+        out = out + term.dense()
+    return out
+
+
+def decompose_activation(x, config: "TASDConfig | str") -> list[NMTerm]:
+    """Run-time activation terms: the same top-N-of-M rule along the last axis."""
+    return decompose(x, config, axis=-1)
+
+
+def compress(term_dense, pattern: "NMPattern | str", axis: "int | str" = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Dense tensor satisfying N:M → (values, uint8 indices). Raises if it violates N:M."""
+    pattern = pattern if isinstance(pattern, NMPattern) else NMPattern.parse(pattern)
+    x = _float_array(term_dense, "term")
+    axis = resolve_axis(axis, x.ndim)
+    groups = _grouped(_padded(x, axis, pattern.m), axis, pattern.m)
+    worst = int(np.count_nonzero(groups, axis=2).max(initial=0))
+    if worst > pattern.n:
+        raise ValueError(f"tensor is not {pattern}: a group holds {worst} nonzeros")
+    (term,) = _series(x, (pattern,), axis, None)
+    return term.values, term.indices
+
+
+def decompress(values, indices, pattern: "NMPattern | str", axis: int, k: int) -> np.ndarray:
+    """(values, indices) → dense tensor whose reduction axis has length ``k``."""
+    pattern = pattern if isinstance(pattern, NMPattern) else NMPattern.parse(pattern)
+    values = np.asarray(values)
+    indices = np.asarray(indices)
+    if values.shape != indices.shape:
+        raise ValueError(f"values {values.shape} and indices {indices.shape} differ in shape")
+    axis = resolve_axis(axis, values.ndim)
+    n, m = pattern.n, pattern.m
+    groups_count = -(-k // m)
+    if values.shape[axis] != groups_count * n:
+        raise ValueError(f"compressed axis has {values.shape[axis]} entries; {pattern} over K={k} needs {groups_count * n}")
+    if indices.size and int(indices.max()) >= m:
+        raise ValueError(f"index {int(indices.max())} out of range for M={m}")
+    padded_shape = list(values.shape)
+    padded_shape[axis] = groups_count * m
+    out = np.zeros(padded_shape, values.dtype)
+    np.put_along_axis(
+        _grouped(out, axis, m),
+        _grouped(np.ascontiguousarray(indices), axis, n).astype(np.intp),
+        _grouped(np.ascontiguousarray(values), axis, n),
+        axis=2,
+    )
+    return np.ascontiguousarray(np.take(out, np.arange(k), axis=axis)) if groups_count * m != k else out
+
+
+# ---------------------------------------------------------------- error metrics
+
+
+def relative_error(w, approx) -> float:
+    """‖W − ΣT‖_F / ‖W‖_F (0 for an all-zero W)."""
+    w64 = np.asarray(w, np.float64)
+    norm = np.linalg.norm(w64)
+    return float(np.linalg.norm(w64 - np.asarray(approx, np.float64)) / norm) if norm else 0.0
+
+
+def kept_magnitude_share(w, approx) -> float:
+    """Σ|ΣT| / Σ|W|: the share of W's L1 mass the series keeps."""
+    total = float(np.abs(np.asarray(w, np.float64)).sum())
+    return float(np.abs(np.asarray(approx, np.float64)).sum()) / total if total else 1.0
+
+
+def pseudo_density(x, m: int, mass: float = 0.99) -> float:
+    """Effective N:M density of an activation from its magnitude mass.
+
+    For each group of ``m`` along the last axis, the fewest entries (largest
+    first) that hold ``mass`` of the group's L1 mass; the estimate is their
+    mean count divided by ``m``. All-zero groups count 0. For ReLU outputs
+    and ``mass=1`` this is exactly the nonzero density; for GELU/SiLU, whose
+    many small negatives are never exactly zero, it says how many entries
+    per group matter. The search uses it to pick activation series; the
+    run-time extraction itself is the plain N:M rule.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    x = _float_array(x, "activation").astype(np.float32)
+    groups = np.abs(_grouped(_padded(x, x.ndim - 1, m), x.ndim - 1, m))[..., 0]
+    ordered = -np.sort(-groups, axis=-1)
+    cumulative = np.cumsum(ordered, axis=-1)
+    total = cumulative[..., -1:]
+    needed = np.count_nonzero(cumulative < mass * total * (1 - 1e-6), axis=-1) + 1
+    needed = np.where(total[..., 0] > 0, needed, 0)
+    return float(needed.sum() / x.size)
