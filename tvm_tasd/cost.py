@@ -1,0 +1,308 @@
+"""Analytical latency, energy and EDP of GEMM / conv2d layers on an N:M target.
+
+The model (equations and assumptions: ``docs/cost_model.md``) follows
+DESIGN §2 and §4 in the spirit of Sparseloop: per term, the MACs it executes
+on the unit and the bytes it moves at each memory level; latency is the
+slowest of compute, each level and the TASD units; energy is bytes × pJ/byte
+plus MACs × MAC energy plus metadata bits × pJ/bit plus TASD-unit work.
+Every figure comes from a field of the target file (:mod:`tvm_tasd.hardware`).
+
+GEMM convention: ``out(m, n) = x(m, k) · W(k, n)`` with ``W`` the constant
+weight and N:M groups along K.  A weight series runs term after term sharing
+the activation and the partial sums (paper Fig. 11): extra terms cost compute
+and weight/metadata bytes, never re-reads of the activation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import TASDConfig
+from .hardware import Execution, HardwareTarget, MemoryLevel, load_target
+
+def _pad(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TermRun:
+    """One operand term (or a dense operand) and how it runs on the target."""
+
+    operand: str  # "weight" or "activation"
+    execution: Execution  # execution.term is None for a dense operand
+    reduction: float  # executed reduction length per row: padded K × executed density
+    values: float  # stored value slots over all rows and batches
+    metadata_bits: float
+    dtype_bits: int
+
+    @property
+    def stored_bytes(self) -> float:
+        return (self.values * self.dtype_bits + self.metadata_bits) / 8
+
+    def __str__(self) -> str:
+        return f"{self.operand} {self.execution.term or 'dense'}: {self.execution}"
+
+
+class _Totals:
+    """Comparisons shared by a layer and a model; needs ``energy_pj`` and ``latency_s``."""
+
+    @property
+    def edp(self) -> float:
+        """Energy-delay product in pJ·s."""
+        return self.energy_pj * self.latency_s
+
+    def edp_vs(self, other: "_Totals") -> float:
+        """EDP ratio self / other (< 1: self is better)."""
+        return self.edp / other.edp
+
+    def energy_vs(self, other: "_Totals") -> float:
+        return self.energy_pj / other.energy_pj
+
+    def speedup_vs(self, other: "_Totals") -> float:
+        """How many times faster self is than other."""
+        return other.latency_s / self.latency_s
+
+
+@dataclass(frozen=True)
+class LayerCost(_Totals):
+    """Modelled cost of one layer; ``bytes_moved``, ``cycles_by`` and ``energy_breakdown_pj``
+    are keyed by component: ``compute``, each memory level's name, ``metadata`` (energy
+    only) and ``tasd_units``."""
+
+    target: str
+    m: int
+    k: int
+    n: int
+    batch: int  # independent GEMMs of this shape (conv groups)
+    weight: TASDConfig
+    activation: TASDConfig
+    dtype_bits: int
+    clock_ghz: float
+    terms: tuple[TermRun, ...]
+    dense_macs: int
+    executed_macs: float
+    bytes_moved: dict[str, float]
+    cycles_by: dict[str, float]
+    energy_breakdown_pj: dict[str, float]
+    name: str | None = None
+    note: str = ""
+
+    @property
+    def cycles(self) -> float:
+        return max(self.cycles_by.values())
+
+    @property
+    def bottleneck(self) -> str:
+        return max(self.cycles_by, key=self.cycles_by.get)
+
+    @property
+    def latency_s(self) -> float:
+        return self.cycles / (self.clock_ghz * 1e9)
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(self.energy_breakdown_pj.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "target": self.target, "m": self.m, "k": self.k, "n": self.n,
+            "batch": self.batch, "weight": str(self.weight), "activation": str(self.activation),
+            "dtype_bits": self.dtype_bits, "terms": [str(t) for t in self.terms],
+            "dense_macs": self.dense_macs, "executed_macs": self.executed_macs,
+            "bytes_moved": dict(self.bytes_moved), "cycles_by": dict(self.cycles_by),
+            "cycles": self.cycles, "bottleneck": self.bottleneck, "latency_s": self.latency_s,
+            "energy_breakdown_pj": dict(self.energy_breakdown_pj), "energy_pj": self.energy_pj,
+            "edp_pj_s": self.edp, "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class ModelCost(_Totals):
+    """A model = its layers run one after another: energy and latency add up,
+    EDP = (Σ energy) × (Σ latency)."""
+
+    layers: tuple[LayerCost, ...]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(layer.latency_s for layer in self.layers)
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(layer.energy_pj for layer in self.layers)
+
+    @property
+    def energy_breakdown_pj(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for layer in self.layers:
+            for key, value in layer.energy_breakdown_pj.items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
+    @property
+    def dense_macs(self) -> int:
+        return sum(layer.dense_macs for layer in self.layers)
+
+    @property
+    def executed_macs(self) -> float:
+        return sum(layer.executed_macs for layer in self.layers)
+
+    def to_dict(self) -> dict:
+        return {
+            "latency_s": self.latency_s, "energy_pj": self.energy_pj, "edp_pj_s": self.edp,
+            "energy_breakdown_pj": self.energy_breakdown_pj, "dense_macs": self.dense_macs,
+            "executed_macs": self.executed_macs, "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def _operand_runs(hw: HardwareTarget, config: TASDConfig, operand: str, rows: int,
+                  segments: int, seg_len: int, batch: int, dtype_bits: int) -> list[TermRun]:
+    """How each term of ``config`` runs, with the value slots and metadata it stores.
+
+    The reduction axis is ``segments`` runs of ``seg_len`` (conv: one run of C_in
+    per (kh, kw)); a sparse-run term pads each run to its M, then to the executed
+    pattern's group size, and stores ``density`` of those slots.  A term that runs
+    at density 1 is the dense operand: no padding.
+    """
+    k = segments * seg_len
+    terms = config.terms or (None,)
+    runs = []
+    for term in terms:
+        ex = hw.runs(term, operand)
+        if not ex.faster_than_dense:  # dense, or a pattern keeping every slot: plain dense operand
+            reduction = float(k)
+        else:
+            reduction = segments * _pad(_pad(seg_len, term.m), ex.group_size) * ex.density
+        values = batch * rows * reduction
+        runs.append(TermRun(operand, ex, reduction, values, values * ex.metadata_bits_per_value, dtype_bits))
+    return runs
+
+
+def _reuse(level: MemoryLevel, m: int, n: int) -> tuple[int, int]:
+    """(activation reads, weight reads) through a level: one per output tile along the other axis."""
+    if level.tile_m is None:
+        return 1, 1
+    return math.ceil(n / level.tile_n), math.ceil(m / level.tile_m)
+
+
+def _config(value, operand: str, seg_len: int, notes: list[str]) -> TASDConfig:
+    """Parse an operand's config; DESIGN §2 leaves it dense when its grouped axis is shorter than M."""
+    try:
+        cfg = TASDConfig.dense() if value is None else TASDConfig.parse(value)
+    except ValueError as err:
+        raise ValueError(f"{operand} config: {err}") from None
+    if cfg.max_m > seg_len:
+        notes.append(f"{operand} left dense: grouped axis {seg_len} < M = {cfg.max_m} of {cfg}")
+        return TASDConfig.dense()
+    return cfg
+
+
+def _layer_cost(target, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,
+                weight, activation, dtype_bits, name) -> LayerCost:
+    hw = load_target(target)
+    k = segments * seg_len
+    bits = hw.dtype_bits if dtype_bits is None else _positive_int(dtype_bits, "dtype_bits")
+    notes: list[str] = []
+    w_cfg = _config(weight, "weight", seg_len, notes)
+    a_cfg = _config(activation, "activation", seg_len, notes)
+
+    if not a_cfg.is_dense and "activation" not in hw.sparse_operands:
+        raise ValueError(
+            f"target {hw.name!r} cannot decompose activations at run time (sparse_operands = "
+            f"{sorted(hw.sparse_operands)} in {hw.source_file}); use a ttc-* target or activation=None")
+    if not (w_cfg.is_dense or a_cfg.is_dense) and hw.max_sparse_operands < 2:
+        raise ValueError(
+            f"target {hw.name!r} takes one sparse operand per layer (max_sparse_operands = "
+            f"{hw.max_sparse_operands} in {hw.source_file}); make the weight or the activation dense")
+
+    w_runs = _operand_runs(hw, w_cfg, "weight", n, segments, seg_len, batch, bits)
+    a_runs = _operand_runs(hw, a_cfg, "activation", m, segments, seg_len, batch, bits)
+
+    # Each (weight term, activation term) pair is one pass over the unit; the
+    # reduction shares multiply because each operand skips its own zeros.
+    executed = batch * m * n * sum(w.reduction * a.reduction / k for w in w_runs for a in a_runs)
+    weight_bytes = sum(r.stored_bytes for r in w_runs)
+    act_onchip = sum(r.stored_bytes for r in a_runs)  # compressed once the TASD units have seen it
+    act_offchip = batch * act_elements * bits / 8  # as the previous layer wrote it: dense
+    out_bytes = batch * m * n * bits / 8
+
+    bytes_moved = {}
+    for i, level in enumerate(hw.memory):
+        act_reads, weight_reads = _reuse(level, m, n)
+        act = act_offchip if i == 0 else act_onchip
+        bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out_bytes
+
+    # Metadata reaches the array with every read from the innermost level.
+    act_reads, weight_reads = _reuse(hw.memory[-1], m, n)
+    metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
+                     + sum(r.metadata_bits for r in a_runs) * act_reads)
+    tasd_elements = 0 if a_cfg.is_dense else batch * act_elements * len(a_cfg.terms)
+    units = hw.tasd_units
+
+    cycles_by = {"compute": executed / hw.dense_macs_per_cycle}
+    cycles_by.update({lv.name: bytes_moved[lv.name] / lv.bandwidth_bytes_per_cycle for lv in hw.memory})
+    cycles_by["tasd_units"] = tasd_elements / (units.count * units.elements_per_cycle) if units else 0.0
+
+    energy = {"compute": executed * hw.mac_energy_pj}  # keys: hardware.NON_MEMORY_COMPONENTS + levels
+    energy.update({lv.name: bytes_moved[lv.name] * lv.energy_pj_per_byte for lv in hw.memory})
+    energy["metadata"] = metadata_bits * hw.metadata_energy_pj_per_bit
+    energy["tasd_units"] = tasd_elements * units.energy_pj_per_element if units else 0.0
+
+    return LayerCost(
+        target=hw.name, m=m, k=k, n=n, batch=batch, weight=w_cfg, activation=a_cfg, dtype_bits=bits,
+        clock_ghz=hw.clock_ghz, terms=tuple(w_runs + a_runs), dense_macs=batch * m * k * n,
+        executed_macs=executed, bytes_moved=bytes_moved, cycles_by=cycles_by,
+        energy_breakdown_pj=energy, name=name, note="; ".join(notes),
+    )
+
+
+def gemm_cost(target: "str | HardwareTarget", m: int, k: int, n: int, weight="dense", activation=None,
+              dtype_bits: int | None = None, *, batch: int = 1, name: str | None = None) -> LayerCost:
+    """Cost of ``out(m, n) = x(m, k) · W(k, n)`` with W as ``weight`` (a TASD config
+    such as ``"2:8+1:8"``) and x as ``activation`` (None: dense; a config: decomposed
+    at run time by TASD units).  ``batch`` independent GEMMs of this shape;
+    ``dtype_bits`` defaults to the target's datatype."""
+    m, k, n = (_positive_int(v, what) for v, what in ((m, "m"), (k, "k"), (n, "n")))
+    batch = _positive_int(batch, "batch")
+    return _layer_cost(target, m, n, 1, k, batch, m * k, weight, activation, dtype_bits, name)
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{what} must be an int or a pair, got {value!r}")
+    return pair
+
+
+def conv2d_cost(target: "str | HardwareTarget", data_shape, weight_shape, strides=1, padding=0,
+                dilation=1, groups: int = 1, weight="dense", activation=None,
+                dtype_bits: int | None = None, *, name: str | None = None) -> LayerCost:
+    """Cost of an NCHW × OIHW conv2d through its implicit GEMM: m = N·OH·OW,
+    k = C_in/groups·KH·KW, n = C_out/groups, one GEMM per group.  N:M groups
+    run along the input channels, separately for each (kh, kw) (DESIGN §2).
+    ``padding``: int, (h, w) or (top, left, bottom, right), as Relax writes it."""
+    (images, c, h, w), (o, i, kh, kw) = data_shape, weight_shape
+    for value, what in ((images, "batch"), (c, "C_in"), (h, "H"), (w, "W"), (o, "C_out"), (i, "I"),
+                        (kh, "KH"), (kw, "KW"), (groups, "groups")):
+        _positive_int(value, what)
+    if c != i * groups or o % groups:
+        raise ValueError(f"conv2d shapes disagree: data C_in = {c}, weight {tuple(weight_shape)} with "
+                         f"groups = {groups} needs C_in = I·groups and C_out divisible by groups")
+    (sh, sw), (dh, dw) = _pair(strides, "strides"), _pair(dilation, "dilation")
+    pads = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+    pads = pads * 2 if len(pads) == 2 else pads
+    if len(pads) != 4:
+        raise ValueError(f"padding must be an int, (h, w) or (top, left, bottom, right), got {padding!r}")
+    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv2d output would be {oh}x{ow}: kernel {kh}x{kw} does not fit the padded input")
+    return _layer_cost(target, images * oh * ow, o // groups, kh * kw, i, groups, images * i * h * w,
+                       weight, activation, dtype_bits, name)

@@ -1,0 +1,456 @@
+"""N:M hardware targets: the ``hardware_targets/*.toml`` files, loaded and checked.
+
+A target file describes one piece of hardware (DESIGN §4): the N:M patterns
+its unit runs, which operand may be sparse, dense MACs per cycle and clock,
+its memory levels (outermost first), MAC / metadata / TASD-unit energies,
+and the TVM target it compiles for.  Every number in a bundled file carries
+a ``# source:`` or ``# assumption:`` comment.  :func:`load_target` takes a
+bundled name (``"vegeta-m8"``) or the path of a user's own file with the
+same layout; :func:`list_targets` names the bundled ones.
+
+**How a term runs** (DESIGN §2, :meth:`HardwareTarget.runs`).  A term N:M
+runs natively on a supported N:M.  It runs on a supported N':M' when every
+aligned M'-window of the reduction axis is guaranteed to hold ≤ N' nonzeros;
+:func:`worst_case_nonzeros` computes that bound exactly for any M, M' (the
+worst aligned window over one period lcm(M, M'), each N:M group placing
+min(N, overlap) nonzeros inside it).  Among the patterns that fit, the one of
+lowest density wins (ties: native first, then fewer metadata bits, then
+smaller M); if none fits, the term runs dense.  A supported pattern with
+N' = M' fits everything but skips nothing: it runs at dense speed.
+
+**Hierarchical patterns** (HighLight, MICRO 2023).  ``"U:Mu>L:Ml"`` means:
+the reduction axis is cut into blocks of Ml values; in every run of Mu
+blocks at most U blocks hold nonzeros, and a block holds at most L.  An N:M
+term fits when (a) every aligned block holds ≤ L nonzeros (exact bound
+above) and (b) every aligned span of Mu·Ml values has ≤ U non-empty blocks;
+(b) uses the bound min(Mu, worst nonzeros in the span), which is safe (it
+never admits a term that could break the pattern) but may reject a term
+whose nonzeros could not in fact spread over that many blocks.
+
+**TVM targets** (:meth:`HardwareTarget.tvm_target`).  The ``[tvm]`` table
+gives the TVM target kind and extra attributes, custom ``keys`` and the
+kernel ``intrinsic`` family.  ``stc-2of4`` compiles for
+``{"kind": "cuda", "arch": "sm_80"}`` (``mma.sp``).  Every other bundled
+target, including the modelled ones with no silicon here (dense tensor core,
+VEGETA, HighLight, TTC), compiles for the host CPU, ``{"kind": "llvm"}``,
+with the emulated N:M kernels; their extra keys (``"tasd"``, the target name)
+let passes and schedules tell them apart, so a model built for
+``vegeta-m8`` runs on the host CPU while its cost comes from the model.
+The kind's default keys (``cpu``; ``cuda``, ``gpu``) are appended so TVM's
+own schedules still dispatch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from .config import NMPattern
+
+OPERANDS = ("weight", "activation")
+#: Cost components that are not memory levels (tvm_tasd.cost); a level may not take these names.
+NON_MEMORY_COMPONENTS = ("compute", "metadata", "tasd_units")
+_PACKAGE = "tvm_tasd.hardware_targets"
+
+
+def _level_bits(p: NMPattern) -> int:
+    """Index bits per kept element at one level; none when every slot is kept."""
+    return 0 if p.n == p.m else p.metadata_bits
+
+
+def worst_case_nonzeros(term: NMPattern, window: int) -> int:
+    """Most nonzeros an N:M tensor can put in one aligned window of ``window`` values.
+
+    Groups of M and windows both start at 0 on the reduction axis; the pattern
+    of overlaps repeats every lcm(M, window) values, so scanning one period
+    covers every window.  Each group contributes min(N, overlap).
+    """
+    worst = 0
+    for start in range(0, math.lcm(term.m, window), window):
+        end = start + window
+        total = 0
+        for g in range(start // term.m, (end - 1) // term.m + 1):
+            overlap = min(end, (g + 1) * term.m) - max(start, g * term.m)
+            total += min(term.n, overlap)
+        worst = max(worst, total)
+    return worst
+
+
+@dataclass(frozen=True)
+class HierarchicalPattern:
+    """Two-level structured sparsity ``upper>lower`` (see the module docstring)."""
+
+    upper: NMPattern  # U:Mu — non-empty blocks per run of Mu blocks
+    lower: NMPattern  # L:Ml — nonzeros per block of Ml values
+
+    @classmethod
+    def parse(cls, text: str) -> "HierarchicalPattern":
+        upper, _, lower = text.partition(">")
+        return cls(NMPattern.parse(upper), NMPattern.parse(lower))
+
+    @property
+    def density(self) -> float:
+        return self.upper.density * self.lower.density
+
+    @property
+    def group_size(self) -> int:
+        """Values per span: the reduction axis is padded to a multiple of it."""
+        return self.upper.m * self.lower.m
+
+    @property
+    def metadata_bits_per_value(self) -> float:
+        """Lower-level index per kept value plus the block index shared by a block's values."""
+        return _level_bits(self.lower) + _level_bits(self.upper) / self.lower.n
+
+    def fits(self, term: NMPattern) -> bool:
+        blocks = min(self.upper.m, worst_case_nonzeros(term, self.group_size))
+        return worst_case_nonzeros(term, self.lower.m) <= self.lower.n and blocks <= self.upper.n
+
+    def __str__(self) -> str:
+        return f"{self.upper}>{self.lower}"
+
+
+def _fits(supported: "NMPattern | HierarchicalPattern", term: NMPattern) -> bool:
+    """Is every N:M ``term`` tensor guaranteed to be a valid ``supported`` tensor?"""
+    if isinstance(supported, HierarchicalPattern):
+        return supported.fits(term)
+    return worst_case_nonzeros(term, supported.m) <= supported.n
+
+
+def _pattern_props(p: "NMPattern | HierarchicalPattern") -> tuple[float, int, float]:
+    """(density, group size, metadata bits per kept value) of a supported pattern."""
+    if isinstance(p, HierarchicalPattern):
+        return p.density, p.group_size, p.metadata_bits_per_value
+    return p.density, p.m, _level_bits(p)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How one operand (a term, or a dense operand when ``term`` is None) runs on a unit."""
+
+    term: NMPattern | None
+    pattern: NMPattern | HierarchicalPattern | None  # None: runs dense
+
+    @property
+    def mode(self) -> str:
+        if self.pattern is None:
+            return "dense"
+        return "native" if self.pattern == self.term else "compatible"
+
+    @property
+    def density(self) -> float:
+        """Share of the dense MACs (and of the operand's value slots) it executes."""
+        return 1.0 if self.pattern is None else _pattern_props(self.pattern)[0]
+
+    @property
+    def group_size(self) -> int:
+        return 1 if self.pattern is None else _pattern_props(self.pattern)[1]
+
+    @property
+    def metadata_bits_per_value(self) -> float:
+        return 0.0 if self.pattern is None else _pattern_props(self.pattern)[2]
+
+    @property
+    def faster_than_dense(self) -> bool:
+        return self.density < 1.0
+
+    def __str__(self) -> str:
+        return {"dense": "dense", "native": f"native {self.pattern}", "compatible": f"on {self.pattern}"}[self.mode]
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    """One memory level.  ``tile_m``/``tile_n``: the output tile it serves (operand re-reads);
+    None means each operand passes through it once (see docs/cost_model.md)."""
+
+    name: str
+    capacity_bytes: int
+    bandwidth_bytes_per_cycle: float
+    energy_pj_per_byte: float
+    tile_m: int | None = None
+    tile_n: int | None = None
+
+
+@dataclass(frozen=True)
+class TASDUnits:
+    """Run-time decomposition units for activations (TASD paper, TTC)."""
+
+    count: int
+    elements_per_cycle: float  # per unit
+    energy_pj_per_element: float
+    area_overhead: float  # share of the base unit's area, informational
+
+
+@dataclass(frozen=True)
+class TVMSpec:
+    kind: str
+    keys: tuple[str, ...]
+    intrinsic: str
+    attrs: tuple[tuple[str, object], ...] = ()  # extra Target attributes (arch, mattr, …)
+
+
+@dataclass(frozen=True)
+class HardwareTarget:
+    """One N:M hardware description; build it with :func:`load_target`."""
+
+    name: str
+    description: str
+    patterns: tuple[NMPattern | HierarchicalPattern, ...]
+    sparse_operands: frozenset[str]
+    max_sparse_operands: int
+    dense_macs_per_cycle: float
+    clock_ghz: float
+    dtype_bits: int
+    mac_energy_pj: float
+    metadata_energy_pj_per_bit: float
+    memory: tuple[MemoryLevel, ...]  # outermost (DRAM) first
+    tasd_units: TASDUnits | None
+    tvm: TVMSpec
+    source_file: str
+
+    def runs(self, term: NMPattern | str | None, operand: str = "weight") -> Execution:
+        """How ``term`` of ``operand`` runs here (DESIGN §2 mapping rule); None = dense operand."""
+        if operand not in OPERANDS:
+            raise ValueError(f"unknown operand {operand!r}; choose one of {list(OPERANDS)}")
+        if term is None:
+            return Execution(None, None)
+        term = NMPattern.parse(term) if isinstance(term, str) else term
+        if operand not in self.sparse_operands:
+            return Execution(term, None)
+        fitting = [p for p in self.patterns if _fits(p, term)]
+        if not fitting:
+            return Execution(term, None)
+
+        def rank(p):
+            density, size, bits = _pattern_props(p)
+            return (density, p != term, bits, size)
+
+        return Execution(term, min(fitting, key=rank))
+
+    def accelerates(self, term: NMPattern | str, operand: str = "weight") -> bool:
+        """True when the term runs faster than dense here (executed density < 1)."""
+        return self.runs(term, operand).faster_than_dense
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` this hardware compiles for (module docstring)."""
+        import tvm  # deferred: loading and costing targets must not pay TVM's import
+
+        kind = {"kind": self.tvm.kind, **dict(self.tvm.attrs)}
+        try:
+            defaults = tvm.target.Target(kind).keys
+            keys = list(self.tvm.keys) + [k for k in defaults if k not in self.tvm.keys]
+            return tvm.target.Target({**kind, "keys": keys})
+        except Exception as err:  # TVM reports unknown kinds/attributes as ValueError or TVMError
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{self.source_file}: [tvm] table is not a valid TVM target: {first}") from err
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+# Keys each table may hold; None: open (memory level names, TVM Target attributes).
+_SCHEMA = {
+    "": {"name", "description", "compute", "metadata", "memory", "tasd_units", "tvm"},
+    "compute": {"dense_macs_per_cycle", "clock_ghz", "dtype_bits", "mac_energy_pj", "patterns",
+                "any_pattern_max_m", "sparse_operands", "max_sparse_operands"},
+    "metadata": {"energy_pj_per_bit"},
+    "memory": None,
+    "memory.*": {"capacity_bytes", "bandwidth_bytes_per_cycle", "energy_pj_per_byte", "tile_m", "tile_n"},
+    "tasd_units": {"count", "elements_per_cycle", "energy_pj_per_element", "area_overhead"},
+    "tvm": None,
+}
+_TVM_FIELDS = ("kind", "keys", "intrinsic")
+
+
+class _Table:
+    """A TOML table with its location, for one-line errors that name file, key and fix."""
+
+    def __init__(self, data: dict, file: str, table: str, schema: str):
+        self.data, self.file, self.table = data, file, table
+        known = _SCHEMA[schema]
+        for key in [] if known is None else sorted(set(data) - known):
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            raise self.fail(key, "is not a known key",
+                            f"did you mean {near[0]!r}?" if near else f"known keys here: {', '.join(sorted(known))}")
+
+    def fail(self, key: str, problem: str, fix: str) -> ValueError:
+        where = " ".join(x for x in (self.table and f"[{self.table}]", key) if x)
+        return ValueError(f"{self.file}: {where} {problem}; {fix}")
+
+    def get(self, key: str, required: bool = True, example: str = "…"):
+        if key not in self.data and required:
+            raise self.fail(key, "is missing", f"add `{key} = {example}` with a `# source:` comment")
+        return self.data.get(key)
+
+    def number(self, key: str, *, integer: bool = False, strict: bool = True, required: bool = True,
+               example: str = "1"):
+        """A number > 0 (``strict``) or >= 0."""
+        value = self.get(key, required, example)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}",
+                            f"write e.g. `{key} = {example}`")
+        if value < 0 or (strict and value == 0):
+            bound = "> 0" if strict else ">= 0"
+            raise self.fail(key, f"must be {bound}, got {value!r}", f"give a {bound} value")
+        return value
+
+    def string(self, key: str, example: str = '"…"') -> str:
+        value = self.get(key, True, example)
+        if not (isinstance(value, str) and value.strip()):
+            raise self.fail(key, f"must be a non-empty string, got {value!r}", f"write e.g. `{key} = {example}`")
+        return value
+
+    def strings(self, key: str, example: str) -> list[str]:
+        value = self.get(key, True, example)
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise self.fail(key, f"must be a list of strings, got {value!r}", f"write e.g. `{key} = {example}`")
+        return value
+
+    def sub(self, key: str, schema: str | None = None, required: bool = True) -> "_Table | None":
+        value = self.get(key, required, "{…}")
+        if value is None:
+            return None
+        path = f"{self.table}.{key}" if self.table else key
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table", f"write it as a [{path}] table")
+        return _Table(value, self.file, path, key if schema is None else schema)
+
+
+def _parse_pattern(text: str, table: _Table) -> NMPattern | HierarchicalPattern:
+    try:
+        return HierarchicalPattern.parse(text) if ">" in text else NMPattern.parse(text)
+    except ValueError:
+        raise table.fail("patterns", f"has unknown pattern string {text!r}",
+                         'write "N:M" (e.g. "2:4") or a hierarchical "U:Mu>L:Ml" (e.g. "2:4>2:4")') from None
+
+
+def _read_compute(t: _Table) -> dict:
+    patterns = tuple(dict.fromkeys(_parse_pattern(p, t) for p in t.strings("patterns", '["2:4"]')))
+    any_max_m = t.number("any_pattern_max_m", integer=True, required=False, example="16")
+    if any_max_m is not None:  # software units: every N:M with N < M <= max
+        patterns += tuple(NMPattern(n, m) for m in range(2, any_max_m + 1) for n in range(1, m)
+                          if NMPattern(n, m) not in patterns)
+    operands = t.strings("sparse_operands", '["weight"]')
+    for op in operands:
+        if op not in OPERANDS:
+            raise t.fail("sparse_operands", f"has unknown operand {op!r}", f"use a subset of {list(OPERANDS)}")
+    if bool(patterns) != bool(operands):
+        raise t.fail("sparse_operands", f"is {operands} while patterns is {[str(p) for p in patterns]}",
+                     "a sparse unit needs both; a dense unit leaves both empty")
+    max_sparse = t.number("max_sparse_operands", integer=True, required=False, example="1")
+    return dict(
+        patterns=patterns,
+        sparse_operands=frozenset(operands),
+        max_sparse_operands=1 if max_sparse is None else max_sparse,
+        dense_macs_per_cycle=t.number("dense_macs_per_cycle", example="1024"),
+        clock_ghz=t.number("clock_ghz", example="1.41"),
+        dtype_bits=t.number("dtype_bits", integer=True, example="16"),
+        mac_energy_pj=t.number("mac_energy_pj", example="2.0"),
+    )
+
+
+def _read_memory(t: _Table) -> tuple[MemoryLevel, ...]:
+    levels = []
+    for name in t.data:  # TOML keeps the file's order: outermost first
+        if name in NON_MEMORY_COMPONENTS:
+            raise t.fail(name, "is a reserved cost component name", "call the level e.g. 'dram' or 'global_buffer'")
+        level = t.sub(name, "memory.*")
+        tile_m, tile_n = (level.number(k, integer=True, required=False, example="128") for k in ("tile_m", "tile_n"))
+        if (tile_m is None) != (tile_n is None):
+            raise level.fail("tile_m", "and tile_n must be given together", "give both or neither")
+        levels.append(MemoryLevel(
+            name=name,
+            capacity_bytes=level.number("capacity_bytes", integer=True, example="196608"),
+            bandwidth_bytes_per_cycle=level.number("bandwidth_bytes_per_cycle", example="128"),
+            energy_pj_per_byte=level.number("energy_pj_per_byte", example="6.1"),
+            tile_m=tile_m,
+            tile_n=tile_n,
+        ))
+    if len(levels) < 2:
+        raise t.fail("", f"has {len(levels)} level(s)",
+                     "describe at least DRAM and an on-chip global buffer, outermost first")
+    return tuple(levels)
+
+
+def _read_tasd_units(t: _Table | None) -> TASDUnits | None:
+    if t is None:
+        return None
+    return TASDUnits(
+        count=t.number("count", integer=True, example="16"),
+        elements_per_cycle=t.number("elements_per_cycle", example="8"),
+        energy_pj_per_element=t.number("energy_pj_per_element", example="1.2"),
+        area_overhead=t.number("area_overhead", strict=False, example="0.02"),
+    )
+
+
+def _read_tvm(t: _Table) -> TVMSpec:
+    # Keys other than kind/keys/intrinsic are TVM Target attributes; tvm_target() checks them.
+    attrs = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in t.data.items() if k not in _TVM_FIELDS)
+    return TVMSpec(kind=t.string("kind", '"llvm"'), keys=tuple(t.strings("keys", '["tasd", "vegeta-m8"]')),
+                   intrinsic=t.string("intrinsic", '"nm_emulated"'), attrs=attrs)
+
+
+def _parse(data: dict, file: str) -> HardwareTarget:
+    root = _Table(data, file, "", "")
+    compute_t = root.sub("compute")
+    compute = _read_compute(compute_t)
+    units = _read_tasd_units(root.sub("tasd_units", required=False))
+    if "activation" in compute["sparse_operands"] and units is None:
+        raise compute_t.fail("sparse_operands", "lists 'activation' but the file has no [tasd_units] table",
+                             "add [tasd_units] (count, elements_per_cycle, energy_pj_per_element, area_overhead)")
+    return HardwareTarget(
+        name=root.string("name", '"my-unit"'),
+        description=root.string("description", '"what the unit is"').strip(),
+        metadata_energy_pj_per_bit=root.sub("metadata").number("energy_pj_per_bit", strict=False, example="0.03"),
+        memory=_read_memory(root.sub("memory")),
+        tasd_units=units,
+        tvm=_read_tvm(root.sub("tvm")),
+        source_file=file,
+        **compute,
+    )
+
+
+def _load_text(text: str, file: str) -> HardwareTarget:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{file}: not valid TOML ({err}); fix the syntax at that line") from None
+    return _parse(data, file)
+
+
+def list_targets() -> list[str]:
+    """Names of the bundled target files."""
+    files = resources.files(_PACKAGE).iterdir()
+    return sorted(f.name[: -len(".toml")] for f in files if f.name.endswith(".toml"))
+
+
+@lru_cache(maxsize=None)
+def _bundled(name: str) -> HardwareTarget:
+    res = resources.files(_PACKAGE) / f"{name}.toml"
+    return _load_text(res.read_text(encoding="utf-8"), str(res))
+
+
+def load_target(target: "str | os.PathLike | HardwareTarget") -> HardwareTarget:
+    """A bundled target by name (``"vegeta-m8"``), or a user's TOML file by path."""
+    if isinstance(target, HardwareTarget):
+        return target
+    if isinstance(target, str) and target in list_targets():
+        return _bundled(target)
+    path = Path(target)
+    if path.is_file():
+        return _load_text(path.read_text(encoding="utf-8"), str(path))
+    if path.suffix == ".toml" or os.sep in str(target):
+        raise ValueError(f"hardware target file {str(target)!r} does not exist; check the path")
+    raise ValueError(f"unknown hardware target {str(target)!r}; bundled targets: {', '.join(list_targets())} "
+                     "(or give the path of a .toml file)")
