@@ -12,29 +12,14 @@ layer dense.  Writes ``cost_table.md`` and ``cost_table.json`` (default:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import shlex
-import sys
-from importlib import metadata
 from pathlib import Path
 
+from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
 from tvm_tasd.cost import gemm_cost
 from tvm_tasd.hardware import list_targets, load_target
 
 SHAPES = {"compute-bound GEMM": (1024, 4096, 4096), "memory-bound GEMV": (1, 4096, 4096)}
 CONFIGS = ("2:4", "1:4", "1:8", "2:8+1:8")
-PACKAGES = ("tvm-tasd", "numpy", "apache-tvm")
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
 
 def collect() -> dict:
     rows = []
@@ -50,16 +35,8 @@ def collect() -> dict:
                     "edp_ratio": cost.edp_vs(dense), "bottleneck": cost.bottleneck,
                     "dense_bottleneck": dense.bottleneck, "cost": cost.to_dict(), "dense": dense.to_dict(),
                 })
-    meta = {
-        "title": "modelled cost table (analytical model, nothing measured)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count()},
-        "python": platform.python_version(),
-        "packages": {p: _version(p) for p in PACKAGES},
-        "command": shlex.join(sys.orig_argv),
-        "target_files": {t: load_target(t).source_file for t in list_targets()},
-    }
+    meta = stamp("modelled cost table (analytical model, nothing measured)",
+                 target_files={t: load_target(t).source_file for t in list_targets()})
     return {"meta": meta, "rows": rows}
 
 
@@ -72,11 +49,7 @@ def to_markdown(data: dict) -> str:
         "`docs/cost_model.md`). Ratios are against the same target running the layer dense;",
         "speed-up > 1 and energy / EDP ratio < 1 are better. Only the weight is sparse.",
         "",
-        f"- date: {meta['date']}",
-        f"- machine: {meta['machine']['platform']}, {meta['machine']['processor']}, "
-        f"os.cpu_count() = {meta['machine']['cpu_count']}",
-        f"- python {meta['python']}; " + ", ".join(f"{p} {v}" for p, v in meta["packages"].items()),
-        f"- command: `{meta['command']}`",
+        *stamp_markdown(meta),
         "- target files: " + ", ".join(f"`hardware_targets/{Path(f).name}`" for f in meta["target_files"].values()),
     ]
     for shape_name, (m, k, n) in SHAPES.items():
@@ -93,14 +66,10 @@ def to_markdown(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                        help="output folder (default: benchmarks/results)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
     data = collect()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cost_table.json").write_text(json.dumps(data, indent=1) + "\n")
-    (args.out / "cost_table.md").write_text(to_markdown(data))
-    print(f"wrote {args.out / 'cost_table.md'} and cost_table.json")
+    write("cost_table", data, to_markdown(data), args.out)
 
 
 if __name__ == "__main__":

@@ -177,8 +177,11 @@ class NMTerm:
         return float(np.count_nonzero(self.values)) / max(1, int(np.prod(self.shape)))
 
 
-def _series(w: np.ndarray, patterns, axis: int, scale: np.ndarray | None) -> list[NMTerm]:
-    """Greedy extraction of every pattern from a padded working copy of w."""
+def _series(w: np.ndarray, patterns, axis: int, scale: np.ndarray | None) -> tuple[list[NMTerm], np.ndarray]:
+    """Greedy extraction of every pattern from a padded working copy of w.
+
+    Returns the terms and the final residual (padded along ``axis``).
+    """
     multiple = int(np.lcm.reduce([p.m for p in patterns]))
     residual = _padded(w, axis, multiple)
     residual = residual.copy() if residual is w else residual
@@ -204,7 +207,7 @@ def _series(w: np.ndarray, patterns, axis: int, scale: np.ndarray | None) -> lis
         values = values[:, :kept_groups].reshape(out_shape)
         indices = positions[:, :kept_groups].astype(np.uint8).reshape(out_shape)
         terms.append(NMTerm(pattern, axis, w.shape, values, indices))
-    return terms
+    return terms, residual
 
 
 def nm_term(w, pattern: "NMPattern | str", axis: "int | str" = 0, score: Score = None, name=None) -> NMTerm:
@@ -223,19 +226,20 @@ def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score
     config = TASDConfig.parse(config)
     axis = resolve_axis(axis, w.ndim)
     scale = channel_scale(score, w.shape[axis], name)
-    return _series(w, config.terms, axis, scale) if config.terms else []
+    return _series(w, config.terms, axis, scale)[0] if config.terms else []
 
 
 def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None) -> np.ndarray:
     """Σ of the series' terms as a dense array of ``w``'s dtype (``dense``: a copy of w)."""
     w = _float_array(w, f"tensor {name!r}" if name else "tensor")
-    terms = decompose(w, config, axis=axis, score=score, name=name)
-    if not terms:
+    config = TASDConfig.parse(config)
+    if config.is_dense:
         return w.copy()
-    out = np.zeros_like(w)
-    for term in terms:  # supports are disjoint, so the sum is exact in any dtype
-        out = out + term.dense()
-    return out
+    axis = resolve_axis(axis, w.ndim)
+    _, residual = _series(w, config.terms, axis, channel_scale(score, w.shape[axis], name))
+    residual = np.take(residual, np.arange(w.shape[axis]), axis=axis) if residual.shape != w.shape else residual
+    # Kept entries are exact copies, so w − residual is exactly Σ terms (x − x = 0, x − 0 = x).
+    return w - residual
 
 
 def decompose_activation(x, config: "TASDConfig | str") -> list[NMTerm]:
@@ -252,7 +256,7 @@ def compress(term_dense, pattern: "NMPattern | str", axis: "int | str" = 0) -> t
     worst = int(np.count_nonzero(groups, axis=2).max(initial=0))
     if worst > pattern.n:
         raise ValueError(f"tensor is not {pattern}: a group holds {worst} nonzeros")
-    (term,) = _series(x, (pattern,), axis, None)
+    (term,), _ = _series(x, (pattern,), axis, None)
     return term.values, term.indices
 
 
