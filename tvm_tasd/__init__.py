@@ -1,7 +1,8 @@
 """tvm_tasd: TASD (tensor approximation via structured decomposition) for TVM.
 
 Entry points: :class:`TASDConfig`, :func:`decompose`, :func:`approximate`,
-:func:`load_target`, and the Relax pass ``tvm_tasd.transform.TASDRewrite``.
+:func:`tvm_tasd.hardware.load_target`, the Relax pass
+:class:`TASDRewrite` and :func:`build` (both load TVM on first use).
 """
 
 from .config import MAX_M, MAX_TERMS, NMPattern, TASDConfig
@@ -17,7 +18,23 @@ from .decompose import (
     relative_error,
 )
 
+
+def __getattr__(name):
+    # TVM takes ~1.5 s to import: the compiler entry points load it on first use only.
+    if name == "build":
+        from .pipeline import build
+
+        return build
+    if name == "TASDRewrite":
+        from .transform import TASDRewrite
+
+        return TASDRewrite
+    raise AttributeError(f"module 'tvm_tasd' has no attribute {name!r}")
+
+
 __all__ = [
+    "TASDRewrite",
+    "build",
     "MAX_M",
     "MAX_TERMS",
     "NMPattern",
