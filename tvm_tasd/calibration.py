@@ -35,7 +35,9 @@ from .evaluate import Feed, check_calibration, inference_session, load_model
 from .reference import weight_axes
 
 #: Ops that keep a ReLU output's zeros: layout changes, and max over non-negatives.
-_ZERO_PRESERVING = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"})
+_ZERO_PRESERVING = frozenset(
+    {"Identity", "Dropout", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"}
+)
 
 #: Fewer batches than this finish before a progress bar is worth drawing.
 _PROGRESS_MIN_BATCHES = 4
@@ -43,7 +45,7 @@ _PROGRESS_MIN_BATCHES = 4
 
 @dataclass(frozen=True)
 class _Site:
-    """One use of a layer weight: the activation tensor it multiplies and that tensor's channel axis."""
+    """One use of a layer weight: the activation it multiplies and that activation's channel axis."""
 
     tensor: str
     channel_axis: int
@@ -66,7 +68,10 @@ class CalibrationStats:
 
 
 def _constant_values(graph: onnx.GraphProto) -> set[str]:
-    """Values fixed before any input arrives: initializers and what only they feed (nodes are topologically sorted)."""
+    """Values fixed before any input arrives: initializers, Constant nodes and what only they feed.
+
+    ONNX lists nodes in topological order, so one forward sweep suffices.
+    """
     constant = {init.name for init in graph.initializer} | {""}  # "" is an omitted optional input
     for node in graph.node:
         if node.op_type == "Constant" or (node.input and all(name in constant for name in node.input)):
@@ -122,7 +127,9 @@ def _with_outputs(model: onnx.ModelProto, sites: Iterable[_Site]) -> onnx.ModelP
     return exposed
 
 
-def calibrate(model: "onnx.ModelProto | str | os.PathLike", calibration: Iterable[Feed], progress: bool = True) -> CalibrationStats:
+def calibrate(
+    model: "onnx.ModelProto | str | os.PathLike", calibration: Iterable[Feed], progress: bool = True
+) -> CalibrationStats:
     """Channel norms, nonzero density and ReLU feeding of every layer, in one pass over ``calibration``.
 
     ``calibration`` is a list of feeds, one dict (input name → array) per batch.
@@ -145,8 +152,7 @@ def calibrate(model: "onnx.ModelProto | str | os.PathLike", calibration: Iterabl
             x = np.asarray(values[site.tensor] if site.tensor in values else feed[site.tensor])
             axis = site.channel_axis % x.ndim
             pooled = tuple(a for a in range(x.ndim) if a != axis)
-            batch_squares = np.square(x, dtype=np.float64).sum(axis=pooled)
-            squares[site] = squares[site] + batch_squares if site in squares else batch_squares
+            squares[site] = squares.get(site, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
             nonzeros[site] += int(np.count_nonzero(x))
             sizes[site] += x.size
 
@@ -157,7 +163,9 @@ def calibrate(model: "onnx.ModelProto | str | os.PathLike", calibration: Iterabl
         norm = np.sqrt(sum(squares[site] for site in uses))
         channels = shapes[name][axes[name]]
         if norm.shape != (channels,):
-            raise ValueError(f"layer {name!r}: its activation has {norm.shape[0]} channels, the weight's reduction axis {channels}")
+            raise ValueError(
+                f"layer {name!r}: its activation has {norm.shape[0]} channels, the weight's reduction axis {channels}"
+            )
         norms[name] = norm
         density[name] = sum(nonzeros[site] for site in uses) / max(1, sum(sizes[site] for site in uses))
     return CalibrationStats(norms, density, _relu_fed(sites, model.graph), len(feeds))

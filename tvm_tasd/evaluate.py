@@ -54,10 +54,10 @@ def check_calibration(model: onnx.ModelProto, calibration: Iterable[Feed]) -> li
     required = model_inputs(model)
     for index, feed in enumerate(feeds):
         if not isinstance(feed, Mapping):
-            raise ValueError(f"calibration batch {index} is a {type(feed).__name__}, not a dict of input name → array")
+            raise ValueError(f"calibration batch {index} is a {type(feed).__name__}, not a dict (input name → array)")
         missing = [name for name in required if name not in feed]
         if missing:
-            raise ValueError(f"calibration batch {index} lacks model input(s) {missing}; the model's inputs are {required}")
+            raise ValueError(f"calibration batch {index} lacks model input(s) {missing}; model inputs: {required}")
         unknown = sorted(set(feed) - set(required))
         if unknown:
             raise ValueError(f"calibration batch {index} has {unknown}, which are not model inputs {required}")
@@ -97,8 +97,8 @@ class WeightFedModel:
 
     @property
     def layer_names(self) -> list[str]:
-        """The layer weights a run can replace, in graph order."""
-        return list(self._originals)
+        """The layer weights a run can replace, in the order the graph uses them."""
+        return list(self._axes)
 
     def original(self, name: str) -> np.ndarray:
         """The model's own value of a layer weight (read-only)."""

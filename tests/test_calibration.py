@@ -1,0 +1,128 @@
+"""Calibration statistics against plain numpy re-computations of the digits models."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tvm_tasd.calibration import activation_density, calibrate, channel_norms, relu_fed_layers
+from tvm_tasd.models.digits import load_data, model_path
+
+
+@pytest.fixture(scope="module")
+def x():
+    return load_data().test_x[:200]
+
+
+def batches_of(x, size=50):
+    return [{"input": x[i : i + size]} for i in range(0, len(x), size)]
+
+
+def params(name):
+    return {init.name: numpy_helper.to_array(init) for init in onnx.load(model_path(name)).graph.initializer}
+
+
+def norms_of(activation, axis):
+    pooled = tuple(a for a in range(activation.ndim) if a != axis)
+    return np.sqrt(np.square(activation.astype(np.float64)).sum(axis=pooled))
+
+
+def relu(v):
+    return np.maximum(v, 0)
+
+
+def conv3x3(images, weight, bias):
+    """Stride-1 'same' 3×3 convolution, NCHW/OIHW, by explicit windows."""
+    size = images.shape[-1]
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.stack([padded[:, :, i : i + size, j : j + size] for i in range(3) for j in range(3)], axis=2)
+    return np.einsum("bckhw,ock->bohw", windows, weight.reshape(*weight.shape[:2], 9)) + bias[:, None, None]
+
+
+def test_mlp_norms_and_density_match_numpy(x):
+    p = params("digits-mlp")
+    h1 = relu(x @ p["fc1.weight"] + p["fc1.bias"])
+    h2 = relu(h1 @ p["fc2.weight"] + p["fc2.bias"])
+    stats = calibrate(model_path("digits-mlp"), batches_of(x))
+    assert stats.batches == 4
+    for name, activation in (("fc1.weight", x), ("fc2.weight", h1), ("fc3.weight", h2)):
+        np.testing.assert_allclose(stats.norms[name], norms_of(activation, 1), rtol=1e-5)
+        assert stats.nonzero_density[name] == pytest.approx(np.count_nonzero(activation) / activation.size)
+    assert stats.relu_fed == {"fc2.weight", "fc3.weight"}
+
+
+def test_cnn_norms_pool_batch_and_space(x):
+    p = params("digits-cnn")
+    images = x.reshape(-1, 1, 8, 8)
+    a1 = relu(conv3x3(images, p["conv1.weight"], p["conv1.bias"]))
+    a2 = relu(conv3x3(a1, p["conv2.weight"], p["conv2.bias"]))
+    flat = a2.reshape(-1, 32, 4, 2, 4, 2).max(axis=(3, 5)).reshape(len(x), -1)
+    norms = channel_norms(model_path("digits-cnn"), batches_of(x, 64), progress=False)
+    shapes = {name: v.shape for name, v in norms.items()}
+    assert shapes == {"conv1.weight": (1,), "conv2.weight": (16,), "fc.weight": (512,)}
+    np.testing.assert_allclose(norms["conv1.weight"], norms_of(images, 1), rtol=1e-5)
+    np.testing.assert_allclose(norms["conv2.weight"], norms_of(a1, 1), rtol=1e-5)
+    np.testing.assert_allclose(norms["fc.weight"], norms_of(flat, 1), rtol=1e-5)
+
+
+def test_relu_fed_layers():
+    assert relu_fed_layers(model_path("digits-mlp")) == {"fc2.weight", "fc3.weight"}
+    # fc reads relu(conv2) through MaxPool and Flatten, which keep its zeros.
+    assert relu_fed_layers(onnx.load(model_path("digits-cnn"))) == {"conv2.weight", "fc.weight"}
+
+
+def edge_case_model():
+    """Gemm with transA, a weight shared by two MatMuls, and MatMuls whose activation is constant."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "gemm.weight": rng.standard_normal((3, 4)).astype(np.float32),  # activation (3, M), transA=1
+        "shared.weight": rng.standard_normal((4, 2)).astype(np.float32),
+        "const.act": rng.standard_normal((5, 4)).astype(np.float32),
+        "const.weight": rng.standard_normal((4, 2)).astype(np.float32),
+        "derived.weight": rng.standard_normal((5, 2)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "gemm.weight"], ["g"], transA=1),
+        helper.make_node("MatMul", ["g", "shared.weight"], ["s1"]),
+        helper.make_node("MatMul", ["y", "shared.weight"], ["s2"]),
+        helper.make_node("MatMul", ["const.act", "const.weight"], ["c"]),
+        helper.make_node("Transpose", ["const.act"], ["const.t"]),
+        helper.make_node("MatMul", ["const.t", "derived.weight"], ["d"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "edge",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]),
+        ],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None) for out in ("s1", "s2", "c", "d")],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), inits
+
+
+def test_transposed_shared_and_constant_activations():
+    model, inits = edge_case_model()
+    rng = np.random.default_rng(1)
+    feeds = [
+        {"x": rng.standard_normal((3, 6)).astype(np.float32), "y": rng.standard_normal((2, 4)).astype(np.float32)}
+        for _ in range(5)
+    ]
+    stats = calibrate(model, feeds)  # five batches: the progress bar path runs too
+    assert set(stats.norms) == {"gemm.weight", "shared.weight"}  # constant activations have no statistics
+    x = np.concatenate([f["x"] for f in feeds], 1)
+    np.testing.assert_allclose(stats.norms["gemm.weight"], norms_of(x, 0), rtol=1e-5)
+    g = np.concatenate([f["x"].T @ inits["gemm.weight"] for f in feeds])
+    y = np.concatenate([f["y"] for f in feeds])
+    np.testing.assert_allclose(stats.norms["shared.weight"], norms_of(np.concatenate([g, y]), 1), rtol=1e-5)
+    assert activation_density(model, feeds, progress=False)["shared.weight"] == 1.0
+
+
+def test_bad_calibration_sets(x):
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        calibrate(model_path("digits-mlp"), [])
+    with pytest.raises(ValueError, match=r"lacks model input\(s\) \['input'\]"):
+        calibrate(model_path("digits-mlp"), [{"input": x}, {"pixels": x}])
+    with pytest.raises(ValueError, match="not model inputs"):
+        calibrate(model_path("digits-mlp"), [{"input": x, "extra": x}])
