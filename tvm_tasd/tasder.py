@@ -1,0 +1,424 @@
+"""TASDER: choose every layer's TASD series for the lowest modelled EDP under a quality budget.
+
+No fine-tuning, ever: the search only picks, per layer, a weight series and
+a selection score from the candidates the target runs faster than dense
+(:mod:`tvm_tasd.candidates`), and checks the whole model on calibration data.
+
+The algorithm (documented in ``docs/tasder.md``):
+
+1. **Candidates and a proxy.** Per layer, every candidate series × score
+   (``magnitude``; ``activation`` when calibration statistics exist) gets its
+   modelled cost and a proxy error ``e = ‖(W − Ŵ)·s‖ / ‖W·s‖`` (s the
+   activation channel norms, 1 without data) — the relative output error
+   for inputs with those channel scales. Options dominated in both cost and
+   proxy are dropped, leaving each layer a frontier from dense to cheapest.
+2. **Sensitivity.** One real evaluation per layer: the model with only that
+   layer at its cheapest option. The quality drop, divided by that option's
+   e², gives the layer's sensitivity α; the predicted drop of any
+   assignment is Σ α·e² (layers assumed additive).
+3. **Greedy path.** From all-dense, repeatedly move the layer whose next
+   frontier step buys the most model EDP per unit of predicted drop. This
+   orders every assignment from dense to cheapest.
+4. **Verified search along the path.** Quality falls (nearly) monotonically
+   along it, so the furthest state that keeps ``budget`` is found by
+   bracketing with real evaluations. An XGBoost surrogate — trained on every
+   evaluation made so far, features = per-layer α·e² and the EDP ratio —
+   proposes each probe (the furthest state it predicts to pass inside the
+   bracket) instead of the midpoint, which cuts evaluations; its proposals
+   are always verified, so a wrong prediction costs one evaluation, never
+   quality.
+
+Plain greedy, the baseline the savings are quoted against, evaluates every
+step of the path until the first failure (``strategy="walk"``); plain
+bisection (``"bisect"``) is the other reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .calibration import calibrate
+from .candidates import candidate_configs, layer_cost, useful_terms
+from .config import TASDConfig
+from .decompose import approximate
+from .evaluate import WeightFedModel, load_model
+from .frontend import from_onnx
+from .hardware import HardwareTarget, load_target
+from .layers import find_layers
+from .plan import LayerPlan, Plan
+
+STRATEGIES = ("surrogate", "bisect", "walk")
+Outputs = list[list[np.ndarray]]  # per calibration batch, the model's outputs
+Metric = Callable[[Outputs], float]
+
+
+@dataclass
+class _Option:
+    """One candidate of one layer: series, score, modelled cost and proxy error."""
+
+    config: TASDConfig
+    score: str
+    energy_pj: float
+    latency_s: float
+    proxy: float
+
+    @property
+    def edp(self) -> float:
+        return self.energy_pj * self.latency_s
+
+
+@dataclass
+class _LayerSearch:
+    name: str
+    weight: np.ndarray
+    axis: int
+    scale: np.ndarray | None
+    options: list[_Option]  # frontier, dense first, cheapest last
+    alpha: float = 0.0
+
+    def approximated(self, option: _Option) -> np.ndarray:
+        score = self.scale if option.score == "activation" else "magnitude"
+        return approximate(self.weight, option.config, axis=self.axis, score=score, name=self.name)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _first_output(outputs: Outputs) -> np.ndarray:
+    return np.concatenate([batch[0] for batch in outputs])
+
+
+def cosine_metric(reference: Outputs) -> Metric:
+    """Mean cosine similarity of each sample's first output to the original model's."""
+    ref = _first_output(reference).reshape(len(_first_output(reference)), -1)
+
+    def metric(outputs: Outputs) -> float:
+        out = _first_output(outputs).reshape(ref.shape)
+        num = (out * ref).sum(1)
+        den = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
+        return float(np.mean(num / np.maximum(den, 1e-30)))
+
+    return metric
+
+
+def top1_metric(reference: Outputs) -> Metric:
+    """Share of samples whose arg-max class equals the original model's."""
+    ref = _first_output(reference).argmax(-1)
+    return lambda outputs: float((_first_output(outputs).argmax(-1) == ref).mean())
+
+
+def accuracy_metric(labels: np.ndarray) -> Metric:
+    """Share of samples whose arg-max class is the label."""
+    labels = np.asarray(labels).reshape(-1)
+    return lambda outputs: float((_first_output(outputs).argmax(-1) == labels).mean())
+
+
+def _resolve_metric(metric, labels, reference: Outputs) -> tuple[Metric, str]:
+    if callable(metric):
+        return metric, getattr(metric, "__name__", "custom")
+    if metric == "cosine":
+        return cosine_metric(reference), metric
+    if metric == "top1":
+        return top1_metric(reference), metric
+    if metric == "accuracy":
+        return accuracy_metric(labels), metric
+    raise ValueError(f"unknown metric {metric!r}: use 'cosine', 'top1', 'accuracy' or a callable(outputs) -> float")
+
+
+def _check_arguments(budget, calibration, metric, labels, target: HardwareTarget) -> None:
+    """Every mistake the user can make, caught before any expensive work."""
+    if not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        raise ValueError(f"budget is the share of the original quality to keep, in (0, 1]; got {budget!r} (e.g. 0.99)")
+    if not calibration:
+        raise ValueError("calibration set is empty: give a list of input feeds (one dict per batch)")
+    if metric == "accuracy" and labels is None:
+        raise ValueError("metric 'accuracy' needs labels=: one label per calibration sample")
+    if metric == "accuracy":
+        samples = sum(len(next(iter(feed.values()))) for feed in calibration)
+        if len(np.asarray(labels).reshape(-1)) != samples:
+            raise ValueError(f"{len(np.asarray(labels).reshape(-1))} labels for {samples} calibration samples")
+    if not useful_terms(target):
+        raise ValueError(f"target {target.name!r} runs no N:M pattern faster than dense: nothing to search for")
+
+
+def _quality(metric: Metric, outputs: Outputs) -> float:
+    value = float(metric(outputs))
+    if not math.isfinite(value):
+        raise ValueError(f"the metric returned {value}: it must be a finite number")
+    return value
+
+
+# ------------------------------------------------------------------ the search
+
+
+def _proxy(layer_weight, approx, axis, scale) -> float:
+    diff = layer_weight.astype(np.float64) - approx
+    if scale is not None:
+        shape = [1] * diff.ndim
+        shape[axis] = -1
+        diff = diff * scale.reshape(shape)
+        ref = layer_weight * scale.reshape(shape)
+    else:
+        ref = layer_weight
+    norm = np.linalg.norm(ref)
+    return float(np.linalg.norm(diff) / norm) if norm else 0.0
+
+
+def _frontier(options: list[_Option]) -> list[_Option]:
+    """Options not dominated in (EDP, proxy), ordered from dense (proxy 0) to cheapest."""
+    ordered = sorted(options, key=lambda o: (o.edp, o.proxy))
+    frontier: list[_Option] = []
+    for option in ordered:
+        if all(option.proxy < kept.proxy for kept in frontier):
+            frontier.append(option)
+    return frontier[::-1]
+
+
+def _layer_options(layer, target, scale, scores, max_terms) -> list[_Option]:
+    options = []
+    for config in candidate_configs(target, max_terms):
+        if not config.is_dense and config.max_m > layer.grouped_length:
+            continue
+        cost = layer_cost(target, layer, config)
+        for score in scores if not config.is_dense else ("magnitude",):
+            s = scale if score == "activation" else "magnitude"
+            approx = approximate(layer.weight, config, axis=layer.axis, score=s, name=layer.name)
+            proxy = _proxy(layer.weight, approx, layer.axis, scale)
+            options.append(_Option(config, score, cost.energy_pj, cost.latency_s, proxy))
+    return _frontier(options)
+
+
+def _path(layers: list[_LayerSearch]) -> list[tuple[int, ...]]:
+    """Greedy states (option index per layer) from all-dense to all-cheapest."""
+    state = [0] * len(layers)
+    energy = sum(l.options[0].energy_pj for l in layers)
+    latency = sum(l.options[0].latency_s for l in layers)
+    path = [tuple(state)]
+    while True:
+        best, best_gain = None, -math.inf
+        for i, layer in enumerate(layers):
+            if state[i] + 1 >= len(layer.options):
+                continue
+            now, nxt = layer.options[state[i]], layer.options[state[i] + 1]
+            new_edp = (energy - now.energy_pj + nxt.energy_pj) * (latency - now.latency_s + nxt.latency_s)
+            gain = energy * latency - new_edp
+            cost = layer.alpha * (nxt.proxy**2 - now.proxy**2)
+            ratio = gain / cost if cost > 0 else math.inf
+            if ratio > best_gain:  # strict: the first layer wins ties, so the path is deterministic
+                best, best_gain = i, ratio
+        if best is None:
+            return path
+        now, nxt = layers[best].options[state[best]], layers[best].options[state[best] + 1]
+        energy += nxt.energy_pj - now.energy_pj
+        latency += nxt.latency_s - now.latency_s
+        state[best] += 1
+        path.append(tuple(state))
+
+
+class _Surrogate:
+    """XGBoost regressor: relative quality from per-layer α·e² and the EDP ratio."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.features: list[np.ndarray] = []
+        self.targets: list[float] = []
+
+    def add(self, features: np.ndarray, quality: float) -> None:
+        self.features.append(features)
+        self.targets.append(quality)
+
+    def predict(self, features: np.ndarray) -> np.ndarray | None:
+        if len(self.targets) < 4:
+            return None
+        import xgboost
+
+        model = xgboost.XGBRegressor(
+            n_estimators=60, max_depth=3, learning_rate=0.2, random_state=self.seed, n_jobs=1,
+            monotone_constraints="(" + ",".join(["-1"] * (features.shape[1] - 1) + ["1"]) + ")",
+        )
+        model.fit(np.stack(self.features), np.asarray(self.targets))
+        return model.predict(features)
+
+
+@dataclass
+class _Evaluator:
+    model: WeightFedModel
+    metric: Metric
+    dense_quality: float
+    layers: list[_LayerSearch]
+    cache: dict
+
+    def relative_quality(self, state: tuple[int, ...]) -> float:
+        if state not in self.cache:
+            weights = {l.name: l.approximated(l.options[i]) for l, i in zip(self.layers, state) if i}
+            self.cache[state] = _quality(self.metric, self.model.run(weights)) / self.dense_quality
+        return self.cache[state]
+
+
+def _features(layers, state, dense_edp) -> np.ndarray:
+    energy = sum(l.options[i].energy_pj for l, i in zip(layers, state))
+    latency = sum(l.options[i].latency_s for l, i in zip(layers, state))
+    damage = [l.alpha * l.options[i].proxy ** 2 for l, i in zip(layers, state)]
+    return np.asarray(damage + [energy * latency / dense_edp])
+
+
+def _fingerprint(calibration) -> str:
+    digest = hashlib.sha1()
+    for feed in calibration:
+        for name in sorted(feed):
+            array = np.ascontiguousarray(feed[name])
+            digest.update(name.encode() + str(array.shape).encode() + array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def search(
+    model,
+    hw,
+    calibration: Sequence[dict],
+    metric: "str | Metric" = "cosine",
+    budget: float = 0.99,
+    labels=None,
+    max_terms: int = 2,
+    scores: Sequence[str] = ("magnitude", "activation"),
+    strategy: str = "surrogate",
+    seed: int = 0,
+    progress: bool = True,
+) -> Plan:
+    """Search a plan for ``model`` (ONNX path or ModelProto) on ``hw``.
+
+    ``calibration``: list of feeds (input name → array), one per batch.
+    ``metric``: ``"cosine"`` / ``"top1"`` (to the original model's outputs),
+    ``"accuracy"`` (needs ``labels``), or ``callable(outputs) -> float``
+    (higher is better) where ``outputs`` is, per batch, the output list.
+    ``budget``: the share of the original model's metric to keep.
+    ``strategy``: how the greedy path is verified — ``"surrogate"`` (XGBoost
+    proposes each probe), ``"bisect"`` (plain bisection) or ``"walk"``
+    (plain greedy: every step, until the first failure).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    target = load_target(hw)
+    _check_arguments(budget, calibration, metric, labels, target)
+    proto = load_model(model)
+    from tqdm.auto import tqdm
+
+    fed = WeightFedModel(proto, calibration)
+    reference = fed.run()
+    metric_fn, metric_name = _resolve_metric(metric, labels, reference)
+    dense_quality = _quality(metric_fn, reference)
+    if dense_quality <= 0:
+        raise ValueError(f"the original model scores {dense_quality} on the metric; a positive quality is needed")
+
+    stats = calibrate(proto, calibration, progress=progress) if "activation" in scores else None
+    shapes = {name: list(np.shape(value)) for name, value in calibration[0].items()}
+    tvm_layers = [l for l in find_layers(from_onnx(proto, shapes).mod) if l.name in fed.layer_names]
+
+    layers = []
+    for layer in tqdm(tvm_layers, desc="candidates", disable=not progress, leave=False):
+        scale = stats.norms.get(layer.name) if stats is not None else None
+        layer_scores = [s for s in scores if s == "magnitude" or scale is not None]
+        if layer.ineligible:
+            options = _layer_options(layer, target, scale, ("magnitude",), 0)
+        else:
+            options = _layer_options(layer, target, scale, layer_scores, max_terms)
+        layers.append(_LayerSearch(layer.name, layer.weight, layer.axis, scale, options))
+
+    evaluator = _Evaluator(fed, metric_fn, dense_quality, layers, {})
+    dense_state = (0,) * len(layers)
+    evaluator.cache[dense_state] = 1.0
+    dense_edp = _features(layers, dense_state, 1.0)[-1]
+    surrogate = _Surrogate(seed)
+    bar = tqdm(total=len(layers), desc="sensitivity", disable=not progress, leave=False)
+    for i, layer in enumerate(layers):
+        bar.update()
+        if len(layer.options) < 2:
+            continue
+        state = tuple(len(layer.options) - 1 if j == i else 0 for j in range(len(layers)))
+        drop = max(0.0, 1.0 - evaluator.relative_quality(state))
+        layer.alpha = drop / max(layer.options[-1].proxy ** 2, 1e-30)
+    bar.close()
+    for state, quality in evaluator.cache.items():
+        surrogate.add(_features(layers, state, dense_edp), quality)
+
+    path = _path(layers)
+    if strategy == "walk":
+        best = _walk(path, evaluator, budget, progress)
+    else:
+        best = _bracket(path, evaluator, surrogate, layers, dense_edp, budget, strategy == "surrogate", progress)
+    return _plan(target, layers, path, path[best], evaluator, budget, metric_name, dense_quality, seed, calibration,
+                 dense_edp, strategy)
+
+
+def _bracket(path, evaluator, surrogate, layers, dense_edp, budget, use_surrogate, progress) -> int:
+    """Index of the furthest path state whose measured relative quality ≥ budget."""
+    from tqdm.auto import tqdm
+
+    good, bad = 0, len(path)  # invariant: path[good] passes; path[bad:] untried or failed
+    bar = tqdm(desc="verify", disable=not progress, leave=False)
+    while bad - good > 1:
+        probe = (good + bad) // 2
+        if use_surrogate:
+            predicted = surrogate.predict(np.stack([_features(layers, path[i], dense_edp) for i in range(good + 1, bad)]))
+            if predicted is not None:
+                passing = [good + 1 + i for i, q in enumerate(predicted) if q >= budget]
+                guess = max(passing) if passing else good + 1
+                margin = max(1, (bad - good) // 4)  # keep inside the bracket's middle half: a bad guess still shrinks it
+                probe = min(max(guess, good + margin), bad - margin)
+        quality = evaluator.relative_quality(path[probe])
+        surrogate.add(_features(layers, path[probe], dense_edp), quality)
+        bar.update()
+        if quality >= budget:
+            good = probe
+        else:
+            bad = probe
+    bar.close()
+    return good
+
+
+def _walk(path, evaluator, budget, progress) -> int:
+    """Plain greedy: verify every step of the path in order, stop at the first failure."""
+    from tqdm.auto import tqdm
+
+    good = 0
+    for index in tqdm(range(1, len(path)), desc="verify", disable=not progress, leave=False):
+        if evaluator.relative_quality(path[index]) < budget:
+            break
+        good = index
+    return good
+
+
+def _plan(target, layers, path, state, evaluator, budget, metric_name, dense_quality, seed, calibration, dense_edp,
+          strategy) -> Plan:
+    entries = []
+    for layer, index in zip(layers, state):
+        option = layer.options[index]
+        dense = layer.options[0]
+        entries.append(LayerPlan(
+            layer.name, option.config, None, option.score,
+            layer.scale if option.score == "activation" else None,
+            {
+                "proxy_error": round(option.proxy, 6),
+                "sensitivity": round(layer.alpha, 6),
+                "energy_pj": option.energy_pj,
+                "latency_s": option.latency_s,
+                "edp_vs_dense": option.edp / dense.edp if dense.edp else 1.0,
+            },
+        ))
+    edp_ratio = float(_features(layers, state, dense_edp)[-1])
+    relative = evaluator.relative_quality(state)
+    info = {
+        "metric": metric_name,
+        "quality": {"original": dense_quality, "plan": relative * dense_quality, "relative": relative,
+                    "predicted_drop": float(sum(_features(layers, state, dense_edp)[:-1]))},
+        "edp_vs_dense": edp_ratio,
+        "seed": seed,
+        "inputs": {"calibration_batches": len(calibration), "fingerprint": _fingerprint(calibration)},
+        "search": {"strategy": strategy, "evaluations": evaluator.model.evaluations, "path_length": len(path)},
+        "note": "EDP is modelled (tvm_tasd.cost) from " + target.source_file.split("/")[-1],
+    }
+    return Plan(entries, target.name, budget, info)
