@@ -1,0 +1,93 @@
+"""TASDER on the bundled digits models: budget kept, EDP reduced, plans reproducible."""
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from tvm_tasd import tasder
+from tvm_tasd.evaluate import WeightFedModel
+from tvm_tasd.models.digits import load_data, model_path
+from tvm_tasd.plan import Plan
+from tvm_tasd.reference import approximate_onnx
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    data = load_data()
+    feeds = [{"input": data.train_x[i : i + 128]} for i in range(0, 512, 128)]
+    return feeds, data.train_y[:512]
+
+
+@pytest.fixture(scope="module")
+def mlp_plan(calibration):
+    feeds, labels = calibration
+    return tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, metric="accuracy", labels=labels,
+                         budget=0.99, progress=False)
+
+
+def test_plan_keeps_the_budget_and_lowers_edp(mlp_plan, calibration):
+    feeds, labels = calibration
+    assert mlp_plan.info["quality"]["relative"] >= 0.99
+    assert mlp_plan.info["edp_vs_dense"] < 1.0
+    assert any(not layer.weight.is_dense for layer in mlp_plan.layers)
+    # re-measure independently: onnxruntime on the model with the plan's weights
+    approx = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=mlp_plan)
+    outputs = WeightFedModel(approx, feeds).run()
+    accuracy = tasder.accuracy_metric(labels)(outputs)
+    assert accuracy == pytest.approx(mlp_plan.info["quality"]["plan"])
+
+
+def test_plan_json_round_trips_and_is_deterministic(mlp_plan, calibration, tmp_path):
+    feeds, labels = calibration
+    mlp_plan.save(tmp_path / "a.json")
+    again = tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, metric="accuracy", labels=labels,
+                          budget=0.99, progress=False)
+    again.save(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    loaded = Plan.load(tmp_path / "a.json")
+    assert loaded.to_json() == json.loads((tmp_path / "a.json").read_text())
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["hardware"] == "vegeta-m8" and data["budget"] == 0.99 and "edp_vs_dense" in data
+    for entry in data["layers"]:
+        assert {"name", "weight", "activation", "score"} <= set(entry)
+        if entry["score"] == "activation":
+            assert len(entry["s"]) > 0
+
+
+@pytest.mark.parametrize("strategy", ["bisect", "walk"])
+def test_strategies_find_a_passing_plan(strategy, calibration):
+    feeds, labels = calibration
+    plan = tasder.search(model_path("digits-cnn"), "vegeta-m8", feeds, metric="accuracy", labels=labels,
+                         budget=0.99, strategy=strategy, progress=False)
+    assert plan.info["quality"]["relative"] >= 0.99
+    assert plan.info["search"]["strategy"] == strategy
+
+
+def test_cosine_metric_without_labels(calibration):
+    feeds, _ = calibration
+    plan = tasder.search(model_path("digits-mlp"), "stc-2of4", feeds, metric="cosine", budget=0.999, progress=False)
+    assert plan.info["quality"]["relative"] >= 0.999
+    assert {str(layer.weight) for layer in plan.layers} <= {"2:4", "dense"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"budget": 0}, "budget"),
+        ({"budget": 1.5}, "budget"),
+        ({"calibration": []}, "calibration set is empty"),
+        ({"metric": "accuracy"}, "needs labels"),
+        ({"hw": "dense"}, "no N:M pattern"),
+        ({"metric": "bleu"}, "unknown metric"),
+        ({"metric": lambda outputs: math.nan}, "finite"),
+    ],
+)
+def test_bad_input_fails_early_and_clearly(kwargs, match, calibration):
+    feeds, _ = calibration
+    args = {"model": model_path("digits-mlp"), "hw": "vegeta-m8", "calibration": feeds[:1], "progress": False}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        tasder.search(**args)
