@@ -108,8 +108,9 @@ class WeightFedModel:
         """Reduction axis of a layer weight (DESIGN §2)."""
         return self._axes[self._known(name)]
 
-    def run(self, weights: "Mapping[str, np.ndarray] | None" = None) -> list[list[np.ndarray]]:
-        """Outputs on every calibration batch, with ``weights`` replacing the originals they name."""
+    def run(self, weights: "Mapping[str, np.ndarray] | None" = None, batches: int | None = None) -> list[list[np.ndarray]]:
+        """Outputs on the calibration batches (the first ``batches`` of them, default all),
+        with ``weights`` replacing the originals they name."""
         fed = dict(self._originals)
         for name, value in (weights or {}).items():
             original = self._originals[self._known(name)]
@@ -118,7 +119,7 @@ class WeightFedModel:
                 raise ValueError(f"weight {name!r} has shape {value.shape}, the model's is {original.shape}")
             fed[name] = value
         self.evaluations += 1
-        return [self._session.run(self.output_names, {**batch, **fed}) for batch in self.calibration]
+        return [self._session.run(self.output_names, {**batch, **fed}) for batch in self.calibration[:batches]]
 
     def _known(self, name: str) -> str:
         if name not in self._originals:

@@ -1,0 +1,241 @@
+"""Quality vs modelled EDP: TASDER against one-shot single-pattern baselines.
+
+For each model and target: every supported single-pattern config applied
+uniformly with magnitude selection (apex-style N:M pruning) and with the
+Wanda score |w|·‖x‖ (calibration channel norms), the paper's magnitude TASD
+series, and TASDER plans at several budgets. Quality is measured on data the
+search never saw (onnxruntime, weights replaced); EDP is **modelled**
+(``tvm_tasd.cost``, the target's file) over the model's matmul/conv layers,
+relative to the same model running dense on the same target.
+
+Models: ``minilm`` (all-MiniLM-L6-v2; calibration SICK_trial, unseen STS15
+images + STS16 headlines, Spearman), ``crepe-tiny`` (RPA on synthetic tones,
+calibration and test from different seeds), ``digits-mlp`` / ``digits-cnn``
+(accuracy; calibration = training images, unseen = the test split).
+
+    python benchmarks/quality_vs_edp.py [--models minilm digits-mlp ...]
+        [--targets vegeta-m8 stc-2of4 ttc-vegeta-m8] [--budgets 0.98 0.99 0.995] [--quick]
+
+Writes ``quality_vs_edp.{json,md}`` and the committed plans under
+``results/plans/`` (``<model>_<target>.json`` at budget 0.99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from tvm_tasd import tasder
+from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
+from tvm_tasd.calibration import channel_norms
+from tvm_tasd.candidates import layer_cost, useful_terms
+from tvm_tasd.config import TASDConfig
+from tvm_tasd.decompose import approximate
+from tvm_tasd.evaluate import WeightFedModel
+from tvm_tasd.frontend import from_onnx
+from tvm_tasd.hardware import load_target
+from tvm_tasd.layers import find_layers
+from tvm_tasd.plan import Plan
+
+TASD_SERIES = {"vegeta-m8": ["4:8+2:8", "2:8+1:8", "4:8+1:8"], "stc-2of4": [], "ttc-vegeta-m8": ["4:8+2:8", "2:8+1:8"],
+               "vegeta-m4": ["2:4+1:4"], "highlight": ["2:4+2:16"], "ttc-stc": []}
+
+
+@dataclass
+class Task:
+    """A model with its calibration feeds and metric, and unseen test feeds and metric."""
+
+    name: str
+    model: onnx.ModelProto
+    calibration: list[dict]
+    calibration_metric: Callable
+    test: list[dict]
+    test_metric: Callable
+
+
+def _minilm(quick: bool) -> Task:
+    from tvm_tasd.models import minilm
+
+    batch, seq = 50, 40
+    tok = minilm.Tokenizer(seq)
+
+    def pairs_task(names):
+        sets = [minilm.load_sts(n) for n in names]
+        feeds, spans = [], []
+        for pairs in sets:
+            sentences = pairs.first + pairs.second
+            if len(sentences) % batch:
+                sentences += [""] * (batch - len(sentences) % batch)
+            start = len(feeds)
+            feeds += [tok(sentences[i : i + batch]) for i in range(0, len(sentences), batch)]
+            spans.append((start, len(feeds), len(pairs.gold)))
+
+        def metric(outputs):
+            scores = []
+            for (start, stop, count), pairs in zip(spans, sets):
+                hidden = np.concatenate([outputs[i][0] for i in range(start, stop)])
+                mask = np.concatenate([feeds[i]["attention_mask"] for i in range(start, stop)])[..., None]
+                pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+                scores.append(minilm.spearman(pooled[:count], pooled[count : 2 * count], pairs.gold))
+            return float(np.mean(scores))
+
+        return feeds, metric
+
+    calibration, calibration_metric = pairs_task(["sick"])
+    test, test_metric = pairs_task(["sts16"] if quick else ["sts15", "sts16"])
+    model = onnx.load(minilm.onnx_path(batch, seq))
+    return Task("minilm", model, calibration, calibration_metric, test, test_metric)
+
+
+def _crepe(quick: bool) -> Task:
+    from tvm_tasd.models import crepe
+
+    batch = 64
+    model = onnx.load(crepe.onnx_path("tiny", batch))
+
+    def tones(count, seed):
+        frames, f0 = crepe.synthetic_tones(count, seed)
+        feeds = [{"frames": frames[i : i + batch]} for i in range(0, count, batch)]
+        return feeds, lambda outputs: crepe.raw_pitch_accuracy(np.concatenate([o[0] for o in outputs]), f0)
+
+    calibration, calibration_metric = tones(256 if quick else 512, seed=1)
+    test, test_metric = tones(256 if quick else 1024, seed=2)
+    return Task("crepe-tiny", model, calibration, calibration_metric, test, test_metric)
+
+
+def _digits(name: str, quick: bool) -> Task:
+    from tvm_tasd.models.digits import load_data, model_path
+
+    data = load_data()
+    batch = 120
+
+    def feeds_and_metric(x, y):
+        feeds = [{"input": x[i : i + batch]} for i in range(0, len(x) - len(x) % batch, batch)]
+        labels = y[: len(feeds) * batch]
+        return feeds, tasder.accuracy_metric(labels)
+
+    calibration, calibration_metric = feeds_and_metric(data.train_x, data.train_y)
+    test, test_metric = feeds_and_metric(data.test_x, data.test_y)
+    return Task(name, onnx.load(model_path(name)), calibration, calibration_metric, test, test_metric)
+
+
+def load_task(name: str, quick: bool) -> Task:
+    if name == "minilm":
+        return _minilm(quick)
+    if name == "crepe-tiny":
+        return _crepe(quick)
+    return _digits(name, quick)
+
+
+def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> float:
+    """Modelled model EDP (Σ energy × Σ latency over the layers) relative to dense."""
+    def total(choice):
+        energy = latency = 0.0
+        for layer in layers:
+            cost = layer_cost(target, layer, choice(layer))
+            energy += cost.energy_pj
+            latency += cost.latency_s
+        return energy * latency
+
+    def chosen(layer):
+        config = configs.get(layer.name, TASDConfig.dense())
+        return config if not layer.ineligible and layer.grouped_length >= config.max_m else TASDConfig.dense()
+
+    return total(chosen) / total(lambda layer: TASDConfig.dense())
+
+
+def _uniform(layers, config, norms=None):
+    """Weights for a uniform config (magnitude, or Wanda-style with channel norms)."""
+    weights = {}
+    for layer in layers:
+        if layer.ineligible or layer.grouped_length < config.max_m:
+            continue
+        score = norms[layer.name] if norms is not None else "magnitude"
+        weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, score=score, name=layer.name)
+    return weights
+
+
+def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, log) -> list[dict]:
+    shapes = {k: list(v.shape) for k, v in task.calibration[0].items()}
+    layers = [layer for layer in find_layers(from_onnx(task.model, shapes).mod)]
+    test_model = WeightFedModel(task.model, task.test)
+    dense_test = task.test_metric(test_model.run())
+    norms = channel_norms(task.model, task.calibration, progress=False)
+    rows = []
+
+    def record(target, method, config, weights, edp, **extra):
+        quality = task.test_metric(test_model.run(weights)) if weights else dense_test
+        rows.append({"model": task.name, "target": target, "method": method, "config": config,
+                     "edp_vs_dense": edp, "quality": quality, "relative_quality": quality / dense_test, **extra})
+        log(f"{task.name:11s} {target:14s} {method:22s} {config:10s} EDP {edp:.3f}  quality {quality / dense_test:.4f}")
+
+    for target_name in targets:
+        target = load_target(target_name)
+        singles = [TASDConfig((t,)) for t in useful_terms(target)]
+        series = [TASDConfig.parse(s) for s in TASD_SERIES.get(target_name, [])]
+        for config in singles:
+            edp = _model_edp(target, layers, {l.name: config for l in layers})
+            record(target_name, "magnitude N:M", str(config), _uniform(layers, config), edp)
+            record(target_name, "Wanda N:M", str(config), _uniform(layers, config, norms), edp)
+        for config in series:
+            edp = _model_edp(target, layers, {l.name: config for l in layers})
+            record(target_name, "magnitude TASD", str(config), _uniform(layers, config), edp)
+            record(target_name, "activation-aware TASD", str(config), _uniform(layers, config, norms), edp)
+        for budget in budgets:
+            start = time.perf_counter()
+            plan = tasder.search(task.model, target, task.calibration, metric=task.calibration_metric,
+                                 budget=budget, progress=False)
+            seconds = time.perf_counter() - start
+            by_name = plan.by_name()
+            weights = {
+                layer.name: approximate(layer.weight, by_name[layer.name].weight, axis=layer.axis,
+                                        score=by_name[layer.name].selection_score, name=layer.name)
+                for layer in layers if layer.name in by_name and not by_name[layer.name].weight.is_dense
+            }
+            edp = _model_edp(target, layers, {n: e.weight for n, e in by_name.items()})
+            record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, search_seconds=seconds,
+                   calibration_relative=plan.info["quality"]["relative"], search=plan.info["search"])
+            if budget == 0.99 and out_plans is not None:
+                out_plans.mkdir(parents=True, exist_ok=True)
+                plan.save(out_plans / f"{task.name}_{target_name}.json")
+    return rows
+
+
+def to_markdown(data: dict) -> str:
+    lines = ["# Quality vs modelled EDP", "", *stamp_markdown(data["meta"]), "",
+             "Quality is measured on unseen data (relative to the dense model); EDP is **modelled** "
+             "(`tvm_tasd.cost`, target files in `hardware_targets/`) over the matmul/conv layers, "
+             "relative to the same model running dense on the same target.", ""]
+    for (model, target) in dict.fromkeys((r["model"], r["target"]) for r in data["rows"]):
+        lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",
+                  "|---|---|---:|---:|"]
+        for r in (r for r in data["rows"] if r["model"] == model and r["target"] == target):
+            lines.append(f"| {r['method']} | {r['config']} | {r['edp_vs_dense']:.3f} | {r['relative_quality']:.4f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["minilm", "crepe-tiny", "digits-mlp", "digits-cnn"])
+    parser.add_argument("--targets", nargs="+", default=["vegeta-m8", "stc-2of4", "ttc-vegeta-m8"])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.98, 0.99, 0.995])
+    parser.add_argument("--quick", action="store_true", help="smaller data sets")
+    parser.add_argument("--name", default="quality_vs_edp", help="results file name")
+    args = parser.parse_args(argv)
+    rows = []
+    for model in args.models:
+        task = load_task(model, args.quick)
+        rows += run_task(task, args.targets, args.budgets, None if args.quick else RESULTS / "plans", print)
+    data = {"meta": stamp("quality vs modelled EDP (quality measured, EDP modelled)", quick=args.quick), "rows": rows}
+    write(args.name, data, to_markdown(data))
+
+
+if __name__ == "__main__":
+    main()
