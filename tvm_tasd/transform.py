@@ -188,7 +188,7 @@ class _Rewriter(relax.PyExprMutator):
         if choice is None or choice.config.is_dense:
             return super().visit_var_binding_(binding)
         activation = self.visit_expr(binding.value.args[0])
-        new_value = self._emit_layer(layer, choice, activation)
+        new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, new_value))
 
     def _emit_layer(self, layer: Layer, choice: Choice, activation):

@@ -1,0 +1,202 @@
+"""What the LLVM (CPU) kernels share: host target, kernel record, build, schedule pieces.
+
+* :func:`host_target` — ``Target({"kind": "llvm", "mcpu": <host cpu>})``; the
+  vector width and register count the schedules tile for come from it
+  (AVX-512: 16 fp32 lanes, 32 registers; AVX2: 8 lanes, 16 registers).
+* :class:`NMKernel` — a scheduled ``tvm.tirx.PrimFunc`` plus the function that
+  packs the (compile-time constant) weights into the layout it reads.
+* :func:`build` — compile a kernel for the host and call or time it.
+* :func:`schedule_transpose` and :func:`tile_nm_reduction` /
+  :func:`finish_nm_reduction` — the scheduling steps the matmul and conv
+  kernels have in common.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm.target import codegen
+
+#: Bytes of activation rows a kernel keeps hot per reduction tile (an L1 data cache).
+L1_BYTES = 32 * 1024
+#: Parallel tasks to aim for per core, so threads stay balanced.
+TASKS_PER_CORE = 4
+
+
+def host_target() -> tvm.target.Target:
+    """The LLVM target for this machine's CPU (plain ``llvm`` if LLVM does not know it)."""
+    cpu = codegen.llvm_get_system_cpu()
+    if cpu and codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
+        return tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+    return tvm.target.Target({"kind": "llvm"})
+
+
+@dataclass(frozen=True)
+class CPUShape:
+    """What a schedule needs to know about the CPU: SIMD lanes and vector registers."""
+
+    vector_bits: int
+    registers: int
+
+    @classmethod
+    def of(cls, target: tvm.target.Target | None = None) -> "CPUShape":
+        target = target or host_target()
+        bits = codegen.llvm_get_vector_width(target)
+        bits = bits if bits and bits > 0 else 128
+        many = codegen.llvm_cpu_has_features("avx512f", target) or "aarch64" in str(target.attrs.get("mtriple", ""))
+        return cls(bits, 32 if many else 16)
+
+    def lanes(self, dtype: str) -> int:
+        return max(1, self.vector_bits // tvm.runtime.DataType(dtype).bits)
+
+
+def float_dtype(dtype) -> str:
+    """A dtype name (accepts numpy dtypes and TVM DataType objects)."""
+    name = str(dtype)
+    if name not in ("float16", "bfloat16", "float32", "float64"):
+        raise ValueError(f"CPU N:M kernels take float16, bfloat16, float32 or float64, got {name}")
+    return name
+
+
+def accumulator_dtype(dtype: str) -> str:
+    """Accumulate 16-bit floats in fp32 (CPUs have no fast 16-bit FMA); keep fp32/fp64."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
+def parallel_chunks(outer_tasks: int, col_tiles: int) -> int:
+    """How many column chunks to split the work into so every core gets several tasks."""
+    want = TASKS_PER_CORE * (os.cpu_count() or 1)
+    return max(1, min(col_tiles, -(-want // max(1, outer_tasks))))
+
+
+@dataclass(frozen=True)
+class NMKernel:
+    """A scheduled CPU kernel and how to feed it.
+
+    ``func`` — the ``tvm.tirx.PrimFunc``; arguments in order: the activation,
+    the packed constant arrays (``pack``'s list, in order), bias if the kernel
+    has one, the output.
+    ``pack(weights)`` — the compile-time constants as numpy arrays: from the
+    list of ``NMTerm``s for N:M kernels, from the dense weight for dense ones.
+    ``executed_macs`` — multiply-accumulates the kernel really performs
+    (padding rows/columns of a vector tile not counted).
+    ``x_layout`` / ``out_shape`` — what the activation and output look like.
+    ``params`` — the tile sizes chosen, for reports.
+    """
+
+    func: tvm.tirx.PrimFunc
+    pack: Callable[..., list[np.ndarray]]
+    executed_macs: int
+    x_layout: str
+    out_shape: tuple[int, ...]
+    params: dict = field(default_factory=dict)
+
+
+class CompiledKernel:
+    """A built kernel: call it with numpy arrays or time it with TVM's time_evaluator."""
+
+    def __init__(self, kernel: NMKernel, module, device):
+        self.kernel = kernel
+        self.module = module
+        self.device = device
+        self.name = str(kernel.func.attrs["global_symbol"])
+        self.out_dtype = str(kernel.func.params[-1].dtype)  # 0.27: params are the buffers
+
+    def _tensors(self, inputs):
+        tensors = [a if isinstance(a, tvm.runtime.Tensor) else tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in inputs]
+        out = tvm.runtime.tensor(np.zeros(self.kernel.out_shape, self.out_dtype), self.device)
+        return tensors + [out]
+
+    def __call__(self, *inputs) -> np.ndarray:
+        """Run on ``inputs`` (func's arguments without the output); return the output."""
+        args = self._tensors(inputs)
+        self.module[self.name](*args)
+        return args[-1].numpy()
+
+    def timer(self, *inputs, number: int = 10, repeat: int = 5) -> Callable[[], list[float]]:
+        """A function that times the kernel on ``inputs``: seconds per call, one per repeat."""
+        args = self._tensors(inputs)
+        evaluator = self.module.time_evaluator(self.name, self.device, number=number, repeat=repeat)
+        return lambda: list(evaluator(*args).results)
+
+
+def build(kernel: NMKernel, target: tvm.target.Target | None = None) -> CompiledKernel:
+    """Compile ``kernel.func`` for the CPU (``tvm.tirx.build``) and wrap it for calling/timing."""
+    func = kernel.func
+    if not bool(func.attrs.get("tirx.noalias", False)):
+        # without it LLVM must assume the buffers alias and reloads every accumulator
+        func = func.with_attr("tirx.noalias", True)
+        kernel = NMKernel(func, kernel.pack, kernel.executed_macs, kernel.x_layout, kernel.out_shape, kernel.params)
+    module = tvm.tirx.build(func, target=target or host_target())
+    return CompiledKernel(kernel, module, tvm.cpu())
+
+
+def _read_index(s, block, name: str) -> int:
+    return [region.source.name for region in s.get(block).reads].index(name)
+
+
+def schedule_transpose(s, block, source: str, tile: int):
+    """Tile a transposing copy ``dst[.., a, b] = f(src[.., b, a])`` over its last two loops.
+
+    A ``tile``×``tile`` block of ``source`` is staged in registers with vector
+    loads along b and written back with vector stores along a; LLVM turns the
+    pair into shuffles, ~5× faster than an element-wise strided copy.
+    Returns the loops outside the tile (outer loops, then the two tile loops).
+    """
+    *outer, a, b = s.get_loops(block)
+    ao, ai = s.split(a, [None, tile])
+    bo, bi = s.split(b, [None, tile])
+    s.reorder(ao, bo, ai, bi)
+    staged = s.cache_read(block, _read_index(s, block, source), "local")
+    s.compute_at(staged, bo)
+    staged_loops = s.get_loops(staged)
+    s.vectorize(staged_loops[-1])
+    s.unroll(staged_loops[-2])
+    s.unroll(ai)
+    s.vectorize(bi)
+    return [*outer, ao, bo]
+
+
+@dataclass
+class NMTiles:
+    """Tile sizes of the N:M reduction (see :func:`tile_nm_reduction`)."""
+
+    cols: int  # output columns per register tile (each has its own value/row stream)
+    positions: int  # activation positions per task (vectorised, a multiple of lanes)
+    lanes: int
+    entries: int  # entries per reduction tile
+    chunks: int  # column chunks per position tile, for parallelism
+
+
+def tile_nm_reduction(s, block, lead: list, j, p, r, t: NMTiles):
+    """Loop nest of ``acc[.., j, p] = Σ_r vals[j, r] · X[row(j, r) + p]``.
+
+    Order: ``lead…, p/positions, column chunk`` (fused, parallel) → reduction
+    tile → column tile → entry → column → position vector → lane. The
+    accumulators of one column tile (cols × positions/lanes vectors) stay in
+    registers across a reduction tile; the rows of X a reduction tile touches
+    (positions wide) stay in L1 while every column tile of the chunk walks
+    them. Returns the parallel loop and the loops :func:`finish_nm_reduction`
+    needs.
+    """
+    jp, jo, c = s.split(j, [t.chunks, None, t.cols])
+    po, pv, pl = s.split(p, [None, t.positions // t.lanes, t.lanes])
+    ro, ri = s.split(r, [None, t.entries])
+    s.reorder(*lead, po, jp, ro, jo, ri, c, pv, pl)
+    task = s.fuse(*lead, po, jp)
+    s.parallel(task)
+    return task, (ro, c, pv, pl)
+
+
+def finish_nm_reduction(s, block, loops) -> None:
+    """Vectorise the lanes, unroll the register tile, hoist the zero-init out of the reduction."""
+    ro, c, pv, pl = loops
+    s.vectorize(pl)
+    s.unroll(pv)
+    s.unroll(c)
+    init = s.decompose_reduction(block, ro)
+    s.vectorize(s.get_loops(init)[-1])

@@ -1,0 +1,383 @@
+"""TASD conv2d on the CPU (NCHW input, OIHW weight, groups = 1), as an implicit GEMM.
+
+``out[b, o, oh, ow] = Σ_{c,kh,kw} x_pad[b, c, oh·sh + kh·dh, ow·sw + kw·dw] · W[o, c, kh, kw]``
+with W = Σ_t W_t, the series' N:M terms grouped along input channels.
+
+No im2col is materialised. The input is copied once into a *phase buffer*:
+zero padded and, for stride s, split into s_h·s_w phase planes, each of row
+pitch W2 = ceil(W_pad / s_w). In it, every kernel tap (c, kh, kw) of output
+position (oh, ow) sits at ``offset(c, kh, kw) + oh·W2 + ow``, so
+
+    acc[b, o, p] = Σ_e vals[o, e] · xph[b, offset(o, e) + p],   p = oh·W2 + ow
+
+is exactly the matmul kernel's reduction (``llvm_matmul``) with the output
+positions p as the vectorised axis: consecutive p are consecutive addresses,
+a kept weight is a scalar broadcast times a contiguous vector, and the
+output comes out in NCHW (the W2 − OW columns per row that fall in the
+padding are computed and dropped). ``pack`` turns each (c, kh, kw) a term
+keeps into that offset, grouped by channel tiles that stay in L1.
+
+:func:`dense_conv2d` runs the same loop nest over every tap — all output
+channels of a register tile then share each activation vector, which makes
+it the usual register-blocked direct convolution (the fair dense baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import te
+from tvm.script import tirx as T
+
+from tvm_tasd import NMPattern, NMTerm
+
+from .llvm_common import (
+    L1_BYTES,
+    CPUShape,
+    NMKernel,
+    NMTiles,
+    accumulator_dtype,
+    float_dtype,
+    finish_nm_reduction,
+    parallel_chunks,
+    tile_nm_reduction,
+)
+from .nm_pack import (
+    absolute_rows,
+    as_patterns,
+    check_terms,
+    column_tiles,
+    entries_per_unit,
+    group_lcm,
+    reduction_tile,
+    tiled_table,
+)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    value = [int(v) for v in np.atleast_1d(value)]
+    if len(value) == 1:
+        value = value * 2
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"{name} must be one or two positive ints, got {value}")
+    return value[0], value[1]
+
+
+def _padding(value) -> tuple[int, int, int, int]:
+    """int, (h, w) or (top, left, bottom, right) — Relax's order."""
+    value = [int(v) for v in np.atleast_1d(value)]
+    if len(value) == 1:
+        value = value * 4
+    elif len(value) == 2:
+        value = value * 2
+    if len(value) != 4 or min(value) < 0:
+        raise ValueError(f"padding must be 1, 2 or 4 non-negative ints (top, left, bottom, right), got {value}")
+    return value[0], value[1], value[2], value[3]
+
+
+class _Geometry:
+    """Sizes of the phase buffer and the output plane of one convolution."""
+
+    def __init__(self, x_shape, w_shape, strides, padding, dilation):
+        self.batch, self.c, self.h, self.w = (int(d) for d in x_shape)
+        self.o, c, self.kh, self.kw = (int(d) for d in w_shape)
+        if c != self.c:
+            raise ValueError(f"weight has {c} input channels, input has {self.c} (groups ≠ 1 is not supported)")
+        self.sh, self.sw = _pair(strides, "strides")
+        self.dh, self.dw = _pair(dilation, "dilation")
+        self.pt, self.pl, self.pb, self.pr = _padding(padding)
+        hp, wp = self.h + self.pt + self.pb, self.w + self.pl + self.pr
+        self.oh = (hp - self.dh * (self.kh - 1) - 1) // self.sh + 1
+        self.ow = (wp - self.dw * (self.kw - 1) - 1) // self.sw + 1
+        if self.oh < 1 or self.ow < 1:
+            raise ValueError(f"kernel {self.kh}×{self.kw} (dilated) does not fit the padded {hp}×{wp} input")
+        self.h2, self.w2 = -(-hp // self.sh), -(-wp // self.sw)  # one phase plane
+        self.plane = self.oh * self.w2  # output positions per image, pitch W2
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return self.batch, self.o, self.oh, self.ow
+
+    def offsets(self, c, kh, kw):
+        """Flat phase-buffer offset of tap (c, kh, kw) for output position 0 (numpy, broadcasting)."""
+        ph, qh = (kh * self.dh) % self.sh, (kh * self.dh) // self.sh
+        pw, qw = (kw * self.dw) % self.sw, (kw * self.dw) // self.sw
+        return ((c * self.sh + ph) * self.sw + pw) * self.h2 * self.w2 + qh * self.w2 + qw
+
+    def rows(self, positions: int) -> int:
+        """Rows of pitch W2 the phase buffer needs so that every read of a tile stays inside."""
+        last = int(self.offsets(np.int64(self.c - 1), np.arange(self.kh), np.arange(self.kw)[:, None]).max())
+        return max(self.c * self.sh * self.sw * self.h2, -(-(last + positions) // self.w2))
+
+    def channel_bytes(self, positions: int, itemsize: int) -> int:
+        """Phase-buffer bytes one channel contributes to a task's reduction tile."""
+        rows = -(-positions // self.w2) + (self.kh - 1) * self.dh // self.sh + 1
+        return itemsize * self.sh * self.sw * rows * self.w2
+
+
+def _phase_func(g: _Geometry, rows: int, dtype: str, acc: str):
+    """Zero-padded, stride-phase-split copy of x, in TVMScript; returns it and its zeroing blocks.
+
+    Zeros and the interior copy are separate blocks on one buffer: a single TE
+    compute would need a per-lane bounds test, which TVM does not vectorise.
+    With stride 1 only the padding is zeroed (top/bottom rows and
+    left/right columns of each channel, plus the tail rows the last tile may
+    read); with a larger stride the whole buffer is. Also returns the
+    per-channel zeroing blocks ("run": its two loops are one contiguous run,
+    or "band") and the buffer-wide ones, for :func:`_schedule_phase`.
+    """
+    b_, c_, h_, w_, h2, w2 = g.batch, g.c, g.h, g.w, g.h2, g.w2
+    sh, sw, pt, pl = g.sh, g.sw, g.pt, g.pl
+    stride1 = (sh, sw) == (1, 1)
+    bottom, right, tail = h2 - pt - h_, w2 - pl - w_, rows - c_ * h2  # pad rows/cols below/right (stride 1)
+
+    @T.prim_func(s_tir=True)
+    def phase(x: T.Buffer((b_, c_, h_, w_), dtype), xph: T.Buffer((b_, rows, w2), acc)):
+        if not stride1:
+            for b, r, w in T.grid(b_, rows, w2):
+                with T.sblock("xph_zero"):
+                    vb, vr, vw = T.axis.remap("SSS", [b, r, w])
+                    xph[vb, vr, vw] = T.cast(0, acc)
+        if stride1 and tail > 0:
+            for b, r, w in T.grid(b_, tail, w2):
+                with T.sblock("xph_tail"):
+                    vb, vr, vw = T.axis.remap("SSS", [b, r, w])
+                    xph[vb, c_ * h2 + vr, vw] = T.cast(0, acc)
+        for b, c in T.grid(b_, c_):  # one parallel loop for a channel's padding and copy
+            if stride1 and pt > 0:
+                for r, w in T.grid(pt, w2):
+                    with T.sblock("xph_top"):
+                        vb, vc, vr, vw = T.axis.remap("SSSS", [b, c, r, w])
+                        xph[vb, vc * h2 + vr, vw] = T.cast(0, acc)
+            if stride1 and bottom > 0:
+                for r, w in T.grid(bottom, w2):
+                    with T.sblock("xph_bottom"):
+                        vb, vc, vr, vw = T.axis.remap("SSSS", [b, c, r, w])
+                        xph[vb, vc * h2 + pt + h_ + vr, vw] = T.cast(0, acc)
+            if stride1 and pl > 0:
+                for r, w in T.grid(h_, pl):
+                    with T.sblock("xph_left"):
+                        vb, vc, vr, vw = T.axis.remap("SSSS", [b, c, r, w])
+                        xph[vb, vc * h2 + pt + vr, vw] = T.cast(0, acc)
+            if stride1 and right > 0:
+                for r, w in T.grid(h_, right):
+                    with T.sblock("xph_right"):
+                        vb, vc, vr, vw = T.axis.remap("SSSS", [b, c, r, w])
+                        xph[vb, vc * h2 + pt + vr, pl + w_ + vw] = T.cast(0, acc)
+            for h, w in T.grid(h_, w_):
+                with T.sblock("xph_copy"):
+                    vb, vc, vh, vw = T.axis.remap("SSSS", [b, c, h, w])
+                    xph[vb, ((vc * sh + (vh + pt) % sh) * sw + (vw + pl) % sw) * h2 + (vh + pt) // sh, (vw + pl) // sw] = T.cast(
+                        x[vb, vc, vh, vw], acc
+                    )
+
+    extents = {"xph_top": pt, "xph_bottom": bottom, "xph_left": pl, "xph_right": right}
+    per_channel = {name: "band" if name in ("xph_left", "xph_right") else "run" for name, n in extents.items() if n > 0}
+    whole = {"xph_zero": rows} if not stride1 else {"xph_tail": tail}
+    return phase, (per_channel if stride1 else {}), {name: n for name, n in whole.items() if n > 0}
+
+
+def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int) -> None:
+    """One parallel loop over (image, channel) zeroes its padding and copies it with vector stores.
+
+    Runs of whole rows are vectorised as one contiguous run; the thin pad
+    columns stay scalar. Buffer-wide zeroing (strides > 1, tail rows) is its
+    own parallel vector loop.
+    """
+    for name in whole:
+        flat = s.fuse(*s.get_loops(s.get_sblock(name)))
+        outer, inner = s.split(flat, [None, lanes])
+        s.parallel(outer)
+        s.vectorize(inner)
+    for name, kind in per_channel.items():
+        if kind == "run":
+            r, w = s.get_loops(s.get_sblock(name))[2:]
+            s.vectorize(s.split(s.fuse(r, w), [None, lanes])[1])
+    b, c, h, w = s.get_loops(s.get_sblock("xph_copy"))
+    # contiguous in both buffers: along w, or along (h, w) when rows are unpadded
+    run = s.fuse(h, w) if (g.sh, g.sw, g.w2) == (1, 1, g.w) else w
+    if g.sw == 1:
+        s.vectorize(s.split(run, [None, lanes])[1])
+    s.parallel(s.fuse(b, c))
+
+
+def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_rows, tile_unit, overrides):
+    """The loop nest both convolutions share; returns (func, tiling) for the caller's pack."""
+    dtype = float_dtype(dtype)
+    acc = accumulator_dtype(dtype)
+    cpu = CPUShape.of(target)
+    lanes = cpu.lanes(acc)
+    itemsize = tvm.runtime.DataType(acc).bits // 8
+    rows_per_task = overrides.get("rows_per_task")
+    # positions per task: 8 vectors measured best with 32 registers (misaligned tap loads), else 4
+    widest = 8 if cpu.registers >= 32 else 4
+    vectors = -(-rows_per_task // lanes) if rows_per_task else min(widest, -(-g.plane // lanes))
+    mt = vectors * lanes
+    cols = overrides.get("cols") or max(1, cpu.registers // 2 // vectors)
+    ct = tile_unit(overrides.get("k_tile") or max(1, L1_BYTES // g.channel_bytes(mt, itemsize)))
+    per_tile = entries_per_channel(ct)
+    c_tiles = -(-g.c // ct)
+    entries = c_tiles * per_tile
+    p_tiles = -(-g.plane // mt)
+    chunks = parallel_chunks(g.batch * p_tiles, -(-g.o // cols))
+    col_tiles = -(-(-(-g.o // cols)) // chunks) * chunks
+    rows = g.rows(p_tiles * mt)
+
+    phase, per_channel, whole = _phase_func(g, rows, dtype, acc)
+    x = te.placeholder(phase.params[0].shape, dtype, name="x")  # extern_primfunc wants the same shape objects
+    xph = te.extern_primfunc([x], phase, name="xph")
+    vals = te.placeholder((col_tiles, entries, cols), acc, name="vals")
+    key_shape = (entries,) if shared_rows else (col_tiles, entries, cols)
+    keys = te.placeholder(key_shape, "int32", name="offsets")
+    e = te.reduce_axis((0, entries), name="e")
+
+    def tap(b, j, p):  # xph[b] viewed flat: offset + position
+        flat = (keys[e] if shared_rows else keys[j // cols, e, j % cols]) + p
+        return xph[b, flat // g.w2, flat % g.w2]
+
+    acc_p = te.compute(
+        (g.batch, col_tiles * cols, p_tiles * mt),
+        lambda b, j, p: te.sum(vals[j // cols, e, j % cols] * tap(b, j, p), axis=e),
+        name="acc",
+    )
+    inputs = [x, vals, keys]
+    if bias:
+        bias_t = te.placeholder((g.o,), dtype, name="bias")
+        inputs.append(bias_t)
+        out = te.compute(
+            g.out_shape,
+            lambda b, o, oh, ow: (acc_p[b, o, oh * g.w2 + ow] + bias_t[o].astype(acc)).astype(dtype),
+            name="out",
+        )
+    else:
+        out = te.compute(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow].astype(dtype), name="out")
+
+    s = tvm.s_tir.Schedule(te.create_prim_func([*inputs, out]))
+    _schedule_phase(s, per_channel, whole, g, lanes)
+
+    block = s.get_sblock("acc")
+    b, j, p, e_loop = s.get_loops(block)
+    tiles = NMTiles(cols=cols, positions=mt, lanes=lanes, entries=per_tile, chunks=chunks)
+    _, inner_loops = tile_nm_reduction(s, block, [b], j, p, e_loop, tiles)
+    finish_nm_reduction(s, block, inner_loops)
+
+    epilogue = s.get_sblock("out")
+    b, o, oh, ow = s.get_loops(epilogue)
+    s.parallel(s.fuse(b, o))
+    run = s.fuse(oh, ow) if g.ow == g.w2 else ow
+    s.vectorize(s.split(run, [None, lanes])[1])
+
+    tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes)
+    return s.mod["main"], tiling, acc, col_tiles
+
+
+def _check_weight(w_shape, g: _Geometry) -> None:
+    if tuple(int(d) for d in w_shape) != (g.o, g.c, g.kh, g.kw):
+        raise ValueError(f"kernel built for an OIHW weight {(g.o, g.c, g.kh, g.kw)}, got {tuple(w_shape)}")
+
+
+def nm_conv2d(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    patterns: "str | Sequence[NMPattern | str]",
+    dtype: str = "float32",
+    bias: bool = False,
+    strides=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    target: tvm.target.Target | None = None,
+    **tile_overrides,
+) -> NMKernel:
+    """Fused TASD conv2d over the terms of ``decompose(W, cfg, axis=1)`` (W in OIHW).
+
+    ``func(x, vals, offsets, [bias], out)``: ``x`` (B, C, H, W) and ``out``
+    (B, O, OH, OW) in ``dtype``. ``pack(terms)`` returns ``[vals, offsets]``,
+    both (n_col_tiles, entries, cols): per output channel its kept weights and
+    their int32 phase-buffer offsets, ``cols`` channels interleaved.
+    ``padding`` is an int, (h, w) or Relax's (top, left, bottom, right).
+    Tile overrides: ``rows_per_task`` (output positions per task),
+    ``cols``, ``k_tile`` (input channels per reduction tile).
+    """
+    patterns = as_patterns(patterns)
+    g = _Geometry(x_shape, w_shape, strides, padding, dilation)
+    taps = g.kh * g.kw
+    unit = group_lcm(patterns)
+
+    def per_tile(ct):
+        return ct // unit * entries_per_unit(patterns) * taps
+
+    func, tiling, acc, col_tiles = _conv_kernel(
+        g, dtype, bias, target, per_tile, False, lambda want: reduction_tile(g.c, patterns, want), tile_overrides
+    )
+    ct, cols = tiling["k_tile"], tiling["cols"]
+
+    def pack(terms: Sequence[NMTerm]) -> list[np.ndarray]:
+        check_terms(terms, patterns, 1, (g.o, g.c, g.kh, g.kw))
+        channels, values = [], []
+        for term in terms:
+            c = np.broadcast_to(absolute_rows(term), term.values.shape)
+            v = term.values.astype(acc)
+            v = np.where(c >= g.c, 0, v)  # padding positions of the last group: read channel C-1, times 0
+            channels.append(np.minimum(c, g.c - 1))
+            values.append(v)
+        c = np.concatenate(channels, axis=1)  # (O, entries per tap, KH, KW)
+        v = np.concatenate(values, axis=1)
+        kh = np.arange(g.kh)[None, None, :, None]
+        kw = np.arange(g.kw)[None, None, None, :]
+        key = np.broadcast_to(g.offsets(c, kh, kw), c.shape)
+
+        def entries_major(a):  # (O, …) → (entries, O)
+            return np.moveaxis(a, 0, -1).reshape(-1, g.o)
+
+        key, value, got = tiled_table(entries_major(c // ct), entries_major(key), entries_major(v), -(-g.c // ct))
+        assert got == tiling["entries_per_tile"], (got, tiling)
+        return [column_tiles(value, cols, col_tiles), column_tiles(key.astype(np.int32), cols, col_tiles)]
+
+    macs = g.batch * g.oh * g.ow * g.o * (-(-g.c // ct)) * tiling["entries_per_tile"]
+    return NMKernel(func, pack, macs, "x (B, C, H, W) NCHW", g.out_shape, tiling)
+
+
+def dense_conv2d(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    dtype: str = "float32",
+    bias: bool = False,
+    strides=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    target: tvm.target.Target | None = None,
+    **tile_overrides,
+) -> NMKernel:
+    """Dense direct conv2d on the same loop nest: ``func(x, vals, offsets, [bias], out)``, ``pack(W)``.
+
+    ``offsets`` is one (entries,) table shared by every output channel, so a
+    register tile reads each activation vector once for all its channels.
+    """
+    g = _Geometry(x_shape, w_shape, strides, padding, dilation)
+    taps = g.kh * g.kw
+
+    def channel_tile(want):
+        want = min(g.c, want)
+        exact = max(t for t in range(1, want + 1) if g.c % t == 0)
+        return exact if 2 * exact >= want else want
+
+    func, tiling, acc, col_tiles = _conv_kernel(
+        g, dtype, bias, target, lambda ct: ct * taps, True, channel_tile, tile_overrides
+    )
+    ct, cols = tiling["k_tile"], tiling["cols"]
+
+    def pack(w: np.ndarray) -> list[np.ndarray]:
+        _check_weight(w.shape, g)
+        c, kh, kw = np.meshgrid(np.arange(g.c), np.arange(g.kh), np.arange(g.kw), indexing="ij")
+        c, kh, kw = c.reshape(-1), kh.reshape(-1), kw.reshape(-1)
+        value = np.moveaxis(w.astype(acc), 0, -1).reshape(-1, g.o)  # (C·KH·KW, O)
+        tile = np.broadcast_to((c // ct)[:, None], value.shape)
+        key = np.broadcast_to(g.offsets(c, kh, kw)[:, None], value.shape)
+        key, value, got = tiled_table(tile, key, value, -(-g.c // ct))
+        assert got == tiling["entries_per_tile"], (got, tiling)
+        return [column_tiles(value, cols, col_tiles), key[:, 0].astype(np.int32)]
+
+    macs = g.batch * g.oh * g.ow * g.o * (-(-g.c // ct)) * tiling["entries_per_tile"]
+    return NMKernel(func, pack, macs, "x (B, C, H, W) NCHW", g.out_shape, tiling)

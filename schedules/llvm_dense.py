@@ -1,0 +1,114 @@
+"""Dense CPU matmul baseline: ``out(m, n) = x(m, k) · W(k, n) (+ bias(n))``.
+
+The yardstick the N:M kernels are compared against, scheduled as carefully:
+W (a compile-time constant, like the N:M terms) is packed into column panels
+``Wp[n // NC, k, NC]`` (NC = two vectors), and a register tile of MR rows ×
+NC columns accumulates over a reduction tile that keeps the W panel in L1:
+per reduction step, two vector loads of W and MR broadcasts of x feed 2·MR
+FMAs. Loop order: (row chunk, column panel) parallel → reduction tile →
+row tile → k → rows (unrolled) → vectors (unrolled) → lanes (vectorised).
+Rows past m (when no good tile divides m) are read as zeros from a padded
+copy of x; columns past n live only in the padded accumulator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te
+
+from .llvm_common import CPUShape, NMKernel, accumulator_dtype, float_dtype, parallel_chunks
+
+#: Reduction rows per tile: a 256×32 fp32 W panel is 32 KiB (L1).
+K_TILE = 256
+
+
+def _row_tile(m: int, registers: int) -> tuple[int, bool]:
+    """Rows per register tile (two accumulator vectors each) and whether x needs padding."""
+    best = registers // 2 - 2  # leave room for the W vectors and a broadcast
+    for rows in range(min(best, 8), 3, -1):
+        if m % rows == 0:
+            return rows, False
+    return (min(best, 6), True) if m > 3 else (m, False)
+
+
+def _k_tile(k: int) -> int:
+    for tile in range(min(k, K_TILE), K_TILE // 4 - 1, -1):
+        if k % tile == 0:
+            return tile
+    return k if k <= 2 * K_TILE else K_TILE
+
+
+def dense_matmul(
+    m: int, k: int, n: int, dtype: str = "float32", bias: bool = False, target: tvm.target.Target | None = None
+) -> NMKernel:
+    """Scheduled dense GEMM. ``func(x, w_packed, [bias], out)``; ``pack(W)`` takes the (k, n) weight."""
+    dtype = float_dtype(dtype)
+    acc = accumulator_dtype(dtype)
+    cpu = CPUShape.of(target)
+    lanes = cpu.lanes(acc)
+    nc = 2 * lanes
+    mr, pad_rows = _row_tile(m, cpu.registers)
+    kt = _k_tile(k)
+    panels = -(-n // nc)
+    m_tiles = -(-m // mr)
+    chunks = parallel_chunks(panels, m_tiles)
+    m_tiles = -(-m_tiles // chunks) * chunks
+    mp, np_ = m_tiles * mr, panels * nc
+
+    x = te.placeholder((m, k), dtype, name="x")
+    wp = te.placeholder((panels, k, nc), acc, name="w_packed")
+    if pad_rows or mp != m:
+        xs = te.compute(
+            (mp, k),
+            lambda i, kk: te.if_then_else(i < m, x[te.min(i, m - 1), kk].astype(acc), tvm.tirx.const(0, acc)),
+            name="x_padded",
+        )
+    else:
+        xs = x
+    r = te.reduce_axis((0, k), name="k")
+    direct = not bias and (mp, np_) == (m, n) and acc == dtype
+    shape = (m, n) if direct else (mp, np_)
+    acc_t = te.compute(shape, lambda i, j: te.sum(xs[i, r].astype(acc) * wp[j // nc, r, j % nc], axis=r), name="acc")
+    inputs = [x, wp]
+    if direct:
+        out = acc_t
+    elif bias:
+        b = te.placeholder((n,), dtype, name="bias")
+        inputs.append(b)
+        out = te.compute((m, n), lambda i, j: (acc_t[i, j] + b[j].astype(acc)).astype(dtype), name="out")
+    else:
+        out = te.compute((m, n), lambda i, j: acc_t[i, j].astype(dtype), name="out")
+
+    s = tvm.s_tir.Schedule(te.create_prim_func([*inputs, out]))
+    block = s.get_sblock("acc")
+    i, j, kk = s.get_loops(block)
+    ic, io, ii = s.split(i, [chunks, None, mr])
+    jo, jv, jl = s.split(j, [None, 2, lanes])
+    ko, ki = s.split(kk, [None, kt])
+    s.reorder(ic, jo, ko, io, ki, ii, jv, jl)
+    task = s.fuse(ic, jo)
+    s.parallel(task)
+    if not direct:
+        s.reverse_compute_at(s.get_sblock("out"), task)
+        s.vectorize(s.get_loops(s.get_sblock("out"))[-1])
+    s.vectorize(jl)
+    s.unroll(jv)
+    s.unroll(ii)
+    init = s.decompose_reduction(block, ko)
+    s.vectorize(s.get_loops(init)[-1])
+    if xs is not x:
+        xp = s.get_sblock("x_padded")
+        rows, cols = s.get_loops(xp)
+        s.parallel(rows)
+        s.vectorize(s.split(cols, [None, lanes])[1])
+
+    def pack(w: np.ndarray) -> list[np.ndarray]:
+        if w.shape != (k, n):
+            raise ValueError(f"dense kernel built for a ({k}, {n}) weight, got {w.shape}")
+        padded = np.zeros((k, np_), acc)
+        padded[:, :n] = w
+        return [np.ascontiguousarray(padded.reshape(k, panels, nc).transpose(1, 0, 2))]
+
+    params = dict(rows_per_tile=mr, cols_per_panel=nc, k_tile=kt, row_chunks=chunks, lanes=lanes)
+    return NMKernel(s.mod["main"], pack, m * k * n, "x (m, k) row-major", (m, n), params)

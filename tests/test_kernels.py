@@ -1,0 +1,138 @@
+"""CPU N:M kernels (tvm_tasd.schedules.llvm) against numpy.
+
+Every N:M kernel must equal ``x @ approximate(W)`` (matmul) or a plain numpy
+convolution of ``approximate(W)`` (conv2d) to fp32 rounding, for any shape:
+K not a multiple of M (the last group's padding positions must not read
+past x), m = 1, odd n, bias, strides, asymmetric padding, dilation.
+Shapes are small so the whole file compiles and runs in seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvm_tasd import approximate, decompose
+
+tvm = pytest.importorskip("tvm")
+
+from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
+
+
+def close(out, ref, rtol=1e-4):
+    """fp32 agreement: max abs error ≤ rtol × max |ref| (and ≥ 1e-6 slack for tiny outputs)."""
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() <= rtol * max(np.abs(ref).max(), 1e-2)
+
+
+def conv_reference(x, w, bias, strides, padding, dilation):
+    """Direct NCHW/OIHW convolution in float64, one kernel tap at a time."""
+    (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilation, padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    _, _, hp, wp = xp.shape
+    o, _, kh, kw = w.shape
+    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((x.shape[0], o, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+            out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j].astype(np.float64))
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+@pytest.mark.parametrize(
+    "config, m, k, n, bias",
+    [
+        ("2:4", 64, 128, 48, False),
+        ("1:8", 1, 100, 33, True),  # m = 1, K % 8 ≠ 0, odd n
+        ("2:8+1:8", 37, 203, 29, False),  # odd everything, two terms in one kernel
+        ("4:8", 5, 16, 1, True),  # a single output column
+        ("1:4+1:4", 70, 258, 65, True),  # equals 2:4, K % 4 ≠ 0
+        ("2:4+1:8", 130, 1000, 17, False),  # mixed M, several reduction tiles
+    ],
+)
+def test_nm_matmul_matches_numpy(config, m, k, n, bias):
+    rng = np.random.default_rng(m + k + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    kernel = nm_matmul(m, k, n, config, bias=bias)
+    packed = kernel.pack(decompose(w, config, axis=0))
+    out = build(kernel)(x, *packed, *([b] if bias else []))
+    close(out, x @ approximate(w, config, axis=0) + (b if bias else 0))
+
+
+def test_nm_matmul_interface():
+    m, k, n = 16, 64, 24
+    kernel = nm_matmul(m, k, n, ["2:8", "1:8"], bias=True)
+    assert [p.name for p in kernel.func.params] == ["x", "vals", "rows", "bias", "out"]
+    assert bool(kernel.func.attrs["tirx.noalias"])
+    assert kernel.out_shape == (m, n)
+    # K is a whole number of reduction tiles here, so no padding entries are executed
+    assert kernel.executed_macs == m * (k // 8 * 2 + k // 8 * 1) * n
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
+    vals, rows = kernel.pack(decompose(w, "2:8+1:8", axis=0))
+    assert vals.dtype == np.float32 and rows.dtype == np.int32 and vals.shape == rows.shape
+    with pytest.raises(ValueError, match="built for 2:8\\+1:8"):
+        kernel.pack(decompose(w, "2:4", axis=0))
+    with pytest.raises(ValueError, match="at least one N:M term"):
+        nm_matmul(m, k, n, "dense")
+
+
+def test_nm_matmul_float64_and_float16():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((40, 9))
+    x = rng.standard_normal((3, 40))
+    for dtype, rtol in (("float64", 1e-12), ("float16", 2e-3)):
+        kernel = nm_matmul(3, 40, 9, "2:4", dtype=dtype)
+        wd, xd = w.astype(dtype), x.astype(dtype)
+        out = build(kernel)(xd, *kernel.pack(decompose(wd, "2:4", axis=0)))
+        assert out.dtype == np.dtype(dtype)
+        close(out.astype(np.float64), xd.astype(np.float64) @ approximate(wd, "2:4", axis=0).astype(np.float64), rtol)
+
+
+@pytest.mark.parametrize("m, k, n, bias", [(64, 256, 64, False), (7, 45, 33, True)])
+def test_dense_matmul_matches_numpy(m, k, n, bias):
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    kernel = dense_matmul(m, k, n, bias=bias)
+    out = build(kernel)(x, *kernel.pack(w), *([b] if bias else []))
+    close(out, x @ w + (b if bias else 0))
+
+
+CONV_CASES = [
+    # x shape, w shape, config, strides, padding (top, left, bottom, right), dilation, bias
+    ((1, 16, 9, 11), (8, 16, 3, 3), "2:4", (1, 1), (1, 1, 1, 1), (1, 1), False),
+    ((2, 20, 13, 1), (5, 20, 5, 1), "1:8", (1, 1), (2, 0, 3, 0), (1, 1), True),  # CREPE-like 1-D, C % 8 ≠ 0
+    ((1, 12, 10, 12), (7, 12, 3, 2), "2:8+1:8", (2, 3), (1, 0, 2, 1), (1, 2), False),
+    ((2, 8, 7, 7), (9, 8, 3, 3), "1:4+1:4", (2, 2), (1, 1, 1, 1), (2, 1), True),
+    ((1, 32, 6, 6), (3, 32, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), False),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, config, strides, padding, dilation, bias", CONV_CASES)
+def test_nm_conv2d_matches_reference(x_shape, w_shape, config, strides, padding, dilation, bias):
+    rng = np.random.default_rng(sum(x_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    kernel = nm_conv2d(x_shape, w_shape, config, bias=bias, strides=strides, padding=padding, dilation=dilation)
+    out = build(kernel)(x, *kernel.pack(decompose(w, config, axis=1)), *([b] if bias else []))
+    ref = conv_reference(x, approximate(w, config, axis=1), b if bias else None, strides, padding, dilation)
+    assert kernel.out_shape == ref.shape
+    close(out, ref)
+
+
+def test_conv_padding_forms_and_dense_conv():
+    x_shape, w_shape = (1, 8, 6, 5), (4, 8, 3, 3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    ref = conv_reference(x, w, None, (1, 1), (1, 2, 1, 2), (1, 1))
+    kernel = dense_conv2d(x_shape, w_shape, padding=(1, 2))  # (h, w) form
+    close(build(kernel)(x, *kernel.pack(w)), ref)
+    assert nm_conv2d(x_shape, w_shape, "2:4", padding=1).out_shape == (1, 4, 6, 5)
+    with pytest.raises(ValueError, match="input channels"):
+        nm_conv2d(x_shape, (4, 6, 3, 3), "2:4")

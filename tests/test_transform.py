@@ -1,0 +1,113 @@
+"""TASDRewrite and build on the bundled digits models, against onnxruntime."""
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax
+
+import tvm_tasd
+from tvm_tasd import build
+from tvm_tasd.frontend import from_onnx
+from tvm_tasd.models.digits import load_data, model_path
+from tvm_tasd.reference import approximate_onnx
+from tvm_tasd.transform import LAYERS_ATTR, TASDRewrite, TASDWarning
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def digits_x():
+    return load_data().test_x[:BATCH]
+
+
+def run_vm(executable, *inputs):
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+
+
+def run_ort(model: onnx.ModelProto, x):
+    return ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
+@pytest.mark.parametrize("config", ["2:8+1:8", "1:4"])
+def test_rewritten_model_matches_onnxruntime_with_approximated_weights(name, config, digits_x):
+    proto = onnx.load(model_path(name))
+    imported = from_onnx(proto, {"input": [BATCH, 64]})
+    ex = build(imported.mod, "cpu-emulated", config=config)
+    expected = run_ort(approximate_onnx(proto, config=config), digits_x)
+    np.testing.assert_allclose(run_vm(ex, digits_x), expected, atol=1e-4, rtol=0)
+    dense_out = run_ort(proto, digits_x)
+    assert np.abs(expected - dense_out).max() > 1e-3  # the approximation really changed the model
+    rewritten = [layer for layer in ex.layers if layer["config"] != "dense"]
+    assert rewritten, ex.layers
+    for layer in rewritten:
+        assert layer["executed_macs"] < layer["dense_macs"]
+
+
+def test_exact_series_reproduces_dense_outputs(digits_x):
+    proto = onnx.load(model_path("digits-cnn"))
+    ex = build(from_onnx(proto, {"input": [BATCH, 64]}).mod, "cpu-emulated", config="4:8+4:8")
+    np.testing.assert_allclose(run_vm(ex, digits_x), run_ort(proto, digits_x), atol=1e-4, rtol=0)
+
+
+def test_pass_is_pure_idempotent_and_well_formed():
+    mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
+    before = tvm.ir.load_json(tvm.ir.save_json(mod))
+    once = TASDRewrite("vegeta-m8", config="2:8")(mod)
+    assert tvm_ffi.structural_equal(mod, before)  # input untouched
+    assert relax.analysis.check_well_formed(once)
+    assert tvm_ffi.structural_equal(TASDRewrite("vegeta-m8", config="2:8")(once), once)
+    funcs = [f for _, f in once.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "tasd.layer" in f.attrs]
+    assert sorted(str(f.attrs["tasd.layer"]) for f in funcs) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert {str(f.attrs["tasd.config"]) for f in funcs} == {"2:8"}
+    assert all(float(f.attrs["tasd.density"]) == 0.25 for f in funcs)
+
+
+def test_params_as_inputs_match_bound_constants(digits_x):
+    proto = onnx.load(model_path("digits-mlp"))
+    bound = from_onnx(proto, {"input": [BATCH, 64]})
+    as_inputs = from_onnx(proto, {"input": [BATCH, 64]}, keep_params_in_input=True)
+    ex_bound = build(bound.mod, "cpu-emulated", config="2:4")
+    ex_inputs = build(as_inputs.mod, "cpu-emulated", config="2:4", params=as_inputs.params)
+    params = [as_inputs.params[p.name] for p in as_inputs.mod["main"].params[1:]]
+    np.testing.assert_allclose(run_vm(ex_inputs, digits_x, *params), run_vm(ex_bound, digits_x), atol=1e-5)
+
+
+def test_first_conv_with_one_channel_stays_dense_with_reason():
+    mod = from_onnx(model_path("digits-cnn"), {"input": [BATCH, 64]}).mod
+    table = {str(e["name"]): e for e in TASDRewrite("vegeta-m8", config="2:8")(mod).attrs[LAYERS_ATTR]}
+    assert str(table["conv1.weight"]["config"]) == "dense"
+    assert "1 input channels < M=8" in str(table["conv1.weight"]["reason"])
+    assert str(table["conv2.weight"]["config"]) == "2:8"
+
+
+def test_plan_applies_per_layer_and_flags_unknown_names():
+    mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
+    plan = {"fc1.weight": "2:8+1:8", "fc2.weight": "dense", "missing.weight": "2:8"}
+    with pytest.warns(TASDWarning, match="missing.weight"):
+        out = TASDRewrite("vegeta-m8", plan=plan)(mod)
+    configs = {str(e["name"]): str(e["config"]) for e in out.attrs[LAYERS_ATTR]}
+    assert configs == {"fc1.weight": "2:8+1:8", "fc2.weight": "dense", "fc3.weight": "dense"}
+    with pytest.raises(ValueError, match="another model"):
+        TASDRewrite("vegeta-m8", plan={"encoder.layer.0.weight": "2:8"})(mod)
+
+
+def test_config_the_target_cannot_accelerate_is_left_dense_with_a_warning():
+    mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
+    with pytest.warns(TASDWarning, match="cannot run 4:8 faster than dense"):
+        out = TASDRewrite("stc-2of4", config="4:8")(mod)
+    assert {str(e["config"]) for e in out.attrs[LAYERS_ATTR]} == {"dense"}
+
+
+def test_automatic_choice_respects_the_error_threshold():
+    mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
+    out = TASDRewrite("vegeta-m8", error_threshold=0.2)(mod)
+    for entry in out.attrs[LAYERS_ATTR]:
+        assert str(entry["config"]) != "dense"
+        assert "≤ 20%" in str(entry["reason"])
