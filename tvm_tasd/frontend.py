@@ -102,23 +102,24 @@ def from_onnx(model, input_shapes: dict | None = None, keep_params_in_input: boo
     ``True`` leaves them as named function inputs; pass the returned
     ``params`` to ``TASDRewrite(..., params=...)`` then.
     """
+    from onnx import numpy_helper
     from tvm.relax.frontend import onnx as onnx_frontend
 
     proto = _load_onnx(model)
     shapes = _input_shapes(proto, {k: list(v) for k, v in (input_shapes or {}).items()})
     try:
         mod = onnx_frontend.from_onnx(
-            proto, shape_dict={k: list(s) for k, (s, _) in shapes.items()}, keep_params_in_input=True
+            proto, shape_dict={k: list(s) for k, (s, _) in shapes.items()}, keep_params_in_input=keep_params_in_input
         )
     except Exception as err:  # the importer raises many TVM-internal types; report them as one
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise ModelImportError(f"TVM's ONNX importer cannot read this model: {first_line}") from None
-    mod, detached = relax.frontend.detach_params(mod)
-    names = [p.name for p in mod["main"].params[len(shapes) :]]
-    params = {name: value.numpy() for name, value in zip(names, detached.get("main", []))}
+        hint = " (try keep_params_in_input=False)" if keep_params_in_input else ""
+        raise ModelImportError(f"TVM's ONNX importer cannot read this model{hint}: {first_line}") from None
+    params = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    if keep_params_in_input:
+        mod, detached = relax.frontend.detach_params(mod)
+        names = [p.name for p in mod["main"].params[len(shapes) :]]
+        params = {name: value.numpy() for name, value in zip(names, detached.get("main", []))}
     mod = mod.with_attr(WEIGHT_NAMES_ATTR, weight_name_map(params))
-    if not keep_params_in_input:
-        mod = relax.transform.BindParams("main", params)(mod)
-        mod = relax.transform.FoldConstant()(mod)
     outputs = [o.name for o in proto.graph.output]
     return ImportedModel(mod, params, shapes, outputs)

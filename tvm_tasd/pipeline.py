@@ -55,6 +55,7 @@ def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=Non
     ``target`` overrides the TVM target the hardware file names.
     """
     hardware = load_target(hw)
+    rewrite_options.setdefault("dense_kernels", True)
     rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
     tvm_target = hardware.tvm_target() if target is None else tvm.target.Target(target)
     with tvm_target:

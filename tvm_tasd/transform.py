@@ -69,9 +69,15 @@ class TASDRewrite:
         Weight values when the weights are function inputs.
     error_threshold : float
         Automatic choice when neither config nor plan is given.
+    dense_kernels : bool
+        Also route the layers left dense through the scheduled dense kernel
+        of ``tvm_tasd.schedules`` (what :func:`tvm_tasd.build` does, so dense
+        and TASD builds compare fairly); otherwise they stay ``relax`` ops.
     """
 
-    def __init__(self, hw, config=None, plan=None, params=None, error_threshold=DEFAULT_ERROR_THRESHOLD):
+    def __init__(
+        self, hw, config=None, plan=None, params=None, error_threshold=DEFAULT_ERROR_THRESHOLD, dense_kernels=False
+    ):
         if config is not None and plan is not None:
             raise ValueError("give either config= (one series for all layers) or plan= (per layer), not both")
         self.target = load_target(hw)
@@ -79,6 +85,7 @@ class TASDRewrite:
         self.plan = None if plan is None else Plan.coerce(plan)
         self.params = params
         self.error_threshold = error_threshold
+        self.dense_kernels = dense_kernels
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if mod.attrs is not None and REWRITTEN_ATTR in mod.attrs:
@@ -86,7 +93,7 @@ class TASDRewrite:
         layers = find_layers(mod, self.params)
         choices = {layer.name: self._choose(layer) for layer in layers}
         self._check_plan_names(layers)
-        rewriter = _Rewriter(mod, self.params, choices)
+        rewriter = _Rewriter(mod, self.params, choices, self.dense_kernels)
         rewritten = relax.transform.DeadCodeElimination(["main"])(rewriter.rewrite())
         summary = [_summary(layer, choices[layer.name], rewriter.executed_macs) for layer in layers]
         return rewritten.with_attr(REWRITTEN_ATTR, self.target.name).with_attr(LAYERS_ATTR, summary)
@@ -169,8 +176,9 @@ def _safe(name: str) -> str:
 class _Rewriter(relax.PyExprMutator):
     """Replaces the chosen matmul/conv2d bindings with fused N:M kernel calls."""
 
-    def __init__(self, mod: tvm.IRModule, params, choices: dict[str, Choice]):
+    def __init__(self, mod: tvm.IRModule, params, choices: dict[str, Choice], dense_kernels: bool):
         super().__init__(mod)
+        self.dense_kernels = dense_kernels
         self.mod = mod
         self.matcher = LayerMatcher(mod, params)
         self.choices = choices
@@ -185,50 +193,56 @@ class _Rewriter(relax.PyExprMutator):
         self.matcher.remember(binding.var, binding.value)
         layer = self.matcher.match(binding.value)
         choice = self.choices.get(layer.name) if layer is not None else None
-        if choice is None or choice.config.is_dense:
+        if choice is None or layer.ineligible or (choice.config.is_dense and not self.dense_kernels):
             return super().visit_var_binding_(binding)
         activation = self.visit_expr(binding.value.args[0])
         new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, new_value))
 
-    def _emit_layer(self, layer: Layer, choice: Choice, activation):
-        from .schedules.llvm import nm_conv2d, nm_matmul
+    def _kernel(self, layer: Layer, choice: Choice):
+        """The scheduled kernel for this layer and its packed constant arrays."""
+        from .schedules import llvm
 
-        terms = decompose(layer.weight, choice.config, axis=layer.axis, score=choice.score, name=layer.name)
-        patterns = [t.pattern for t in terms]
+        weight_kn = layer.weight.T if layer.axis == 1 and layer.op == "matmul" else layer.weight
+        if choice.config.is_dense:
+            if layer.op == "matmul":
+                kernel = llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype)
+            else:
+                kernel = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape, dtype=layer.dtype, **layer.conv)
+            return kernel, kernel.pack(np.ascontiguousarray(weight_kn))
         if layer.op == "matmul":
-            weight_kn = [_to_kn(t) for t in terms] if layer.axis == 1 else terms
-            kernel = nm_matmul(layer.m, layer.k, layer.n, patterns, dtype=layer.dtype)
-            packed = kernel.pack(weight_kn)
-            x2d = activation
+            terms = decompose(weight_kn, choice.config, axis=0, score=choice.score, name=layer.name)
+            kernel = llvm.nm_matmul(layer.m, layer.k, layer.n, [t.pattern for t in terms], dtype=layer.dtype)
+        else:
+            terms = decompose(layer.weight, choice.config, axis=1, score=choice.score, name=layer.name)
+            kernel = llvm.nm_conv2d(
+                layer.activation_shape, layer.weight.shape, [t.pattern for t in terms], dtype=layer.dtype, **layer.conv
+            )
+        return kernel, kernel.pack(terms)
+
+    def _emit_layer(self, layer: Layer, choice: Choice, activation):
+        kernel, packed = self._kernel(layer, choice)
+        x = activation
+        if layer.op == "matmul":
             if len(layer.activation_shape) != 2:
-                x2d = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
+                x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:
-            kernel = nm_conv2d(layer.activation_shape, layer.weight.shape, patterns, dtype=layer.dtype, **layer.conv)
-            packed = kernel.pack(terms)
-            x2d = activation
             out_shape = call_shape = tuple(int(d) for d in kernel.out_shape)
+        symbol = f"tasd_{_safe(layer.name)}"
         func = kernel.func.with_attrs(
             {
                 "tasd.layer": layer.name,
                 "tasd.config": str(choice.config),
                 "tasd.density": float(choice.config.density),
                 "tasd.executed_macs": int(kernel.executed_macs),
-                "global_symbol": f"tasd_{_safe(layer.name)}",
+                "global_symbol": symbol,
             }
         )
         self.executed_macs[layer.name] = int(kernel.executed_macs)
-        gvar = self.builder_.add_func(func, f"tasd_{_safe(layer.name)}")
+        gvar = self.builder_.add_func(func, symbol)
         consts = [relax.const(array) for array in packed]
-        out = relax.call_tir(gvar, [x2d, *consts], relax.TensorType(out_shape, layer.dtype))
+        out = relax.call_tir(gvar, [x, *consts], relax.TensorType(out_shape, layer.dtype))
         if tuple(out_shape) != tuple(call_shape):
             out = relax.op.reshape(self.builder_.emit(out), call_shape)
         return out
-
-
-def _to_kn(term):
-    """A (N, K)-layout term seen as its (K, N) transpose (compression is per column either way)."""
-    from .decompose import NMTerm
-
-    return NMTerm(term.pattern, 0, term.shape[::-1], np.ascontiguousarray(term.values.T), np.ascontiguousarray(term.indices.T))
