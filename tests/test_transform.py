@@ -111,3 +111,27 @@ def test_automatic_choice_respects_the_error_threshold():
     for entry in out.attrs[LAYERS_ATTR]:
         assert str(entry["config"]) != "dense"
         assert "≤ 20%" in str(entry["reason"])
+
+
+def test_activation_series_runs_the_decomposed_activation(digits_x):
+    from onnx import numpy_helper
+
+    from tvm_tasd import approximate
+
+    proto = onnx.load(model_path("digits-mlp"))
+    ex = build(from_onnx(proto, {"input": [BATCH, 64]}).mod, "ttc-vegeta-m8", config="4:8", activation="2:8+1:8")
+    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    h = digits_x
+    for i in (1, 2, 3):  # numpy forward: activation series, then the weight series
+        w = approximate(weights[f"fc{i}.weight"], "4:8", axis=0)
+        h = approximate(h, "2:8+1:8", axis=-1) @ w + weights[f"fc{i}.bias"]
+        h = np.maximum(h, 0) if i < 3 else h
+    np.testing.assert_allclose(run_vm(ex, digits_x), h, atol=1e-4, rtol=0)
+    assert {layer["activation"] for layer in ex.layers} == {"2:8+1:8"}
+
+
+def test_activation_series_on_a_target_without_tasd_units_warns_and_is_dropped():
+    mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
+    with pytest.warns(TASDWarning, match="cannot run activation series"):
+        out = TASDRewrite("vegeta-m8", config="2:8", activation="2:8")(mod)
+    assert all(entry["activation"] is None for entry in out.attrs[LAYERS_ATTR])

@@ -24,7 +24,8 @@ Not handled (left dense, with the reason recorded in the module attribute
 ``tasd_layers``): dynamic shapes, non-float dtypes, grouped and depthwise
 convolutions, non-NCHW/OIHW layouts, weights whose grouped axis is shorter
 than the series' largest M, configs the target cannot run faster than
-dense. Activation series are not inserted by this pass yet.
+dense. Activation series (run-time decomposition) are inserted for matmul
+layers only.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class TASDRewrite:
         Weight values when the weights are function inputs.
     error_threshold : float
         Automatic choice when neither config nor plan is given.
+    activation : str | TASDConfig, optional
+        One run-time activation series for every matmul layer (plans carry
+        theirs per layer). Needs a target whose unit takes the activation as
+        its sparse operand (``ttc-*``); the emulated kernel computes exactly
+        the decomposed activation.
     dense_kernels : bool
         Also route the layers left dense through the scheduled dense kernel
         of ``tvm_tasd.schedules`` (what :func:`tvm_tasd.build` does, so dense
@@ -76,7 +82,14 @@ class TASDRewrite:
     """
 
     def __init__(
-        self, hw, config=None, plan=None, params=None, error_threshold=DEFAULT_ERROR_THRESHOLD, dense_kernels=False
+        self,
+        hw,
+        config=None,
+        plan=None,
+        params=None,
+        error_threshold=DEFAULT_ERROR_THRESHOLD,
+        activation=None,
+        dense_kernels=False,
     ):
         if config is not None and plan is not None:
             raise ValueError("give either config= (one series for all layers) or plan= (per layer), not both")
@@ -85,6 +98,7 @@ class TASDRewrite:
         self.plan = None if plan is None else Plan.coerce(plan)
         self.params = params
         self.error_threshold = error_threshold
+        self.activation = None if activation is None else TASDConfig.parse(activation)
         self.dense_kernels = dense_kernels
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -99,6 +113,27 @@ class TASDRewrite:
         return rewritten.with_attr(REWRITTEN_ATTR, self.target.name).with_attr(LAYERS_ATTR, summary)
 
     def _choose(self, layer: Layer) -> "Choice":
+        choice = self._choose_weight(layer)
+        entry = self.plan.by_name().get(layer.name) if self.plan is not None else None
+        requested = entry.activation if entry is not None else self.activation
+        if requested is not None and not requested.is_dense and not layer.ineligible:
+            choice.activation = self._checked_activation(layer, requested)
+        return choice
+
+    def _checked_activation(self, layer: Layer, config: TASDConfig) -> TASDConfig | None:
+        problem = None
+        if layer.op != "matmul":
+            problem = "activation series are inserted for matmul layers only"
+        elif layer.k < config.max_m:
+            problem = f"reduction length {layer.k} < M={config.max_m}"
+        elif not all(self.target.accelerates(t, "activation") for t in config.terms):
+            problem = f"{self.target.name} cannot run activation series {config} faster than dense"
+        if problem:
+            warnings.warn(f"layer {layer.name!r}: {problem}; activation left dense", TASDWarning, stacklevel=4)
+            return None
+        return config
+
+    def _choose_weight(self, layer: Layer) -> "Choice":
         if layer.ineligible:
             return Choice(TASDConfig.dense(), layer.ineligible)
         if self.plan is not None:
@@ -146,10 +181,15 @@ class TASDRewrite:
 
 
 class Choice:
-    """The series chosen for one layer, why, and the selection score."""
+    """The series chosen for one layer, why, the selection score, and the activation series."""
 
     def __init__(self, config: TASDConfig, reason: str, score="magnitude"):
         self.config, self.reason, self.score = config, reason, score
+        self.activation: TASDConfig | None = None
+
+    @property
+    def rewrites(self) -> bool:
+        return not self.config.is_dense or self.activation is not None
 
 
 def _summary(layer: Layer, choice: Choice, executed_macs: dict[str, int]) -> dict:
@@ -161,6 +201,7 @@ def _summary(layer: Layer, choice: Choice, executed_macs: dict[str, int]) -> dic
         "k": layer.k,
         "n": layer.n,
         "config": str(choice.config),
+        "activation": None if choice.activation is None else str(choice.activation),
         "density": choice.config.density,
         "reason": choice.reason,
         "dense_macs": layer.dense_macs,
@@ -193,7 +234,7 @@ class _Rewriter(relax.PyExprMutator):
         self.matcher.remember(binding.var, binding.value)
         layer = self.matcher.match(binding.value)
         choice = self.choices.get(layer.name) if layer is not None else None
-        if choice is None or layer.ineligible or (choice.config.is_dense and not self.dense_kernels):
+        if choice is None or layer.ineligible or not (choice.rewrites or self.dense_kernels):
             return super().visit_var_binding_(binding)
         activation = self.visit_expr(binding.value.args[0])
         new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
@@ -220,12 +261,24 @@ class _Rewriter(relax.PyExprMutator):
             )
         return kernel, kernel.pack(terms)
 
+    def _activation_call(self, layer: Layer, config: TASDConfig, x):
+        """call_tir of the run-time activation decomposition (the TASD units) on x (m, k)."""
+        from .schedules.llvm_activation import nm_activation
+
+        kernel = nm_activation((layer.m, layer.k), config, dtype=layer.dtype)
+        symbol = f"tasd_act_{_safe(layer.name)}"
+        func = kernel.func.with_attrs({"tasd.layer": layer.name, "tasd.activation": str(config), "global_symbol": symbol})
+        gvar = self.builder_.add_func(func, symbol)
+        return relax.call_tir(gvar, [x], relax.TensorType((layer.m, layer.k), layer.dtype))
+
     def _emit_layer(self, layer: Layer, choice: Choice, activation):
         kernel, packed = self._kernel(layer, choice)
         x = activation
         if layer.op == "matmul":
             if len(layer.activation_shape) != 2:
                 x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
+            if choice.activation is not None:
+                x = self.builder_.emit(self._activation_call(layer, choice.activation, x))
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:
             out_shape = call_shape = tuple(int(d) for d in kernel.out_shape)
