@@ -91,3 +91,26 @@ def test_bad_input_fails_early_and_clearly(kwargs, match, calibration):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         tasder.search(**args)
+
+
+def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calibration):
+    import tvm
+    from tvm import relax
+
+    from tvm_tasd import build
+    from tvm_tasd.frontend import from_onnx
+
+    feeds, labels = calibration
+    plan = tasder.search(model_path("digits-mlp"), "ttc-vegeta-m8", feeds, metric="accuracy", labels=labels,
+                         budget=0.99, progress=False)
+    with_activation = [layer for layer in plan.layers if layer.activation is not None]
+    assert with_activation, "a ReLU-fed layer on a TASD tensor core should take an activation series"
+    # the compiled model computes what the search measured: same weights, same activation keep counts
+    x = feeds[0]["input"]
+    ex = build(from_onnx(model_path("digits-mlp"), {"input": list(x.shape)}).mod, "ttc-vegeta-m8", plan=plan)
+    compiled = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    approx = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=plan)
+    groups = {layer.name: layer.activation.max_m for layer in with_activation}
+    keeps = {layer.name: sum(t.n for t in layer.activation.terms) for layer in with_activation}
+    expected = WeightFedModel(approx, feeds[:1], activation_groups=groups).run(keeps=keeps)[0][0]
+    np.testing.assert_allclose(compiled, expected, atol=1e-4, rtol=0)

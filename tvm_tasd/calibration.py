@@ -41,6 +41,8 @@ _ZERO_PRESERVING = frozenset(
 
 #: Fewer batches than this finish before a progress bar is worth drawing.
 _PROGRESS_MIN_BATCHES = 4
+#: Activation rows kept per layer to estimate activation-series errors.
+SAMPLE_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,16 @@ class CalibrationStats:
 
     ``norms[name]`` is s (float64, one entry per reduction-axis channel);
     ``nonzero_density[name]`` the share of exact nonzeros of the layer's
-    input; ``relu_fed`` the layers whose input comes from a ReLU.
+    input; ``relu_fed`` the layers whose input comes from a ReLU;
+    ``samples[name]`` up to ``SAMPLE_ROWS`` rows of that input from the first
+    batch, as (rows, channels) — enough to estimate activation-series errors.
     """
 
     norms: dict[str, np.ndarray]
     nonzero_density: dict[str, float]
     relu_fed: frozenset[str]
     batches: int
+    samples: dict[str, np.ndarray]
 
 
 def _constant_values(graph: onnx.GraphProto) -> set[str]:
@@ -143,6 +148,7 @@ def calibrate(
     session = inference_session(_with_outputs(model, (s for s in unique if s.tensor in fetched))) if fetched else None
 
     squares: dict[_Site, np.ndarray] = {}
+    samples: dict[_Site, np.ndarray] = {}
     nonzeros = dict.fromkeys(unique, 0)
     sizes = dict.fromkeys(unique, 0)
     show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
@@ -153,6 +159,8 @@ def calibrate(
             axis = site.channel_axis % x.ndim
             pooled = tuple(a for a in range(x.ndim) if a != axis)
             squares[site] = squares.get(site, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
+            if site not in samples:
+                samples[site] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
             nonzeros[site] += int(np.count_nonzero(x))
             sizes[site] += x.size
 
@@ -168,7 +176,8 @@ def calibrate(
             )
         norms[name] = norm
         density[name] = sum(nonzeros[site] for site in uses) / max(1, sum(sizes[site] for site in uses))
-    return CalibrationStats(norms, density, _relu_fed(sites, model.graph), len(feeds))
+    first_samples = {name: samples[uses[0]] for name, uses in sites.items()}
+    return CalibrationStats(norms, density, _relu_fed(sites, model.graph), len(feeds), first_samples)
 
 
 def channel_norms(model, calibration: Iterable[Feed], progress: bool = True) -> dict[str, np.ndarray]:

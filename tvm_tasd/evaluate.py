@@ -8,6 +8,14 @@ graph once so that every layer weight (the initializers of
 session, and feeds replacement weights at run time. The outputs equal
 onnxruntime on :func:`~tvm_tasd.reference.approximate_onnx`'s model.
 
+Activation series (run-time decomposition, DESIGN §2) are emulated in the
+same session: for each layer named in ``activation_groups`` (layer → M) the
+MatMul's activation input passes through a small subgraph that keeps, in
+every group of M along the last axis, the ``keep`` best entries (|x|, ties
+to the lower index, zeros last) — ``keep`` is fed per run, M means "all".
+A greedy series with one M keeps exactly the top ΣN, so one count covers
+every series of that M.
+
 The loading, session and calibration-checking helpers here are shared with
 :mod:`tvm_tasd.calibration`.
 """
@@ -64,14 +72,82 @@ def check_calibration(model: onnx.ModelProto, calibration: Iterable[Feed]) -> li
     return feeds
 
 
+def keep_input(layer: str) -> str:
+    """Name of the graph input that feeds a layer's activation keep count."""
+    return f"tasd_keep::{layer}"
+
+
+def _top_keep_nodes(x: str, layer: str, m: int, elem_type: int) -> tuple[list, list, str]:
+    """Nodes computing ``x`` with only the ``keep`` best entries of each group of m (last axis)."""
+    p = f"tasd_act::{layer}::"
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    inits = [
+        numpy_helper.from_array(np.array([-1, m], np.int64), p + "groups"),
+        numpy_helper.from_array((np.arange(m)[:, None] < np.arange(m)[None, :])[None], p + "lower"),  # [i, j]: i before j
+        numpy_helper.from_array(np.array([1], np.int64), p + "axis1"),
+        numpy_helper.from_array(np.array([2], np.int64), p + "axis2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), p + "zero"),
+        numpy_helper.from_array(np.array(-1.0, np.float32), p + "minus_one"),
+        numpy_helper.from_array(np.array(0, dtype), p + "zero_x"),
+    ]
+    node = lambda op, ins, out, **kw: helper.make_node(op, ins, [p + out], **kw)  # noqa: E731
+    nodes = [
+        node("Shape", [x], "shape"),
+        node("Reshape", [x, p + "groups"], "g"),
+        node("Cast", [p + "g"], "gf", to=onnx.TensorProto.FLOAT),
+        node("Abs", [p + "gf"], "abs"),
+        node("Equal", [p + "gf", p + "zero"], "is_zero"),
+        node("Where", [p + "is_zero", p + "minus_one", p + "abs"], "key"),  # zeros never beat a nonzero
+        node("Unsqueeze", [p + "key", p + "axis2"], "key_i"),  # (groups, m, 1): the rival i
+        node("Unsqueeze", [p + "key", p + "axis1"], "key_j"),  # (groups, 1, m): the entry j
+        node("Greater", [p + "key_i", p + "key_j"], "gt"),
+        node("Equal", [p + "key_i", p + "key_j"], "eq"),
+        node("And", [p + "eq", p + "lower"], "tie"),
+        node("Or", [p + "gt", p + "tie"], "beats"),
+        node("Cast", [p + "beats"], "beats_int", to=onnx.TensorProto.INT64),
+        node("ReduceSum", [p + "beats_int", p + "axis1"], "rank", keepdims=0),
+        node("Less", [p + "rank", keep_input(layer)], "kept"),
+        node("Where", [p + "kept", p + "g", p + "zero_x"], "selected"),
+        node("Reshape", [p + "selected", p + "shape"], "out"),
+    ]
+    return nodes, inits, p + "out"
+
+
+def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str, int]) -> None:
+    """Route each named MatMul layer's activation through its keep-count subgraph."""
+    graph = graph_model.graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in graph.input}
+    nodes = []
+    for node in graph.node:
+        layer = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if layer in groups:
+            extra, inits, out = _top_keep_nodes(node.input[0], layer, groups[layer], elem[layer])
+            nodes += extra
+            graph.initializer.extend(inits)
+            graph.input.append(helper.make_tensor_value_info(keep_input(layer), onnx.TensorProto.INT64, []))
+            node.input[0] = out
+        nodes.append(node)
+    missing = set(groups) - {n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    if missing:
+        raise ValueError(f"activation series need MatMul layers; not MatMul weights: {sorted(missing)}")
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 class WeightFedModel:
     """One onnxruntime session whose layer weights are fed with every run.
 
     ``calibration`` is a list of feeds, one dict (input name → array) per
     batch; :meth:`run` returns the model's outputs on every batch.
+    ``activation_groups`` (layer → M) adds fed activation keep counts.
     """
 
-    def __init__(self, model: "onnx.ModelProto | str | os.PathLike", calibration: Iterable[Feed]):
+    def __init__(
+        self,
+        model: "onnx.ModelProto | str | os.PathLike",
+        calibration: Iterable[Feed],
+        activation_groups: Mapping[str, int] | None = None,
+    ):
         model = load_model(model)
         self.calibration = check_calibration(model, calibration)
         self._axes = weight_axes(model)
@@ -91,6 +167,9 @@ class WeightFedModel:
                 fed.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
         del fed.graph.initializer[:]
         fed.graph.initializer.extend(kept)
+        self._keeps = {name: int(m) for name, m in (activation_groups or {}).items()}
+        if self._keeps:
+            _insert_activation_series(fed, self._keeps)
         self._session = inference_session(fed)
         self.output_names = [value.name for value in model.graph.output]
         self.evaluations = 0
@@ -108,9 +187,15 @@ class WeightFedModel:
         """Reduction axis of a layer weight (DESIGN §2)."""
         return self._axes[self._known(name)]
 
-    def run(self, weights: "Mapping[str, np.ndarray] | None" = None, batches: int | None = None) -> list[list[np.ndarray]]:
+    def run(
+        self,
+        weights: "Mapping[str, np.ndarray] | None" = None,
+        batches: int | None = None,
+        keeps: Mapping[str, int] | None = None,
+    ) -> list[list[np.ndarray]]:
         """Outputs on the calibration batches (the first ``batches`` of them, default all),
-        with ``weights`` replacing the originals they name."""
+        with ``weights`` replacing the originals they name and ``keeps`` setting the
+        activation keep counts (default: M, i.e. the activation untouched)."""
         fed = dict(self._originals)
         for name, value in (weights or {}).items():
             original = self._originals[self._known(name)]
@@ -118,6 +203,11 @@ class WeightFedModel:
             if value.shape != original.shape:
                 raise ValueError(f"weight {name!r} has shape {value.shape}, the model's is {original.shape}")
             fed[name] = value
+        unknown = set(keeps or {}) - set(self._keeps)
+        if unknown:
+            raise ValueError(f"no activation keep count for {sorted(unknown)}; pass them in activation_groups")
+        for name, m in self._keeps.items():
+            fed[keep_input(name)] = np.array((keeps or {}).get(name, m), np.int64)
         self.evaluations += 1
         return [self._session.run(self.output_names, {**batch, **fed}) for batch in self.calibration[:batches]]
 

@@ -69,10 +69,16 @@ class _Option:
     energy_pj: float
     latency_s: float
     proxy: float
+    activation: TASDConfig | None = None  # run-time series of the layer's input (weight then dense)
 
     @property
     def edp(self) -> float:
         return self.energy_pj * self.latency_s
+
+    @property
+    def keep(self) -> int | None:
+        """Activation entries kept per group: a one-M series keeps exactly the top ΣN."""
+        return None if self.activation is None else sum(t.n for t in self.activation.terms)
 
 
 @dataclass
@@ -84,9 +90,17 @@ class _LayerSearch:
     options: list[_Option]  # frontier, dense first, cheapest last
     alpha: float = 0.0
 
-    def approximated(self, option: _Option) -> np.ndarray:
+    def approximated(self, option: _Option) -> np.ndarray | None:
+        """The option's weight (None when it leaves the weight as it is)."""
+        if option.config.is_dense:
+            return None
         score = self.scale if option.score == "activation" else "magnitude"
         return approximate(self.weight, option.config, axis=self.axis, score=score, name=self.name)
+
+    def feeds(self, option: _Option) -> tuple[dict, dict]:
+        """(weights, activation keep counts) to run this option with."""
+        weight = self.approximated(option)
+        return ({} if weight is None else {self.name: weight}), ({} if option.keep is None else {self.name: option.keep})
 
 
 # ------------------------------------------------------------------ metrics
@@ -182,8 +196,32 @@ def _frontier(options: list[_Option]) -> list[_Option]:
     return frontier[::-1]
 
 
-def _layer_options(layer, target, scale, scores, max_terms) -> list[_Option]:
+def activation_series(target: HardwareTarget, max_terms: int) -> list[TASDConfig]:
+    """Activation series the search tries: faster than dense, all terms of the target's largest M
+    (one M, so a series keeps the top ΣN of each group and one fed count emulates it)."""
+    configs = [c for c in candidate_configs(target, max_terms, operand="activation") if not c.is_dense]
+    if not configs:
+        return []
+    m = max(c.max_m for c in configs)
+    return [c for c in configs if all(t.m == m for t in c.terms)]
+
+
+def _activation_options(layer, target, configs, sample) -> list[_Option]:
+    """Weight dense, the input decomposed at run time; proxy = relative output error on a sample."""
+    reference = sample @ (layer.weight if layer.axis == 0 else layer.weight.T)
+    norm = np.linalg.norm(reference)
     options = []
+    for config in configs:
+        approx = approximate(sample, config, axis=-1)
+        error = sample - approx
+        proxy = float(np.linalg.norm(error @ (layer.weight if layer.axis == 0 else layer.weight.T)) / norm) if norm else 0.0
+        cost = layer_cost(target, layer, TASDConfig.dense(), activation=config)
+        options.append(_Option(TASDConfig.dense(), "magnitude", cost.energy_pj, cost.latency_s, proxy, config))
+    return options
+
+
+def _layer_options(layer, target, scale, scores, max_terms, activation_configs=(), sample=None) -> list[_Option]:
+    options = _activation_options(layer, target, activation_configs, sample) if activation_configs else []
     for config in candidate_configs(target, max_terms):
         if not config.is_dense and config.max_m > layer.grouped_length:
             continue
@@ -258,8 +296,12 @@ class _Evaluator:
 
     def relative_quality(self, state: tuple[int, ...]) -> float:
         if state not in self.cache:
-            weights = {l.name: l.approximated(l.options[i]) for l, i in zip(self.layers, state) if i}
-            self.cache[state] = _quality(self.metric, self.model.run(weights)) / self.dense_quality
+            weights, keeps = {}, {}
+            for layer, index in zip(self.layers, state):
+                layer_weights, layer_keeps = layer.feeds(layer.options[index])
+                weights.update(layer_weights)
+                keeps.update(layer_keeps)
+            self.cache[state] = _quality(self.metric, self.model.run(weights, keeps=keeps)) / self.dense_quality
         return self.cache[state]
 
 
@@ -313,25 +355,31 @@ def search(
     proto = load_model(model)
     from tqdm.auto import tqdm
 
-    fed = WeightFedModel(proto, calibration)
+    stats = calibrate(proto, calibration, progress=progress)
+    shapes = {name: list(np.shape(value)) for name, value in calibration[0].items()}
+    tvm_layers = [l for l in find_layers(from_onnx(proto, shapes).mod) if l.name in stats.norms]
+    act_configs = activation_series(target, max_terms) if "activation" in target.sparse_operands else []
+    act_layers = {
+        l.name: act_configs[0].max_m
+        for l in tvm_layers
+        if act_configs and l.name in stats.relu_fed and l.op == "matmul" and not l.ineligible
+        and l.k % act_configs[0].max_m == 0
+    }
+    fed = WeightFedModel(proto, calibration, activation_groups=act_layers)
     reference = fed.run()
     metric_fn, metric_name = _resolve_metric(metric, labels, reference)
     dense_quality = _quality(metric_fn, reference)
     if dense_quality <= 0:
         raise ValueError(f"the original model scores {dense_quality} on the metric; a positive quality is needed")
 
-    stats = calibrate(proto, calibration, progress=progress) if "activation" in scores else None
-    shapes = {name: list(np.shape(value)) for name, value in calibration[0].items()}
-    tvm_layers = [l for l in find_layers(from_onnx(proto, shapes).mod) if l.name in fed.layer_names]
-
     layers = []
     for layer in tqdm(tvm_layers, desc="candidates", disable=not progress, leave=False):
-        scale = stats.norms.get(layer.name) if stats is not None else None
-        layer_scores = [s for s in scores if s == "magnitude" or scale is not None]
+        scale = stats.norms[layer.name]
         if layer.ineligible:
             options = _layer_options(layer, target, scale, ("magnitude",), 0)
         else:
-            options = _layer_options(layer, target, scale, layer_scores, max_terms)
+            acts = act_configs if layer.name in act_layers else ()
+            options = _layer_options(layer, target, scale, scores, max_terms, acts, stats.samples.get(layer.name))
         layers.append(_LayerSearch(layer.name, layer.weight, layer.axis, scale, options))
 
     evaluator = _Evaluator(fed, metric_fn, dense_quality, layers, {})
@@ -343,7 +391,8 @@ def search(
     for layer in tqdm(layers, desc="sensitivity", disable=not progress, leave=False):
         if len(layer.options) < 2:
             continue
-        outputs = fed.run({layer.name: layer.approximated(layer.options[-1])}, batches=sensitivity_batches)
+        weights, keeps = layer.feeds(layer.options[-1])
+        outputs = fed.run(weights, batches=sensitivity_batches, keeps=keeps)
         layer.alpha = max(0.0, 1.0 - damage(outputs)) / max(layer.options[-1].proxy ** 2, 1e-30)
 
     path = _path(layers)
@@ -400,7 +449,7 @@ def _plan(target, layers, path, state, evaluator, budget, metric_name, dense_qua
         option = layer.options[index]
         dense = layer.options[0]
         entries.append(LayerPlan(
-            layer.name, option.config, None, option.score,
+            layer.name, option.config, option.activation, option.score,
             layer.scale if option.score == "activation" else None,
             {
                 "proxy_error": round(option.proxy, 6),
