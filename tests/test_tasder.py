@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from tvm_tasd import tasder
-from tvm_tasd.evaluate import WeightFedModel
+from tvm_tasd.evaluate import WeightFedModel, run_plan
 from tvm_tasd.models.digits import load_data, model_path
 from tvm_tasd.plan import Plan
 from tvm_tasd.reference import approximate_onnx
@@ -109,8 +109,5 @@ def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calib
     x = feeds[0]["input"]
     ex = build(from_onnx(model_path("digits-mlp"), {"input": list(x.shape)}).mod, "ttc-vegeta-m8", plan=plan)
     compiled = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    approx = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=plan)
-    groups = {layer.name: layer.activation.max_m for layer in with_activation}
-    keeps = {layer.name: sum(t.n for t in layer.activation.terms) for layer in with_activation}
-    expected = WeightFedModel(approx, feeds[:1], activation_groups=groups).run(keeps=keeps)[0][0]
+    expected = run_plan(model_path("digits-mlp"), plan, feeds[:1])[0][0]
     np.testing.assert_allclose(compiled, expected, atol=1e-4, rtol=0)

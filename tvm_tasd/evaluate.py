@@ -215,3 +215,16 @@ class WeightFedModel:
         if name not in self._originals:
             raise ValueError(f"{name!r} is not a layer weight of this model; layers: {self.layer_names}")
         return name
+
+
+def run_plan(model: "onnx.ModelProto | str | os.PathLike", plan, feeds: Iterable[Feed]) -> list[list[np.ndarray]]:
+    """Outputs of ``model`` with ``plan`` applied — weight series and activation series — on ``feeds``."""
+    from .plan import Plan
+    from .reference import approximate_onnx
+
+    plan = Plan.coerce(plan)
+    with_activation = [layer for layer in plan.layers if layer.activation is not None and not layer.activation.is_dense]
+    groups = {layer.name: layer.activation.max_m for layer in with_activation}
+    keeps = {layer.name: sum(t.n for t in layer.activation.terms) for layer in with_activation}
+    fed = WeightFedModel(approximate_onnx(load_model(model), plan=plan), feeds, activation_groups=groups)
+    return fed.run(keeps=keeps)

@@ -1,0 +1,37 @@
+"""The benchmark suite's quick modes run, check their own outputs, and sweep on Ray."""
+
+import json
+
+import pytest
+
+from tvm_tasd.benchmarks import edp_table
+
+
+def test_edp_table_quick_runs_locally_and_checks_itself(tmp_path):
+    data = edp_table.main(["--quick", "--models", "digits-mlp", "--variants", "0", "0.5",
+                           "--targets", "stc-2of4", "ttc-vegeta-m8", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "edp_table_quick.json").read_text())
+    assert len(written["rows"]) == 4
+    for row in written["rows"]:
+        assert row["calibration_quality"] >= 0.99
+        assert row["improvement"] == pytest.approx(1 - row["edp_vs_dense"])
+    assert data["summary"]["best"] >= data["summary"]["average"] > 0
+    assert "modelled" in (tmp_path / "edp_table_quick.md").read_text()
+
+
+def test_edp_table_check_rejects_a_wrong_baseline():
+    row = {"model": "m", "target": "t", "budget": 0.99, "edp_vs_dense": 0.5, "improvement": 0.6,
+           "calibration_quality": 1.0, "unseen_quality": 1.0}
+    with pytest.raises(SystemExit, match="against the dense run"):
+        edp_table.check({"rows": [row]})
+
+
+def test_sweep_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[test]')")
+    local = edp_table.main(["--quick", "--models", "digits-mlp", "--variants", "0", "--targets", "vegeta-m8",
+                            "--workers", "1", "--out", str(tmp_path / "local")])
+    on_ray = edp_table.main(["--quick", "--models", "digits-mlp", "--variants", "0", "--targets", "vegeta-m8",
+                             "--ray", "local", "--out", str(tmp_path / "ray")])
+    assert on_ray["meta"]["runner"] == "ray"
+    assert on_ray["rows"][0]["layers"] == local["rows"][0]["layers"]
+    assert on_ray["rows"][0]["edp_vs_dense"] == local["rows"][0]["edp_vs_dense"]
