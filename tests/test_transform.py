@@ -135,3 +135,34 @@ def test_activation_series_on_a_target_without_tasd_units_warns_and_is_dropped()
     with pytest.warns(TASDWarning, match="cannot run activation series"):
         out = TASDRewrite("vegeta-m8", config="2:8", activation="2:8")(mod)
     assert all(entry["activation"] is None for entry in out.attrs[LAYERS_ATTR])
+
+
+def _single_matmul(x_shape, x_dtype, weight):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(x, relax.const(weight))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize(
+    "x_shape, dtype, reason",
+    [
+        ([tvm.tirx.Var("batch", "int64"), 16], "float32", "dynamic activation shape"),
+        ([4, 16], "int32", "only float layers"),
+    ],
+)
+def test_dynamic_shapes_and_integer_layers_stay_dense_with_a_reason(x_shape, dtype, reason):
+    weight = np.arange(16 * 8).reshape(16, 8).astype(dtype)
+    mod = _single_matmul(x_shape, dtype, weight)
+    out = TASDRewrite("vegeta-m8", config="2:8")(mod)
+    (entry,) = out.attrs[LAYERS_ATTR]
+    assert str(entry["config"]) == "dense" and reason in str(entry["reason"])
+    assert not [f for _, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]  # nothing rewritten
+
+
+def test_both_config_and_plan_is_refused():
+    with pytest.raises(ValueError, match="either config"):
+        TASDRewrite("vegeta-m8", config="2:8", plan={"fc1.weight": "2:8"})
