@@ -21,7 +21,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from tvm_tasd import tasder
 from tvm_tasd.benchmarks import sweep

@@ -40,7 +40,6 @@ from tvm_tasd.evaluate import WeightFedModel
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
 from tvm_tasd.layers import find_layers
-from tvm_tasd.plan import Plan
 
 TASD_SERIES = {"vegeta-m8": ["4:8+2:8", "2:8+1:8", "4:8+1:8"], "stc-2of4": [], "ttc-vegeta-m8": ["4:8+2:8", "2:8+1:8"],
                "vegeta-m4": ["2:4+1:4"], "highlight": ["2:4+2:16"], "ttc-stc": []}

@@ -1,6 +1,5 @@
 """TASDRewrite and build on the bundled digits models, against onnxruntime."""
 
-import warnings
 
 import numpy as np
 import onnx
@@ -10,7 +9,6 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-import tvm_tasd
 from tvm_tasd import build
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.models.digits import load_data, model_path

@@ -40,7 +40,7 @@ from tvm import relax
 from .candidates import cheapest_within_error, runs_faster_than_dense
 from .config import TASDConfig
 from .decompose import decompose
-from .hardware import HardwareTarget, load_target
+from .hardware import load_target
 from .layers import Layer, LayerMatcher, find_layers
 from .plan import LayerPlan, Plan
 
@@ -104,10 +104,12 @@ class TASDRewrite:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if mod.attrs is not None and REWRITTEN_ATTR in mod.attrs:
             return mod  # idempotent: decisions were made once, by the first run
+        from .schedules.select import kernels_for
+
         layers = find_layers(mod, self.params)
         choices = {layer.name: self._choose(layer) for layer in layers}
         self._check_plan_names(layers)
-        rewriter = _Rewriter(mod, self.params, choices, self.dense_kernels)
+        rewriter = _Rewriter(mod, self.params, choices, self.dense_kernels, kernels_for(self.target))
         rewritten = relax.transform.DeadCodeElimination(["main"])(rewriter.rewrite())
         summary = [_summary(layer, choices[layer.name], rewriter.executed_macs) for layer in layers]
         return rewritten.with_attr(REWRITTEN_ATTR, self.target.name).with_attr(LAYERS_ATTR, summary)
@@ -217,9 +219,10 @@ def _safe(name: str) -> str:
 class _Rewriter(relax.PyExprMutator):
     """Replaces the chosen matmul/conv2d bindings with fused N:M kernel calls."""
 
-    def __init__(self, mod: tvm.IRModule, params, choices: dict[str, Choice], dense_kernels: bool):
+    def __init__(self, mod: tvm.IRModule, params, choices: dict[str, Choice], dense_kernels: bool, kernels):
         super().__init__(mod)
-        self.dense_kernels = dense_kernels
+        self.kernels = kernels  # schedules.select.Kernels: the target's kernel family
+        self.dense_kernels = dense_kernels and kernels.dense_kernels
         self.mod = mod
         self.matcher = LayerMatcher(mod, params)
         self.choices = choices
@@ -253,11 +256,11 @@ class _Rewriter(relax.PyExprMutator):
             return kernel, kernel.pack(np.ascontiguousarray(weight_kn))
         if layer.op == "matmul":
             terms = decompose(weight_kn, choice.config, axis=0, score=choice.score, name=layer.name)
-            kernel = llvm.nm_matmul(layer.m, layer.k, layer.n, [t.pattern for t in terms], dtype=layer.dtype)
+            kernel = self.kernels.nm_matmul(layer.m, layer.k, layer.n, [t.pattern for t in terms], layer.dtype)
         else:
             terms = decompose(layer.weight, choice.config, axis=1, score=choice.score, name=layer.name)
-            kernel = llvm.nm_conv2d(
-                layer.activation_shape, layer.weight.shape, [t.pattern for t in terms], dtype=layer.dtype, **layer.conv
+            kernel = self.kernels.nm_conv2d(
+                layer.activation_shape, layer.weight.shape, [t.pattern for t in terms], layer.dtype, **layer.conv
             )
         return kernel, kernel.pack(terms)
 

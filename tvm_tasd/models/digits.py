@@ -174,15 +174,17 @@ class _CNN:
         winner = windows == pooled[:, :, :, None, :, None]
         winner &= np.cumsum(np.cumsum(winner, axis=3), axis=5) == 1  # one winner per window
         g_a2 = (winner * g_pooled[:, :, :, None, :, None]).reshape(a2.shape)
-        for name, cols, z, inp in (("conv2", cols2, z2, a1), ("conv1", cols1, z1, x)):
-            g_z = g_a2 * (z > 0) if name == "conv2" else g_a1 * (z > 0)
-            g_flat = g_z.transpose(0, 2, 3, 1).reshape(-1, g_z.shape[1])
-            w = p[f"{name}.weight"]
-            grads[f"{name}.weight"] = (g_flat.T @ cols).reshape(w.shape)
-            grads[f"{name}.bias"] = g_flat.sum(0)
-            if name == "conv2":
-                g_a1 = _col2im(g_flat @ w.reshape(w.shape[0], -1), inp.shape)
+        g_a1 = self._conv_backward("conv2", cols2, g_a2 * (z2 > 0), grads, a1.shape)
+        self._conv_backward("conv1", cols1, g_a1 * (z1 > 0), grads, None)
         return grads
+
+    def _conv_backward(self, name, cols, g_z, grads, input_shape):
+        """Weight/bias gradients of one conv; the input gradient when ``input_shape`` is given."""
+        g_flat = g_z.transpose(0, 2, 3, 1).reshape(-1, g_z.shape[1])
+        w = self.params[f"{name}.weight"]
+        grads[f"{name}.weight"] = (g_flat.T @ cols).reshape(w.shape)
+        grads[f"{name}.bias"] = g_flat.sum(0)
+        return None if input_shape is None else _col2im(g_flat @ w.reshape(w.shape[0], -1), input_shape)
 
     def onnx_nodes(self):
         conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
