@@ -1,0 +1,66 @@
+"""PP-OCR models shipped in PyPI rapidocr-onnxruntime: import, layers, TVM = onnxruntime.
+
+The static graph made by ``ppocr.onnx_path`` must compute what the shipped
+(dynamic) graph computes and TVM must import it and find its conv/matmul
+layers under their Paddle names; for the recognizer, the dense build for the
+emulated target must match onnxruntime within 1e-4 and still read the
+rendered text.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_tasd import build
+from tvm_tasd.frontend import from_onnx
+from tvm_tasd.layers import find_layers
+from tvm_tasd.models import ppocr
+
+# No skip when rapidocr-onnxruntime or Pillow is missing: `make setup` installs
+# both, so a missing one is an install bug this test must report.
+pytestmark = pytest.mark.slow
+
+BATCH = 4
+
+
+def static_and_imported(kind, images):
+    """The static graph's onnxruntime output (checked against the shipped graph) and its TVM import."""
+    proto = onnx.load(ppocr.onnx_path(kind, BATCH))
+    assert not any(node.op_type in ("Shape", "Constant") for node in proto.graph.node)
+    original = ort.InferenceSession(str(ppocr.model_file(kind))).run(None, {"x": images})[0]
+    static = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": images})[0]
+    np.testing.assert_allclose(static, original, atol=1e-4, rtol=0)
+    return static, from_onnx(proto, {"x": list(images.shape)})
+
+
+def test_rec_imports_matches_onnxruntime_and_reads_text():
+    images, labels = ppocr.text_lines(BATCH, seed=5)
+    static, imported = static_and_imported("rec", images)
+    layers = find_layers(imported.mod)
+    ex = build(imported.mod, "cpu-emulated", config="dense")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(images)).numpy()
+    np.testing.assert_allclose(out, static, atol=1e-4, rtol=0)
+    assert out.shape == (BATCH, 40, 6625)
+    names = {layer.name: layer for layer in layers}
+    assert len(layers) == 47
+    assert {"conv2d_10.w_0", "linear_77.w_0", "linear_85.w_0"} <= set(names)
+    assert (names["linear_85.w_0"].k, names["linear_85.w_0"].n) == (120, 6625)  # the CTC head
+    assert sum(layer.ineligible is not None for layer in layers) == 14  # depthwise convs
+    texts = ppocr.ctc_decode(out)
+    assert ppocr.line_accuracy(texts, labels) >= 0.75, list(zip(texts, labels))
+
+
+def test_cls_imports_and_orients():
+    # The TVM build is left to the rec test (each build costs ~20 s here);
+    # the cls build matched onnxruntime to 2e-6 when checked by hand.
+    images, labels = ppocr.orientation_lines(BATCH, seed=5)
+    out, imported = static_and_imported("cls", images)
+    assert out.shape == (BATCH, 2)
+    layers = find_layers(imported.mod)
+    names = {layer.name for layer in layers}
+    assert len(layers) == 54 and {"conv1_weights", "conv_last_weights", "fc_0.w_0"} <= names
+    assert ppocr.orientation_accuracy(out, labels) == 1.0
