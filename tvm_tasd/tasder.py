@@ -473,6 +473,10 @@ def _plan(target, layers, path, state, evaluator, budget, metric_name, dense_qua
             "full_evaluations": len(evaluator.cache),  # the original model's run included
             "sensitivity_runs": sum(len(layer.options) > 1 for layer in layers),
             "path_length": len(path),
+            "points": [  # every state evaluated for real: the search's quality-vs-EDP curve
+                {"edp_vs_dense": float(_features(layers, s, dense_edp)[-1]), "relative_quality": q}
+                for s, q in evaluator.cache.items()
+            ],
         },
         "note": "EDP is modelled (tvm_tasd.cost) from " + target.source_file.split("/")[-1],
     }

@@ -1,0 +1,231 @@
+"""The ``tvmc`` and ``tasd`` console scripts, run as a user runs them (subprocess).
+
+Fast tests use the bundled digits MLP at batch 8; the slow one compiles CREPE
+tiny from ONNX and from a PyTorch ``.pt2`` program. Every artifact is run by
+``tvmc run`` in a fresh process and compared with the in-process API.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_tasd import build
+from tvm_tasd.frontend import from_onnx
+from tvm_tasd.models.digits import load_data, model_path
+from tvm_tasd.tvmc import run_artifact
+
+BIN = Path(sys.executable).parent
+MLP = model_path("digits-mlp")
+BATCH = 8
+SHAPES = f"input:[{BATCH},64]"
+
+
+def cli(*args, cwd, expect=0) -> subprocess.CompletedProcess:
+    """Run a console script of this environment; check its exit code."""
+    script = BIN / args[0]
+    assert script.exists(), f"{script} is missing: run `pip install -e .` to install the console scripts"
+    proc = subprocess.run([str(script), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == expect, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def run_in_process(executable, x):
+    """The first output of ``executable`` on ``x`` (PyTorch programs return a tuple even for one)."""
+    out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    return (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Inputs, a calibration set, and the dense and TASD artifacts of the digits MLP."""
+    path = tmp_path_factory.mktemp("cli")
+    data = load_data()
+    np.savez(path / "inputs.npz", input=data.test_x[:BATCH])
+    np.savez(path / "calib.npz", input=data.train_x[:256], labels=data.train_y[:256])
+    common = ["compile", MLP, "--target", "llvm", "--input-shapes", SHAPES]
+    cli("tvmc", *common, "--pass", "tasd", "--tasd-hw", "vegeta-m8", "--tasd-config", "2:8+1:8", "-o", "tasd.tar", cwd=path)
+    cli("tvmc", *common, "--tasd-hw", "vegeta-m8", "-o", "dense.tar", cwd=path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tasd_in_process():
+    """The TASD artifact's inputs and what the in-process API computes on them."""
+    x = load_data().test_x[:BATCH]
+    return x, run_in_process(build(from_onnx(MLP, {"input": [BATCH, 64]}).mod, "vegeta-m8", config="2:8+1:8"), x)
+
+
+def members(tar_path) -> dict:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_compile_writes_one_self_contained_artifact(work):
+    files = members(work / "tasd.tar")
+    assert set(files) == {"mod.so", "metadata.json", "report.json"}
+    meta = json.loads(files["metadata.json"])
+    assert meta["inputs"] == [{"name": "input", "shape": [BATCH, 64], "dtype": "float32"}]
+    assert meta["outputs"] == [{"name": "logits", "shape": [BATCH, 10], "dtype": "float32"}]
+    assert (meta["pass"], meta["config"], meta["hardware"], meta["target"]["kind"]) == ("tasd", "2:8+1:8", "vegeta-m8", "llvm")
+    report = json.loads(files["report.json"])
+    assert [row["weight"] for row in report["layers"]] == ["2:8+1:8"] * 3
+    assert report["totals"]["ratio"]["edp"] < 1
+    assert not list(work.glob(".*.part")), "temporary files left behind"
+
+
+def test_run_in_a_fresh_process_matches_the_in_process_api(work, tasd_in_process):
+    proc = cli("tvmc", "run", "tasd.tar", "--inputs", "inputs.npz", "--outputs", "out.npz", "--print-time",
+               "--repeat", "2", cwd=work)
+    assert "Execution time summary:" in proc.stdout and "mean (ms)" in proc.stdout
+    assert "output logits: float32[8, 10]" in proc.stdout
+    _, expected = tasd_in_process
+    # Same kernels; the artifact's plain llvm target and the hardware's target may vectorise sums differently.
+    np.testing.assert_allclose(np.load(work / "out.npz")["logits"], expected, rtol=1e-6, atol=1e-5)
+
+
+def test_dense_compile_is_the_plain_baseline(work, tasd_in_process):
+    meta = json.loads(members(work / "dense.tar")["metadata.json"])
+    assert meta["pass"] is None and meta["config"] is None
+    report = json.loads(members(work / "dense.tar")["report.json"])
+    assert {row["weight"] for row in report["layers"]} == {"dense"} and report["totals"]["ratio"]["edp"] == 1.0
+    cli("tvmc", "run", "dense.tar", "--inputs", "inputs.npz", "--outputs", "dense.npz", cwd=work)
+    x, tasd_out = tasd_in_process
+    onnxruntime_out = ort.InferenceSession(str(MLP)).run(None, {"input": x})[0]
+    dense_out = np.load(work / "dense.npz")["logits"]
+    np.testing.assert_allclose(dense_out, onnxruntime_out, rtol=0, atol=1e-4)
+    assert np.abs(dense_out - tasd_out).max() > 1e-3  # the TASD build really differs
+    filled = run_artifact(work / "dense.tar", fill_mode="random").outputs  # no inputs given: generated
+    assert filled["logits"].shape == (BATCH, 10) and np.isfinite(filled["logits"]).all()
+
+
+def test_search_report_and_compile_with_the_plan(work):
+    search = cli("tasd", "search", MLP, "--hw", "vegeta-m8", "--calibration", "calib.npz", "--metric", "accuracy",
+                 "--budget", "0.99", "--batch", "128", "-o", "plan.json", cwd=work)
+    assert "plan → plan.json" in search.stdout
+    plan = json.loads((work / "plan.json").read_text())
+    assert plan["quality"]["relative"] >= 0.99 and plan["model"]["inputs"] == {"input": [128, 64]}
+
+    report = cli("tasd", "report", "plan.json", "-o", "plan.html", "-o", "plan_report.json", cwd=work)
+    assert "TASDER" in report.stdout and "model (3 layers)" in report.stdout
+    data = json.loads((work / "plan_report.json").read_text())
+    assert [row["weight"] for row in data["layers"]] == [entry["weight"] for entry in plan["layers"]]
+    assert "<svg" in (work / "plan.html").read_text()
+
+    cli("tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+        "--tasd-plan", "plan.json", "--tasd-report", "compiled.html", "-o", "planned.tar", cwd=work)
+    files = members(work / "planned.tar")
+    assert json.loads(files["plan.json"])["layers"] == plan["layers"]
+    assert json.loads(files["metadata.json"])["hardware"] == "vegeta-m8"  # from the plan
+    assert (work / "compiled.html").exists()
+
+    again = cli("tasd", "report", "planned.tar", "--hw", "stc-2of4", "-o", "stc.json", cwd=work)
+    assert "re-modelled on stc-2of4" in again.stdout
+    assert json.loads((work / "stc.json").read_text())["hardware"] == "stc-2of4"
+
+
+def test_bench_lists_and_forwards_arguments(tmp_path):
+    listing = cli("tasd", "bench", cwd=tmp_path)
+    for name in ("cost_table", "decompose_speed", "kernels", "quality_vs_edp"):
+        assert name in listing.stdout
+    cli("tasd", "bench", "cost_table", "--out", tmp_path / "results", cwd=tmp_path)
+    assert (tmp_path / "results" / "cost_table.json").exists()
+
+
+def test_help_shows_examples(tmp_path):
+    assert "--pass tasd" in cli("tvmc", "compile", "--help", cwd=tmp_path).stdout
+    assert "examples:" in cli("tvmc", "run", "--help", cwd=tmp_path).stdout
+    assert "labels" in cli("tasd", "search", "--help", cwd=tmp_path).stdout
+
+
+def test_demo_runs_the_main_job(tmp_path):
+    proc = cli("tasd", "demo", "--out-dir", "out", cwd=tmp_path)
+    assert "test accuracy" in proc.stdout and "modelled EDP vs dense" in proc.stdout
+    for name in ("digits-mlp_plan.json", "digits-mlp_dense.tar", "digits-mlp_tasd.tar", "digits-mlp_report.html"):
+        assert (tmp_path / "out" / name).exists(), name
+
+
+BAD_INPUT = {
+    "missing model": (["tvmc", "compile", "nope.onnx", "--target", "llvm"], "does not exist"),
+    "not ONNX": (["tvmc", "compile", "notes.onnx", "--target", "llvm"], "is not an ONNX model"),
+    "dynamic shape": (["tvmc", "compile", MLP, "--target", "llvm"], "--input-shapes"),
+    "unknown target": (["tvmc", "compile", MLP, "--target", "tpu9", "--input-shapes", SHAPES], "unknown target"),
+    "cuda target": (["tvmc", "compile", MLP, "--target", "cuda", "--input-shapes", SHAPES], "CPU (llvm) artifacts only"),
+    "unknown config": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+                        "--tasd-config", "5:4"], "5:4"),
+    "plan for another model": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+                                "--tasd-plan", "other_plan.json"], "another model"),
+    "unwritable output": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "-o",
+                           "no/such/dir/out.tar"], "cannot write"),
+    "config without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-config", "2:4"], "--pass tasd"),
+    "bad shape syntax": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:8,64"], "name:[d1,d2"),
+    "run a non-artifact": (["tvmc", "run", "notes.onnx"], "not a tvmc artifact"),
+    "calibration without labels": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--metric", "accuracy"],
+                                   "'labels'"),
+    "report format": (["tasd", "report", "other_plan.json", "-o", "report.pdf"], "suffix"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_leaves_nothing_behind(case, tmp_path):
+    (tmp_path / "notes.onnx").write_text("not a model\n")
+    (tmp_path / "other_plan.json").write_text(json.dumps({"layers": [{"name": "encoder.fc.weight", "weight": "2:4"}]}))
+    np.savez(tmp_path / "nolabels.npz", input=load_data().train_x[:16])
+    before = set(os.listdir(tmp_path))
+    argv, message = BAD_INPUT[case]
+    proc = cli(*argv, cwd=tmp_path, expect=2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{argv[0]}: error: "), proc.stderr
+    assert message in lines[0] and "Traceback" not in proc.stderr
+    assert set(os.listdir(tmp_path)) == before, "a failed command left files behind"
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    proc = cli("tvmc", "compile", "m.onnx", "--target", "llvm", "--tasd-config", "2:4", "--verbose", cwd=tmp_path,
+               expect=1)
+    assert "Traceback" in proc.stderr and "need --pass tasd" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export's own deprecation notices
+def test_real_model_from_onnx_and_pt2(tmp_path):
+    """CREPE tiny (frames (16, 1024)): ONNX and torch.export artifacts run in a fresh process."""
+    torch = pytest.importorskip("torch")
+    from tvm_tasd.models import crepe
+    from tvm_tasd.tvmc import import_model
+
+    frames, _ = crepe.synthetic_tones(16, seed=1)
+    onnx_file = crepe.onnx_path("tiny", 16)
+    np.savez(tmp_path / "frames.npz", frames=frames)
+    tasd = ["--pass", "tasd", "--tasd-hw", "vegeta-m8", "--tasd-config", "2:8+1:8"]
+    cli("tvmc", "compile", onnx_file, "--target", "llvm", *tasd, "-o", "onnx.tar", cwd=tmp_path)
+    cli("tvmc", "run", "onnx.tar", "--inputs", "frames.npz", "--outputs", "onnx_out.npz", cwd=tmp_path)
+    expected = run_in_process(build(from_onnx(onnx_file).mod, "vegeta-m8", config="2:8+1:8"), frames)
+    np.testing.assert_allclose(np.load(tmp_path / "onnx_out.npz")["probabilities"], expected, rtol=0, atol=1e-5)
+
+    network = crepe.network("tiny")
+    torch.export.save(torch.export.export(network, (torch.from_numpy(frames),)), tmp_path / "crepe.pt2")
+    np.savez(tmp_path / "x.npz", x=frames)  # a .pt2 program names its input after the forward() argument
+    cli("tvmc", "compile", "crepe.pt2", "--target", "llvm", "-o", "pt2_dense.tar", cwd=tmp_path)
+    cli("tvmc", "run", "pt2_dense.tar", "--inputs", "x.npz", "--outputs", "pt2_dense.npz", cwd=tmp_path)
+    with torch.no_grad():
+        reference = network(torch.from_numpy(frames)).numpy()
+    (dense,) = np.load(tmp_path / "pt2_dense.npz").values()
+    np.testing.assert_allclose(dense, reference, rtol=0, atol=1e-4)
+
+    cli("tvmc", "compile", "crepe.pt2", "--target", "llvm", *tasd, "-o", "pt2.tar", cwd=tmp_path)
+    cli("tvmc", "run", "pt2.tar", "--inputs", "x.npz", "--outputs", "pt2_out.npz", cwd=tmp_path)
+    imported = import_model(tmp_path / "crepe.pt2")
+    expected = run_in_process(build(imported.mod, "vegeta-m8", config="2:8+1:8"), frames)
+    (tasd_out,) = np.load(tmp_path / "pt2_out.npz").values()
+    np.testing.assert_allclose(tasd_out, expected, rtol=0, atol=1e-5)
+    report = json.loads(members(tmp_path / "pt2.tar")["report.json"])
+    assert "conv2.weight" in [row["name"] for row in report["layers"]]  # PyTorch parameter names
