@@ -80,3 +80,19 @@ def test_executed_macs_equal_the_cost_model():
     for entry in ex.layers:
         modelled = layer_cost(target, layers[entry["name"]], entry["config"])
         assert entry["executed_macs"] == modelled.executed_macs, entry["name"]
+
+
+def test_minilm_sts_spearman_matches_the_published_dense_score():
+    from tvm_tasd.models import minilm
+
+    try:
+        pairs = minilm.load_sts("sick")
+    except minilm.MissingData as err:
+        pytest.skip(f"{err} — the shared STS data is needed for this check")
+    batch, seq = 50, 40
+    session = ort.InferenceSession(str(minilm.onnx_path(batch, seq)))
+    tokenizer = minilm.Tokenizer(seq)
+    run = lambda feed: session.run(None, feed)[0]  # noqa: E731
+    first = minilm.embed(run, tokenizer, pairs.first, batch)
+    second = minilm.embed(run, tokenizer, pairs.second, batch)
+    assert minilm.spearman(first, second, pairs.gold) == pytest.approx(0.798, abs=0.002)
