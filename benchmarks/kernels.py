@@ -31,12 +31,14 @@ from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
 from tvm_tasd import TASDConfig, approximate, decompose  # noqa: E402
 from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
-from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
+from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, host_target, nm_conv2d, nm_matmul  # noqa: E402
+from tvm_tasd.schedules.llvm_common import CPUShape  # noqa: E402
 
 CONFIGS = ("1:8", "1:4", "2:8+1:8", "2:4")
 GOAL = 0.5
 SAMPLE_S = 0.02  # aim for samples of ~20 ms
 SETTLE_S = 0.15  # OpenBLAS and TVM workers busy-wait after a call (OpenBLAS ~0.1 s); let them park
+QUIET_CORES = 0.2  # a round counts as quiet if other processes used < 0.2 core before each sample
 
 
 def tvm_timer(compiled, *inputs):
@@ -71,14 +73,43 @@ def numpy_timer(fn):
     return sample
 
 
-def interleave(timers: dict, rounds: int) -> dict:
-    """Samples per contender; the pause lets the previous contender's threads stop spinning."""
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    return sum(fields), fields[1] + fields[3] + fields[4]  # total, nice + idle + iowait
+
+
+def foreign_load(window: float = 0.1) -> float:
+    """Cores kept busy by *other* processes while this one sleeps for ``window`` (Linux; else 0).
+
+    Niced jobs are not counted: they yield the CPU to the benchmark.
+    """
+    try:
+        total0, idle0 = _cpu_times()
+        time.sleep(window)
+        total1, idle1 = _cpu_times()
+    except OSError:
+        time.sleep(window)
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def interleave(timers: dict, rounds: int) -> tuple[dict, list[bool]]:
+    """One sample per contender per round, and whether the round ran on a quiet machine.
+
+    Before each sample the previous contender's threads get SETTLE_S to stop
+    spinning, then the load of other processes is measured.
+    """
     samples = {name: [] for name in timers}
+    quiet = []
     for _ in range(rounds):
+        loads = []
         for name, timer in timers.items():
             time.sleep(SETTLE_S)
+            loads.append(foreign_load())
             samples[name].append(timer())
-    return samples
+        quiet.append(max(loads) < QUIET_CORES)
+    return samples, quiet
 
 
 def relative_error(out, ref) -> float:
@@ -132,22 +163,31 @@ def conv_case(x_shape, w_shape, padding, config, rounds, rng):
     return interleave(timers, rounds), error, kernel
 
 
-def summarise(layer, config, samples, error, kernel, dense_macs):
-    med = {name: float(np.median(s)) for name, s in samples.items()}
-    best_name = min(("dense_tvm", "numpy"), key=med.get)
+def summarise(layer, config, timed, error, kernel, dense_macs):
+    """Ratios per round (samples taken moments apart), then medians over the quiet rounds.
+
+    Falls back to all rounds, flagged, when fewer than 3 were quiet.
+    """
+    samples, quiet = timed
+    use = np.array(quiet) if sum(quiet) >= 3 else np.ones(len(quiet), bool)
+    t = {name: np.asarray(s)[use] for name, s in samples.items()}
+    best = np.minimum(t["dense_tvm"], t["numpy"])
     density = TASDConfig.parse(config).density
+    med = {name: float(np.median(v)) for name, v in t.items()}
     return {
         "layer": layer,
         "config": config,
         "density": density,
+        "rounds_used": int(use.sum()),
+        "rounds": len(quiet),
+        "contended": bool(sum(quiet) < 3),
         "median_s": med,
-        "min_s": {name: float(np.min(s)) for name, s in samples.items()},
-        "samples": len(samples["nm"]),
-        "best_dense": best_name,
-        "speedup_vs_best_dense": med[best_name] / med["nm"],
-        "dense_tvm_vs_numpy": med["numpy"] / med["dense_tvm"],
-        "efficiency": density * med[best_name] / med["nm"],
-        "efficiency_min_times": density * min(np.min(samples["dense_tvm"]), np.min(samples["numpy"])) / np.min(samples["nm"]),
+        "min_s": {name: float(np.min(v)) for name, v in samples.items()},
+        "best_dense": min(("dense_tvm", "numpy"), key=med.get),
+        "speedup_vs_best_dense": float(np.median(best / t["nm"])),
+        "dense_tvm_vs_numpy": float(np.median(t["numpy"] / t["dense_tvm"])),
+        "efficiency": float(np.median(density * best / t["nm"])),
+        "efficiency_min_times": float(density * np.min(best) / np.min(t["nm"])),
         "nm_gflops_useful": 2 * density * dense_macs / med["nm"] / 1e9,
         "executed_macs": int(kernel.executed_macs),
         "tiles": kernel.params,
@@ -156,42 +196,47 @@ def summarise(layer, config, samples, error, kernel, dense_macs):
 
 
 def markdown(meta, rows) -> str:
+    load = meta["load_average_1_5_15min"]
     lines = [
         "# Kernel speed: fused TASD N:M kernels vs the best dense kernel (measured)",
         "",
         *stamp_markdown(meta),
+        f"- LLVM target `{meta['llvm_target']}` ({meta['vector_bits']}-bit vectors); "
+        f"1-min load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after (the machine is shared)",
         "",
-        "Efficiency = density × t(best dense) / t(N:M); t(best dense) is the faster of numpy (OpenBLAS) and the "
-        "scheduled dense TVM kernel, all timed side by side in this run (interleaved rounds, median of "
-        f"{rows[0]['samples']} samples of ≥ {SAMPLE_S * 1e3:.0f} ms). Goal ≥ {GOAL}; 1.0 is the limit "
-        "(every skipped MAC saved). fp32 throughout; TVM kernels include their layout copies "
-        "(x transpose / phase buffer, output transpose).",
+        "Efficiency = density × t(best dense) / t(N:M), with t(best dense) the faster of numpy (OpenBLAS) and the "
+        "scheduled dense TVM kernel. The three are timed side by side: in each round every contender gives one "
+        f"sample (TVM `time_evaluator`, ≥ {SAMPLE_S * 1e3:.0f} ms of calls after a warm-up call), ratios are taken "
+        "within the round and the median over rounds is quoted. Rounds in which other (not niced) processes "
+        f"kept ≥ {QUIET_CORES} core busy are dropped (column *rounds*: used/total; all rounds are used, and the row "
+        f"flagged, if fewer than 3 were quiet). Goal ≥ {GOAL}; 1.0 is the limit (every skipped MAC saved). "
+        "fp32; the TVM kernels' times include their layout copies (x transpose or phase buffer, output transpose).",
         "",
-        "| layer | config | density | N:M vs best dense (speed-up) | efficiency | goal ≥ 0.5 "
-        "| dense TVM vs numpy (speed-up) | best dense | N:M useful GFLOP/s | rel. error vs numpy |",
-        "|---|---|---:|---:|---:|---|---:|---|---:|---:|",
+        "| layer | config | density | N:M speed-up vs best dense | efficiency | goal ≥ 0.5 "
+        "| dense TVM speed-up vs numpy | N:M useful GFLOP/s | rounds | rel. error vs numpy |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
+        rounds = f"{r['rounds_used']}/{r['rounds']}" + (" contended" if r["contended"] else "")
         lines.append(
             f"| {r['layer']} | {r['config']} | {r['density']:.3f} | {r['speedup_vs_best_dense']:.2f}× "
             f"| **{r['efficiency']:.2f}** | {'met' if r['efficiency'] >= GOAL else 'NOT met'} "
-            f"| {r['dense_tvm_vs_numpy']:.2f}× | {r['best_dense']} | {r['nm_gflops_useful']:.0f} "
+            f"| {r['dense_tvm_vs_numpy']:.2f}× | {r['nm_gflops_useful']:.0f} | {rounds} "
             f"| {r['relative_error_vs_numpy']:.1e} |"
         )
     lines += [
         "",
-        "Median times behind the ratios (ms): "
+        "Median times behind the ratios, ms (N:M / dense TVM / numpy): "
         + "; ".join(
-            f"{r['layer']} {r['config']}: N:M {r['median_s']['nm'] * 1e3:.3f}, dense TVM "
-            f"{r['median_s']['dense_tvm'] * 1e3:.3f}, numpy {r['median_s']['numpy'] * 1e3:.3f}"
+            f"{r['layer']} {r['config']}: {r['median_s']['nm'] * 1e3:.3f} / "
+            f"{r['median_s']['dense_tvm'] * 1e3:.3f} / {r['median_s']['numpy'] * 1e3:.3f}"
             for r in rows
         )
         + ".",
         "",
-        "Tiles of each N:M kernel (rows_per_task × cols register tile, k_tile reduction rows or channels "
-        "kept in L1) and the minimum-time efficiencies are in `kernels.json`. The machine is shared: "
-        "other jobs running during the measurement slow every contender of a round alike, which the "
-        "interleaving and the median absorb only in part.",
+        "`kernels.json` also has each N:M kernel's tiles (rows_per_task × cols register tile; k_tile = "
+        "reduction rows, or input channels for conv, kept in L1), executed MACs and the efficiency from "
+        "minimum times.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -202,14 +247,15 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per row (default 15, quick 5)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 15)
+    load_before = os.getloadavg()
     rng = np.random.default_rng(0)
     m, k, n = 256, 1024, 1024
     crepe = ((16, 128, 128, 1), (16, 128, 64, 1), (31, 0, 32, 0))
     square = ((1, 128, 64, 64), (128, 128, 3, 3), (1, 1, 1, 1))
     rows = []
     for config in CONFIGS:
-        samples, error, kernel = gemm_case(m, k, n, config, rounds, rng)
-        rows.append(summarise(f"GEMM {m}×{k}×{n}", config, samples, error, kernel, m * k * n))
+        timed, error, kernel = gemm_case(m, k, n, config, rounds, rng)
+        rows.append(summarise(f"GEMM {m}×{k}×{n}", config, timed, error, kernel, m * k * n))
         print(rows[-1]["layer"], config, f"efficiency {rows[-1]['efficiency']:.2f}", flush=True)
     convs = [("CREPE-tiny conv2, 16 frames", crepe)] + ([] if args.quick else [("conv 3×3 128→128, 64×64", square)])
     for name, (x_shape, w_shape, padding) in convs:
@@ -217,11 +263,15 @@ def main(argv=None) -> None:
         o, c, kh, kw = w_shape
         oh, ow = h + padding[0] + padding[2] - kh + 1, w + padding[1] + padding[3] - kw + 1
         for config in CONFIGS:
-            samples, error, kernel = conv_case(x_shape, w_shape, padding, config, rounds, rng)
-            rows.append(summarise(name, config, samples, error, kernel, b * oh * ow * o * c * kh * kw))
+            timed, error, kernel = conv_case(x_shape, w_shape, padding, config, rounds, rng)
+            rows.append(summarise(name, config, timed, error, kernel, b * oh * ow * o * c * kh * kw))
             print(name, config, f"efficiency {rows[-1]['efficiency']:.2f}", flush=True)
+    target = host_target()
     meta = stamp(
         "kernel speed (measured)",
+        llvm_target=str(target),
+        vector_bits=CPUShape.of(target).vector_bits,
+        load_average_1_5_15min={"before": load_before, "after": os.getloadavg()},
         rounds=rounds,
         gemm=[m, k, n],
         convs={name: {"x": s[0], "w": s[1], "padding_tlbr": s[2]} for name, s in convs},

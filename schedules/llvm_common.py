@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tvm
 from tvm.target import codegen
+
+from .nm_pack import ceil_div
 
 #: Bytes of activation rows a kernel keeps hot per reduction tile (an L1 data cache).
 L1_BYTES = 32 * 1024
@@ -70,7 +72,7 @@ def accumulator_dtype(dtype: str) -> str:
 def parallel_chunks(outer_tasks: int, col_tiles: int) -> int:
     """How many column chunks to split the work into so every core gets several tasks."""
     want = TASKS_PER_CORE * (os.cpu_count() or 1)
-    return max(1, min(col_tiles, -(-want // max(1, outer_tasks))))
+    return max(1, min(col_tiles, ceil_div(want, max(1, outer_tasks))))
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ class NMKernel:
     has one, the output.
     ``pack(weights)`` — the compile-time constants as numpy arrays: from the
     list of ``NMTerm``s for N:M kernels, from the dense weight for dense ones.
-    ``executed_macs`` — multiply-accumulates the kernel really performs
-    (padding rows/columns of a vector tile not counted).
+    ``executed_macs`` — multiply-accumulates the kernel really performs:
+    outputs × entries walked per output (Σ_t Kc_t, plus the zero entries
+    that even out a short last reduction tile); lanes of a vector tile that
+    fall past the output are not counted.
     ``x_layout`` / ``out_shape`` — what the activation and output look like.
     ``params`` — the tile sizes chosen, for reports.
     """
@@ -130,7 +134,7 @@ def build(kernel: NMKernel, target: tvm.target.Target | None = None) -> Compiled
     if not bool(func.attrs.get("tirx.noalias", False)):
         # without it LLVM must assume the buffers alias and reloads every accumulator
         func = func.with_attr("tirx.noalias", True)
-        kernel = NMKernel(func, kernel.pack, kernel.executed_macs, kernel.x_layout, kernel.out_shape, kernel.params)
+        kernel = replace(kernel, func=func)
     module = tvm.tirx.build(func, target=target or host_target())
     return CompiledKernel(kernel, module, tvm.cpu())
 

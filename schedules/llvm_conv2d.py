@@ -47,6 +47,7 @@ from .llvm_common import (
 from .nm_pack import (
     absolute_rows,
     as_patterns,
+    ceil_div,
     check_terms,
     column_tiles,
     entries_per_unit,
@@ -93,7 +94,7 @@ class _Geometry:
         self.ow = (wp - self.dw * (self.kw - 1) - 1) // self.sw + 1
         if self.oh < 1 or self.ow < 1:
             raise ValueError(f"kernel {self.kh}×{self.kw} (dilated) does not fit the padded {hp}×{wp} input")
-        self.h2, self.w2 = -(-hp // self.sh), -(-wp // self.sw)  # one phase plane
+        self.h2, self.w2 = ceil_div(hp, self.sh), ceil_div(wp, self.sw)  # one phase plane
         self.plane = self.oh * self.w2  # output positions per image, pitch W2
 
     @property
@@ -109,11 +110,11 @@ class _Geometry:
     def rows(self, positions: int) -> int:
         """Rows of pitch W2 the phase buffer needs so that every read of a tile stays inside."""
         last = int(self.offsets(np.int64(self.c - 1), np.arange(self.kh), np.arange(self.kw)[:, None]).max())
-        return max(self.c * self.sh * self.sw * self.h2, -(-(last + positions) // self.w2))
+        return max(self.c * self.sh * self.sw * self.h2, ceil_div(last + positions, self.w2))
 
     def channel_bytes(self, positions: int, itemsize: int) -> int:
         """Phase-buffer bytes one channel contributes to a task's reduction tile."""
-        rows = -(-positions // self.w2) + (self.kh - 1) * self.dh // self.sh + 1
+        rows = ceil_div(positions, self.w2) + (self.kh - 1) * self.dh // self.sh + 1
         return itemsize * self.sh * self.sw * rows * self.w2
 
 
@@ -204,7 +205,14 @@ def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int)
 
 
 def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_rows, tile_unit, overrides):
-    """The loop nest both convolutions share; returns (func, tiling) for the caller's pack."""
+    """The kernel both convolutions share.
+
+    ``entries_per_channel(ct)`` — entries per column in a tile of ct input
+    channels; ``shared_rows`` — one offset table for all output channels
+    (dense) instead of one per channel; ``tile_unit(want)`` — the channel
+    tile to use near ``want``. Returns (func, tiling, accumulator dtype,
+    column tiles) for the caller's ``pack``.
+    """
     dtype = float_dtype(dtype)
     acc = accumulator_dtype(dtype)
     cpu = CPUShape.of(target)
@@ -213,16 +221,16 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
     rows_per_task = overrides.get("rows_per_task")
     # positions per task: 8 vectors measured best with 32 registers (misaligned tap loads), else 4
     widest = 8 if cpu.registers >= 32 else 4
-    vectors = -(-rows_per_task // lanes) if rows_per_task else min(widest, -(-g.plane // lanes))
+    vectors = ceil_div(rows_per_task, lanes) if rows_per_task else min(widest, ceil_div(g.plane, lanes))
     mt = vectors * lanes
     cols = overrides.get("cols") or max(1, cpu.registers // 2 // vectors)
     ct = tile_unit(overrides.get("k_tile") or max(1, L1_BYTES // g.channel_bytes(mt, itemsize)))
     per_tile = entries_per_channel(ct)
-    c_tiles = -(-g.c // ct)
+    c_tiles = ceil_div(g.c, ct)
     entries = c_tiles * per_tile
-    p_tiles = -(-g.plane // mt)
-    chunks = parallel_chunks(g.batch * p_tiles, -(-g.o // cols))
-    col_tiles = -(-(-(-g.o // cols)) // chunks) * chunks
+    p_tiles = ceil_div(g.plane, mt)
+    chunks = parallel_chunks(g.batch * p_tiles, ceil_div(g.o, cols))
+    col_tiles = ceil_div(ceil_div(g.o, cols), chunks) * chunks
     rows = g.rows(p_tiles * mt)
 
     phase, per_channel, whole = _phase_func(g, rows, dtype, acc)
@@ -288,7 +296,10 @@ def nm_conv2d(
     padding=(0, 0, 0, 0),
     dilation=(1, 1),
     target: tvm.target.Target | None = None,
-    **tile_overrides,
+    *,
+    rows_per_task: int | None = None,
+    cols: int | None = None,
+    k_tile: int | None = None,
 ) -> NMKernel:
     """Fused TASD conv2d over the terms of ``decompose(W, cfg, axis=1)`` (W in OIHW).
 
@@ -308,8 +319,9 @@ def nm_conv2d(
     def per_tile(ct):
         return ct // unit * entries_per_unit(patterns) * taps
 
+    overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, target, per_tile, False, lambda want: reduction_tile(g.c, patterns, want), tile_overrides
+        g, dtype, bias, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want), overrides
     )
     ct, cols = tiling["k_tile"], tiling["cols"]
 
@@ -331,11 +343,11 @@ def nm_conv2d(
         def entries_major(a):  # (O, …) → (entries, O)
             return np.moveaxis(a, 0, -1).reshape(-1, g.o)
 
-        key, value, got = tiled_table(entries_major(c // ct), entries_major(key), entries_major(v), -(-g.c // ct))
+        key, value, got = tiled_table(entries_major(c // ct), entries_major(key), entries_major(v), ceil_div(g.c, ct))
         assert got == tiling["entries_per_tile"], (got, tiling)
         return [column_tiles(value, cols, col_tiles), column_tiles(key.astype(np.int32), cols, col_tiles)]
 
-    macs = g.batch * g.oh * g.ow * g.o * (-(-g.c // ct)) * tiling["entries_per_tile"]
+    macs = g.batch * g.oh * g.ow * g.o * ceil_div(g.c, ct) * tiling["entries_per_tile"]
     return NMKernel(func, pack, macs, "x (B, C, H, W) NCHW", g.out_shape, tiling)
 
 
@@ -348,7 +360,10 @@ def dense_conv2d(
     padding=(0, 0, 0, 0),
     dilation=(1, 1),
     target: tvm.target.Target | None = None,
-    **tile_overrides,
+    *,
+    rows_per_task: int | None = None,
+    cols: int | None = None,
+    k_tile: int | None = None,
 ) -> NMKernel:
     """Dense direct conv2d on the same loop nest: ``func(x, vals, offsets, [bias], out)``, ``pack(W)``.
 
@@ -357,14 +372,9 @@ def dense_conv2d(
     """
     g = _Geometry(x_shape, w_shape, strides, padding, dilation)
     taps = g.kh * g.kw
-
-    def channel_tile(want):
-        want = min(g.c, want)
-        exact = max(t for t in range(1, want + 1) if g.c % t == 0)
-        return exact if 2 * exact >= want else want
-
+    overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, target, lambda ct: ct * taps, True, channel_tile, tile_overrides
+        g, dtype, bias, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
     )
     ct, cols = tiling["k_tile"], tiling["cols"]
 
@@ -375,9 +385,9 @@ def dense_conv2d(
         value = np.moveaxis(w.astype(acc), 0, -1).reshape(-1, g.o)  # (C·KH·KW, O)
         tile = np.broadcast_to((c // ct)[:, None], value.shape)
         key = np.broadcast_to(g.offsets(c, kh, kw)[:, None], value.shape)
-        key, value, got = tiled_table(tile, key, value, -(-g.c // ct))
+        key, value, got = tiled_table(tile, key, value, ceil_div(g.c, ct))
         assert got == tiling["entries_per_tile"], (got, tiling)
         return [column_tiles(value, cols, col_tiles), key[:, 0].astype(np.int32)]
 
-    macs = g.batch * g.oh * g.ow * g.o * (-(-g.c // ct)) * tiling["entries_per_tile"]
+    macs = g.batch * g.oh * g.ow * g.o * ceil_div(g.c, ct) * tiling["entries_per_tile"]
     return NMKernel(func, pack, macs, "x (B, C, H, W) NCHW", g.out_shape, tiling)

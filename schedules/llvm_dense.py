@@ -18,6 +18,7 @@ import tvm
 from tvm import te
 
 from .llvm_common import CPUShape, NMKernel, accumulator_dtype, float_dtype, parallel_chunks
+from .nm_pack import ceil_div
 
 #: Reduction rows per tile: a 256×32 fp32 W panel is 32 KiB (L1).
 K_TILE = 256
@@ -50,10 +51,10 @@ def dense_matmul(
     nc = 2 * lanes
     mr, pad_rows = _row_tile(m, cpu.registers)
     kt = _k_tile(k)
-    panels = -(-n // nc)
-    m_tiles = -(-m // mr)
+    panels = ceil_div(n, nc)
+    m_tiles = ceil_div(m, mr)
     chunks = parallel_chunks(panels, m_tiles)
-    m_tiles = -(-m_tiles // chunks) * chunks
+    m_tiles = ceil_div(m_tiles, chunks) * chunks
     mp, np_ = m_tiles * mr, panels * nc
 
     x = te.placeholder((m, k), dtype, name="x")

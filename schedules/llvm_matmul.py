@@ -51,6 +51,7 @@ from .llvm_common import (
 from .nm_pack import (
     absolute_rows,
     as_patterns,
+    ceil_div,
     check_terms,
     column_tiles,
     entries_per_unit,
@@ -91,17 +92,17 @@ def nm_matmul(
     acc = accumulator_dtype(dtype)
     cpu = CPUShape.of(target)
     lanes = cpu.lanes(acc)
-    vectors = -(-rows_per_task // lanes) if rows_per_task else min(4, -(-m // lanes))
+    vectors = ceil_div(rows_per_task, lanes) if rows_per_task else min(4, ceil_div(m, lanes))
     mt = vectors * lanes
     cols = cols or max(1, cpu.registers // 2 // vectors)  # half the registers hold accumulators
     itemsize = tvm.runtime.DataType(acc).bits // 8
-    k_tile = reduction_tile(k, patterns, k_tile or L1_BYTES // (mt * itemsize))
+    k_tile = reduction_tile(k, group_lcm(patterns), k_tile or L1_BYTES // (mt * itemsize))
     per_tile = k_tile // group_lcm(patterns) * entries_per_unit(patterns)
-    k_tiles = -(-k // k_tile)
+    k_tiles = ceil_div(k, k_tile)
     entries = k_tiles * per_tile
-    m_tiles = -(-m // mt)
-    chunks = parallel_chunks(m_tiles, -(-n // cols))
-    col_tiles = -(-(-(-n // cols)) // chunks) * chunks
+    m_tiles = ceil_div(m, mt)
+    chunks = parallel_chunks(m_tiles, ceil_div(n, cols))
+    col_tiles = ceil_div(ceil_div(n, cols), chunks) * chunks
 
     x = te.placeholder((m, k), dtype, name="x")
     vals = te.placeholder((col_tiles, entries, cols), acc, name="vals")

@@ -28,6 +28,10 @@ import numpy as np
 from tvm_tasd import NMPattern, NMTerm, TASDConfig
 
 
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def as_patterns(patterns: "str | TASDConfig | Sequence[NMPattern | str]") -> tuple[NMPattern, ...]:
     """Accept a config string ("2:8+1:8"), a TASDConfig, or a list of patterns."""
     if isinstance(patterns, (str, TASDConfig)):
@@ -50,15 +54,14 @@ def entries_per_unit(patterns: Sequence[NMPattern]) -> int:
     return sum(unit // p.m * p.n for p in patterns)
 
 
-def reduction_tile(k: int, patterns: Sequence[NMPattern], target_rows: int) -> int:
-    """A tile of whole lcm(M) units, close to ``target_rows``, that wastes little padding.
+def reduction_tile(k: int, unit: int, target_rows: int) -> int:
+    """A tile of whole ``unit``s (lcm of the M's), close to ``target_rows``, that wastes little padding.
 
     Prefers a tile that divides the (group-padded) reduction axis exactly, so
     no padding entries are executed; falls back to ``target_rows`` rounded to
     whole units when the only exact divisors are much smaller.
     """
-    unit = group_lcm(patterns)
-    units = -(-k // unit)
+    units = ceil_div(k, unit)
     want = max(1, min(units, target_rows // unit))
     exact = max(t for t in range(1, want + 1) if units % t == 0)
     return unit * (exact if 2 * exact >= want else want)

@@ -1,11 +1,14 @@
 """``tvm_tasd.build``: rewrite with TASD, lower and compile for the target.
 
-The emulated flow: :class:`~tvm_tasd.transform.TASDRewrite` (a no-op on an
-already rewritten module) → TVM's default Relax pipeline (``LegalizeOps``,
-fusion, VM lowering) → ``tvm.compile`` for the target's TVM target (the host
-CPU for every modelled target). The N:M kernels arrive already scheduled
-from ``tvm_tasd.schedules``; dense layers use the scheduled dense kernel of
-the same file so a dense build and a TASD build compare fairly.
+The flow: :class:`~tvm_tasd.transform.TASDRewrite` (a no-op on an already
+rewritten module) → TVM's default Relax pipeline (``LegalizeOps``, fusion,
+VM lowering) → ``tvm.compile`` for the target's TVM target: the host CPU for
+every modelled target, CUDA for ``stc-2of4``; ``target=`` overrides it
+(a ``Target``, a dict, or a flag string such as ``"cuda -arch=sm_90"``).
+The N:M kernels arrive already scheduled from ``tvm_tasd.schedules``
+(``schedules.selection`` picks them by the target's intrinsic family and
+kind); on the CPU, dense layers use the scheduled dense kernel of the same
+file so a dense build and a TASD build compare fairly.
 
 The returned :class:`TASDExecutable` is a ``relax.VMExecutable`` —
 ``relax.VirtualMachine(ex, tvm.cpu())`` runs it — that also carries the
@@ -47,17 +50,37 @@ def _plain(value):
     return str(value)
 
 
+def parse_target(target) -> tvm.target.Target:
+    """A ``Target``, a dict, a kind name, or a flag string ``"cuda -arch=sm_80"``.
+
+    TVM 0.27 rejects flag strings, so ``"kind -key=value …"`` becomes
+    ``{"kind": kind, key: value, …}`` (comma-separated values become lists,
+    digits ints, a bare ``-flag`` True).
+    """
+    if isinstance(target, str) and len(target.split()) > 1:
+        kind, *flags = target.split()
+        spec = {"kind": kind}
+        for flag in flags:
+            key, has_value, value = flag.lstrip("-").partition("=")
+            if not flag.startswith("-") or not key:
+                raise ValueError(f"cannot read target {target!r}: after the kind come -key=value flags, got {flag!r}")
+            spec[key] = (value.split(",") if "," in value else int(value) if value.isdigit() else value) if has_value else True
+        target = spec
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
 def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=None, **rewrite_options) -> TASDExecutable:
     """Rewrite ``mod`` for hardware ``hw`` and compile it.
 
     ``config``/``plan``/``params`` are those of :class:`TASDRewrite`; with
     neither config nor plan the pass picks per layer (its error threshold).
-    ``target`` overrides the TVM target the hardware file names.
+    ``target`` overrides the TVM target the hardware file names (see
+    :func:`parse_target`); the rewrite picks its kernels for it.
     """
     hardware = load_target(hw)
     rewrite_options.setdefault("dense_kernels", True)
-    rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
-    tvm_target = hardware.tvm_target() if target is None else tvm.target.Target(target)
+    tvm_target = hardware.tvm_target() if target is None else parse_target(target)
     with tvm_target:
+        rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
         executable = tvm.compile(rewritten, target=tvm_target)
     return TASDExecutable(executable, rewritten, hardware.name)

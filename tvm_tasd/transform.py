@@ -7,6 +7,9 @@ calls, decomposes their constant weights at compile time into compressed
 N:M terms (values + uint8 indices), and replaces each call with one fused
 ``call_tir`` kernel from ``tvm_tasd.schedules`` that runs every term while
 sharing the activation read and the accumulator (the paper's Fig. 11).
+Which kernels (``schedules.selection``): those of the target's intrinsic family
+for the current TVM target (``Target.current()``, else the hardware's) —
+mma.sp on CUDA, the tensorized N:M kernels on the CPU.
 
 Upstream TVM has no Relay since 0.20: the ``relay.transform.TASDRewrite(hw)``
 of the paper's era is this Relax pass, a normal ``tvm.transform.Pass``.
@@ -104,7 +107,7 @@ class TASDRewrite:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if mod.attrs is not None and REWRITTEN_ATTR in mod.attrs:
             return mod  # idempotent: decisions were made once, by the first run
-        from .schedules.select import kernels_for
+        from .schedules.selection import kernels_for
 
         layers = find_layers(mod, self.params)
         choices = {layer.name: self._choose(layer) for layer in layers}
@@ -221,7 +224,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule, params, choices: dict[str, Choice], dense_kernels: bool, kernels):
         super().__init__(mod)
-        self.kernels = kernels  # schedules.select.Kernels: the target's kernel family
+        self.kernels = kernels  # schedules.selection.Kernels: the target's kernel family
         self.dense_kernels = dense_kernels and kernels.dense_kernels
         self.mod = mod
         self.matcher = LayerMatcher(mod, params)
