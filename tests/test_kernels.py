@@ -62,6 +62,18 @@ def test_nm_matmul_matches_numpy(config, m, k, n, bias):
     close(out, x @ approximate(w, config, axis=0) + (b if bias else 0))
 
 
+def test_entry_table_pads_short_tiles_with_zero_values():
+    from tvm_tasd.schedules.nm_pack import tiled_table
+
+    tile = np.array([[1, 1], [0, 0], [0, 0]])  # two entries in tile 0, one in tile 1, per column
+    key = np.array([[20, 21], [7, 3], [5, 9]])
+    values = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    keys, vals, per_tile = tiled_table(tile, key, values, 2)
+    assert per_tile == 2
+    np.testing.assert_array_equal(keys, [[5, 3], [7, 9], [20, 21], [20, 21]])  # sorted in a tile; pad repeats a key
+    np.testing.assert_array_equal(vals, [[5, 4], [3, 6], [1, 2], [0, 0]])  # … with value 0
+
+
 def test_nm_matmul_interface():
     m, k, n = 16, 64, 24
     kernel = nm_matmul(m, k, n, ["2:8", "1:8"], bias=True)

@@ -29,10 +29,16 @@ CENTS_OFFSET = 1997.3794084376191  # torchcrepe.convert: cents of bin 0
 
 
 def _import_torchcrepe():
-    for name in ("librosa", "resampy", "torchaudio"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    import torchcrepe
-
+    """Import torchcrepe with stand-ins for its unused audio modules, then withdraw them
+    so other libraries (transformers checks for torchaudio) never see a fake package."""
+    stubs = [name for name in ("librosa", "resampy", "torchaudio") if name not in sys.modules]
+    for name in stubs:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        import torchcrepe
+    finally:
+        for name in stubs:
+            del sys.modules[name]
     return torchcrepe
 
 
