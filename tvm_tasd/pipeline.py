@@ -50,22 +50,35 @@ def _plain(value):
     return str(value)
 
 
-def parse_target(target) -> tvm.target.Target:
-    """A ``Target``, a dict, a kind name, or a flag string ``"cuda -arch=sm_80"``.
+#: Target attributes TVM takes as lists, even with one value (``-mattr=+avx2``).
+LIST_ATTRS = ("mattr", "keys", "libs", "options")
 
-    TVM 0.27 rejects flag strings, so ``"kind -key=value …"`` becomes
-    ``{"kind": kind, key: value, …}`` (comma-separated values become lists,
-    digits ints, a bare ``-flag`` True).
+
+def target_spec(text: str) -> dict:
+    """``"kind -key=value …"`` (old flag string) → ``{"kind": kind, key: value, …}``.
+
+    TVM 0.27 rejects flag strings. Comma-separated values and the
+    :data:`LIST_ATTRS` become lists, digits ints, a bare ``-flag`` True.
     """
-    if isinstance(target, str) and len(target.split()) > 1:
-        kind, *flags = target.split()
-        spec = {"kind": kind}
-        for flag in flags:
-            key, has_value, value = flag.lstrip("-").partition("=")
-            if not flag.startswith("-") or not key:
-                raise ValueError(f"cannot read target {target!r}: after the kind come -key=value flags, got {flag!r}")
-            spec[key] = (value.split(",") if "," in value else int(value) if value.isdigit() else value) if has_value else True
-        target = spec
+    kind, *flags = text.split() or [""]
+    spec: dict = {"kind": kind}
+    for flag in flags:
+        key, has_value, value = flag.lstrip("-").partition("=")
+        if not flag.startswith("-") or not key:
+            raise ValueError(f"cannot read target {text!r}: after the kind come -key=value flags, got {flag!r}")
+        if not has_value:
+            spec[key] = True
+        elif key in LIST_ATTRS or "," in value:
+            spec[key] = value.split(",")
+        else:
+            spec[key] = int(value) if value.isdigit() else value
+    return spec
+
+
+def parse_target(target) -> tvm.target.Target:
+    """A ``Target``, a dict, a kind name, or a flag string ``"cuda -arch=sm_80"``."""
+    if isinstance(target, str):
+        target = target_spec(target)
     return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
 
 

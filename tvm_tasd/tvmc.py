@@ -63,7 +63,6 @@ from .report import Report, package_version, plan_source
 
 ARTIFACT_FORMAT = "tvm_tasd.tvmc/1"
 LIBRARY, METADATA, PLAN, REPORT = "mod.so", "metadata.json", "plan.json", "report.json"
-_LIST_ATTRS = {"keys", "mattr", "libs"}  # TVM target attributes that hold lists
 _CPU_ONLY = ("{what} compiles for {kind}, but this tvmc builds CPU (llvm) artifacts only, the ones `tvmc run` "
              "runs here (GPU kernels are separate work); emulate the hardware on the CPU: --target llvm --tasd-hw {hw}")
 
@@ -91,15 +90,10 @@ def parse_input_shapes(text: str) -> dict[str, list[int]]:
     return shapes
 
 
-def _flag_value(key: str, value: str):
-    if key in _LIST_ATTRS:
-        return value.split(",")
-    return int(value) if value.isdigit() else value
-
-
 def parse_target(text: str):
     """``(tvm.target.Target, HardwareTarget | None)`` for ``--target`` (see the module docstring)."""
     from .hardware import list_targets, load_target
+    from .pipeline import target_spec
 
     text = text.strip()
     if text in list_targets() or text.endswith(".toml"):
@@ -114,13 +108,10 @@ def parse_target(text: str):
         except json.JSONDecodeError as err:
             raise UserError(f"--target {text!r} is not valid JSON: {err}") from None
     else:
-        kind, *flags = text.split() or [""]
-        spec = {"kind": kind}
-        for flag in flags:
-            key, has_value, value = flag.lstrip("-").partition("=")
-            if not flag.startswith("-") or not key:
-                raise UserError(f"cannot read --target {text!r}: after the kind come -key=value flags, got {flag!r}")
-            spec[key] = _flag_value(key, value) if has_value else True
+        try:
+            spec = target_spec(text)
+        except ValueError as err:
+            raise UserError(f"--target: {err}") from None
     import tvm
 
     kind = spec.get("kind")
