@@ -16,7 +16,7 @@ calibration and test from different seeds), ``digits-mlp`` / ``digits-cnn``
     python benchmarks/quality_vs_edp.py [--models minilm digits-mlp ...]
         [--targets vegeta-m8 stc-2of4 ttc-vegeta-m8] [--budgets 0.98 0.99 0.995] [--quick]
 
-Writes ``quality_vs_edp.{json,md}`` and the committed plans under
+Writes ``quality_vs_edp.{json,md}``, one SVG plot per model and target, and the committed plans under
 ``results/plans/`` (``<model>_<target>.json`` at budget 0.99).
 """
 
@@ -220,6 +220,25 @@ def to_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def write_plots(rows: list[dict], name: str, out=RESULTS) -> list[str]:
+    """One SVG per model and target: every method's (EDP, quality) points."""
+    from tvm_tasd.benchmarks.plots import scatter
+
+    files = []
+    for model, target in dict.fromkeys((r["model"], r["target"]) for r in rows):
+        series: dict[str, list] = {}
+        for r in rows:
+            if r["model"] == model and r["target"] == target:
+                method = "TASDER" if r["method"].startswith("TASDER") else r["method"]
+                series.setdefault(method, []).append((r["edp_vs_dense"], r["relative_quality"]))
+        svg = scatter(series, f"modelled EDP ÷ dense (hardware_targets/{target}.toml)",
+                      "quality ÷ dense (unseen data, measured)", f"{model} on {target}", y_line=0.99)
+        path = out / f"{name}_{model}_{target}.svg"
+        path.write_text(svg)
+        files.append(path.name)
+    return files
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["minilm", "crepe-tiny", "digits-mlp", "digits-cnn"])
@@ -234,6 +253,7 @@ def main(argv=None) -> None:
         rows += run_task(task, args.targets, args.budgets, None if args.quick else RESULTS / "plans", print)
     data = {"meta": stamp("quality vs modelled EDP (quality measured, EDP modelled)", quick=args.quick), "rows": rows}
     write(args.name, data, to_markdown(data))
+    print("plots:", ", ".join(write_plots(rows, args.name)))
 
 
 if __name__ == "__main__":

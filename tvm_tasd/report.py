@@ -398,7 +398,7 @@ def _ratios(dense: dict, tasd: dict) -> dict:
 # ------------------------------------------------------------------ SVG plots
 
 
-def _nice_ticks(high: float, count: int = 5) -> list[float]:
+def nice_ticks(high: float, count: int = 5) -> list[float]:
     """0 and round steps up to at least ``high``."""
     if high <= 0:
         return [0.0, 1.0]
@@ -414,7 +414,7 @@ def _hbar_chart(labels: list[str], series: list[tuple[str, str, list[float]]], n
     label_w, plot_w, note_w, bar_h, gap, top = 210, 560, 80, 11, 9, 26
     group_h = bar_h * len(series) + gap
     height = top + group_h * len(labels) + 34
-    ticks = _nice_ticks(x_max if x_max is not None else max((v for _, _, vs in series for v in vs), default=1.0))
+    ticks = nice_ticks(x_max if x_max is not None else max((v for _, _, vs in series for v in vs), default=1.0))
     scale = plot_w / ticks[-1]
     parts = [f'<svg role="img" width="{label_w + plot_w + note_w}" height="{height}" '
              f'viewBox="0 0 {label_w + plot_w + note_w} {height}">']
@@ -452,7 +452,7 @@ def _quality_chart(points: list[dict], plan: dict) -> str:
     y_hi = max(ys)
     pad = max((y_hi - y_lo) * 0.08, 1e-3)
     y_lo, y_hi = y_lo - pad, y_hi + pad
-    x_ticks = _nice_ticks(max(xs) * 1.05)
+    x_ticks = nice_ticks(max(xs) * 1.05)
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def px(x):
