@@ -222,7 +222,7 @@ def to_markdown(data: dict) -> str:
 
 def write_plots(rows: list[dict], name: str, out=RESULTS) -> list[str]:
     """One SVG per model and target: every method's (EDP, quality) points."""
-    from tvm_tasd.benchmarks.plots import scatter
+    from tvm_tasd.report import scatter
 
     files = []
     for model, target in dict.fromkeys((r["model"], r["target"]) for r in rows):

@@ -443,16 +443,33 @@ def _hbar_chart(labels: list[str], series: list[tuple[str, str, list[float]]], n
 
 
 def _quality_chart(points: list[dict], plan: dict) -> str:
-    """Scatter of the search's evaluated plans: relative quality vs EDP ratio, budget line, chosen plan."""
-    width, height, left, right, top, bottom = 640, 360, 60, 20, 16, 46
-    xs = [p["edp_vs_dense"] for p in points] + [1.0]
-    ys = [p["relative_quality"] for p in points] + [1.0]
+    """The search's evaluated plans: relative quality vs EDP ratio, budget line, chosen plan ringed."""
+    chosen = None
+    if plan.get("edp_vs_dense") is not None and plan.get("quality"):
+        chosen = (plan["edp_vs_dense"], plan["quality"]["relative"])
+    series = {"evaluated plans": [(p["edp_vs_dense"], p["relative_quality"]) for p in points] + [(1.0, 1.0)]}
     budget = plan.get("budget")
-    y_lo = min(ys + ([budget] if budget is not None else []))
-    y_hi = max(ys)
-    pad = max((y_hi - y_lo) * 0.08, 1e-3)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
+    return scatter(series, "modelled EDP ÷ dense", "quality ÷ original", "",
+                   y_line=budget, y_line_label=None if budget is None else f"budget {budget:g}", ringed=chosen)
+
+
+SERIES_COLORS = (_TASD_COLOR, _BUDGET_COLOR, "#188038", "#f9ab00", "#9334e6", "#12b5cb", "#e8710a")
+
+
+def scatter(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str,
+            y_line: float | None = None, y_line_label: str | None = None,
+            ringed: tuple[float, float] | None = None) -> str:
+    """Self-contained SVG: one marker series per name (joined in x order), a legend when there are
+    several, an optional dashed reference line at ``y_line`` and an optional ringed point."""
+    width, height, left, right, bottom = 720, 420, 64, 20, 48
+    top = 40 if title or len(series) > 1 else 16
+    points = [p for values in series.values() for p in values]
+    xs = [p[0] for p in points] + [1.0]
+    ys = [p[1] for p in points] + ([y_line] if y_line is not None else [])
     x_ticks = nice_ticks(max(xs) * 1.05)
+    y_lo, y_hi = min(ys), max(ys)
+    pad = max((y_hi - y_lo) * 0.06, 1e-3)
+    y_lo, y_hi = y_lo - pad, y_hi + pad
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def px(x):
@@ -461,30 +478,40 @@ def _quality_chart(points: list[dict], plan: dict) -> str:
     def py(y):
         return top + (y_hi - y) / (y_hi - y_lo) * plot_h
 
-    parts = [f'<svg role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
              f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#202124"/>']
+    if title:
+        parts.append(f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>')
     for tick in x_ticks:
         parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 15}" text-anchor="middle">{tick:.3g}</text>')
-    for i in range(5):
-        y = y_lo + (y_hi - y_lo) * i / 4
+    for i in range(6):
+        y = y_lo + (y_hi - y_lo) * i / 5
         parts.append(f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + plot_w}" y2="{py(y):.1f}" stroke="#eeeeee"/>'
                      f'<text x="{left - 5}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.3f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">modelled EDP ÷ dense</text>'
-                 f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 14 {top + plot_h / 2})">'
-                 'quality ÷ original</text>')
-    if budget is not None:
-        parts.append(f'<line x1="{left}" y1="{py(budget):.1f}" x2="{left + plot_w}" y2="{py(budget):.1f}" '
-                     f'stroke="{_BUDGET_COLOR}" stroke-dasharray="5 4"/>'
-                     f'<text x="{left + plot_w - 4}" y="{py(budget) - 5:.1f}" text-anchor="end" fill="{_BUDGET_COLOR}">'
-                     f'budget {budget:g}</text>')
-    ordered = sorted(zip(xs, ys))
-    parts.append('<polyline fill="none" stroke="#c6dafc" points="'
-                 + " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in ordered) + '"/>')
-    for x, y in zip(xs, ys):
-        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{_TASD_COLOR}">'
-                     f'<title>EDP {x:.3f}×, quality {y:.4f}</title></circle>')
-    if plan.get("edp_vs_dense") is not None and plan.get("quality"):
-        cx, cy = px(plan["edp_vs_dense"]), py(plan["quality"]["relative"])
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>'
+                 f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {top + plot_h / 2})">{html.escape(y_label)}</text>')
+    if y_line is not None:
+        parts.append(f'<line x1="{left}" y1="{py(y_line):.1f}" x2="{left + plot_w}" y2="{py(y_line):.1f}" '
+                     f'stroke="{_BUDGET_COLOR}" stroke-dasharray="5 4"/>')
+        if y_line_label:
+            parts.append(f'<text x="{left + plot_w - 4}" y="{py(y_line) - 5:.1f}" text-anchor="end" '
+                         f'fill="{_BUDGET_COLOR}">{html.escape(y_line_label)}</text>')
+    for i, (name, values) in enumerate(series.items()):
+        color = SERIES_COLORS[i % len(SERIES_COLORS)]
+        if len(series) > 1:
+            x0 = left + i * plot_w / len(series)
+            parts.append(f'<circle cx="{x0 + 6}" cy="{top - 14}" r="5" fill="{color}"/>'
+                         f'<text x="{x0 + 14}" y="{top - 10}">{html.escape(name)}</text>')
+        ordered = sorted(values)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-opacity="0.5" points="'
+                     + " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in ordered) + '"/>')
+        for x, y in ordered:
+            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}">'
+                         f'<title>{html.escape(name)}: EDP {x:.3f}×, quality {y:.4f}</title></circle>')
+    if ringed is not None:
+        cx, cy = px(ringed[0]), py(ringed[1])
         parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="8" fill="none" stroke="{_BUDGET_COLOR}" stroke-width="2"/>'
                      f'<text x="{cx + 11:.1f}" y="{cy + 4:.1f}">chosen plan</text>')
     parts.append("</svg>")
