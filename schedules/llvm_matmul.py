@@ -150,7 +150,7 @@ def nm_matmul(
         value = np.concatenate([t.values for t in terms]).astype(acc)
         value[row >= k] = 0  # zero padding of the last group: read row k-1 instead, times 0
         row = np.minimum(row, k - 1)
-        key, value, got = tiled_table(row // k_tile, row * mt, value, k_tiles)
+        key, value, got = tiled_table(row // k_tile, row * mt, value, k_tiles, per_tile)
         assert got == per_tile, (got, per_tile)
         return [column_tiles(value, cols, col_tiles), column_tiles(key.astype(np.int32), cols, col_tiles)]
 

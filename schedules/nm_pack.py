@@ -87,12 +87,14 @@ def absolute_rows(term: NMTerm) -> np.ndarray:
     return offsets.reshape(shape) + term.indices.astype(np.int64)
 
 
-def tiled_table(tile: np.ndarray, key: np.ndarray, values: np.ndarray, n_tiles: int):
+def tiled_table(tile: np.ndarray, key: np.ndarray, values: np.ndarray, n_tiles: int, per_tile: int = 0):
     """Entries (E, N) → rectangle (n_tiles·per_tile, N) sorted by (tile, key) per column.
 
     ``tile`` says which reduction tile each entry belongs to, ``key`` is what
     the kernel will read (an address); both (E, N) like ``values``. Short
-    tiles are padded with value 0 and the key of that tile's last entry.
+    tiles are padded with value 0 and the key of that tile's last entry, up
+    to the fullest tile or ``per_tile``, whichever is larger (a last tile
+    can be short when the terms' M differ and K is no multiple of their lcm).
     Returns (keys int64, values, per_tile).
     """
     order = np.lexsort((key, tile), axis=0)
@@ -102,7 +104,7 @@ def tiled_table(tile: np.ndarray, key: np.ndarray, values: np.ndarray, n_tiles: 
     if np.any(tile != tile[:, :1]):
         raise AssertionError("every column must hold the same number of entries per tile")
     counts = np.bincount(tile[:, 0], minlength=n_tiles)
-    per_tile = int(counts.max())
+    per_tile = max(int(counts.max()), per_tile)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     # slot s of tile t reads entry starts[t] + min(s, count−1); slots past the count get value 0
     slot = np.arange(per_tile)

@@ -49,6 +49,7 @@ def conv_reference(x, w, bias, strides, padding, dilation):
         ("4:8", 5, 16, 1, True),  # a single output column
         ("1:4+1:4", 70, 258, 65, True),  # equals 2:4, K % 4 ≠ 0
         ("2:4+1:8", 130, 1000, 17, False),  # mixed M, several reduction tiles
+        ("1:4+1:8+1:16", 37, 70, 29, False),  # three M's, K no multiple of their lcm: a short last tile
     ],
 )
 def test_nm_matmul_matches_numpy(config, m, k, n, bias):
