@@ -38,12 +38,12 @@ class TASDExecutable(relax.VMExecutable):
     def layers(self) -> list[dict]:
         attrs = self.module.attrs
         table = attrs[LAYERS_ATTR] if attrs is not None and LAYERS_ATTR in attrs else []
-        return [{k: _plain(v) for k, v in entry.items()} for entry in table]
+        return [{k: plain(v) for k, v in entry.items()} for entry in table]
 
 
-def _plain(value):
-    """FFI containers/strings → Python values."""
-    if isinstance(value, (int, float, bool)):
+def plain(value):
+    """FFI containers/strings → Python values (None stays None)."""
+    if value is None or isinstance(value, (int, float, bool)):
         return value
     if hasattr(value, "value"):
         return value.value

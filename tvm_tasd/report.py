@@ -213,13 +213,13 @@ class Report:
         the choices are those :class:`~tvm_tasd.transform.TASDRewrite` makes, on ``hw``
         (default: the plan's hardware)."""
         from .layers import find_layers
-        from .pipeline import _plain
+        from .pipeline import plain
         from .transform import LAYERS_ATTR, TASDRewrite
 
         plan = Plan.coerce(plan)
         target = load_target(hw or plan.hardware or "cpu-emulated")
         rewritten = TASDRewrite(target, plan=plan)(imported.mod)
-        summary = [{k: _plain(v) for k, v in entry.items()} for entry in rewritten.attrs[LAYERS_ATTR]]
+        summary = [{k: plain(v) for k, v in entry.items()} for entry in rewritten.attrs[LAYERS_ATTR]]
         return cls.from_layers(target, find_layers(imported.mod), summary, plan, model=model,
                                source=plan_source(plan))
 
