@@ -111,3 +111,11 @@ def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calib
     compiled = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     expected = run_plan(model_path("digits-mlp"), plan, feeds[:1])[0][0]
     np.testing.assert_allclose(compiled, expected, atol=1e-4, rtol=0)
+
+
+def test_a_relax_module_is_refused_with_a_hint(calibration):
+    import tvm
+
+    feeds, _ = calibration
+    with pytest.raises(TypeError, match="export the model to ONNX"):
+        tasder.search(tvm.IRModule(), "vegeta-m8", feeds[:1], progress=False)

@@ -208,9 +208,9 @@ def _load_weight(args):
         return np.load(path), args.axis if args.axis is not None else 0
     from onnx import numpy_helper
 
-    from .frontend import _load_onnx
+    from .frontend import load_onnx
 
-    proto = _load_onnx(path)
+    proto = load_onnx(path)
     inits = {i.name: i for i in proto.graph.initializer}
     if args.name not in inits:
         names = [n for n, i in inits.items() if len(i.dims) >= 2]
@@ -266,11 +266,11 @@ def search_plan(model, hw, calibration, output, *, metric="cosine", budget=0.99,
     The plan also records the model's path and the input shapes searched at
     (``info["model"]``), so ``tasd report plan.json`` finds the model again.
     """
-    from .frontend import _load_onnx
+    from .frontend import load_onnx
     from .hardware import load_target
 
     target = load_target(hw)
-    proto = _load_onnx(model)
+    proto = load_onnx(model)
     feeds, labels = load_calibration(calibration, proto, batch)
     if metric == "accuracy" and labels is None:
         raise UserError(f"--metric accuracy needs a 'labels' array (one label per sample) in {calibration}")

@@ -36,7 +36,16 @@ Feed = Mapping[str, np.ndarray]
 
 def load_model(model: "onnx.ModelProto | str | os.PathLike") -> onnx.ModelProto:
     """A ModelProto as given, or loaded (with external data) from a path."""
-    return model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"the search and calibration take an ONNX model (path or ModelProto), got {type(model).__name__}; "
+            "a Relax IRModule is not supported yet — export the model to ONNX"
+        )
+    from .frontend import load_onnx
+
+    return load_onnx(model)
 
 
 def inference_session(model: onnx.ModelProto):

@@ -45,7 +45,8 @@ class ImportedModel:
     outputs: list[str] = field(default_factory=list)
 
 
-def _load_onnx(model):
+def load_onnx(model):
+    """A ModelProto from a ModelProto or a path, with one-line errors for missing or non-ONNX files."""
     import onnx
 
     if isinstance(model, onnx.ModelProto):
@@ -105,7 +106,7 @@ def from_onnx(model, input_shapes: dict | None = None, keep_params_in_input: boo
     from onnx import numpy_helper
     from tvm.relax.frontend import onnx as onnx_frontend
 
-    proto = _load_onnx(model)
+    proto = load_onnx(model)
     shapes = _input_shapes(proto, {k: list(v) for k, v in (input_shapes or {}).items()})
     try:
         mod = onnx_frontend.from_onnx(
