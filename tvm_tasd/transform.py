@@ -99,6 +99,7 @@ class TASDRewrite:
         self.target = load_target(hw)
         self.config = None if config is None else TASDConfig.parse(config)
         self.plan = None if plan is None else Plan.coerce(plan)
+        self.plan_entries = {} if self.plan is None else self.plan.by_name()
         self.params = params
         self.error_threshold = error_threshold
         self.activation = None if activation is None else TASDConfig.parse(activation)
@@ -119,7 +120,7 @@ class TASDRewrite:
 
     def _choose(self, layer: Layer) -> "Choice":
         choice = self._choose_weight(layer)
-        entry = self.plan.by_name().get(layer.name) if self.plan is not None else None
+        entry = self.plan_entries.get(layer.name)
         requested = entry.activation if entry is not None else self.activation
         if requested is not None and not requested.is_dense and not layer.ineligible:
             choice.activation = self._checked_activation(layer, requested)
@@ -142,7 +143,7 @@ class TASDRewrite:
         if layer.ineligible:
             return Choice(TASDConfig.dense(), layer.ineligible)
         if self.plan is not None:
-            entry = self.plan.by_name().get(layer.name)
+            entry = self.plan_entries.get(layer.name)
             if entry is None:
                 return Choice(TASDConfig.dense(), "not in the plan: left dense")
             return self._checked(layer, entry.weight, "from the plan", entry)
