@@ -1,10 +1,14 @@
 """Kernel speed on this CPU: fused TASD N:M kernels vs the best dense kernel.
 
 For each series the N:M kernel (``tvm_tasd.schedules.llvm``), the scheduled
-dense TVM kernel and numpy (OpenBLAS) are timed side by side in one run:
-rounds interleave the contenders (each warmed up right before its sample) so
-machine noise hits all of them alike; a sample is the mean of several calls,
-the figure quoted is the median over rounds (the minimum is kept in the JSON).
+dense TVM kernel and numpy (OpenBLAS) are timed side by side in one run.
+Each round takes one sample of every contender (a sample: ~20 ms of calls
+after a warm-up call, with a pause before it so the previous contender's
+spinning worker threads go quiet); ratios are formed within a round and the
+median over rounds is quoted. The machine is shared, so a round first waits
+(up to ``--max-wait`` s) for other processes to go quiet, their load is
+measured before each sample, and rounds where it was not ≈ 0 are left out
+(kept, and the row flagged, if fewer than 3 rounds were quiet).
 
     efficiency = density × t(best dense) / t(N:M kernel)
 
@@ -15,7 +19,7 @@ mean the N:M kernel turns every skipped MAC into saved time; the goal is
 on a batch of 16 frames; and a generic 3×3 conv (1×128×64×64 → 128, pad 1).
 numpy's conv is im2col (sliding window) + GEMM, its im2col included.
 
-    python benchmarks/kernels.py [--quick] [--rounds R]
+    python benchmarks/kernels.py [--quick] [--rounds R] [--max-wait S]
 """
 
 from __future__ import annotations
@@ -76,13 +80,15 @@ def numpy_timer(fn):
 def _cpu_times() -> tuple[int, int]:
     with open("/proc/stat") as handle:
         fields = [int(v) for v in handle.readline().split()[1:]]
-    return sum(fields), fields[1] + fields[3] + fields[4]  # total, nice + idle + iowait
+    return sum(fields), fields[3] + fields[4]  # total, idle + iowait
 
 
 def foreign_load(window: float = 0.1) -> float:
     """Cores kept busy by *other* processes while this one sleeps for ``window`` (Linux; else 0).
 
-    Niced jobs are not counted: they yield the CPU to the benchmark.
+    Niced jobs count too: with the scheduler's autogroups, nice only ranks a
+    job within its own session, so another session's niced job still takes
+    its share of the cores.
     """
     try:
         total0, idle0 = _cpu_times()
@@ -94,15 +100,24 @@ def foreign_load(window: float = 0.1) -> float:
     return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
 
 
-def interleave(timers: dict, rounds: int) -> tuple[dict, list[bool]]:
+def wait_for_quiet(max_wait: float) -> None:
+    """Poll the load of other processes for up to ``max_wait`` seconds until it is ≈ 0."""
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline and foreign_load(0.2) >= QUIET_CORES:
+        pass
+
+
+def interleave(timers: dict, rounds: int, max_wait: float = 0.0) -> tuple[dict, list[bool]]:
     """One sample per contender per round, and whether the round ran on a quiet machine.
 
-    Before each sample the previous contender's threads get SETTLE_S to stop
+    A round starts once the machine is quiet (or after ``max_wait`` s); before
+    each sample the previous contender's threads get SETTLE_S to stop
     spinning, then the load of other processes is measured.
     """
     samples = {name: [] for name in timers}
     quiet = []
     for _ in range(rounds):
+        wait_for_quiet(max_wait)
         loads = []
         for name, timer in timers.items():
             time.sleep(SETTLE_S)
@@ -116,7 +131,7 @@ def relative_error(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def gemm_case(m, k, n, config, rounds, rng):
+def gemm_case(m, k, n, config, rounds, max_wait, rng):
     w = rng.standard_normal((k, n)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)
     kernel = nm_matmul(m, k, n, config)
@@ -132,7 +147,7 @@ def gemm_case(m, k, n, config, rounds, rng):
         "dense_tvm": tvm_timer(dense_built, x, *dense_w),
         "numpy": numpy_timer(lambda: x @ w),
     }
-    return interleave(timers, rounds), error, kernel
+    return interleave(timers, rounds, max_wait), error, kernel
 
 
 def im2col_conv(x, w, padding):
@@ -144,7 +159,7 @@ def im2col_conv(x, w, padding):
     return (cols @ w.reshape(w.shape[0], -1).T).reshape(b, oh, ow, -1).transpose(0, 3, 1, 2)
 
 
-def conv_case(x_shape, w_shape, padding, config, rounds, rng):
+def conv_case(x_shape, w_shape, padding, config, rounds, max_wait, rng):
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     kernel = nm_conv2d(x_shape, w_shape, config, padding=padding)
@@ -160,7 +175,7 @@ def conv_case(x_shape, w_shape, padding, config, rounds, rng):
         "dense_tvm": tvm_timer(dense_built, x, *dense_w),
         "numpy": numpy_timer(lambda: im2col_conv(x, w, padding)),
     }
-    return interleave(timers, rounds), error, kernel
+    return interleave(timers, rounds, max_wait), error, kernel
 
 
 def summarise(layer, config, timed, error, kernel, dense_macs):
@@ -207,7 +222,8 @@ def markdown(meta, rows) -> str:
         "Efficiency = density × t(best dense) / t(N:M), with t(best dense) the faster of numpy (OpenBLAS) and the "
         "scheduled dense TVM kernel. The three are timed side by side: in each round every contender gives one "
         f"sample (TVM `time_evaluator`, ≥ {SAMPLE_S * 1e3:.0f} ms of calls after a warm-up call), ratios are taken "
-        "within the round and the median over rounds is quoted. Rounds in which other (not niced) processes "
+        "within the round and the median over rounds is quoted. A round waits up to "
+        f"{meta['max_wait_s']:.0f} s for other processes to go quiet; rounds in which they still "
         f"kept ≥ {QUIET_CORES} core busy are dropped (column *rounds*: used/total; all rounds are used, and the row "
         f"flagged, if fewer than 3 were quiet). Goal ≥ {GOAL}; 1.0 is the limit (every skipped MAC saved). "
         "fp32; the TVM kernels' times include their layout copies (x transpose or phase buffer, output transpose).",
@@ -245,6 +261,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, GEMM and CREPE conv only")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per row (default 15, quick 5)")
+    parser.add_argument("--max-wait", type=float, default=10.0, help="seconds a round may wait for a quiet machine")
     args = parser.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 15)
     load_before = os.getloadavg()
@@ -254,7 +271,7 @@ def main(argv=None) -> None:
     square = ((1, 128, 64, 64), (128, 128, 3, 3), (1, 1, 1, 1))
     rows = []
     for config in CONFIGS:
-        timed, error, kernel = gemm_case(m, k, n, config, rounds, rng)
+        timed, error, kernel = gemm_case(m, k, n, config, rounds, args.max_wait, rng)
         rows.append(summarise(f"GEMM {m}×{k}×{n}", config, timed, error, kernel, m * k * n))
         print(rows[-1]["layer"], config, f"efficiency {rows[-1]['efficiency']:.2f}", flush=True)
     convs = [("CREPE-tiny conv2, 16 frames", crepe)] + ([] if args.quick else [("conv 3×3 128→128, 64×64", square)])
@@ -263,7 +280,7 @@ def main(argv=None) -> None:
         o, c, kh, kw = w_shape
         oh, ow = h + padding[0] + padding[2] - kh + 1, w + padding[1] + padding[3] - kw + 1
         for config in CONFIGS:
-            timed, error, kernel = conv_case(x_shape, w_shape, padding, config, rounds, rng)
+            timed, error, kernel = conv_case(x_shape, w_shape, padding, config, rounds, args.max_wait, rng)
             rows.append(summarise(name, config, timed, error, kernel, b * oh * ow * o * c * kh * kw))
             print(name, config, f"efficiency {rows[-1]['efficiency']:.2f}", flush=True)
     target = host_target()
@@ -273,6 +290,7 @@ def main(argv=None) -> None:
         vector_bits=CPUShape.of(target).vector_bits,
         load_average_1_5_15min={"before": load_before, "after": os.getloadavg()},
         rounds=rounds,
+        max_wait_s=args.max_wait,
         gemm=[m, k, n],
         convs={name: {"x": s[0], "w": s[1], "padding_tlbr": s[2]} for name, s in convs},
     )
