@@ -138,16 +138,21 @@ def gemm_case(m, k, n, config, rounds, max_wait, rng):
     sparse = build(kernel)
     packed = kernel.pack(decompose(w, config, axis=0))
     error = relative_error(sparse(x, *packed), x @ approximate(w, config, axis=0))
-    dense = dense_matmul(m, k, n)
+    samples = race(x, sparse, packed, dense_matmul(m, k, n), w, lambda: x @ w, rounds, max_wait)
+    return samples, error, kernel
+
+
+def race(x, sparse, packed, dense, w, numpy_fn, rounds, max_wait):
+    """Time the N:M kernel, the dense TVM kernel and numpy side by side (see :func:`interleave`)."""
     dense_built = build(dense)
     dense_w = dense.pack(w)
     time.sleep(SETTLE_S)
     timers = {
         "nm": tvm_timer(sparse, x, *packed),
         "dense_tvm": tvm_timer(dense_built, x, *dense_w),
-        "numpy": numpy_timer(lambda: x @ w),
+        "numpy": numpy_timer(numpy_fn),
     }
-    return interleave(timers, rounds, max_wait), error, kernel
+    return interleave(timers, rounds, max_wait)
 
 
 def im2col_conv(x, w, padding):
@@ -167,15 +172,8 @@ def conv_case(x_shape, w_shape, padding, config, rounds, max_wait, rng):
     packed = kernel.pack(decompose(w, config, axis=1))
     error = relative_error(sparse(x, *packed), im2col_conv(x, approximate(w, config, axis=1), padding))
     dense = dense_conv2d(x_shape, w_shape, padding=padding)
-    dense_built = build(dense)
-    dense_w = dense.pack(w)
-    time.sleep(SETTLE_S)
-    timers = {
-        "nm": tvm_timer(sparse, x, *packed),
-        "dense_tvm": tvm_timer(dense_built, x, *dense_w),
-        "numpy": numpy_timer(lambda: im2col_conv(x, w, padding)),
-    }
-    return interleave(timers, rounds, max_wait), error, kernel
+    samples = race(x, sparse, packed, dense, w, lambda: im2col_conv(x, w, padding), rounds, max_wait)
+    return samples, error, kernel
 
 
 def summarise(layer, config, timed, error, kernel, dense_macs):

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .calibration import calibrate
 from .candidates import candidate_configs, layer_cost, useful_terms
@@ -353,8 +354,6 @@ def search(
     target = load_target(hw)
     _check_arguments(budget, calibration, metric, labels, target)
     proto = load_model(model)
-    from tqdm.auto import tqdm
-
     stats = calibrate(proto, calibration, progress=progress)
     shapes = {name: list(np.shape(value)) for name, value in calibration[0].items()}
     tvm_layers = [l for l in find_layers(from_onnx(proto, shapes).mod) if l.name in stats.norms]
@@ -406,8 +405,6 @@ def search(
 
 def _bracket(path, evaluator, surrogate, layers, dense_edp, budget, use_surrogate, progress) -> int:
     """Index of the furthest path state whose measured relative quality ≥ budget."""
-    from tqdm.auto import tqdm
-
     good, bad = 0, len(path)  # invariant: path[good] passes; path[bad:] untried or failed
     bar = tqdm(desc="verify", disable=not progress, leave=False)
     while bad - good > 1:
@@ -432,8 +429,6 @@ def _bracket(path, evaluator, surrogate, layers, dense_edp, budget, use_surrogat
 
 def _walk(path, evaluator, budget, progress) -> int:
     """Plain greedy: verify every step of the path in order, stop at the first failure."""
-    from tqdm.auto import tqdm
-
     good = 0
     for index in tqdm(range(1, len(path)), desc="verify", disable=not progress, leave=False):
         if evaluator.relative_quality(path[index]) < budget:
