@@ -113,9 +113,23 @@ def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calib
     np.testing.assert_allclose(compiled, expected, atol=1e-4, rtol=0)
 
 
-def test_a_relax_module_is_refused_with_a_hint(calibration):
-    import tvm
+@pytest.mark.parametrize("hw", ["vegeta-m8", "ttc-vegeta-m8"])
+@pytest.mark.parametrize("params_as_inputs", [False, True])
+def test_a_relax_module_gets_the_same_plan_as_its_onnx_source(hw, params_as_inputs, calibration):
+    from tvm_tasd.frontend import from_onnx
 
+    feeds, labels = calibration
+    imported = from_onnx(model_path("digits-mlp"), {"input": list(feeds[0]["input"].shape)},
+                         keep_params_in_input=params_as_inputs)
+    from_relax = tasder.search(imported.mod, hw, feeds, metric="accuracy", labels=labels, budget=0.99,
+                               params=imported.params if params_as_inputs else None, progress=False)
+    from_onnx_plan = tasder.search(model_path("digits-mlp"), hw, feeds, metric="accuracy", labels=labels,
+                                   budget=0.99, progress=False)
+    assert [layer.to_json() for layer in from_relax.layers] == [layer.to_json() for layer in from_onnx_plan.layers]
+    assert from_relax.info["quality"] == pytest.approx(from_onnx_plan.info["quality"])
+
+
+def test_params_are_refused_for_an_onnx_model(calibration):
     feeds, _ = calibration
-    with pytest.raises(TypeError, match="export the model to ONNX"):
-        tasder.search(tvm.IRModule(), "vegeta-m8", feeds[:1], progress=False)
+    with pytest.raises(ValueError, match="params= gives the weights of an IRModule"):
+        tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds[:1], params={}, progress=False)

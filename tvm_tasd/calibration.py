@@ -132,6 +132,47 @@ def _with_outputs(model: onnx.ModelProto, sites: Iterable[_Site]) -> onnx.ModelP
     return exposed
 
 
+class StatsAccumulator:
+    """Per activation: float64 sum of squares per channel, nonzero count and a row sample, batch by batch."""
+
+    def __init__(self):
+        self.squares: dict = {}
+        self.samples: dict = {}
+        self.nonzeros: dict = {}
+        self.sizes: dict = {}
+        self.batches = 0
+
+    def add(self, key, x: np.ndarray, channel_axis: int) -> None:
+        x = np.asarray(x)
+        axis = channel_axis % x.ndim
+        pooled = tuple(a for a in range(x.ndim) if a != axis)
+        self.squares[key] = self.squares.get(key, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
+        if key not in self.samples:
+            self.samples[key] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
+        self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(x))
+        self.sizes[key] = self.sizes.get(key, 0) + x.size
+
+    def stats(self, uses: dict[str, list], channels: dict[str, int], relu_fed: frozenset[str]) -> CalibrationStats:
+        """Statistics per layer weight, pooling the activations it multiplies (``uses``: name → keys)."""
+        norms, density = {}, {}
+        for name, keys in uses.items():
+            norm = np.sqrt(sum(self.squares[key] for key in keys))
+            if norm.shape != (channels[name],):
+                raise ValueError(
+                    f"layer {name!r}: its activation has {norm.shape[0]} channels, the weight's reduction axis {channels[name]}"
+                )
+            norms[name] = norm
+            density[name] = sum(self.nonzeros[key] for key in keys) / max(1, sum(self.sizes[key] for key in keys))
+        samples = {name: self.samples[keys[0]] for name, keys in uses.items()}
+        return CalibrationStats(norms, density, relu_fed, self.batches, samples)
+
+
+def progress_over(feeds: list, progress: bool):
+    """The calibration batches, with a progress bar when there are enough of them to wait for."""
+    show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
+    return tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True)
+
+
 def calibrate(
     model: "onnx.ModelProto | str | os.PathLike", calibration: Iterable[Feed], progress: bool = True
 ) -> CalibrationStats:
@@ -147,37 +188,17 @@ def calibrate(
     fetched = list(dict.fromkeys(site.tensor for site in unique if site.tensor not in graph_inputs))
     session = inference_session(_with_outputs(model, (s for s in unique if s.tensor in fetched))) if fetched else None
 
-    squares: dict[_Site, np.ndarray] = {}
-    samples: dict[_Site, np.ndarray] = {}
-    nonzeros = dict.fromkeys(unique, 0)
-    sizes = dict.fromkeys(unique, 0)
-    show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
-    for feed in tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True):
+    accumulator = StatsAccumulator()
+    for feed in progress_over(feeds, progress):
         values = dict(zip(fetched, session.run(fetched, dict(feed)))) if session else {}
         for site in unique:
-            x = np.asarray(values[site.tensor] if site.tensor in values else feed[site.tensor])
-            axis = site.channel_axis % x.ndim
-            pooled = tuple(a for a in range(x.ndim) if a != axis)
-            squares[site] = squares.get(site, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
-            if site not in samples:
-                samples[site] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
-            nonzeros[site] += int(np.count_nonzero(x))
-            sizes[site] += x.size
+            accumulator.add(site, values[site.tensor] if site.tensor in values else feed[site.tensor], site.channel_axis)
+        accumulator.batches += 1
 
     axes = weight_axes(model)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    norms, density = {}, {}
-    for name, uses in sites.items():
-        norm = np.sqrt(sum(squares[site] for site in uses))
-        channels = shapes[name][axes[name]]
-        if norm.shape != (channels,):
-            raise ValueError(
-                f"layer {name!r}: its activation has {norm.shape[0]} channels, the weight's reduction axis {channels}"
-            )
-        norms[name] = norm
-        density[name] = sum(nonzeros[site] for site in uses) / max(1, sum(sizes[site] for site in uses))
-    first_samples = {name: samples[uses[0]] for name, uses in sites.items()}
-    return CalibrationStats(norms, density, _relu_fed(sites, model.graph), len(feeds), first_samples)
+    channels = {name: shapes[name][axes[name]] for name in sites}
+    return accumulator.stats(sites, channels, _relu_fed(sites, model.graph))
 
 
 def channel_norms(model, calibration: Iterable[Feed], progress: bool = True) -> dict[str, np.ndarray]:

@@ -40,8 +40,8 @@ def load_model(model: "onnx.ModelProto | str | os.PathLike") -> onnx.ModelProto:
         return model
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
-            f"the search and calibration take an ONNX model (path or ModelProto), got {type(model).__name__}; "
-            "a Relax IRModule is not supported yet — export the model to ONNX"
+            f"expected an ONNX model (path or ModelProto), got {type(model).__name__}; for a Relax IRModule "
+            "use tasder.search, or evaluate_relax.RelaxWeightFedModel / calibrate_relax"
         )
     from .frontend import load_onnx
 

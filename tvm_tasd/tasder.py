@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 from tqdm.auto import tqdm
 
 from .calibration import calibrate
@@ -322,6 +323,24 @@ def _fingerprint(calibration) -> str:
     return digest.hexdigest()[:16]
 
 
+def _open_model(model, params, calibration, progress):
+    """(calibration statistics, layers, ``groups -> fed model``) for an ONNX model or a Relax IRModule."""
+    if isinstance(model, tvm.IRModule):
+        from .evaluate_relax import RelaxWeightFedModel, calibrate_relax
+
+        stats = calibrate_relax(model, calibration, params, progress=progress)
+        return stats, find_layers(model, params), lambda groups: RelaxWeightFedModel(
+            model, calibration, params, activation_groups=groups
+        )
+    if params is not None:
+        raise ValueError("params= gives the weights of an IRModule that takes them as inputs; an ONNX model carries its own")
+    proto = load_model(model)
+    stats = calibrate(proto, calibration, progress=progress)
+    shapes = {name: list(np.shape(value)) for name, value in calibration[0].items()}
+    layers = find_layers(from_onnx(proto, shapes).mod)
+    return stats, layers, lambda groups: WeightFedModel(proto, calibration, activation_groups=groups)
+
+
 def search(
     model,
     hw,
@@ -335,8 +354,13 @@ def search(
     sensitivity_batches: int = 4,
     seed: int = 0,
     progress: bool = True,
+    params=None,
 ) -> Plan:
-    """Search a plan for ``model`` (ONNX path or ModelProto) on ``hw``.
+    """Search a plan for ``model`` on ``hw``.
+
+    ``model``: an ONNX path or ModelProto (evaluated with onnxruntime), or a
+    Relax ``IRModule`` (evaluated with one TVM build, :mod:`tvm_tasd.evaluate_relax`)
+    whose weights are bound constants or, named in ``params``, function inputs.
 
     ``calibration``: list of feeds (input name → array), one per batch.
     ``metric``: ``"cosine"`` / ``"top1"`` (to the original model's outputs),
@@ -353,18 +377,16 @@ def search(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     target = load_target(hw)
     _check_arguments(budget, calibration, metric, labels, target)
-    proto = load_model(model)
-    stats = calibrate(proto, calibration, progress=progress)
-    shapes = {name: list(np.shape(value)) for name, value in calibration[0].items()}
-    tvm_layers = [l for l in find_layers(from_onnx(proto, shapes).mod) if l.name in stats.norms]
+    stats, found, fed_model = _open_model(model, params, calibration, progress)
     act_configs = activation_series(target, max_terms) if "activation" in target.sparse_operands else []
     act_layers = {
         l.name: act_configs[0].max_m
-        for l in tvm_layers
+        for l in found
         if act_configs and l.name in stats.relu_fed and l.op == "matmul" and not l.ineligible
         and l.k % act_configs[0].max_m == 0
     }
-    fed = WeightFedModel(proto, calibration, activation_groups=act_layers)
+    tvm_layers = [l for l in found if l.name in stats.norms]
+    fed = fed_model(act_layers)
     reference = fed.run()
     metric_fn, metric_name = _resolve_metric(metric, labels, reference)
     dense_quality = _quality(metric_fn, reference)

@@ -278,6 +278,10 @@ class _Rewriter(relax.PyExprMutator):
         gvar = self.builder_.add_func(func, symbol)
         return relax.call_tir(gvar, [x], relax.TensorType((layer.m, layer.k), layer.dtype))
 
+    def _operands(self, layer: Layer, packed: list[np.ndarray]) -> list:
+        """The kernel's weight operands: the packed arrays, bound as constants."""
+        return [relax.const(array) for array in packed]
+
     def _emit_layer(self, layer: Layer, choice: Choice, activation):
         kernel, packed = self._kernel(layer, choice)
         x = activation
@@ -301,8 +305,7 @@ class _Rewriter(relax.PyExprMutator):
         )
         self.executed_macs[layer.name] = int(kernel.executed_macs)
         gvar = self.builder_.add_func(func, symbol)
-        consts = [relax.const(array) for array in packed]
-        out = relax.call_tir(gvar, [x, *consts], relax.TensorType(out_shape, layer.dtype))
+        out = relax.call_tir(gvar, [x, *self._operands(layer, packed)], relax.TensorType(out_shape, layer.dtype))
         if tuple(out_shape) != tuple(call_shape):
             out = relax.op.reshape(self.builder_.emit(out), call_shape)
         return out
