@@ -11,7 +11,10 @@ relative to the same model running dense on the same target.
 Models: ``minilm`` (all-MiniLM-L6-v2; calibration SICK_trial, unseen STS15
 images + STS16 headlines, Spearman), ``crepe-tiny`` (RPA on synthetic tones,
 calibration and test from different seeds), ``digits-mlp`` / ``digits-cnn``
-(accuracy; calibration = training images, unseen = the test split).
+(accuracy; calibration = training images, unseen = the test split),
+``ppocr-rec`` (PP-OCRv4 text recognition, line accuracy) and ``ppocr-cls``
+(orientation accuracy) on lines rendered offline, calibration and test from
+different seeds.
 
     python benchmarks/quality_vs_edp.py [--models minilm digits-mlp ...]
         [--targets vegeta-m8 stc-2of4 ttc-vegeta-m8] [--budgets 0.98 0.99 0.995] [--quick]
@@ -124,12 +127,42 @@ def _digits(name: str, quick: bool) -> Task:
     return Task(name, onnx.load(model_path(name)), calibration, calibration_metric, test, test_metric)
 
 
+def _ppocr(kind: str, quick: bool) -> Task:
+    """PP-OCR rec (line accuracy of the CTC decoding) or cls (orientation accuracy) on rendered lines."""
+    from tvm_tasd.models import ppocr
+
+    batch = 8
+
+    def lines(count, seed):
+        if kind == "rec":
+            images, texts = ppocr.text_lines(count, seed)
+            score = lambda probabilities: ppocr.line_accuracy(ppocr.ctc_decode(probabilities), texts)  # noqa: E731
+        else:
+            images, labels = ppocr.orientation_lines(count, seed)
+            score = lambda probabilities: ppocr.orientation_accuracy(probabilities, labels)  # noqa: E731
+        feeds = [{"x": images[i : i + batch]} for i in range(0, count, batch)]
+        return feeds, lambda outputs: score(np.concatenate([o[0] for o in outputs]))
+
+    calibration, calibration_metric = lines(128 if quick else 256, seed=1)
+    test, test_metric = lines(128 if quick else 512, seed=2)
+    model = onnx.load(ppocr.onnx_path(kind, batch))
+    return Task(f"ppocr-{kind}", model, calibration, calibration_metric, test, test_metric)
+
+
+TASKS = {
+    "minilm": _minilm,
+    "crepe-tiny": _crepe,
+    "digits-mlp": lambda quick: _digits("digits-mlp", quick),
+    "digits-cnn": lambda quick: _digits("digits-cnn", quick),
+    "ppocr-rec": lambda quick: _ppocr("rec", quick),
+    "ppocr-cls": lambda quick: _ppocr("cls", quick),
+}
+
+
 def load_task(name: str, quick: bool) -> Task:
-    if name == "minilm":
-        return _minilm(quick)
-    if name == "crepe-tiny":
-        return _crepe(quick)
-    return _digits(name, quick)
+    if name not in TASKS:
+        raise ValueError(f"unknown model {name!r}; benchmark models: {', '.join(TASKS)}")
+    return TASKS[name](quick)
 
 
 def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> float:
@@ -241,7 +274,7 @@ def write_plots(rows: list[dict], name: str, out=RESULTS) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["minilm", "crepe-tiny", "digits-mlp", "digits-cnn"])
+    parser.add_argument("--models", nargs="+", default=["minilm", "crepe-tiny", "digits-mlp", "digits-cnn"], choices=list(TASKS))
     parser.add_argument("--targets", nargs="+", default=["vegeta-m8", "stc-2of4", "ttc-vegeta-m8"])
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.98, 0.99, 0.995])
     parser.add_argument("--quick", action="store_true", help="smaller data sets")

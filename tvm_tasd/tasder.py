@@ -19,20 +19,26 @@ The algorithm (documented in ``docs/tasder.md``):
    noisy) divided by that option's e² gives the layer's sensitivity α; the
    predicted damage of any assignment is Σ α·e² (layers assumed additive).
    Only ratios of α matter, so the scale of this measure is irrelevant.
-3. **Greedy path.** From all-dense, repeatedly move the layer whose next
-   frontier step buys the most model EDP per unit of predicted drop. This
-   orders every assignment from dense to cheapest.
-4. **Verified search along the path.** Quality falls (nearly) monotonically
-   along it, so the furthest state that keeps ``budget`` is found by
-   bracketing with real evaluations. An XGBoost surrogate — trained on every
-   evaluation made so far, features = per-layer α·e² and the EDP ratio —
-   proposes each probe (the furthest state it predicts to pass inside the
-   bracket) instead of the midpoint, which cuts evaluations; its proposals
-   are always verified, so a wrong prediction costs one evaluation, never
-   quality.
+3. **Three paths, each verified.** Every state of a path is a full
+   assignment; quality falls (nearly) monotonically along it, so the
+   furthest state that keeps ``budget`` is bracketed with real evaluations.
+
+   * *uniform*: one series for every layer, each candidate series in turn —
+     one-shot pruning's sensitivity-blind allocation. It is kept because the
+     model's damage is not additive across layers: on MiniLM the
+     proxy-optimal mixes lose to uniform configs at equal EDP.
+   * *greedy*: from all-dense, repeatedly move the layer whose next frontier
+     step buys the most model EDP per unit of predicted damage.
+   * *refine*: the greedy path again, from the cheaper of the two winners.
+
+   An XGBoost surrogate — trained on every evaluation made so far, features
+   = per-layer α·e² and the EDP ratio — proposes each probe (the furthest
+   state it predicts to pass inside the bracket) instead of the midpoint;
+   its proposals are always verified, so a wrong prediction costs one
+   evaluation, never quality.
 
 Plain greedy, the baseline the savings are quoted against, evaluates every
-step of the path until the first failure (``strategy="walk"``); plain
+step of each path until its first failure (``strategy="walk"``); plain
 bisection (``"bisect"``) is the other reference.
 """
 
@@ -54,7 +60,7 @@ from .decompose import approximate
 from .evaluate import WeightFedModel, load_model
 from .frontend import from_onnx
 from .hardware import HardwareTarget, load_target
-from .layers import find_layers
+from .layers import Layer, find_layers
 from .plan import LayerPlan, Plan
 
 STRATEGIES = ("surrogate", "bisect", "walk")
@@ -85,12 +91,22 @@ class _Option:
 
 @dataclass
 class _LayerSearch:
-    name: str
-    weight: np.ndarray
-    axis: int
+    layer: Layer
     scale: np.ndarray | None
     options: list[_Option]  # frontier, dense first, cheapest last
     alpha: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.layer.weight
+
+    @property
+    def axis(self) -> int:
+        return self.layer.axis
 
     def approximated(self, option: _Option) -> np.ndarray | None:
         """The option's weight (None when it leaves the weight as it is)."""
@@ -236,11 +252,29 @@ def _layer_options(layer, target, scale, scores, max_terms, activation_configs=(
     return _frontier(options)
 
 
-def _path(layers: list[_LayerSearch]) -> list[tuple[int, ...]]:
-    """Greedy states (option index per layer) from all-dense to all-cheapest."""
-    state = [0] * len(layers)
-    energy = sum(l.options[0].energy_pj for l in layers)
-    latency = sum(l.options[0].latency_s for l in layers)
+def _uniform_path(layers: list[_LayerSearch], target: HardwareTarget, configs: list[TASDConfig]) -> list[tuple[int, ...]]:
+    """One series for every layer, each config of ``configs`` in turn, from dense to cheapest.
+
+    A layer takes the first frontier option (dense → cheapest) costing no more than the config
+    would on it: the config itself, or what dominated it. This is uniform one-shot pruning's
+    allocation, blind to sensitivity — and on MiniLM better than the proxy-optimal mixes at equal
+    EDP, because layers do not add their damage independently."""
+    states = set()
+    for config in configs:
+        state = []
+        for layer in layers:
+            limit = layer_cost(target, layer.layer, config).edp * (1 + 1e-9)
+            state.append(next((i for i, o in enumerate(layer.options) if o.edp <= limit), len(layer.options) - 1))
+        states.add(tuple(state))
+    states.add((0,) * len(layers))
+    return sorted(states, key=lambda state: -_features(layers, state, 1.0)[-1])
+
+
+def _path(layers: list[_LayerSearch], start: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
+    """Greedy states (option index per layer) from ``start`` (default all-dense) to all-cheapest."""
+    state = list(start or (0,) * len(layers))
+    energy = sum(l.options[i].energy_pj for l, i in zip(layers, state))
+    latency = sum(l.options[i].latency_s for l, i in zip(layers, state))
     path = [tuple(state)]
     while True:
         best, best_gain = None, -math.inf
@@ -401,7 +435,7 @@ def search(
         else:
             acts = act_configs if layer.name in act_layers else ()
             options = _layer_options(layer, target, scale, scores, max_terms, acts, stats.samples.get(layer.name))
-        layers.append(_LayerSearch(layer.name, layer.weight, layer.axis, scale, options))
+        layers.append(_LayerSearch(layer, scale, options))
 
     evaluator = _Evaluator(fed, metric_fn, dense_quality, layers, {})
     dense_state = (0,) * len(layers)
@@ -416,12 +450,21 @@ def search(
         outputs = fed.run(weights, batches=sensitivity_batches, keeps=keeps)
         layer.alpha = max(0.0, 1.0 - damage(outputs)) / max(layer.options[-1].proxy ** 2, 1e-30)
 
-    path = _path(layers)
-    if strategy == "walk":
-        best = _walk(path, evaluator, budget, progress)
-    else:
-        best = _bracket(path, evaluator, surrogate, layers, dense_edp, budget, strategy == "surrogate", progress)
-    return _plan(target, layers, path, path[best], evaluator, budget, metric_name, dense_quality, seed, calibration,
+    def verified(path: list[tuple[int, ...]]) -> tuple[int, ...]:
+        """The furthest state of ``path`` (whose first state passes) that keeps the budget."""
+        if strategy == "walk":
+            return path[_walk(path, evaluator, budget, progress)]
+        return path[_bracket(path, evaluator, surrogate, layers, dense_edp, budget, strategy == "surrogate", progress)]
+
+    def edp(state):
+        return _features(layers, state, dense_edp)[-1]
+
+    paths = {"uniform": _uniform_path(layers, target, candidate_configs(target, max_terms)), "greedy": _path(layers)}
+    found = {name: verified(path) for name, path in paths.items()}
+    start = min(found.values(), key=edp)
+    paths["refine"] = _path(layers, start)
+    best = verified(paths["refine"])
+    return _plan(target, layers, paths, best, evaluator, budget, metric_name, dense_quality, seed, calibration,
                  dense_edp, strategy)
 
 
@@ -459,7 +502,7 @@ def _walk(path, evaluator, budget, progress) -> int:
     return good
 
 
-def _plan(target, layers, path, state, evaluator, budget, metric_name, dense_quality, seed, calibration, dense_edp,
+def _plan(target, layers, paths, state, evaluator, budget, metric_name, dense_quality, seed, calibration, dense_edp,
           strategy) -> Plan:
     entries = []
     for layer, index in zip(layers, state):
@@ -489,7 +532,7 @@ def _plan(target, layers, path, state, evaluator, budget, metric_name, dense_qua
             "strategy": strategy,
             "full_evaluations": len(evaluator.cache),  # the original model's run included
             "sensitivity_runs": sum(len(layer.options) > 1 for layer in layers),
-            "path_length": len(path),
+            "path_lengths": {name: len(path) for name, path in paths.items()},
             "points": [  # every state evaluated for real: the search's quality-vs-EDP curve
                 {"edp_vs_dense": float(_features(layers, s, dense_edp)[-1]), "relative_quality": q}
                 for s, q in evaluator.cache.items()
