@@ -64,3 +64,14 @@ def test_cls_imports_and_orients():
     names = {layer.name for layer in layers}
     assert len(layers) == 54 and {"conv1_weights", "conv_last_weights", "fc_0.w_0"} <= names
     assert ppocr.orientation_accuracy(out, labels) == 1.0
+
+
+@pytest.mark.parametrize("kind, floor", [("rec", 0.9), ("cls", 0.99)])
+def test_benchmark_tasks_score_the_dense_model(kind, floor):
+    from tvm_tasd.benchmarks.quality_vs_edp import load_task
+    from tvm_tasd.evaluate import WeightFedModel
+
+    task = load_task(f"ppocr-{kind}", quick=True)
+    assert task.calibration[0]["x"].shape[0] == 8
+    for feeds, metric in ((task.calibration, task.calibration_metric), (task.test, task.test_metric)):
+        assert metric(WeightFedModel(task.model, feeds).run()) >= floor
