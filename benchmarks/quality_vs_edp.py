@@ -9,7 +9,7 @@ search never saw (onnxruntime, weights replaced); EDP is **modelled**
 relative to the same model running dense on the same target.
 
 Models: ``minilm`` (all-MiniLM-L6-v2; calibration SICK_trial, unseen STS15
-images + STS16 headlines, Spearman), ``crepe-tiny`` (RPA on synthetic tones,
+images + STS16 headlines, Spearman), ``crepe-tiny`` / ``crepe-full`` (RPA on synthetic tones,
 calibration and test from different seeds), ``digits-mlp`` / ``digits-cnn``
 (accuracy; calibration = training images, unseen = the test split),
 ``ppocr-rec`` (PP-OCRv4 text recognition, line accuracy) and ``ppocr-cls``
@@ -95,11 +95,11 @@ def _minilm(quick: bool) -> Task:
     return Task("minilm", model, calibration, calibration_metric, test, test_metric)
 
 
-def _crepe(quick: bool) -> Task:
+def _crepe(capacity: str, quick: bool) -> Task:
     from tvm_tasd.models import crepe
 
     batch = 64
-    model = onnx.load(crepe.onnx_path("tiny", batch))
+    model = onnx.load(crepe.onnx_path(capacity, batch))
 
     def tones(count, seed):
         frames, f0 = crepe.synthetic_tones(count, seed)
@@ -108,7 +108,7 @@ def _crepe(quick: bool) -> Task:
 
     calibration, calibration_metric = tones(256 if quick else 512, seed=1)
     test, test_metric = tones(256 if quick else 1024, seed=2)
-    return Task("crepe-tiny", model, calibration, calibration_metric, test, test_metric)
+    return Task(f"crepe-{capacity}", model, calibration, calibration_metric, test, test_metric)
 
 
 def _digits(name: str, quick: bool) -> Task:
@@ -151,7 +151,8 @@ def _ppocr(kind: str, quick: bool) -> Task:
 
 TASKS = {
     "minilm": _minilm,
-    "crepe-tiny": _crepe,
+    "crepe-tiny": lambda quick: _crepe("tiny", quick),
+    "crepe-full": lambda quick: _crepe("full", quick),
     "digits-mlp": lambda quick: _digits("digits-mlp", quick),
     "digits-cnn": lambda quick: _digits("digits-cnn", quick),
     "ppocr-rec": lambda quick: _ppocr("rec", quick),
