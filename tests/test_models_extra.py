@@ -75,3 +75,21 @@ def test_benchmark_tasks_score_the_dense_model(kind, floor):
     assert task.calibration[0]["x"].shape[0] == 8
     for feeds, metric in ((task.calibration, task.calibration_metric), (task.test, task.test_metric)):
         assert metric(WeightFedModel(task.model, feeds).run()) >= floor
+
+
+def test_depthwise_convs_are_priced_as_grouped_and_left_out_of_the_search():
+    from tvm_tasd import tasder
+    from tvm_tasd.benchmarks.quality_vs_edp import load_task
+    from tvm_tasd.candidates import layer_cost
+    from tvm_tasd.hardware import load_target
+
+    task = load_task("ppocr-cls", quick=True)
+    layers = find_layers(from_onnx(task.model, {"x": list(task.calibration[0]["x"].shape)}).mod)
+    depthwise = [layer for layer in layers if layer.ineligible and "depthwise" in layer.ineligible]
+    assert len(depthwise) == 11
+    for layer in depthwise:
+        cost = layer_cost(load_target("vegeta-m8"), layer, "dense")
+        assert cost.batch == layer.conv["groups"] and cost.batch * cost.m * cost.k * cost.n == layer.dense_macs
+    plan = tasder.search(task.model, "vegeta-m8", task.calibration[:4], metric="top1", budget=0.99, progress=False)
+    assert plan.info["quality"]["relative"] >= 0.99 and plan.info["edp_vs_dense"] < 1.0
+    assert {layer.name for layer in plan.layers}.isdisjoint(layer.name for layer in depthwise)

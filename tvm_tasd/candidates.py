@@ -59,7 +59,7 @@ def layer_cost(target: HardwareTarget, layer: Layer, weight, activation=None) ->
     if layer.op == "conv2d":
         return conv2d_cost(
             target, layer.activation_shape, layer.weight.shape, layer.conv["strides"], layer.conv["padding"],
-            layer.conv["dilation"], weight=weight, activation=activation, name=layer.name,
+            layer.conv["dilation"], layer.conv.get("groups", 1), weight=weight, activation=activation, name=layer.name,
         )
     return gemm_cost(target, layer.m, layer.k, layer.n, weight=weight, activation=activation, name=layer.name)
 

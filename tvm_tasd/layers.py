@@ -41,12 +41,17 @@ class Layer:
     activation_shape: tuple[int, ...]
     dtype: str
     ineligible: str | None = None  # why the layer must stay dense, if it must
-    conv: dict = field(default_factory=dict)  # strides/padding/dilation for conv2d
+    conv: dict = field(default_factory=dict)  # strides/padding/dilation/groups for conv2d
 
     @property
     def grouped_length(self) -> int:
         """Length of the axis N:M groups run along (K, or input channels of a conv)."""
         return self.weight.shape[self.axis]
+
+    @property
+    def conv_window(self) -> dict:
+        """strides/padding/dilation: what the conv kernels take (they only ever see groups = 1)."""
+        return {key: self.conv[key] for key in ("strides", "padding", "dilation")}
 
     @property
     def dense_macs(self) -> int:
@@ -164,6 +169,7 @@ class LayerMatcher:
             "strides": [int(s) for s in attrs.strides],
             "padding": [int(p) for p in attrs.padding],
             "dilation": [int(d) for d in attrs.dilation],
+            "groups": int(attrs.groups),
         }
         o, i, kh, kw = value.shape
         m = out_shape[0] * out_shape[2] * out_shape[3] if out_shape else 0

@@ -256,7 +256,7 @@ class _Rewriter(relax.PyExprMutator):
             if layer.op == "matmul":
                 kernel = llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype)
             else:
-                kernel = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape, dtype=layer.dtype, **layer.conv)
+                kernel = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape, dtype=layer.dtype, **layer.conv_window)
             return kernel, kernel.pack(np.ascontiguousarray(weight_kn))
         if layer.op == "matmul":
             terms = decompose(weight_kn, choice.config, axis=0, score=choice.score, name=layer.name)
@@ -264,7 +264,7 @@ class _Rewriter(relax.PyExprMutator):
         else:
             terms = decompose(layer.weight, choice.config, axis=1, score=choice.score, name=layer.name)
             kernel = self.kernels.nm_conv2d(
-                layer.activation_shape, layer.weight.shape, [t.pattern for t in terms], layer.dtype, **layer.conv
+                layer.activation_shape, layer.weight.shape, [t.pattern for t in terms], layer.dtype, **layer.conv_window
             )
         return kernel, kernel.pack(terms)
 
