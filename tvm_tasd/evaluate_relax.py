@@ -154,6 +154,7 @@ class RelaxWeightFedModel:
         from .schedules.llvm import host_target
 
         self.params = {name: np.asarray(value) for name, value in (params or {}).items()}
+        self.calibration = self._checked(calibration, [p.name for p in mod["main"].params])
         mod = relax.transform.ToNonDataflow()(mod)  # layer inputs must be visible outside dataflow blocks to expose them
         layers = find_layers(mod, self.params)
         self._layers = {layer.name: layer for layer in layers if not layer.ineligible}
@@ -171,7 +172,6 @@ class RelaxWeightFedModel:
         with target:
             self._vm = relax.VirtualMachine(tvm.compile(rewritten, target=target), tvm.cpu())
         self._signature = [p.name for p in rewritten["main"].params]
-        self.calibration = self._checked(calibration, [p.name for p in mod["main"].params])
         self._packed = {name: self._packers[name](layer.weight) for name, layer in self._layers.items()}
         self.evaluations = 0
 
@@ -195,22 +195,20 @@ class RelaxWeightFedModel:
         return list(self._layers)
 
     def original(self, name: str) -> np.ndarray:
-        return self._known(name).weight
+        return self.layer(name).weight
 
     def axis(self, name: str) -> int:
-        return self._known(name).axis
+        return self.layer(name).axis
 
-    def _known(self, name: str) -> Layer:
+    def layer(self, name: str) -> Layer:
         if name not in self._layers:
             raise ValueError(f"{name!r} is not a replaceable layer of this module; layers: {self.layer_names}")
         return self._layers[name]
 
     def _call(self, batch: Mapping[str, np.ndarray], fed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         values = {**self.params, **batch, **fed}
-        return _as_list(self._vm["main"](*(tvm.runtime.tensor(np.require(values[n], requirements="C")) for n in self._signature)))
-
-    def layer(self, name: str) -> Layer:
-        return self._known(name)
+        arguments = [tvm.runtime.tensor(np.require(values[name], requirements="C")) for name in self._signature]
+        return _as_list(self._vm["main"](*arguments))
 
     def run_exposed_batch(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Every exposed layer input (``expose=True``) on one batch, original weights."""
@@ -225,16 +223,16 @@ class RelaxWeightFedModel:
         return [self._call(batch, fed)[: -count or None] for batch in self.calibration[:batches]]
 
     def _fed(self, weights=None, keeps=None) -> dict[str, np.ndarray]:
+        weights = dict(weights or {})
+        for name, value in weights.items():
+            original = self.layer(name).weight
+            if np.shape(value) != original.shape:
+                raise ValueError(f"weight {name!r} has shape {np.shape(value)}, the model's is {original.shape}")
         fed = {}
         for name, packed in self._packed.items():
-            if weights and name in weights:
-                value = np.asarray(weights[name], dtype=self._known(name).weight.dtype)
-                if value.shape != self._layers[name].weight.shape:
-                    raise ValueError(f"weight {name!r} has shape {value.shape}, the model's is {self._layers[name].weight.shape}")
-                packed = self._packers[name](value)
+            if name in weights:
+                packed = self._packers[name](np.asarray(weights[name], dtype=self._layers[name].weight.dtype))
             fed.update(zip(self._weight_inputs[name], packed))
-        for name in set(weights or {}) - set(self._packed):
-            self._known(name)
         unknown = set(keeps or {}) - set(self._keeps)
         if unknown:
             raise ValueError(f"no activation keep count for {sorted(unknown)}; pass them in activation_groups")
