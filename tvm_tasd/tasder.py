@@ -267,7 +267,7 @@ def _uniform_path(layers: list[_LayerSearch], target: HardwareTarget, configs: l
             state.append(next((i for i, o in enumerate(layer.options) if o.edp <= limit), len(layer.options) - 1))
         states.add(tuple(state))
     states.add((0,) * len(layers))
-    return sorted(states, key=lambda state: -_features(layers, state, 1.0)[-1])
+    return sorted(states, key=lambda state: (-_features(layers, state, 1.0)[-1], state))  # ties: a fixed order
 
 
 def _path(layers: list[_LayerSearch], start: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
