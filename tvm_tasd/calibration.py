@@ -167,10 +167,12 @@ class StatsAccumulator:
         return CalibrationStats(norms, density, relu_fed, self.batches, samples)
 
 
-def progress_over(feeds: list, progress: bool):
-    """The calibration batches, with a progress bar when there are enough of them to wait for."""
-    show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
-    return tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True)
+    def over(self, feeds: list, progress: bool):
+        """The calibration batches, counted, with a progress bar when there are enough to wait for."""
+        show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
+        for feed in tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True):
+            yield feed
+            self.batches += 1
 
 
 def calibrate(
@@ -189,11 +191,10 @@ def calibrate(
     session = inference_session(_with_outputs(model, (s for s in unique if s.tensor in fetched))) if fetched else None
 
     accumulator = StatsAccumulator()
-    for feed in progress_over(feeds, progress):
+    for feed in accumulator.over(feeds, progress):
         values = dict(zip(fetched, session.run(fetched, dict(feed)))) if session else {}
         for site in unique:
             accumulator.add(site, values[site.tensor] if site.tensor in values else feed[site.tensor], site.channel_axis)
-        accumulator.batches += 1
 
     axes = weight_axes(model)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}

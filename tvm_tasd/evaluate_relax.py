@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .calibration import CalibrationStats, StatsAccumulator, progress_over
+from .calibration import CalibrationStats, StatsAccumulator
 from .config import TASDConfig
 from .layers import Layer, find_layers
 from .transform import Choice, _Rewriter
@@ -245,9 +245,8 @@ def calibrate_relax(mod: tvm.IRModule, calibration, params=None, progress: bool 
     """:func:`~tvm_tasd.calibration.calibrate` for a Relax module: one pass, every layer input exposed."""
     model = RelaxWeightFedModel(mod, calibration, params=params, expose=True)
     accumulator = StatsAccumulator()
-    for batch in progress_over(model.calibration, progress):
+    for batch in accumulator.over(model.calibration, progress):
         for name, x in zip(model.exposed, model.run_exposed_batch(batch)):
             accumulator.add(name, x, 1 if model.layer(name).op == "conv2d" else -1)
-        accumulator.batches += 1
     channels = {name: model.layer(name).grouped_length for name in model.exposed}
     return accumulator.stats({name: [name] for name in model.exposed}, channels, model.relu_fed)
