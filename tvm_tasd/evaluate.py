@@ -65,19 +65,24 @@ def model_inputs(model: onnx.ModelProto) -> list[str]:
 
 def check_calibration(model: onnx.ModelProto, calibration: Iterable[Feed]) -> list[Feed]:
     """The calibration batches as a list, each a feed with exactly the model's inputs."""
+    return check_feeds(calibration, model_inputs(model))
+
+
+def check_feeds(calibration: Iterable[Feed], required: list[str], hint: str = "") -> list[Feed]:
+    """The calibration batches as a list, each a feed with exactly the ``required`` inputs
+    (``hint`` is appended to the errors)."""
     feeds = list(calibration)
     if not feeds:
         raise ValueError("calibration set is empty: give at least one feed dict (input name → array)")
-    required = model_inputs(model)
     for index, feed in enumerate(feeds):
         if not isinstance(feed, Mapping):
             raise ValueError(f"calibration batch {index} is a {type(feed).__name__}, not a dict (input name → array)")
         missing = [name for name in required if name not in feed]
         if missing:
-            raise ValueError(f"calibration batch {index} lacks model input(s) {missing}; model inputs: {required}")
+            raise ValueError(f"calibration batch {index} lacks model input(s) {missing}; data inputs are {required}{hint}")
         unknown = sorted(set(feed) - set(required))
         if unknown:
-            raise ValueError(f"calibration batch {index} has {unknown}, which are not model inputs {required}")
+            raise ValueError(f"calibration batch {index} has {unknown}, which are not model inputs {required}{hint}")
     return feeds
 
 

@@ -31,6 +31,7 @@ from tvm import relax
 
 from .calibration import CalibrationStats, StatsAccumulator
 from .config import TASDConfig
+from .evaluate import check_feeds
 from .layers import Layer, find_layers
 from .transform import Choice, _Rewriter
 
@@ -154,7 +155,11 @@ class RelaxWeightFedModel:
         from .schedules.llvm import host_target
 
         self.params = {name: np.asarray(value) for name, value in (params or {}).items()}
-        self.calibration = self._checked(calibration, [p.name for p in mod["main"].params])
+        self.calibration = check_feeds(
+            calibration,
+            [p.name for p in mod["main"].params if p.name not in self.params],
+            " (weights given as function inputs come from params=)",
+        )
         mod = relax.transform.ToNonDataflow()(mod)  # layer inputs must be visible outside dataflow blocks to expose them
         layers = find_layers(mod, self.params)
         self._layers = {layer.name: layer for layer in layers if not layer.ineligible}
@@ -174,21 +179,6 @@ class RelaxWeightFedModel:
         self._signature = [p.name for p in rewritten["main"].params]
         self._packed = {name: self._packers[name](layer.weight) for name, layer in self._layers.items()}
         self.evaluations = 0
-
-    def _checked(self, calibration, model_params) -> list[dict]:
-        feeds = [dict(feed) for feed in calibration]
-        if not feeds:
-            raise ValueError("calibration set is empty: give at least one feed dict (input name → array)")
-        inputs = [name for name in model_params if name not in self.params]
-        for index, feed in enumerate(feeds):
-            missing = [name for name in inputs if name not in feed]
-            unknown = sorted(set(feed) - set(inputs))
-            if missing or unknown:
-                raise ValueError(
-                    f"calibration batch {index}: the module's data inputs are {inputs} "
-                    f"(weights given as inputs come from params=); missing {missing}, unknown {unknown}"
-                )
-        return feeds
 
     @property
     def layer_names(self) -> list[str]:
