@@ -31,6 +31,8 @@ The algorithm (documented in ``docs/tasder.md``):
      step buys the most model EDP per unit of predicted damage.
    * *refine*: the greedy path again, from the cheaper of the two winners.
 
+   The plan is the cheapest state any of them measured to keep the budget.
+
    An XGBoost surrogate — trained on every evaluation made so far, features
    = per-layer α·e² and the EDP ratio — proposes each probe (the furthest
    state it predicts to pass inside the bracket) instead of the midpoint;
@@ -463,7 +465,9 @@ def search(
     found = {name: verified(path) for name, path in paths.items()}
     start = min(found.values(), key=edp)
     paths["refine"] = _path(layers, start)
-    best = verified(paths["refine"])
+    verified(paths["refine"])
+    # Any measured state may beat the refine winner (paths cross); all were verified for real.
+    best = min((s for s, q in evaluator.cache.items() if q >= budget), key=lambda s: (edp(s), -evaluator.cache[s]))
     return _plan(target, layers, paths, best, evaluator, budget, metric_name, dense_quality, seed, calibration,
                  dense_edp, strategy)
 
