@@ -8,7 +8,9 @@ target does with an unstructured model: it runs it dense). Quality is
 measured twice: on the calibration data the search used, and on unseen data.
 
 Jobs run in local processes, or on a Ray cluster with ``--ray auto`` /
-``--ray ADDRESS`` (``--ray local`` starts a local Ray instance).
+``--ray ADDRESS`` (``--ray local`` starts a local Ray instance). Finished
+cells are kept in ``<out>/<name>.partial.jsonl`` until the table is written,
+so the same command run again after a crash resumes.
 
     python benchmarks/edp_table.py [--quick] [--models ...] [--variants 0 0.5 0.7 0.9]
         [--targets ...] [--budget 0.99] [--ray auto]
@@ -123,12 +125,16 @@ def main(argv=None) -> dict:
     variants = args.variants or ([0.0, 0.5] if args.quick else [0.0, 0.5, 0.7, 0.9])
     jobs = [{"model": m, "sparsity": v, "target": t, "budget": args.budget, "quick": args.quick}
             for m in models for v in variants for t in args.targets]
-    rows = sweep.run(cell, jobs, workers=args.workers, ray_address=args.ray)
+    name = args.name or ("edp_table_quick" if args.quick else "edp_table")
+    checkpoint = args.out / f"{name}.partial.jsonl"
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = sweep.run(cell, jobs, workers=args.workers, ray_address=args.ray, checkpoint=checkpoint)
     meta = stamp("EDP table (EDP modelled, quality measured)", targets=args.targets, budget=args.budget,
-                 runner="ray" if args.ray else "processes")
+                 runner="ray" if args.ray else f"{sweep.local_workers(args.workers)} local processes")
     data = {"meta": meta, "rows": rows, "summary": summary(rows)}
     check(data)
-    write(args.name or ("edp_table_quick" if args.quick else "edp_table"), data, to_markdown(data), args.out)
+    write(name, data, to_markdown(data), args.out)
+    checkpoint.unlink()
     return data
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tvm_tasd.benchmarks import edp_table
+from tvm_tasd.benchmarks import edp_table, sweep
 
 
 def test_edp_table_quick_runs_locally_and_checks_itself(tmp_path):
@@ -17,6 +17,7 @@ def test_edp_table_quick_runs_locally_and_checks_itself(tmp_path):
         assert row["improvement"] == pytest.approx(1 - row["edp_vs_dense"])
     assert data["summary"]["best"] >= data["summary"]["average"] > 0
     assert "modelled" in (tmp_path / "edp_table_quick.md").read_text()
+    assert not (tmp_path / "edp_table_quick.partial.jsonl").exists()  # the checkpoint goes once the table is written
 
 
 def test_edp_table_check_rejects_a_wrong_baseline():
@@ -35,3 +36,26 @@ def test_sweep_on_a_local_ray_instance(tmp_path):
     assert on_ray["meta"]["runner"] == "ray"
     assert on_ray["rows"][0]["layers"] == local["rows"][0]["layers"]
     assert on_ray["rows"][0]["edp_vs_dense"] == local["rows"][0]["edp_vs_dense"]
+
+
+def _fails_on_b(job):
+    if job["name"] == "b" and not job.get("fixed"):
+        raise RuntimeError("b failed")
+    return {"out": job["name"] * 2}
+
+
+def test_a_sweep_resumes_from_its_checkpoint_without_rerunning_finished_jobs(tmp_path):
+    checkpoint = tmp_path / "sweep.partial.jsonl"
+    jobs = [{"name": n} for n in "abc"]
+    with pytest.raises(RuntimeError, match="b failed"):
+        sweep.run(_fails_on_b, jobs, workers=1, checkpoint=checkpoint)
+    assert [json.loads(line)["row"] for line in checkpoint.read_text().splitlines()] == [{"out": "aa"}]
+    calls = []
+
+    def record(job):
+        calls.append(job["name"])
+        return _fails_on_b({**job, "fixed": True})
+
+    rows = sweep.run(record, jobs, workers=1, checkpoint=checkpoint)
+    assert calls == ["b", "c"]  # "a" came from the checkpoint
+    assert rows == [{"out": "aa"}, {"out": "bb"}, {"out": "cc"}]

@@ -49,11 +49,11 @@ def load_model(model: "onnx.ModelProto | str | os.PathLike") -> onnx.ModelProto:
 
 
 def inference_session(model: onnx.ModelProto):
-    """A CPU onnxruntime session using every core for each operator."""
+    """A CPU onnxruntime session using every core (or ``$TVM_TASD_ORT_THREADS``) for each operator."""
     import onnxruntime as ort  # optional dependency: only the data-driven search needs it
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = int(os.environ.get("TVM_TASD_ORT_THREADS", os.cpu_count() or 1))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
