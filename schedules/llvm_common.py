@@ -1,5 +1,7 @@
 """What the LLVM (CPU) kernels share: host target, kernel record, build, schedule pieces.
 
+* :func:`output_stage` — the cast to the output dtype (and the optional bias)
+  every kernel ends with.
 * :func:`host_target` — ``Target({"kind": "llvm", "mcpu": <host cpu>})``; the
   vector width and register count the schedules tile for come from it
   (AVX-512: 16 fp32 lanes, 32 registers; AVX2: 8 lanes, 16 registers).
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tvm
+from tvm import te
 from tvm.target import codegen
 
 from .nm_pack import ceil_div
@@ -27,6 +30,14 @@ from .nm_pack import ceil_div
 L1_BYTES = 32 * 1024
 #: Parallel tasks to aim for per core, so threads stay balanced.
 TASKS_PER_CORE = 4
+
+
+def output_stage(shape, value: Callable, channel: int, dtype: str, acc: str, bias: bool):
+    """``out = (value(*index) [+ bias[index[channel]]]).astype(dtype)``, and the inputs it adds ([bias] or [])."""
+    if not bias:
+        return te.compute(shape, lambda *i: value(*i).astype(dtype), name="out"), []
+    b = te.placeholder((shape[channel],), dtype, name="bias")
+    return te.compute(shape, lambda *i: (value(*i) + b[i[channel]].astype(acc)).astype(dtype), name="out"), [b]
 
 
 def host_target() -> tvm.target.Target:

@@ -39,8 +39,9 @@ from .llvm_common import (
     NMKernel,
     NMTiles,
     accumulator_dtype,
-    float_dtype,
     finish_nm_reduction,
+    float_dtype,
+    output_stage,
     parallel_chunks,
     tile_nm_reduction,
 )
@@ -250,19 +251,9 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
         lambda b, j, p: te.sum(vals[j // cols, e, j % cols] * tap(b, j, p), axis=e),
         name="acc",
     )
-    inputs = [x, vals, keys]
-    if bias:
-        bias_t = te.placeholder((g.o,), dtype, name="bias")
-        inputs.append(bias_t)
-        out = te.compute(
-            g.out_shape,
-            lambda b, o, oh, ow: (acc_p[b, o, oh * g.w2 + ow] + bias_t[o].astype(acc)).astype(dtype),
-            name="out",
-        )
-    else:
-        out = te.compute(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow].astype(dtype), name="out")
+    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow], 1, dtype, acc, bias)
 
-    s = tvm.s_tir.Schedule(te.create_prim_func([*inputs, out]))
+    s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
     _schedule_phase(s, per_channel, whole, g, lanes)
 
     block = s.get_sblock("acc")

@@ -17,7 +17,14 @@ import numpy as np
 import tvm
 from tvm import te
 
-from .llvm_common import CPUShape, NMKernel, accumulator_dtype, float_dtype, parallel_chunks
+from .llvm_common import (
+    CPUShape,
+    NMKernel,
+    accumulator_dtype,
+    float_dtype,
+    output_stage,
+    parallel_chunks,
+)
 from .nm_pack import ceil_div
 
 #: Reduction rows per tile: a 256×32 fp32 W panel is 32 KiB (L1).
@@ -71,17 +78,9 @@ def dense_matmul(
     direct = not bias and (mp, np_) == (m, n) and acc == dtype
     shape = (m, n) if direct else (mp, np_)
     acc_t = te.compute(shape, lambda i, j: te.sum(xs[i, r].astype(acc) * wp[j // nc, r, j % nc], axis=r), name="acc")
-    inputs = [x, wp]
-    if direct:
-        out = acc_t
-    elif bias:
-        b = te.placeholder((n,), dtype, name="bias")
-        inputs.append(b)
-        out = te.compute((m, n), lambda i, j: (acc_t[i, j] + b[j].astype(acc)).astype(dtype), name="out")
-    else:
-        out = te.compute((m, n), lambda i, j: acc_t[i, j].astype(dtype), name="out")
+    out, extra = (acc_t, []) if direct else output_stage((m, n), lambda i, j: acc_t[i, j], 1, dtype, acc, bias)
 
-    s = tvm.s_tir.Schedule(te.create_prim_func([*inputs, out]))
+    s = tvm.s_tir.Schedule(te.create_prim_func([x, wp, *extra, out]))
     block = s.get_sblock("acc")
     i, j, kk = s.get_loops(block)
     ic, io, ii = s.split(i, [chunks, None, mr])

@@ -42,8 +42,9 @@ from .llvm_common import (
     NMKernel,
     NMTiles,
     accumulator_dtype,
-    float_dtype,
     finish_nm_reduction,
+    float_dtype,
+    output_stage,
     parallel_chunks,
     schedule_transpose,
     tile_nm_reduction,
@@ -124,15 +125,9 @@ def nm_matmul(
         lambda j, i: te.sum(vals[j // cols, r, j % cols] * slab(i, rows[j // cols, r, j % cols] + i % mt), axis=r),
         name="accT",
     )
-    inputs = [x, vals, rows]
-    if bias:
-        b = te.placeholder((n,), dtype, name="bias")
-        inputs.append(b)
-        out = te.compute((m, n), lambda i, j: (acc_t[j, i] + b[j].astype(acc)).astype(dtype), name="out")
-    else:
-        out = te.compute((m, n), lambda i, j: acc_t[j, i].astype(dtype), name="out")
+    out, extra = output_stage((m, n), lambda i, j: acc_t[j, i], 1, dtype, acc, bias)
 
-    s = tvm.s_tir.Schedule(te.create_prim_func([*inputs, out]))
+    s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, rows, *extra, out]))
     block = s.get_sblock("accT")
     j, i, e = s.get_loops(block)
     tiles = NMTiles(cols=cols, positions=mt, lanes=lanes, entries=per_tile, chunks=chunks)
