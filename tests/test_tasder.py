@@ -117,9 +117,13 @@ def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calib
 
 @pytest.mark.parametrize("hw", ["vegeta-m8", "ttc-vegeta-m8"])
 @pytest.mark.parametrize("params_as_inputs", [False, True])
-def test_a_relax_module_gets_the_same_plan_as_its_onnx_source(hw, params_as_inputs, calibration):
+def test_a_relax_module_gets_the_same_plan_as_its_onnx_source(hw, params_as_inputs, calibration, monkeypatch):
+    from tvm_tasd import evaluate_relax
     from tvm_tasd.frontend import from_onnx
 
+    builds = []
+    monkeypatch.setattr(evaluate_relax.relax.VirtualMachine, "__init__",
+                        _counting(evaluate_relax.relax.VirtualMachine.__init__, builds))
     feeds, labels = calibration
     imported = from_onnx(model_path("digits-mlp"), {"input": list(feeds[0]["input"].shape)},
                          keep_params_in_input=params_as_inputs)
@@ -129,6 +133,15 @@ def test_a_relax_module_gets_the_same_plan_as_its_onnx_source(hw, params_as_inpu
                                    budget=0.99, progress=False)
     assert [layer.to_json() for layer in from_relax.layers] == [layer.to_json() for layer in from_onnx_plan.layers]
     assert from_relax.info["quality"] == pytest.approx(from_onnx_plan.info["quality"])
+    assert len(builds) == 1  # one build serves calibration and the search
+
+
+def _counting(init, calls):
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return init(self, *args, **kwargs)
+
+    return counted
 
 
 def test_params_are_refused_for_an_onnx_model(calibration):

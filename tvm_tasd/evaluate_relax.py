@@ -9,10 +9,12 @@ instead of a constant, and compiled for the host. Each run packs the given
 weights in numpy and feeds them, so evaluating a candidate never recompiles.
 
 Activation series are emulated as on the ONNX path: a layer named in
-``activation_groups`` (layer → M) gets a keep-count input and keeps, in
-every group of M along the last axis, the ``keep`` largest |x| (ties to the
-lower index, zeros last). With ``expose=True`` the module also returns every
-layer's input, which :func:`calibrate_relax` reads.
+``activation_groups`` (layer → M) — or, with ``relu_fed_groups=M``, every
+ReLU-fed matmul layer whose K is a multiple of M — gets a keep-count input
+and keeps, in every group of M along the last axis, the ``keep`` largest |x|
+(ties to the lower index, zeros last). With ``expose=True`` the module also
+returns every layer's input, which :meth:`RelaxWeightFedModel.calibrate`
+reads; one build then serves both calibration and the search.
 
 Not handled: layers TASD leaves dense anyway (:mod:`tvm_tasd.layers`'s
 ineligible ones) keep their own weight and cannot be replaced; models run
@@ -59,7 +61,8 @@ def _keep_top(x, shape: tuple[int, ...], keep, m: int, dtype: str):
 class _FeedRewriter(_Rewriter._cls):
     """Layers → dense kernels reading their packed weight from new function inputs."""
 
-    def __init__(self, mod: tvm.IRModule, params, layers: list[Layer], groups: Mapping[str, int], expose: bool):
+    def __init__(self, mod: tvm.IRModule, params, layers: list[Layer], groups: Mapping[str, int],
+                 relu_fed_groups: int | None, expose: bool):
         from .hardware import load_target
         from .schedules.llvm import host_target
         from .schedules.selection import kernels_for
@@ -68,6 +71,7 @@ class _FeedRewriter(_Rewriter._cls):
         kernels = kernels_for(load_target("cpu-emulated"), host_target())
         super().__init__(mod, params, choices, True, kernels)
         self.groups = dict(groups)
+        self.relu_fed_groups = relu_fed_groups
         self.expose = expose
         self.packers: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {}
         self.weight_inputs: dict[str, list[relax.Var]] = {}
@@ -104,6 +108,9 @@ class _FeedRewriter(_Rewriter._cls):
         self.activations[layer.name] = activation
         if self._from_relu(self._layer_input):
             self.relu_fed.add(layer.name)
+            m = self.relu_fed_groups
+            if m and layer.op == "matmul" and layer.k % m == 0:
+                self.groups.setdefault(layer.name, m)
         if layer.name in self.groups:
             keep = relax.Var(f"{layer.name}::keep", relax.TensorType((), "int64"))
             self.keep_inputs[layer.name] = keep
@@ -151,6 +158,7 @@ class RelaxWeightFedModel:
         params: Mapping[str, np.ndarray] | None = None,
         activation_groups: Mapping[str, int] | None = None,
         expose: bool = False,
+        relu_fed_groups: int | None = None,
     ):
         from .schedules.llvm import host_target
 
@@ -163,12 +171,13 @@ class RelaxWeightFedModel:
         mod = relax.transform.ToNonDataflow()(mod)  # layer inputs must be visible outside dataflow blocks to expose them
         layers = find_layers(mod, self.params)
         self._layers = {layer.name: layer for layer in layers if not layer.ineligible}
-        self._keeps = {name: int(m) for name, m in (activation_groups or {}).items()}
-        unknown = sorted(set(self._keeps) - {n for n, l in self._layers.items() if l.op == "matmul"})
+        groups = {name: int(m) for name, m in (activation_groups or {}).items()}
+        unknown = sorted(set(groups) - {n for n, l in self._layers.items() if l.op == "matmul"})
         if unknown:
             raise ValueError(f"activation series need eligible matmul layers; not such layers: {unknown}")
-        rewriter = _FeedRewriter(mod, self.params, layers, self._keeps, expose)
+        rewriter = _FeedRewriter(mod, self.params, layers, groups, relu_fed_groups, expose)
         rewritten = relax.transform.DeadCodeElimination(["main"])(rewriter.rewrite())
+        self._keeps = rewriter.groups
         self._packers = rewriter.packers
         self._weight_inputs = {name: [v.name for v in vs] for name, vs in rewriter.weight_inputs.items()}
         self.relu_fed = frozenset(rewriter.relu_fed)
@@ -195,22 +204,39 @@ class RelaxWeightFedModel:
             raise ValueError(f"{name!r} is not a replaceable layer of this module; layers: {self.layer_names}")
         return self._layers[name]
 
-    def _call(self, batch: Mapping[str, np.ndarray], fed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    @property
+    def activation_groups(self) -> dict[str, int]:
+        """Layers with an emulated activation series (layer → M)."""
+        return dict(self._keeps)
+
+    def _call(self, batch: Mapping[str, np.ndarray], fed: Mapping[str, np.ndarray], exposed: bool = False):
+        """The model's outputs on one batch or, with ``exposed``, the exposed layer inputs."""
         values = {**self.params, **batch, **fed}
         arguments = [tvm.runtime.tensor(np.require(values[name], requirements="C")) for name in self._signature]
-        return _as_list(self._vm["main"](*arguments))
-
-    def run_exposed_batch(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Every exposed layer input (``expose=True``) on one batch, original weights."""
-        return self._call(batch, self._fed())[-len(self.exposed):]
+        result = self._vm["main"](*arguments)
+        if not self.exposed:
+            return _as_list(result)
+        # only what is asked for leaves the VM as numpy: exposed activations are large
+        return [a for item in result[1:] for a in _as_list(item)] if exposed else _as_list(result[0])
 
     def run(self, weights=None, batches: int | None = None, keeps=None) -> list[list[np.ndarray]]:
         """Outputs on the calibration batches (the first ``batches``), with ``weights`` replacing
         the originals they name and ``keeps`` the activation keep counts (default M)."""
         fed = self._fed(weights, keeps)
         self.evaluations += 1
-        count = len(self.exposed)
-        return [self._call(batch, fed)[: -count or None] for batch in self.calibration[:batches]]
+        return [self._call(batch, fed) for batch in self.calibration[:batches]]
+
+    def calibrate(self, progress: bool = True) -> CalibrationStats:
+        """Channel statistics of every layer input (needs ``expose=True``), original weights, in one pass."""
+        if not self.exposed:
+            raise ValueError("calibration reads the layer inputs: build the model with expose=True")
+        accumulator = StatsAccumulator()
+        fed = self._fed()
+        for batch in accumulator.over(self.calibration, progress):
+            for name, x in zip(self.exposed, self._call(batch, fed, exposed=True)):
+                accumulator.add(name, x, 1 if self.layer(name).op == "conv2d" else -1)
+        channels = {name: self.layer(name).grouped_length for name in self.exposed}
+        return accumulator.stats({name: [name] for name in self.exposed}, channels, self.relu_fed)
 
     def _fed(self, weights=None, keeps=None) -> dict[str, np.ndarray]:
         weights = dict(weights or {})
@@ -233,10 +259,4 @@ class RelaxWeightFedModel:
 
 def calibrate_relax(mod: tvm.IRModule, calibration, params=None, progress: bool = True) -> CalibrationStats:
     """:func:`~tvm_tasd.calibration.calibrate` for a Relax module: one pass, every layer input exposed."""
-    model = RelaxWeightFedModel(mod, calibration, params=params, expose=True)
-    accumulator = StatsAccumulator()
-    for batch in accumulator.over(model.calibration, progress):
-        for name, x in zip(model.exposed, model.run_exposed_batch(batch)):
-            accumulator.add(name, x, 1 if model.layer(name).op == "conv2d" else -1)
-    channels = {name: model.layer(name).grouped_length for name in model.exposed}
-    return accumulator.stats({name: [name] for name in model.exposed}, channels, model.relu_fed)
+    return RelaxWeightFedModel(mod, calibration, params=params, expose=True).calibrate(progress)

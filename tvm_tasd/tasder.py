@@ -359,15 +359,21 @@ def _fingerprint(calibration) -> str:
     return digest.hexdigest()[:16]
 
 
-def _open_model(model, params, calibration, progress):
-    """(calibration statistics, layers, ``groups -> fed model``) for an ONNX model or a Relax IRModule."""
-    if isinstance(model, tvm.IRModule):
-        from .evaluate_relax import RelaxWeightFedModel, calibrate_relax
+def _open_model(model, params, calibration, activation_m, progress):
+    """(calibration statistics, layers, ``groups -> fed model``) for an ONNX model or a Relax IRModule.
 
-        stats = calibrate_relax(model, calibration, params, progress=progress)
-        return stats, find_layers(model, params), lambda groups: RelaxWeightFedModel(
-            model, calibration, params, activation_groups=groups
-        )
+    ``activation_m``: the M of the target's activation series, if it has any; the fed model
+    gets keep counts for the ReLU-fed matmul layers whose K it divides."""
+    if isinstance(model, tvm.IRModule):
+        from .evaluate_relax import RelaxWeightFedModel
+
+        built = RelaxWeightFedModel(model, calibration, params, expose=True, relu_fed_groups=activation_m)
+
+        def fed(groups):  # one build: it was given the same rule for its activation groups
+            assert groups == built.activation_groups, (groups, built.activation_groups)
+            return built
+
+        return built.calibrate(progress), find_layers(model, params), fed
     if params is not None:
         raise ValueError("params= gives the weights of an IRModule that takes them as inputs; an ONNX model carries its own")
     proto = load_model(model)
@@ -413,8 +419,9 @@ def search(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     target = load_target(hw)
     _check_arguments(budget, calibration, metric, labels, target)
-    stats, found, fed_model = _open_model(model, params, calibration, progress)
     act_configs = activation_series(target, max_terms) if "activation" in target.sparse_operands else []
+    stats, found, fed_model = _open_model(model, params, calibration, act_configs[0].max_m if act_configs else None,
+                                          progress)
     act_layers = {
         l.name: act_configs[0].max_m
         for l in found
