@@ -10,7 +10,8 @@ measured twice: on the calibration data the search used, and on unseen data.
 Jobs run in local processes, or on a Ray cluster with ``--ray auto`` /
 ``--ray ADDRESS`` (``--ray local`` starts a local Ray instance). Finished
 cells are kept in ``<out>/<name>.partial.jsonl`` until the table is written,
-so the same command run again after a crash resumes.
+so the same command run again after a crash resumes (delete that file to
+start over, e.g. after changing the code).
 
     python benchmarks/edp_table.py [--quick] [--models ...] [--variants 0 0.5 0.7 0.9]
         [--targets ...] [--budget 0.99] [--ray auto]
