@@ -58,7 +58,7 @@ def run(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int | None = 
 
 
 def local_workers(workers: int | None) -> int:
-    """``workers``, by default half the cores (each worker's thread pools get the other half's share)."""
+    """``workers``, by default half the cores; each local worker's thread pools get cores / workers threads."""
     return workers or max(1, (os.cpu_count() or 1) // 2)
 
 
