@@ -108,9 +108,8 @@ class _FeedRewriter(_Rewriter._cls):
         self.activations[layer.name] = activation
         if self._from_relu(self._layer_input):
             self.relu_fed.add(layer.name)
-            m = self.relu_fed_groups
-            if m and layer.op == "matmul" and layer.k % m == 0:
-                self.groups.setdefault(layer.name, m)
+            if self.relu_fed_groups and layer.takes_activation_groups(self.relu_fed_groups):
+                self.groups.setdefault(layer.name, self.relu_fed_groups)
         if layer.name in self.groups:
             keep = relax.Var(f"{layer.name}::keep", relax.TensorType((), "int64"))
             self.keep_inputs[layer.name] = keep

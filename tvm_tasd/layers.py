@@ -53,6 +53,11 @@ class Layer:
         """strides/padding/dilation: what the conv kernels take (they only ever see groups = 1)."""
         return {key: self.conv[key] for key in ("strides", "padding", "dilation")}
 
+    def takes_activation_groups(self, m: int) -> bool:
+        """Whether an activation series with groups of ``m`` can run on this layer's input (when ReLU-fed):
+        emulated for eligible matmuls, along K."""
+        return self.op == "matmul" and not self.ineligible and self.k % m == 0
+
     @property
     def dense_macs(self) -> int:
         return self.m * self.k * self.n

@@ -425,8 +425,7 @@ def search(
     act_layers = {
         l.name: act_configs[0].max_m
         for l in found
-        if act_configs and l.name in stats.relu_fed and l.op == "matmul" and not l.ineligible
-        and l.k % act_configs[0].max_m == 0
+        if act_configs and l.name in stats.relu_fed and l.takes_activation_groups(act_configs[0].max_m)
     }
     tvm_layers = [l for l in found if l.name in stats.norms]
     fed = fed_model(act_layers)
