@@ -29,8 +29,8 @@ from tvm_tasd import tasder
 from tvm_tasd.benchmarks import sweep
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
 from tvm_tasd.benchmarks.quality_vs_edp import load_task
-from tvm_tasd.evaluate import WeightFedModel, run_plan
-from tvm_tasd.models.sparse import prune_onnx
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel, run_plan
+from tvm_tasd.benchmarks.models.sparse import prune_onnx
 
 TARGETS = ["stc-2of4", "vegeta-m4", "vegeta-m8", "highlight", "ttc-stc", "ttc-vegeta-m8"]
 PAPER = {"best": 0.83, "average": 0.74}
@@ -40,12 +40,12 @@ def cell(job: dict) -> dict:
     """One table cell: search, then measure the plan on unseen data."""
     task = load_task(job["model"], job["quick"])
     model = task.model if not job["sparsity"] else prune_onnx(task.model, job["sparsity"])
-    original = task.calibration_metric(WeightFedModel(model, task.calibration).run())
+    original = task.calibration_metric(OnnxWeightFedModel(model, task.calibration).run())
     if original <= 0:  # e.g. CREPE pruned to 90 %: nothing left to keep 99 % of
         return {**job, "skipped": f"the {job['sparsity']:.0%}-sparse original scores {original:.3g}"}
     plan = tasder.search(model, job["target"], task.calibration, metric=task.calibration_metric,
                          budget=job["budget"], progress=False)
-    original = task.test_metric(WeightFedModel(model, task.test).run())
+    original = task.test_metric(OnnxWeightFedModel(model, task.test).run())
     unseen = task.test_metric(run_plan(model, plan, task.test)) / original
     edp = plan.info["edp_vs_dense"]
     return {

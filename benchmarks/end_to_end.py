@@ -29,12 +29,12 @@ CONFIGS = {"minilm": ("4:8+2:8", "2:8+1:8"), "crepe-tiny": ("2:4+1:8", "2:8")}
 
 def _case(name: str):
     if name == "minilm":
-        from tvm_tasd.models import minilm
+        from tvm_tasd.benchmarks.models import minilm
 
         proto = onnx.load(minilm.onnx_path(8, 40))
         feed = minilm.Tokenizer(40)(["A man is playing a guitar on stage."] * 8)
         return proto, feed
-    from tvm_tasd.models import crepe
+    from tvm_tasd.benchmarks.models import crepe
 
     proto = onnx.load(crepe.onnx_path("tiny", 64))
     return proto, {"frames": crepe.synthetic_tones(64, seed=0)[0]}

@@ -15,18 +15,18 @@ import argparse
 from pathlib import Path
 
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
-from tvm_tasd.candidates import layer_cost
+from tvm_tasd.cost import layer_cost
 from tvm_tasd.config import TASDConfig
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
-from tvm_tasd.layers import find_layers
+from tvm_tasd.matcher import find_layers
 from tvm_tasd.plan import Plan
 
 DEFAULT_PLAN = RESULTS / "plans" / "minilm_vegeta-m8.json"
 
 
 def _minilm_layers():
-    from tvm_tasd.models import minilm
+    from tvm_tasd.benchmarks.models import minilm
 
     return find_layers(from_onnx(minilm.onnx_path(50, 40), {"input_ids": [50, 40], "attention_mask": [50, 40]}).mod)
 

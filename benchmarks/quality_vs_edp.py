@@ -35,14 +35,15 @@ import onnx
 
 from tvm_tasd import tasder
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
-from tvm_tasd.calibration import channel_norms
-from tvm_tasd.candidates import layer_cost, useful_terms
+from tvm_tasd.evaluation import calibrate
+from tvm_tasd.candidates import useful_terms
+from tvm_tasd.cost import layer_cost
 from tvm_tasd.config import TASDConfig
 from tvm_tasd.decompose import approximate
-from tvm_tasd.evaluate import WeightFedModel
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
-from tvm_tasd.layers import find_layers
+from tvm_tasd.matcher import find_layers
 
 TASD_SERIES = {"vegeta-m8": ["4:8+2:8", "2:8+1:8", "4:8+1:8"], "stc-2of4": [], "ttc-vegeta-m8": ["4:8+2:8", "2:8+1:8"],
                "vegeta-m4": ["2:4+1:4"], "highlight": ["2:4+2:16"], "ttc-stc": []}
@@ -61,7 +62,7 @@ class Task:
 
 
 def _minilm(quick: bool) -> Task:
-    from tvm_tasd.models import minilm
+    from tvm_tasd.benchmarks.models import minilm
 
     batch, seq = 50, 40
     tok = minilm.Tokenizer(seq)
@@ -96,7 +97,7 @@ def _minilm(quick: bool) -> Task:
 
 
 def _crepe(capacity: str, quick: bool) -> Task:
-    from tvm_tasd.models import crepe
+    from tvm_tasd.benchmarks.models import crepe
 
     batch = 64
     model = onnx.load(crepe.onnx_path(capacity, batch))
@@ -129,7 +130,7 @@ def _digits(name: str, quick: bool) -> Task:
 
 def _ppocr(kind: str, quick: bool) -> Task:
     """PP-OCR rec (line accuracy of the CTC decoding) or cls (orientation accuracy) on rendered lines."""
-    from tvm_tasd.models import ppocr
+    from tvm_tasd.benchmarks.models import ppocr
 
     batch = 8
 
@@ -178,7 +179,7 @@ def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> flo
 
     def chosen(layer):
         config = configs.get(layer.name, TASDConfig.dense())
-        return config if not layer.ineligible and layer.grouped_length >= config.max_m else TASDConfig.dense()
+        return config if layer.fits(config) else TASDConfig.dense()
 
     return total(chosen) / total(lambda layer: TASDConfig.dense())
 
@@ -187,7 +188,7 @@ def _uniform(layers, config, norms=None):
     """Weights for a uniform config (magnitude, or Wanda-style with channel norms)."""
     weights = {}
     for layer in layers:
-        if layer.ineligible or layer.grouped_length < config.max_m:
+        if config.is_dense or not layer.fits(config):
             continue
         score = norms[layer.name] if norms is not None else "magnitude"
         weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, score=score, name=layer.name)
@@ -197,9 +198,9 @@ def _uniform(layers, config, norms=None):
 def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, log) -> list[dict]:
     shapes = {k: list(v.shape) for k, v in task.calibration[0].items()}
     layers = [layer for layer in find_layers(from_onnx(task.model, shapes).mod)]
-    test_model = WeightFedModel(task.model, task.test)
+    test_model = OnnxWeightFedModel(task.model, task.test)
     dense_test = task.test_metric(test_model.run())
-    norms = channel_norms(task.model, task.calibration, progress=False)
+    norms = calibrate(task.model, task.calibration, progress=False).norms
     rows = []
 
     def record(target, method, config, weights, edp, **extra):
@@ -256,7 +257,7 @@ def to_markdown(data: dict) -> str:
 
 def write_plots(rows: list[dict], name: str, out=RESULTS) -> list[str]:
     """One SVG per model and target: every method's (EDP, quality) points."""
-    from tvm_tasd.report import scatter
+    from tvm_tasd.svg import scatter
 
     files = []
     for model, target in dict.fromkeys((r["model"], r["target"]) for r in rows):

@@ -39,7 +39,7 @@ from tvm import te
 from tvm.script import tirx as T
 
 from tvm_tasd import NMPattern, NMTerm
-from tvm_tasd.hardware import worst_case_nonzeros
+from tvm_tasd.config import worst_case_nonzeros
 
 from .implicit_gemm import GemmView
 from .intrin_nm import frag_col, frag_lane, frag_reg, frag_row, mma_sp, mma_sp_term

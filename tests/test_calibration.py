@@ -5,7 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tvm_tasd.calibration import activation_density, calibrate, channel_norms, relu_fed_layers
+from tvm_tasd.evaluation import calibrate
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
 from tvm_tasd.models.digits import load_data, model_path
 
 
@@ -57,7 +58,7 @@ def test_cnn_norms_pool_batch_and_space(x):
     a1 = relu(conv3x3(images, p["conv1.weight"], p["conv1.bias"]))
     a2 = relu(conv3x3(a1, p["conv2.weight"], p["conv2.bias"]))
     flat = a2.reshape(-1, 32, 4, 2, 4, 2).max(axis=(3, 5)).reshape(len(x), -1)
-    norms = channel_norms(model_path("digits-cnn"), batches_of(x, 64), progress=False)
+    norms = calibrate(model_path("digits-cnn"), batches_of(x, 64), progress=False).norms
     shapes = {name: v.shape for name, v in norms.items()}
     assert shapes == {"conv1.weight": (1,), "conv2.weight": (16,), "fc.weight": (512,)}
     np.testing.assert_allclose(norms["conv1.weight"], norms_of(images, 1), rtol=1e-5)
@@ -65,10 +66,11 @@ def test_cnn_norms_pool_batch_and_space(x):
     np.testing.assert_allclose(norms["fc.weight"], norms_of(flat, 1), rtol=1e-5)
 
 
-def test_relu_fed_layers():
-    assert relu_fed_layers(model_path("digits-mlp")) == {"fc2.weight", "fc3.weight"}
+def test_relu_fed_layers(x):
+    assert OnnxWeightFedModel(model_path("digits-mlp"), batches_of(x)).relu_fed == {"fc2.weight", "fc3.weight"}
     # fc reads relu(conv2) through MaxPool and Flatten, which keep its zeros.
-    assert relu_fed_layers(onnx.load(model_path("digits-cnn"))) == {"conv2.weight", "fc.weight"}
+    cnn = OnnxWeightFedModel(onnx.load(model_path("digits-cnn")), batches_of(x))
+    assert cnn.relu_fed == {"conv2.weight", "fc.weight"}
 
 
 def edge_case_model():
@@ -116,7 +118,7 @@ def test_transposed_shared_and_constant_activations():
     g = np.concatenate([f["x"].T @ inits["gemm.weight"] for f in feeds])
     y = np.concatenate([f["y"] for f in feeds])
     np.testing.assert_allclose(stats.norms["shared.weight"], norms_of(np.concatenate([g, y]), 1), rtol=1e-5)
-    assert activation_density(model, feeds, progress=False)["shared.weight"] == 1.0
+    assert stats.nonzero_density["shared.weight"] == 1.0
 
 
 def test_bad_calibration_sets(x):

@@ -21,7 +21,7 @@ from tvm import relax
 from tvm_tasd import build
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.models.digits import load_data, model_path
-from tvm_tasd.tvmc import run_artifact
+from tvm_tasd.artifact import run_artifact
 
 BIN = Path(sys.executable).parent
 MLP = model_path("digits-mlp")
@@ -199,8 +199,8 @@ def test_verbose_shows_the_traceback(tmp_path):
 def test_real_model_from_onnx_and_pt2(tmp_path):
     """CREPE tiny (frames (16, 1024)): ONNX and torch.export artifacts run in a fresh process."""
     torch = pytest.importorskip("torch")
-    from tvm_tasd.models import crepe
-    from tvm_tasd.tvmc import import_model
+    from tvm_tasd.benchmarks.models import crepe
+    from tvm_tasd.frontend import import_model
 
     frames, _ = crepe.synthetic_tones(16, seed=1)
     onnx_file = crepe.onnx_path("tiny", 16)

@@ -1,4 +1,4 @@
-"""WeightFedModel: one session, weights fed per run, equal to onnxruntime on the rewritten model."""
+"""OnnxWeightFedModel: one session, weights fed per run, equal to onnxruntime on the rewritten model."""
 
 import numpy as np
 import onnx
@@ -7,9 +7,10 @@ import pytest
 from onnx import numpy_helper
 
 from tvm_tasd.decompose import approximate
-from tvm_tasd.evaluate import WeightFedModel
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
 from tvm_tasd.models.digits import load_data, model_path
-from tvm_tasd.plan import LayerPlan, Plan
+from tvm_tasd.plan import Plan
+from tvm_tasd.policy import Choice
 from tvm_tasd.reference import approximate_onnx, weight_axes
 
 MODELS = ["digits-mlp", "digits-cnn"]
@@ -23,7 +24,7 @@ def batches():
 
 @pytest.fixture(scope="module", params=MODELS)
 def fed(request, batches):
-    return onnx.load(model_path(request.param)), WeightFedModel(model_path(request.param), batches)
+    return onnx.load(model_path(request.param)), OnnxWeightFedModel(model_path(request.param), batches)
 
 
 def ort_outputs(model: onnx.ModelProto, batches):
@@ -61,7 +62,7 @@ def test_replaced_weights_equal_approximate_onnx(fed, batches):
     names = [n for n in model.layer_names if model.original(n).shape[model.axis(n)] >= 8]
     rng = np.random.default_rng(0)
     scales = {n: rng.uniform(0.1, 2.0, model.original(n).shape[model.axis(n)]) for n in names}
-    plan = Plan([LayerPlan(n, "2:8+1:8", score="activation", s=scales[n]) for n in names])
+    plan = Plan([Choice(n, "2:8+1:8", score="activation", s=scales[n]) for n in names])
     weights = {
         n: approximate(model.original(n), "2:8+1:8", axis=model.axis(n), score=np.float32(scales[n]), name=n)
         for n in names
@@ -83,16 +84,16 @@ def test_single_layer_replacement_matches_a_magnitude_plan(fed, batches):
 def test_bad_replacements_are_rejected(fed):
     _, model = fed
     name = model.layer_names[0]
-    with pytest.raises(ValueError, match="not a layer weight"):
+    with pytest.raises(ValueError, match="not a replaceable layer weight"):
         model.run({"nope": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="shape"):
         model.run({name: np.zeros(3, np.float32)})
-    with pytest.raises(ValueError, match="not a layer weight"):
+    with pytest.raises(ValueError, match="not a replaceable layer weight"):
         model.axis("nope")
 
 
 def test_calibration_feeds_are_checked():
     with pytest.raises(ValueError, match="calibration set is empty"):
-        WeightFedModel(model_path("digits-mlp"), [])
+        OnnxWeightFedModel(model_path("digits-mlp"), [])
     with pytest.raises(ValueError, match="'input'"):
-        WeightFedModel(model_path("digits-mlp"), [{"pixels": np.zeros((2, 64), np.float32)}])
+        OnnxWeightFedModel(model_path("digits-mlp"), [{"pixels": np.zeros((2, 64), np.float32)}])

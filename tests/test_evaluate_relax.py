@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from tvm_tasd.calibration import calibrate
-from tvm_tasd.evaluate import WeightFedModel
-from tvm_tasd.evaluate_relax import RelaxWeightFedModel, calibrate_relax
+from tvm_tasd.evaluation import calibrate
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
+from tvm_tasd.evaluation.relax import RelaxWeightFedModel
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.models.digits import load_data, model_path
 
@@ -25,7 +25,7 @@ def _imported(name, feeds, params_as_inputs=False):
 def test_fed_weights_match_onnxruntime(name, params_as_inputs, feeds):
     imported = _imported(name, feeds, params_as_inputs)
     relax_model = RelaxWeightFedModel(imported.mod, feeds, params=imported.params if params_as_inputs else None)
-    ort_model = WeightFedModel(model_path(name), feeds)
+    ort_model = OnnxWeightFedModel(model_path(name), feeds)
     assert relax_model.layer_names == ort_model.layer_names
     rng = np.random.default_rng(0)
     weights = {n: ort_model.original(n) * rng.uniform(0.5, 1.5, ort_model.original(n).shape).astype(np.float32)
@@ -42,7 +42,7 @@ def test_fed_weights_match_onnxruntime(name, params_as_inputs, feeds):
 def test_activation_keep_counts_match_onnxruntime(keep, feeds):
     imported = _imported("digits-mlp", feeds)
     relax_model = RelaxWeightFedModel(imported.mod, feeds, activation_groups={"fc2.weight": 8})
-    ort_model = WeightFedModel(model_path("digits-mlp"), feeds, activation_groups={"fc2.weight": 8})
+    ort_model = OnnxWeightFedModel(model_path("digits-mlp"), feeds, activation_groups={"fc2.weight": 8})
     got = relax_model.run(keeps={"fc2.weight": keep})[1][0]
     np.testing.assert_allclose(got, ort_model.run(keeps={"fc2.weight": keep})[1][0], rtol=1e-4, atol=1e-4)
     assert not np.allclose(got, relax_model.run()[1][0])
@@ -50,7 +50,7 @@ def test_activation_keep_counts_match_onnxruntime(keep, feeds):
 
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
 def test_calibration_statistics_match_the_onnx_path(name, feeds):
-    ours = calibrate_relax(_imported(name, feeds).mod, feeds, progress=False)
+    ours = calibrate(_imported(name, feeds).mod, feeds, progress=False)
     reference = calibrate(model_path(name), feeds, progress=False)
     assert set(ours.norms) == set(reference.norms)
     for layer, norm in reference.norms.items():
@@ -64,7 +64,7 @@ def test_bad_feeds_and_names_are_reported(feeds):
     with pytest.raises(ValueError, match="data inputs are \\['input'\\]"):
         RelaxWeightFedModel(imported.mod, [{"images": feeds[0]["input"]}])
     model = RelaxWeightFedModel(imported.mod, feeds)
-    with pytest.raises(ValueError, match="not a replaceable layer"):
+    with pytest.raises(ValueError, match="not a replaceable layer weight"):
         model.run({"fc9.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="has shape"):
         model.run({"fc1.weight": np.zeros(3)})

@@ -8,8 +8,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from tvm_tasd.config import NMPattern
-from tvm_tasd.hardware import HardwareTarget, HierarchicalPattern, list_targets, load_target, worst_case_nonzeros
+from tvm_tasd.config import HierarchicalPattern, NMPattern, worst_case_nonzeros
+from tvm_tasd.hardware import HardwareTarget, list_targets, load_target
 
 BUNDLED = ["cpu-emulated", "dense", "highlight", "stc-2of4", "ttc-stc", "ttc-vegeta-m8", "vegeta-m4", "vegeta-m8"]
 _NUMBER = r"[-+]?(\d[\d_]*\.?\d*([eE][-+]?\d+)?|\.\d+)"

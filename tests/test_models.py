@@ -31,7 +31,7 @@ def run_both(proto, feed, hw, config):
 
 @pytest.fixture(scope="module")
 def minilm_case():
-    from tvm_tasd.models import minilm
+    from tvm_tasd.benchmarks.models import minilm
 
     batch, seq = 4, 32
     proto = onnx.load(minilm.onnx_path(batch, seq))
@@ -46,31 +46,31 @@ def test_minilm_matches_reference(minilm_case, config):
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
     names = [layer["name"] for layer in ex.layers]
     assert len(names) == 36 and "encoder.layer.0.attention.self.query.weight" in names
-    assert all(layer["config"] == config for layer in ex.layers)
+    assert all(layer["weight"] == config for layer in ex.layers)
     if config == "4:8+4:8":  # an exact series: the dense model's outputs
         dense = ort.InferenceSession(proto.SerializeToString()).run(None, feed)[0]
         np.testing.assert_allclose(out, dense, atol=1e-4, rtol=0)
 
 
 def test_crepe_tiny_matches_reference_and_keeps_pitch():
-    from tvm_tasd.models import crepe
+    from tvm_tasd.benchmarks.models import crepe
 
     proto = onnx.load(crepe.onnx_path("tiny", 16))
     frames, f0 = crepe.synthetic_tones(16, seed=3)
     out, expected, ex = run_both(proto, {"frames": frames}, "cpu-emulated", "2:4+1:8")
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
     layers = {layer["name"]: layer for layer in ex.layers}
-    assert layers["conv1.weight"]["config"] == "dense"  # one input channel
+    assert layers["conv1.weight"]["weight"] == "dense"  # one input channel
     assert "1 input channels" in layers["conv1.weight"]["reason"]
-    assert sum(layer["config"] != "dense" for layer in ex.layers) == 6  # conv2…conv6 and the classifier
+    assert sum(layer["weight"] != "dense" for layer in ex.layers) == 6  # conv2…conv6 and the classifier
     assert crepe.raw_pitch_accuracy(out, f0) >= 0.8
 
 
 def test_executed_macs_equal_the_cost_model():
-    from tvm_tasd.candidates import layer_cost
+    from tvm_tasd.cost import layer_cost
     from tvm_tasd.hardware import load_target
-    from tvm_tasd.layers import find_layers
-    from tvm_tasd.models import crepe
+    from tvm_tasd.matcher import find_layers
+    from tvm_tasd.benchmarks.models import crepe
 
     proto = onnx.load(crepe.onnx_path("tiny", 16))
     imported = from_onnx(proto, {"frames": [16, 1024]})
@@ -78,12 +78,12 @@ def test_executed_macs_equal_the_cost_model():
     target = load_target("cpu-emulated")
     layers = {layer.name: layer for layer in find_layers(imported.mod)}
     for entry in ex.layers:
-        modelled = layer_cost(target, layers[entry["name"]], entry["config"])
+        modelled = layer_cost(target, layers[entry["name"]], entry["weight"])
         assert entry["executed_macs"] == modelled.executed_macs, entry["name"]
 
 
 def test_minilm_sts_spearman_matches_the_published_dense_score():
-    from tvm_tasd.models import minilm
+    from tvm_tasd.benchmarks.models import minilm
 
     try:
         pairs = minilm.load_sts("sick")

@@ -16,8 +16,8 @@ from tvm import relax
 
 from tvm_tasd import build
 from tvm_tasd.frontend import from_onnx
-from tvm_tasd.layers import find_layers
-from tvm_tasd.models import ppocr
+from tvm_tasd.matcher import find_layers
+from tvm_tasd.benchmarks.models import ppocr
 
 # No skip when rapidocr-onnxruntime or Pillow is missing: `make setup` installs
 # both, so a missing one is an install bug this test must report.
@@ -69,18 +69,18 @@ def test_cls_imports_and_orients():
 @pytest.mark.parametrize("kind, floor", [("rec", 0.9), ("cls", 0.99)])
 def test_benchmark_tasks_score_the_dense_model(kind, floor):
     from tvm_tasd.benchmarks.quality_vs_edp import load_task
-    from tvm_tasd.evaluate import WeightFedModel
+    from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
 
     task = load_task(f"ppocr-{kind}", quick=True)
     assert task.calibration[0]["x"].shape[0] == 8
     for feeds, metric in ((task.calibration, task.calibration_metric), (task.test, task.test_metric)):
-        assert metric(WeightFedModel(task.model, feeds).run()) >= floor
+        assert metric(OnnxWeightFedModel(task.model, feeds).run()) >= floor
 
 
 def test_depthwise_convs_are_priced_as_grouped_and_left_out_of_the_search():
     from tvm_tasd import tasder
     from tvm_tasd.benchmarks.quality_vs_edp import load_task
-    from tvm_tasd.candidates import layer_cost
+    from tvm_tasd.cost import layer_cost
     from tvm_tasd.hardware import load_target
 
     task = load_task("ppocr-cls", quick=True)

@@ -1,4 +1,4 @@
-"""The installed wheel carries the hardware targets, schedules and bundled models."""
+"""The installed wheel carries the hardware targets, schedules and the demo model — and no benchmark model zoo."""
 
 import subprocess
 import sys
@@ -25,6 +25,15 @@ def test_wheel_contains_package_data(wheel):
         assert f"tvm_tasd/hardware_targets/{target}.toml" in names
     assert "tvm_tasd/models/digits-mlp.onnx" in names
     assert any(n.startswith("tvm_tasd/schedules/") for n in names)
+    assert {"tvm_tasd/cli/tasd.py", "tvm_tasd/cli/tvmc.py", "tvm_tasd/tasder/__init__.py"} <= names
+
+
+def test_wheel_ships_no_benchmark_model_code(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    zoo = [n for n in names if "/models/" in n and not n.startswith("tvm_tasd/models/")]
+    assert not zoo, zoo
+    assert [n for n in names if n.startswith("tvm_tasd/models/") and n.endswith(".py")] == [
+        "tvm_tasd/models/__init__.py", "tvm_tasd/models/digits.py"]
 
 
 def test_targets_load_from_the_installed_wheel(wheel, tmp_path):

@@ -9,11 +9,12 @@ import subprocess
 import pytest
 
 from tvm_tasd import build
-from tvm_tasd.candidates import layer_cost
+from tvm_tasd.cost import layer_cost
 from tvm_tasd.cost import ModelCost
 from tvm_tasd.decompose import approximate, relative_error
 from tvm_tasd.frontend import from_onnx
-from tvm_tasd.layers import find_layers
+from tvm_tasd.hardware import load_target
+from tvm_tasd.matcher import find_layers
 from tvm_tasd.models.digits import model_path
 from tvm_tasd.plan import Plan
 from tvm_tasd.report import WIDTH, Report
@@ -27,7 +28,8 @@ def cnn():
     imported = from_onnx(model_path("digits-cnn"), {"input": [4, 64]})
     executable = build(imported.mod, HW, config="2:8+1:8")
     layers = find_layers(imported.mod)
-    report = Report.from_layers(HW, layers, executable.layers, model="digits-cnn.onnx", source="uniform config 2:8+1:8")
+    report = Report.from_choices(load_target(HW), layers, executable.choices, model="digits-cnn.onnx",
+                                 source="uniform config 2:8+1:8")
     return layers, report
 
 
@@ -45,7 +47,7 @@ def searched():
                    {"name": "fc3.weight", "weight": "dense", **stats, "proxy_error": 0.0}],
     })
     imported = from_onnx(model_path("digits-mlp"), {"input": [4, 64]})
-    return Report.from_plan(plan, imported, model="digits-mlp.onnx")
+    return Report.from_plan(plan, find_layers(imported.mod), model="digits-mlp.onnx")
 
 
 def test_rows_explain_and_cost_every_layer(cnn):

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from tvm_tasd import tasder
-from tvm_tasd.evaluate import WeightFedModel, run_plan
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel, run_plan
 from tvm_tasd.models.digits import load_data, model_path
 from tvm_tasd.plan import Plan
 from tvm_tasd.reference import approximate_onnx
@@ -37,7 +37,7 @@ def test_plan_keeps_the_budget_and_lowers_edp(mlp_plan, calibration):
     assert mlp_plan.info["edp_vs_dense"] == pytest.approx(min(passing))  # the cheapest state measured to pass
     # re-measure independently: onnxruntime on the model with the plan's weights
     approx = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=mlp_plan)
-    outputs = WeightFedModel(approx, feeds).run()
+    outputs = OnnxWeightFedModel(approx, feeds).run()
     accuracy = tasder.accuracy_metric(labels)(outputs)
     assert accuracy == pytest.approx(mlp_plan.info["quality"]["plan"])
 
@@ -118,7 +118,7 @@ def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calib
 @pytest.mark.parametrize("hw", ["vegeta-m8", "ttc-vegeta-m8"])
 @pytest.mark.parametrize("params_as_inputs", [False, True])
 def test_a_relax_module_gets_the_same_plan_as_its_onnx_source(hw, params_as_inputs, calibration, monkeypatch):
-    from tvm_tasd import evaluate_relax
+    from tvm_tasd.evaluation import relax as evaluate_relax
     from tvm_tasd.frontend import from_onnx
 
     builds = []

@@ -13,7 +13,8 @@ from tvm_tasd import build
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.models.digits import load_data, model_path
 from tvm_tasd.reference import approximate_onnx
-from tvm_tasd.transform import LAYERS_ATTR, TASDRewrite, TASDWarning
+from tvm_tasd.policy import TASDWarning
+from tvm_tasd.transform import LAYERS_ATTR, TASDRewrite
 
 BATCH = 8
 
@@ -42,7 +43,7 @@ def test_rewritten_model_matches_onnxruntime_with_approximated_weights(name, con
     np.testing.assert_allclose(run_vm(ex, digits_x), expected, atol=1e-4, rtol=0)
     dense_out = run_ort(proto, digits_x)
     assert np.abs(expected - dense_out).max() > 1e-3  # the approximation really changed the model
-    rewritten = [layer for layer in ex.layers if layer["config"] != "dense"]
+    rewritten = [layer for layer in ex.layers if layer["weight"] != "dense"]
     assert rewritten, ex.layers
     for layer in rewritten:
         assert layer["executed_macs"] < layer["dense_macs"]
@@ -80,9 +81,9 @@ def test_params_as_inputs_match_bound_constants(digits_x):
 def test_first_conv_with_one_channel_stays_dense_with_reason():
     mod = from_onnx(model_path("digits-cnn"), {"input": [BATCH, 64]}).mod
     table = {str(e["name"]): e for e in TASDRewrite("vegeta-m8", config="2:8")(mod).attrs[LAYERS_ATTR]}
-    assert str(table["conv1.weight"]["config"]) == "dense"
+    assert str(table["conv1.weight"]["weight"]) == "dense"
     assert "1 input channels < M=8" in str(table["conv1.weight"]["reason"])
-    assert str(table["conv2.weight"]["config"]) == "2:8"
+    assert str(table["conv2.weight"]["weight"]) == "2:8"
 
 
 def test_plan_applies_per_layer_and_flags_unknown_names():
@@ -90,7 +91,7 @@ def test_plan_applies_per_layer_and_flags_unknown_names():
     plan = {"fc1.weight": "2:8+1:8", "fc2.weight": "dense", "missing.weight": "2:8"}
     with pytest.warns(TASDWarning, match="missing.weight"):
         out = TASDRewrite("vegeta-m8", plan=plan)(mod)
-    configs = {str(e["name"]): str(e["config"]) for e in out.attrs[LAYERS_ATTR]}
+    configs = {str(e["name"]): str(e["weight"]) for e in out.attrs[LAYERS_ATTR]}
     assert configs == {"fc1.weight": "2:8+1:8", "fc2.weight": "dense", "fc3.weight": "dense"}
     with pytest.raises(ValueError, match="another model"):
         TASDRewrite("vegeta-m8", plan={"encoder.layer.0.weight": "2:8"})(mod)
@@ -100,14 +101,14 @@ def test_config_the_target_cannot_accelerate_is_left_dense_with_a_warning():
     mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
     with pytest.warns(TASDWarning, match="cannot run 4:8 faster than dense"):
         out = TASDRewrite("stc-2of4", config="4:8")(mod)
-    assert {str(e["config"]) for e in out.attrs[LAYERS_ATTR]} == {"dense"}
+    assert {str(e["weight"]) for e in out.attrs[LAYERS_ATTR]} == {"dense"}
 
 
 def test_automatic_choice_respects_the_error_threshold():
     mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
     out = TASDRewrite("vegeta-m8", error_threshold=0.2)(mod)
     for entry in out.attrs[LAYERS_ATTR]:
-        assert str(entry["config"]) != "dense"
+        assert str(entry["weight"]) != "dense"
         assert "≤ 20%" in str(entry["reason"])
 
 
@@ -157,7 +158,7 @@ def test_dynamic_shapes_and_integer_layers_stay_dense_with_a_reason(x_shape, dty
     mod = _single_matmul(x_shape, dtype, weight)
     out = TASDRewrite("vegeta-m8", config="2:8")(mod)
     (entry,) = out.attrs[LAYERS_ATTR]
-    assert str(entry["config"]) == "dense" and reason in str(entry["reason"])
+    assert str(entry["weight"]) == "dense" and reason in str(entry["reason"])
     assert not [f for _, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]  # nothing rewritten
 
 

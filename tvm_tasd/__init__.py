@@ -5,6 +5,8 @@ Entry points: :class:`TASDConfig`, :func:`decompose`, :func:`approximate`,
 :class:`TASDRewrite` and :func:`build` (both load TVM on first use).
 """
 
+from importlib import metadata
+
 from .config import MAX_M, MAX_TERMS, NMPattern, TASDConfig
 from .decompose import (
     NMTerm,
@@ -17,6 +19,16 @@ from .decompose import (
     pseudo_density,
     relative_error,
 )
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("tvm-tasd")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+__version__ = _installed_version()  # recorded in reports and artifacts
 
 
 def __getattr__(name):
@@ -33,6 +45,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "__version__",
     "TASDRewrite",
     "build",
     "MAX_M",

@@ -1,6 +1,6 @@
 """Per-layer candidate series for a target, and the automatic choice.
 
-Candidates come from the target (DESIGN §2 mapping): single terms are the
+Candidates come from the target (``docs/semantics.md`` §5): single terms are the
 N:M patterns (M ∈ 2…16) the unit runs faster than dense; of the terms that
 run as the same hardware pattern only the one keeping the most values
 survives (1:8 and 2:8 both run as 2:4 on ``stc-2of4``, so 2:4 itself is the
@@ -14,16 +14,12 @@ from __future__ import annotations
 from itertools import combinations_with_replacement
 
 from .config import NMPattern, TASDConfig
-from .cost import LayerCost, conv2d_cost, gemm_cost
+from .cost import layer_cost
 from .decompose import approximate, relative_error
 from .hardware import HardwareTarget
-from .layers import Layer
+from .layer import Layer
 
 TERM_MS = (2, 4, 8, 16)
-
-
-def runs_faster_than_dense(target: HardwareTarget, pattern: NMPattern, operand: str = "weight") -> bool:
-    return target.accelerates(pattern, operand)
 
 
 def useful_terms(target: HardwareTarget, operand: str = "weight") -> list[NMPattern]:
@@ -54,19 +50,9 @@ def candidate_configs(target: HardwareTarget, max_terms: int = 2, operand: str =
     return out
 
 
-def layer_cost(target: HardwareTarget, layer: Layer, weight, activation=None) -> LayerCost:
-    """Modelled cost of one layer with the given weight/activation series."""
-    if layer.op == "conv2d":
-        return conv2d_cost(
-            target, layer.activation_shape, layer.weight.shape, layer.conv["strides"], layer.conv["padding"],
-            layer.conv["dilation"], layer.conv.get("groups", 1), weight=weight, activation=activation, name=layer.name,
-        )
-    return gemm_cost(target, layer.m, layer.k, layer.n, weight=weight, activation=activation, name=layer.name)
-
-
 def cheapest_within_error(layer: Layer, target: HardwareTarget, threshold: float) -> tuple[TASDConfig, float]:
     """The lowest-EDP candidate whose relative weight error is ≤ threshold (else dense)."""
-    fitting = [c for c in candidate_configs(target) if c.is_dense or c.max_m <= layer.grouped_length]
+    fitting = [c for c in candidate_configs(target) if layer.fits(c)]
     for config in sorted(fitting, key=lambda c: layer_cost(target, layer, c).edp):
         error = 0.0 if config.is_dense else relative_error(layer.weight, approximate(layer.weight, config, axis=layer.axis))
         if error <= threshold:

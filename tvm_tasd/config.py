@@ -1,8 +1,25 @@
-"""TASD series configurations: ``N1:M1+N2:M2+…`` strings as validated values.
+"""N:M patterns and TASD series as validated values, and the pattern math between them.
 
 A configuration is the ordered list of N:M terms that approximate a tensor
-(DESIGN §2, "A TASD series"); ``dense`` is the empty series, meaning the
-tensor is used as it is.
+(``docs/semantics.md`` §2); ``dense`` is the empty series, meaning the
+tensor is used as it is. :meth:`TASDConfig.fits` is the one rule for
+whether a series can run along a grouped axis of a given length.
+
+**Which pattern can carry a term** (§5, :func:`pattern_fits`).  A term N:M
+runs on a supported N':M' when every aligned M'-window of the reduction
+axis is guaranteed to hold ≤ N' nonzeros; :func:`worst_case_nonzeros`
+computes that bound exactly for any M, M' (the worst aligned window over one
+period lcm(M, M'), each N:M group placing min(N, overlap) nonzeros inside
+it).  A supported pattern with N' = M' carries everything but skips nothing.
+
+**Hierarchical patterns** (HighLight, MICRO 2023).  ``"U:Mu>L:Ml"`` means:
+the reduction axis is cut into blocks of Ml values; in every run of Mu
+blocks at most U blocks hold nonzeros, and a block holds at most L.  An N:M
+term fits when (a) every aligned block holds ≤ L nonzeros (exact bound
+above) and (b) every aligned span of Mu·Ml values has ≤ U non-empty blocks;
+(b) uses the bound min(Mu, worst nonzeros in the span), which is safe (it
+never admits a term that could break the pattern) but may reject a term
+whose nonzeros could not in fact spread over that many blocks.
 """
 
 from __future__ import annotations
@@ -53,6 +70,80 @@ class NMPattern:
         return f"{self.n}:{self.m}"
 
 
+def _level_bits(p: NMPattern) -> int:
+    """Index bits per kept element at one level; none when every slot is kept."""
+    return 0 if p.n == p.m else p.metadata_bits
+
+
+def worst_case_nonzeros(term: NMPattern, window: int) -> int:
+    """Most nonzeros an N:M tensor can put in one aligned window of ``window`` values.
+
+    Groups of M and windows both start at 0 on the reduction axis; the pattern
+    of overlaps repeats every lcm(M, window) values, so scanning one period
+    covers every window.  Each group contributes min(N, overlap).
+    """
+    worst = 0
+    for start in range(0, math.lcm(term.m, window), window):
+        end = start + window
+        total = 0
+        for g in range(start // term.m, (end - 1) // term.m + 1):
+            overlap = min(end, (g + 1) * term.m) - max(start, g * term.m)
+            total += min(term.n, overlap)
+        worst = max(worst, total)
+    return worst
+
+
+@dataclass(frozen=True)
+class HierarchicalPattern:
+    """Two-level structured sparsity ``upper>lower`` (see the module docstring)."""
+
+    upper: NMPattern  # U:Mu — non-empty blocks per run of Mu blocks
+    lower: NMPattern  # L:Ml — nonzeros per block of Ml values
+
+    @classmethod
+    def parse(cls, text: str) -> "HierarchicalPattern":
+        upper, _, lower = text.partition(">")
+        return cls(NMPattern.parse(upper), NMPattern.parse(lower))
+
+    @property
+    def density(self) -> float:
+        return self.upper.density * self.lower.density
+
+    @property
+    def group_size(self) -> int:
+        """Values per span: the reduction axis is padded to a multiple of it."""
+        return self.upper.m * self.lower.m
+
+    @property
+    def metadata_bits_per_value(self) -> float:
+        """Lower-level index per kept value plus the block index shared by a block's values."""
+        return _level_bits(self.lower) + _level_bits(self.upper) / self.lower.n
+
+    def fits(self, term: NMPattern) -> bool:
+        blocks = min(self.upper.m, worst_case_nonzeros(term, self.group_size))
+        return worst_case_nonzeros(term, self.lower.m) <= self.lower.n and blocks <= self.upper.n
+
+    def __str__(self) -> str:
+        return f"{self.upper}>{self.lower}"
+
+
+SupportedPattern = NMPattern | HierarchicalPattern
+
+
+def pattern_fits(supported: SupportedPattern, term: NMPattern) -> bool:
+    """Is every N:M ``term`` tensor guaranteed to be a valid ``supported`` tensor?"""
+    if isinstance(supported, HierarchicalPattern):
+        return supported.fits(term)
+    return worst_case_nonzeros(term, supported.m) <= supported.n
+
+
+def pattern_shape(p: SupportedPattern) -> tuple[float, int, float]:
+    """(density, group size, metadata bits per kept value) of a supported pattern."""
+    if isinstance(p, HierarchicalPattern):
+        return p.density, p.group_size, p.metadata_bits_per_value
+    return p.density, p.m, _level_bits(p)
+
+
 @dataclass(frozen=True)
 class TASDConfig:
     """An ordered TASD series, e.g. ``TASDConfig.parse("2:8+1:8")``.
@@ -101,6 +192,10 @@ class TASDConfig:
     @property
     def max_m(self) -> int:
         return max((t.m for t in self.terms), default=1)
+
+    def fits(self, grouped_length: int) -> bool:
+        """Whether the series can run along a grouped axis this long (§1): its largest M must fit."""
+        return self.is_dense or grouped_length >= self.max_m
 
     def __str__(self) -> str:
         return "dense" if self.is_dense else "+".join(map(str, self.terms))

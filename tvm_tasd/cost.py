@@ -1,7 +1,7 @@
 """Analytical latency, energy and EDP of GEMM / conv2d layers on an N:M target.
 
 The model (equations and assumptions: ``docs/cost_model.md``) follows
-DESIGN §2 and §4 in the spirit of Sparseloop: per term, the MACs it executes
+``docs/semantics.md`` in the spirit of Sparseloop: per term, the MACs it executes
 on the unit and the bytes it moves at each memory level; latency is the
 slowest of compute, each level and the TASD units; energy is bytes × pJ/byte
 plus MACs × MAC energy plus metadata bits × pJ/bit plus TASD-unit work.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .config import TASDConfig
 from .hardware import Execution, HardwareTarget, MemoryLevel, load_target
+from .layer import Layer
 
 def _pad(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
@@ -193,20 +194,19 @@ def _reuse(level: MemoryLevel, m: int, n: int) -> tuple[int, int]:
 
 
 def _config(value, operand: str, seg_len: int, notes: list[str]) -> TASDConfig:
-    """Parse an operand's config; DESIGN §2 leaves it dense when its grouped axis is shorter than M."""
+    """Parse an operand's config; it stays dense when it does not fit its grouped axis (docs/semantics.md §1)."""
     try:
         cfg = TASDConfig.dense() if value is None else TASDConfig.parse(value)
     except ValueError as err:
         raise ValueError(f"{operand} config: {err}") from None
-    if cfg.max_m > seg_len:
+    if not cfg.fits(seg_len):
         notes.append(f"{operand} left dense: grouped axis {seg_len} < M = {cfg.max_m} of {cfg}")
         return TASDConfig.dense()
     return cfg
 
 
-def _layer_cost(target, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,
+def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,
                 weight, activation, dtype_bits, name) -> LayerCost:
-    hw = load_target(target)
     k = segments * seg_len
     bits = hw.dtype_bits if dtype_bits is None else _positive_int(dtype_bits, "dtype_bits")
     notes: list[str] = []
@@ -271,7 +271,7 @@ def gemm_cost(target: "str | HardwareTarget", m: int, k: int, n: int, weight="de
     ``dtype_bits`` defaults to the target's datatype."""
     m, k, n = (_positive_int(v, what) for v, what in ((m, "m"), (k, "k"), (n, "n")))
     batch = _positive_int(batch, "batch")
-    return _layer_cost(target, m, n, 1, k, batch, m * k, weight, activation, dtype_bits, name)
+    return _layer_cost(load_target(target), m, n, 1, k, batch, m * k, weight, activation, dtype_bits, name)
 
 
 def _pair(value, what: str) -> tuple[int, int]:
@@ -286,7 +286,7 @@ def conv2d_cost(target: "str | HardwareTarget", data_shape, weight_shape, stride
                 dtype_bits: int | None = None, *, name: str | None = None) -> LayerCost:
     """Cost of an NCHW × OIHW conv2d through its implicit GEMM: m = N·OH·OW,
     k = C_in/groups·KH·KW, n = C_out/groups, one GEMM per group.  N:M groups
-    run along the input channels, separately for each (kh, kw) (DESIGN §2).
+    run along the input channels, separately for each (kh, kw) (docs/semantics.md §1).
     ``padding``: int, (h, w) or (top, left, bottom, right), as Relax writes it."""
     (images, c, h, w), (o, i, kh, kw) = data_shape, weight_shape
     for value, what in ((images, "batch"), (c, "C_in"), (h, "H"), (w, "W"), (o, "C_out"), (i, "I"),
@@ -304,5 +304,15 @@ def conv2d_cost(target: "str | HardwareTarget", data_shape, weight_shape, stride
     ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1:
         raise ValueError(f"conv2d output would be {oh}x{ow}: kernel {kh}x{kw} does not fit the padded input")
-    return _layer_cost(target, images * oh * ow, o // groups, kh * kw, i, groups, images * i * h * w,
+    return _layer_cost(load_target(target), images * oh * ow, o // groups, kh * kw, i, groups, images * i * h * w,
                        weight, activation, dtype_bits, name)
+
+
+def layer_cost(target: "str | HardwareTarget", layer: Layer, weight="dense", activation=None) -> LayerCost:
+    """Modelled cost of one :class:`~tvm_tasd.layer.Layer` with the given weight/activation series."""
+    if layer.op == "conv2d":
+        return conv2d_cost(
+            target, layer.activation_shape, layer.weight.shape, layer.conv["strides"], layer.conv["padding"],
+            layer.conv["dilation"], layer.conv.get("groups", 1), weight=weight, activation=activation, name=layer.name,
+        )
+    return gemm_cost(target, layer.m, layer.k, layer.n, weight=weight, activation=activation, name=layer.name)

@@ -1,13 +1,15 @@
-"""Model import: ONNX → Relax IRModule, keeping every weight's source name.
+"""Model import: ONNX or a PyTorch ``.pt2`` program → Relax IRModule, keeping every weight's source name.
 
 TVM's ONNX importer turns initializers into anonymous constants once they
 are bound. Plans name layers by the *source* weight name (the ONNX
 initializer, e.g. ``encoder.layer.0.attention.self.query.weight``), so this
 module imports with the parameters as named inputs, records a content
 fingerprint → name map in the module attribute ``tasd_weight_names``, and
-then binds the parameters as constants. :mod:`tvm_tasd.transform` reads the
-map to name the layers it rewrites; a module without it gets positional
-names (``matmul_0``, ``conv2d_1``…).
+then binds the parameters as constants. :mod:`tvm_tasd.matcher` reads the
+map to name the layers; a module without it gets positional names
+(``matmul_0``, ``conv2d_1``…). A ``torch.export`` program (:func:`from_pt2`,
+needs torch) names its layers by their PyTorch parameter names the same way.
+:func:`import_model` reads either file.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import onnx
 import tvm
+from onnx import numpy_helper
 from tvm import relax
+from tvm.relax.frontend import onnx as onnx_frontend
 
 WEIGHT_NAMES_ATTR = "tasd_weight_names"
 
@@ -45,12 +51,12 @@ class ImportedModel:
     outputs: list[str] = field(default_factory=list)
 
 
-def load_onnx(model):
+def load_onnx(model) -> onnx.ModelProto:
     """A ModelProto from a ModelProto or a path, with one-line errors for missing or non-ONNX files."""
-    import onnx
-
     if isinstance(model, onnx.ModelProto):
         return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"expected an ONNX model (path or ModelProto), got {type(model).__name__}")
     path = os.fspath(model)
     if not os.path.exists(path):
         raise ModelImportError(f"model file {path!r} does not exist")
@@ -74,8 +80,6 @@ def _input_shapes(proto, overrides):
                 f"input {value.name!r} has a dynamic shape {dims}; give it a fixed one, "
                 f"e.g. input_shapes={{'{value.name}': [1, ...]}} (CLI: --input-shapes \"{value.name}:[1,...]\")"
             )
-        import onnx
-
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
         shapes[value.name] = (tuple(int(d) for d in shape), dtype)
     unknown = set(overrides) - set(shapes)
@@ -103,9 +107,6 @@ def from_onnx(model, input_shapes: dict | None = None, keep_params_in_input: boo
     ``True`` leaves them as named function inputs; pass the returned
     ``params`` to ``TASDRewrite(..., params=...)`` then.
     """
-    from onnx import numpy_helper
-    from tvm.relax.frontend import onnx as onnx_frontend
-
     proto = load_onnx(model)
     shapes = _input_shapes(proto, {k: list(v) for k, v in (input_shapes or {}).items()})
     try:
@@ -124,3 +125,49 @@ def from_onnx(model, input_shapes: dict | None = None, keep_params_in_input: boo
     mod = mod.with_attr(WEIGHT_NAMES_ATTR, weight_name_map(params))
     outputs = [o.name for o in proto.graph.output]
     return ImportedModel(mod, params, shapes, outputs)
+
+
+def model_format(path, given: str | None = None) -> str:
+    """``"onnx"`` or ``"pt2"`` (from the suffix unless given), once the file is known to exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelImportError(f"model file {path} does not exist")
+    return given or ("pt2" if path.suffix == ".pt2" else "onnx")
+
+
+def import_model(path, input_shapes: dict | None = None, fmt: str | None = None):
+    """ONNX or PyTorch ``.pt2`` → :class:`~tvm_tasd.frontend.ImportedModel` (weights bound, source names kept)."""
+    path = Path(path)
+    if model_format(path, fmt) == "pt2":
+        return from_pt2(path, input_shapes)
+    return from_onnx(path, input_shapes)
+
+
+def from_pt2(path, input_shapes: dict | None = None) -> ImportedModel:
+    """A ``torch.export`` program; layers are named by their PyTorch parameter names."""
+    try:
+        import torch
+    except ImportError:
+        raise ModelImportError("reading a PyTorch .pt2 program needs torch: pip install -e '.[models]'") from None
+    from tvm.relax.frontend.torch import from_exported_program  # imports torch: only for .pt2 programs
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:  # noqa: BLE001 — torch raises many types for a file that is no program
+        raise ModelImportError(f"{path} is not a PyTorch exported program (torch.export.save): "
+                               f"{type(err).__name__}") from None
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    inputs = {}
+    for name in program.graph_signature.user_inputs:
+        value = placeholders[name].meta["val"]
+        if not all(isinstance(d, int) for d in value.shape):
+            raise ModelImportError(f"input {name!r} of {path} has a dynamic shape {tuple(value.shape)}; "
+                                   "export it with fixed shapes")
+        inputs[name] = (tuple(value.shape), str(value.dtype).removeprefix("torch."))
+    wanted = {name: tuple(shape) for name, shape in (input_shapes or {}).items()}
+    if any(inputs.get(name, (None,))[0] != shape for name, shape in wanted.items()):
+        fixed = ", ".join(f"{n}:{list(s)}" for n, (s, _) in inputs.items())
+        raise ModelImportError(f"a .pt2 program fixes its input shapes when exported ({fixed}); re-export to change them")
+    params = {name: tensor.detach().numpy() for name, tensor in program.state_dict.items()}
+    mod = from_exported_program(program).with_attr(WEIGHT_NAMES_ATTR, weight_name_map(params))
+    return ImportedModel(mod, params, inputs, list(program.graph_signature.user_outputs))

@@ -1,6 +1,6 @@
 """N:M hardware targets: the ``hardware_targets/*.toml`` files, loaded and checked.
 
-A target file describes one piece of hardware (DESIGN §4): the N:M patterns
+A target file describes one piece of hardware: the N:M patterns
 its unit runs, which operand may be sparse, dense MACs per cycle and clock,
 its memory levels (outermost first), MAC / metadata / TASD-unit energies,
 and the TVM target it compiles for.  Every number in a bundled file carries
@@ -8,24 +8,11 @@ a ``# source:`` or ``# assumption:`` comment.  :func:`load_target` takes a
 bundled name (``"vegeta-m8"``) or the path of a user's own file with the
 same layout; :func:`list_targets` names the bundled ones.
 
-**How a term runs** (DESIGN §2, :meth:`HardwareTarget.runs`).  A term N:M
-runs natively on a supported N:M.  It runs on a supported N':M' when every
-aligned M'-window of the reduction axis is guaranteed to hold ≤ N' nonzeros;
-:func:`worst_case_nonzeros` computes that bound exactly for any M, M' (the
-worst aligned window over one period lcm(M, M'), each N:M group placing
-min(N, overlap) nonzeros inside it).  Among the patterns that fit, the one of
-lowest density wins (ties: native first, then fewer metadata bits, then
-smaller M); if none fits, the term runs dense.  A supported pattern with
-N' = M' fits everything but skips nothing: it runs at dense speed.
-
-**Hierarchical patterns** (HighLight, MICRO 2023).  ``"U:Mu>L:Ml"`` means:
-the reduction axis is cut into blocks of Ml values; in every run of Mu
-blocks at most U blocks hold nonzeros, and a block holds at most L.  An N:M
-term fits when (a) every aligned block holds ≤ L nonzeros (exact bound
-above) and (b) every aligned span of Mu·Ml values has ≤ U non-empty blocks;
-(b) uses the bound min(Mu, worst nonzeros in the span), which is safe (it
-never admits a term that could break the pattern) but may reject a term
-whose nonzeros could not in fact spread over that many blocks.
+**How a term runs** (``docs/semantics.md`` §5, :meth:`HardwareTarget.runs`).
+Among the supported patterns that can carry a term
+(:func:`tvm_tasd.config.pattern_fits`, hierarchical ones included), the one
+of lowest density wins (ties: native first, then fewer metadata bits, then
+smaller M); if none fits, the term runs dense.
 
 **TVM targets** (:meth:`HardwareTarget.tvm_target`).  The ``[tvm]`` table
 gives the TVM target kind and extra attributes, custom ``keys`` and the
@@ -43,7 +30,6 @@ own schedules still dispatch.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -51,7 +37,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .config import NMPattern
+from .config import HierarchicalPattern, NMPattern, SupportedPattern, pattern_fits, pattern_shape
 
 OPERANDS = ("weight", "activation")
 #: Cost components that are not memory levels (tvm_tasd.cost); a level may not take these names.
@@ -59,83 +45,12 @@ NON_MEMORY_COMPONENTS = ("compute", "metadata", "tasd_units")
 _PACKAGE = "tvm_tasd.hardware_targets"
 
 
-def _level_bits(p: NMPattern) -> int:
-    """Index bits per kept element at one level; none when every slot is kept."""
-    return 0 if p.n == p.m else p.metadata_bits
-
-
-def worst_case_nonzeros(term: NMPattern, window: int) -> int:
-    """Most nonzeros an N:M tensor can put in one aligned window of ``window`` values.
-
-    Groups of M and windows both start at 0 on the reduction axis; the pattern
-    of overlaps repeats every lcm(M, window) values, so scanning one period
-    covers every window.  Each group contributes min(N, overlap).
-    """
-    worst = 0
-    for start in range(0, math.lcm(term.m, window), window):
-        end = start + window
-        total = 0
-        for g in range(start // term.m, (end - 1) // term.m + 1):
-            overlap = min(end, (g + 1) * term.m) - max(start, g * term.m)
-            total += min(term.n, overlap)
-        worst = max(worst, total)
-    return worst
-
-
-@dataclass(frozen=True)
-class HierarchicalPattern:
-    """Two-level structured sparsity ``upper>lower`` (see the module docstring)."""
-
-    upper: NMPattern  # U:Mu — non-empty blocks per run of Mu blocks
-    lower: NMPattern  # L:Ml — nonzeros per block of Ml values
-
-    @classmethod
-    def parse(cls, text: str) -> "HierarchicalPattern":
-        upper, _, lower = text.partition(">")
-        return cls(NMPattern.parse(upper), NMPattern.parse(lower))
-
-    @property
-    def density(self) -> float:
-        return self.upper.density * self.lower.density
-
-    @property
-    def group_size(self) -> int:
-        """Values per span: the reduction axis is padded to a multiple of it."""
-        return self.upper.m * self.lower.m
-
-    @property
-    def metadata_bits_per_value(self) -> float:
-        """Lower-level index per kept value plus the block index shared by a block's values."""
-        return _level_bits(self.lower) + _level_bits(self.upper) / self.lower.n
-
-    def fits(self, term: NMPattern) -> bool:
-        blocks = min(self.upper.m, worst_case_nonzeros(term, self.group_size))
-        return worst_case_nonzeros(term, self.lower.m) <= self.lower.n and blocks <= self.upper.n
-
-    def __str__(self) -> str:
-        return f"{self.upper}>{self.lower}"
-
-
-def _fits(supported: "NMPattern | HierarchicalPattern", term: NMPattern) -> bool:
-    """Is every N:M ``term`` tensor guaranteed to be a valid ``supported`` tensor?"""
-    if isinstance(supported, HierarchicalPattern):
-        return supported.fits(term)
-    return worst_case_nonzeros(term, supported.m) <= supported.n
-
-
-def _pattern_props(p: "NMPattern | HierarchicalPattern") -> tuple[float, int, float]:
-    """(density, group size, metadata bits per kept value) of a supported pattern."""
-    if isinstance(p, HierarchicalPattern):
-        return p.density, p.group_size, p.metadata_bits_per_value
-    return p.density, p.m, _level_bits(p)
-
-
 @dataclass(frozen=True)
 class Execution:
     """How one operand (a term, or a dense operand when ``term`` is None) runs on a unit."""
 
     term: NMPattern | None
-    pattern: NMPattern | HierarchicalPattern | None  # None: runs dense
+    pattern: SupportedPattern | None  # None: runs dense
 
     @property
     def mode(self) -> str:
@@ -146,15 +61,15 @@ class Execution:
     @property
     def density(self) -> float:
         """Share of the dense MACs (and of the operand's value slots) it executes."""
-        return 1.0 if self.pattern is None else _pattern_props(self.pattern)[0]
+        return 1.0 if self.pattern is None else pattern_shape(self.pattern)[0]
 
     @property
     def group_size(self) -> int:
-        return 1 if self.pattern is None else _pattern_props(self.pattern)[1]
+        return 1 if self.pattern is None else pattern_shape(self.pattern)[1]
 
     @property
     def metadata_bits_per_value(self) -> float:
-        return 0.0 if self.pattern is None else _pattern_props(self.pattern)[2]
+        return 0.0 if self.pattern is None else pattern_shape(self.pattern)[2]
 
     @property
     def faster_than_dense(self) -> bool:
@@ -201,7 +116,7 @@ class HardwareTarget:
 
     name: str
     description: str
-    patterns: tuple[NMPattern | HierarchicalPattern, ...]
+    patterns: tuple[SupportedPattern, ...]
     sparse_operands: frozenset[str]
     max_sparse_operands: int
     dense_macs_per_cycle: float
@@ -215,7 +130,7 @@ class HardwareTarget:
     source_file: str
 
     def runs(self, term: NMPattern | str | None, operand: str = "weight") -> Execution:
-        """How ``term`` of ``operand`` runs here (DESIGN §2 mapping rule); None = dense operand."""
+        """How ``term`` of ``operand`` runs here (module docstring); None = dense operand."""
         if operand not in OPERANDS:
             raise ValueError(f"unknown operand {operand!r}; choose one of {list(OPERANDS)}")
         if term is None:
@@ -223,12 +138,12 @@ class HardwareTarget:
         term = NMPattern.parse(term) if isinstance(term, str) else term
         if operand not in self.sparse_operands:
             return Execution(term, None)
-        fitting = [p for p in self.patterns if _fits(p, term)]
+        fitting = [p for p in self.patterns if pattern_fits(p, term)]
         if not fitting:
             return Execution(term, None)
 
         def rank(p):
-            density, size, bits = _pattern_props(p)
+            density, size, bits = pattern_shape(p)
             return (density, p != term, bits, size)
 
         return Execution(term, min(fitting, key=rank))
@@ -327,7 +242,7 @@ class _Table:
         return _Table(value, self.file, path, key if schema is None else schema)
 
 
-def _parse_pattern(text: str, table: _Table) -> NMPattern | HierarchicalPattern:
+def _parse_pattern(text: str, table: _Table) -> SupportedPattern:
     try:
         return HierarchicalPattern.parse(text) if ">" in text else NMPattern.parse(text)
     except ValueError:

@@ -4,7 +4,8 @@ The flow: :class:`~tvm_tasd.transform.TASDRewrite` (a no-op on an already
 rewritten module) → TVM's default Relax pipeline (``LegalizeOps``, fusion,
 VM lowering) → ``tvm.compile`` for the target's TVM target: the host CPU for
 every modelled target, CUDA for ``stc-2of4``; ``target=`` overrides it
-(a ``Target``, a dict, or a flag string such as ``"cuda -arch=sm_90"``).
+(a ``Target``, a dict, or a flag string such as ``"cuda -arch=sm_90"``:
+:func:`as_tvm_target`).
 The N:M kernels arrive already scheduled from ``tvm_tasd.schedules``
 (``schedules.selection`` picks them by the target's intrinsic family and
 kind); on the CPU, dense layers use the scheduled dense kernel of the same
@@ -12,9 +13,11 @@ file so a dense build and a TASD build compare fairly.
 
 The returned :class:`TASDExecutable` is a ``relax.VMExecutable`` —
 ``relax.VirtualMachine(ex, tvm.cpu())`` runs it — that also carries the
-per-layer table: config, reason, and the MACs each kernel executes, counted
-from the compiled kernels' shapes (``executed_macs``) next to the dense
-count (``dense_macs``).
+per-layer table (``layers``): each layer's choice (weight and activation
+series, score, reason), the MACs its kernel executes, counted from the
+compiled kernel's shape (``executed_macs``), next to the dense count
+(``dense_macs``), and the relative weight error; ``choices`` gives the same
+decisions as :class:`~tvm_tasd.policy.Choice` values.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import tvm
 from tvm import relax
 
 from .hardware import load_target
+from .policy import Choice
 from .transform import LAYERS_ATTR, TASDRewrite
 
 
@@ -40,14 +44,21 @@ class TASDExecutable(relax.VMExecutable):
         table = attrs[LAYERS_ATTR] if attrs is not None and LAYERS_ATTR in attrs else []
         return [{k: plain(v) for k, v in entry.items()} for entry in table]
 
+    @property
+    def choices(self) -> dict[str, Choice]:
+        """Each layer's :class:`~tvm_tasd.policy.Choice`, by name."""
+        return {entry["name"]: Choice.from_json(entry) for entry in self.layers}
+
 
 def plain(value):
-    """FFI containers/strings → Python values (None stays None)."""
+    """FFI values (strings, numbers, arrays) → Python values (None stays None)."""
     if value is None or isinstance(value, (int, float, bool)):
         return value
     if hasattr(value, "value"):
         return value.value
-    return str(value)
+    if isinstance(value, str):
+        return str(value)
+    return [plain(item) for item in value]
 
 
 #: Target attributes TVM takes as lists, even with one value (``-mattr=+avx2``).
@@ -75,7 +86,7 @@ def target_spec(text: str) -> dict:
     return spec
 
 
-def parse_target(target) -> tvm.target.Target:
+def as_tvm_target(target) -> tvm.target.Target:
     """A ``Target``, a dict, a kind name, or a flag string ``"cuda -arch=sm_80"``."""
     if isinstance(target, str):
         target = target_spec(target)
@@ -88,11 +99,11 @@ def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=Non
     ``config``/``plan``/``params`` are those of :class:`TASDRewrite`; with
     neither config nor plan the pass picks per layer (its error threshold).
     ``target`` overrides the TVM target the hardware file names (see
-    :func:`parse_target`); the rewrite picks its kernels for it.
+    :func:`as_tvm_target`); the rewrite picks its kernels for it.
     """
     hardware = load_target(hw)
     rewrite_options.setdefault("dense_kernels", True)
-    tvm_target = hardware.tvm_target() if target is None else parse_target(target)
+    tvm_target = hardware.tvm_target() if target is None else as_tvm_target(target)
     with tvm_target:
         rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
         executable = tvm.compile(rewritten, target=tvm_target)

@@ -4,9 +4,9 @@ This is the independent reference the tests and benchmarks compare the
 compiled model against (onnxruntime running the model whose weights are
 replaced by the summed TASD terms), and the way to use a plan in any other
 toolchain. The reduction axis of each weight follows from the node that
-consumes it (DESIGN §2): ``MatMul`` (K, N) → axis 0, ``Gemm`` → axis 0, or 1
-with ``transB=1``, ``Conv`` OIHW → axis 1. Weights with fewer entries on
-that axis than the series' largest M stay dense, as in the pass.
+consumes it (``docs/semantics.md`` §1): ``MatMul`` (K, N) → axis 0, ``Gemm``
+→ axis 0, or 1 with ``transB=1``, ``Conv`` OIHW → axis 1. A series that
+does not fit its weight's grouped axis leaves it dense, as in the pass.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from .config import TASDConfig
 from .decompose import approximate
 from .plan import Plan
+from .policy import Choice
 
 
 def weight_axes(model: onnx.ModelProto) -> dict[str, int]:
@@ -52,17 +53,11 @@ def approximate_onnx(model: onnx.ModelProto, config=None, plan=None) -> onnx.Mod
         if init.name not in axes:
             continue
         weight = numpy_helper.to_array(init)
-        if weight.ndim not in (2, 4):
+        choice = choices.get(init.name) if choices is not None else Choice(init.name, uniform)
+        if weight.ndim not in (2, 4) or choice is None or choice.weight.is_dense:
             continue
-        if choices is not None:
-            entry = choices.get(init.name)
-            if entry is None:
-                continue
-            series, score = entry.weight, entry.selection_score
-        else:
-            series, score = uniform, "magnitude"
-        if series.is_dense or weight.shape[axes[init.name]] < series.max_m:
+        if not choice.weight.fits(weight.shape[axes[init.name]]):
             continue
-        approx = approximate(weight, series, axis=axes[init.name], score=score, name=init.name)
+        approx = approximate(weight, choice.weight, axis=axes[init.name], score=choice.selection_score, name=init.name)
         init.CopyFrom(numpy_helper.from_array(approx, init.name))
     return out

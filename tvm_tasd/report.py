@@ -1,20 +1,21 @@
 """Per-layer TASD reports: what each layer runs, why, and what it costs.
 
-A report is built from the layers of a model (:func:`tvm_tasd.layers.find_layers`)
-and the choices :class:`~tvm_tasd.transform.TASDRewrite` made for them — the
-layer table of a built executable (``tvmc compile``) or of a plan applied to
-its model (``tasd report plan.json``) — plus the analytical cost model
-(:func:`tvm_tasd.candidates.layer_cost`). Per layer it records the shape,
-the weight/activation series, the selection score, *why* (the pass's reason,
-or TASDER's numbers when the series came from a search), the relative weight
-error, and modelled cycles, energy and EDP next to the same layer run dense;
-then model totals (EDP = Σ energy × Σ latency, as in :mod:`tvm_tasd.cost`).
+A report is built from the layers of a model (:class:`~tvm_tasd.layer.Layer`)
+and the :class:`~tvm_tasd.policy.Choice` made for each — by a build
+(``TASDExecutable.choices``, what ``tvmc compile`` reports) or by the policy
+applying a plan (``tasd report plan.json``, no kernels built) — plus the
+analytical cost model (:func:`tvm_tasd.cost.layer_cost`). Per layer it
+records the shape, the weight/activation series, the selection score, *why*
+(the policy's reason, or TASDER's numbers when a search chose the series),
+the relative weight error, and modelled cycles, energy, EDP and executed
+MACs next to the same layer run dense; then model totals (EDP = Σ energy ×
+Σ latency, as in :mod:`tvm_tasd.cost`).
 
 :class:`Report` holds the JSON form (``report_version`` 1) and renders it
 as a text table that fits 100 columns, as JSON, and as a self-contained HTML
-page whose plots are inline SVG drawn here (no scripts, no network at view
-time). Each layer keeps its geometry, so a saved report can be re-costed for
-another target without the model.
+page whose plots are inline SVG (:mod:`tvm_tasd.svg`). Each layer keeps its
+geometry, so a saved report can be re-costed for another target without
+the model.
 
 The quality-vs-EDP plot reads the search's evaluated points from the plan,
 ``plan.info["search"]["points"]``: a list of ``{"edp_vs_dense": x,
@@ -25,23 +26,24 @@ from __future__ import annotations
 
 import copy
 import html
-import math
 import os
 import textwrap
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 
+from . import __version__
+from .candidates import useful_terms
 from .config import TASDConfig
-from .cost import ModelCost
-from .decompose import approximate, relative_error
+from .cost import ModelCost, layer_cost
 from .hardware import HardwareTarget, load_target
+from .layer import Layer
 from .plan import Plan
+from .policy import Choice, Policy, weight_error
+from .svg import DENSE_COLOR, TASD_COLOR, hbar_chart, scatter, shorten
 
 REPORT_VERSION = 1
 WIDTH = 100  # terminal columns the text table fits
-_DENSE_COLOR, _TASD_COLOR, _BUDGET_COLOR = "#9aa0a6", "#1a73e8", "#d93025"
 
 
 def format_table(rows: list[list[str]], header: list[str], left: int = 1, width: int | None = None) -> list[str]:
@@ -51,21 +53,13 @@ def format_table(rows: list[list[str]], header: list[str], left: int = 1, width:
     excess = sum(widths) + 2 * (len(widths) - 1) - width if width else 0
     if excess > 0:
         widths[0] = max(len(header[0]), widths[0] - excess)
-        rows = [[_shorten(str(r[0]), widths[0]), *r[1:]] for r in rows]
+        rows = [[shorten(str(r[0]), widths[0]), *r[1:]] for r in rows]
 
     def line(row):
         cells = (str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
         return "  ".join(cells).rstrip()
 
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
-
-
-def _shorten(text: str, width: int) -> str:
-    """Cut the middle out of a long name: both ends tell layers apart."""
-    if len(text) <= width:
-        return text
-    head = (width - 1) // 2
-    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -76,18 +70,10 @@ def _common_prefix(names: list[str]) -> str:
     return prefix[: prefix.rfind(".") + 1]
 
 
-def package_version() -> str:
-    """The installed tvm_tasd version, recorded in reports and artifacts."""
-    try:
-        return metadata.version("tvm-tasd")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 # ------------------------------------------------------------------ building
 
 
-def _geometry(layer) -> dict:
+def _geometry(layer: Layer) -> dict:
     """What the cost model needs to re-cost a layer without its weight."""
     return {
         "name": layer.name, "op": layer.op, "m": layer.m, "k": layer.k, "n": layer.n,
@@ -97,11 +83,8 @@ def _geometry(layer) -> dict:
     }
 
 
-def _shape_only_layer(row: dict):
-    # Imported here: it loads TVM (3 s), which `tasd targets` (format_table only) must not pay.
-    from .layers import Layer
-
-    # The cost model reads only the weight's shape: a zero-stride array stands in for it.
+def _layer_of(row: dict) -> Layer:
+    """A saved row's layer; the cost model reads only the weight's shape, so a zero-stride array stands in."""
     weight = np.broadcast_to(np.float32(0), row["weight_shape"])
     return Layer(row["name"], row["op"], weight, row["axis"], row["m"], row["k"], row["n"],
                  tuple(row["activation_shape"]), row["dtype"], row["ineligible"], row["conv"])
@@ -120,31 +103,29 @@ def _loss_shares(plan: Plan | None) -> dict[str, float]:
     """Each layer's share of TASDER's predicted quality loss Σ α·e² (needs its search statistics)."""
     if plan is None:
         return {}
-    damage = {l.name: l.extra["sensitivity"] * l.extra["proxy_error"] ** 2
-              for l in plan.layers if {"sensitivity", "proxy_error"} <= set(l.extra)}
+    damage = {layer.name: layer.stats.predicted_damage for layer in plan.layers if layer.stats is not None}
     total = sum(damage.values())
     return {name: value / total for name, value in damage.items()} if total > 0 else {}
 
 
-def _why(layer, config: TASDConfig, reason: str, entry, plan: Plan | None, shares: dict,
-         shortest_m: int | None, mode: str) -> str:
-    """A sentence a person can act on: the pass's reason, made specific where we know more."""
+def _why(layer: Layer, choice: Choice, plan: Plan | None, shares: dict, shortest_m: int | None, mode: str) -> str:
+    """A sentence a person can act on: the policy's reason, made specific where we know more."""
     if mode == "dense":
         return "dense build (no --pass tasd)"
     if layer.ineligible:
         return layer.ineligible
-    if config.is_dense and shortest_m is not None and layer.grouped_length < shortest_m:
+    if choice.weight.is_dense and shortest_m is not None and layer.grouped_length < shortest_m:
         unit = "input channel" if layer.op == "conv2d" else "reduction element"
         plural = "" if layer.grouped_length == 1 else "s"
         return (f"{layer.op} with {layer.grouped_length} {unit}{plural}: "
                 f"shorter than any N:M group here (M ≥ {shortest_m}): dense")
-    if entry is not None and str(entry.weight) == str(config) and "proxy_error" in entry.extra:
-        budget = f"budget {plan.budget:g}" if plan.budget is not None else "its budget"
-        if config.is_dense:
+    if choice.stats is not None:
+        budget = f"budget {plan.budget:g}" if plan is not None and plan.budget is not None else "its budget"
+        if choice.weight.is_dense:
             return f"TASDER kept it dense under {budget}"
         share = f", {shares[layer.name]:.0%} of the predicted quality loss" if layer.name in shares else ""
-        return f"TASDER ({budget}): output error {entry.extra['proxy_error']:.1%}{share}"
-    return reason
+        return f"TASDER ({budget}): output error {choice.stats.proxy_error:.1%}{share}"
+    return choice.reason
 
 
 @dataclass
@@ -154,46 +135,36 @@ class Report:
     data: dict
 
     @classmethod
-    def from_layers(cls, hw, layers: list, summary: list[dict], plan: Plan | None = None, *,
-                    model: str, mode: str = "tasd", source: str = "") -> Report:
-        """Report ``layers`` (:class:`~tvm_tasd.layers.Layer`, with their weights) under the choices in ``summary``.
+    def from_choices(cls, target: HardwareTarget, layers: list[Layer], choices: dict[str, Choice],
+                     plan: Plan | None = None, *, weight_errors: dict[str, float] | None = None, model: str,
+                     mode: str = "tasd", source: str = "") -> Report:
+        """Report ``layers`` (with their weights) under ``choices`` (layer name → :class:`Choice`).
 
-        ``summary``: TASDRewrite's layer table (``TASDExecutable.layers``: name,
-        config, reason, executed/dense MACs). ``plan``: the plan the choices came
-        from, if any (scores, TASDER statistics, search points). ``mode``:
-        ``"tasd"`` or ``"dense"`` (a build without the pass). ``source``: how the
-        series were chosen, in words.
+        ``plan``: the plan the choices came from, if any (TASDER's budget and
+        search points). ``weight_errors``: each layer's relative weight error
+        when a build already measured it (else it is computed here). ``mode``:
+        ``"tasd"`` or ``"dense"`` (a build without the pass). ``source``: how
+        the series were chosen, in words.
         """
-        from .candidates import useful_terms
-
-        target = load_target(hw)
-        chosen = {entry["name"]: entry for entry in summary}
-        entries = plan.by_name() if plan is not None else {}
         shares = _loss_shares(plan)
         shortest_m = min((t.m for t in useful_terms(target)), default=None)
         rows = []
         for layer in layers:
-            picked = chosen[layer.name]
-            config = TASDConfig.parse(picked["config"])
-            entry = entries.get(layer.name)
-            follows_plan = entry is not None and str(entry.weight) == str(config)
-            score = entry.selection_score if follows_plan else "magnitude"
-            error = 0.0 if config.is_dense else relative_error(
-                layer.weight, approximate(layer.weight, config, axis=layer.axis, score=score, name=layer.name))
+            choice = choices[layer.name]
+            error = weight_errors[layer.name] if weight_errors is not None else weight_error(layer, choice)
             rows.append({
                 **_geometry(layer),
-                "weight": str(config),
-                "activation": str(entry.activation) if follows_plan and entry.activation is not None else None,
-                "score": entry.score if follows_plan and not config.is_dense else "magnitude",
-                "density": config.density,
-                "reason": picked["reason"],
-                "why": _why(layer, config, picked["reason"], entry, plan, shares, shortest_m, mode),
+                "weight": str(choice.weight),
+                "activation": None if choice.activation is None else str(choice.activation),
+                "score": "magnitude" if choice.weight.is_dense else choice.score,
+                "density": choice.weight.density,
+                "reason": choice.reason,
+                "why": _why(layer, choice, plan, shares, shortest_m, mode),
                 "weight_error": float(error),
-                "macs": {"dense": picked["dense_macs"], "executed": picked["executed_macs"]},
             })
         data = {
             "report_version": REPORT_VERSION,
-            "tvm_tasd": package_version(),
+            "tvm_tasd": __version__,
             "model": model,
             "mode": mode,
             "source": source,
@@ -208,20 +179,13 @@ class Report:
         return cls(_costed(data, target))
 
     @classmethod
-    def from_plan(cls, plan, imported, hw=None, *, model: str) -> Report:
-        """Report ``plan`` applied to an imported model (:class:`~tvm_tasd.frontend.ImportedModel`):
-        the choices are those :class:`~tvm_tasd.transform.TASDRewrite` makes, on ``hw``
-        (default: the plan's hardware)."""
-        from .layers import find_layers
-        from .pipeline import plain
-        from .transform import LAYERS_ATTR, TASDRewrite
-
+    def from_plan(cls, plan, layers: list[Layer], hw=None, *, model: str) -> Report:
+        """Report ``plan`` applied to a model's ``layers`` (:func:`tvm_tasd.matcher.find_layers`) as the
+        pass would apply it on ``hw`` (default: the plan's hardware), without building anything."""
         plan = Plan.coerce(plan)
         target = load_target(hw or plan.hardware or "cpu-emulated")
-        rewritten = TASDRewrite(target, plan=plan)(imported.mod)
-        summary = [{k: plain(v) for k, v in entry.items()} for entry in rewritten.attrs[LAYERS_ATTR]]
-        return cls.from_layers(target, find_layers(imported.mod), summary, plan, model=model,
-                               source=plan_source(plan))
+        choices = Policy(target, plan=plan).decide(layers)
+        return cls.from_choices(target, layers, choices, plan, model=model, source=plan_source(plan))
 
     @classmethod
     def from_json(cls, data: dict, hw=None) -> Report:
@@ -303,13 +267,13 @@ class Report:
         esc = html.escape
         layers = d["layers"]
         names = [row["name"] for row in layers]
-        edp_chart = _hbar_chart(
+        edp_chart = hbar_chart(
             names,
-            [("dense", _DENSE_COLOR, [r["dense"]["edp_pj_s"] for r in layers]),
-             ("TASD", _TASD_COLOR, [r["tasd"]["edp_pj_s"] for r in layers])],
+            [("dense", DENSE_COLOR, [r["dense"]["edp_pj_s"] for r in layers]),
+             ("TASD", TASD_COLOR, [r["tasd"]["edp_pj_s"] for r in layers])],
             [f"{r['ratio']['edp']:.2f}×" for r in layers], "modelled EDP (pJ·s)")
-        density_chart = _hbar_chart(
-            names, [("MAC density of the weight series", _TASD_COLOR, [r["density"] for r in layers])],
+        density_chart = hbar_chart(
+            names, [("MAC density of the weight series", TASD_COLOR, [r["density"] for r in layers])],
             [r["weight"] for r in layers], "Σ N/M of the chosen series (1 = dense)", x_max=1.0)
         plan = d["plan"]
         if d["search_points"]:
@@ -371,18 +335,17 @@ energy {t['ratio']['energy']:.2f}×) over {len(layers)} layers, {sum(not TASDCon
 
 
 def _costed(data: dict, target: HardwareTarget) -> dict:
-    """Fill every row's dense and TASD costs, their ratios and the model totals, on ``target``."""
-    from .candidates import layer_cost
-
+    """Fill every row's dense and TASD costs, executed MACs, their ratios and the model totals, on ``target``."""
     dense_costs, tasd_costs = [], []
     for row in data["layers"]:
-        layer = _shape_only_layer(row)
+        layer = _layer_of(row)
         dense = layer_cost(target, layer, "dense")
         tasd = layer_cost(target, layer, row["weight"], activation=row["activation"])
         dense_costs.append(dense)
         tasd_costs.append(tasd)
         row["dense"], row["tasd"] = _cost_dict(dense.cycles, dense), _cost_dict(tasd.cycles, tasd)
         row["ratio"] = _ratios(row["dense"], row["tasd"])
+        row["macs"] = {"dense": dense.dense_macs, "executed": tasd.executed_macs}
     totals = {name: _cost_dict(sum(c.cycles for c in costs), ModelCost(tuple(costs)))
               for name, costs in (("dense", dense_costs), ("tasd", tasd_costs))}
     totals["ratio"] = _ratios(totals["dense"], totals["tasd"])
@@ -395,53 +358,6 @@ def _ratios(dense: dict, tasd: dict) -> dict:
             for key, field in (("cycles", "cycles"), ("energy", "energy_pj"), ("edp", "edp_pj_s"))}
 
 
-# ------------------------------------------------------------------ SVG plots
-
-
-def nice_ticks(high: float, count: int = 5) -> list[float]:
-    """0 and round steps up to at least ``high``."""
-    if high <= 0:
-        return [0.0, 1.0]
-    raw = high / count
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
-
-
-def _hbar_chart(labels: list[str], series: list[tuple[str, str, list[float]]], notes: list[str],
-                axis_label: str, x_max: float | None = None) -> str:
-    """Horizontal bars, one group per label (one bar per series), a note after each group."""
-    label_w, plot_w, note_w, bar_h, gap, top = 210, 560, 80, 11, 9, 26
-    group_h = bar_h * len(series) + gap
-    height = top + group_h * len(labels) + 34
-    ticks = nice_ticks(x_max if x_max is not None else max((v for _, _, vs in series for v in vs), default=1.0))
-    scale = plot_w / ticks[-1]
-    parts = [f'<svg role="img" width="{label_w + plot_w + note_w}" height="{height}" '
-             f'viewBox="0 0 {label_w + plot_w + note_w} {height}">']
-    for i, (name, color, _) in enumerate(series):  # legend
-        x = label_w + i * 230
-        parts.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{color}"/>'
-                     f'<text x="{x + 17}" y="14">{html.escape(name)}</text>')
-    bottom = top + group_h * len(labels)
-    for tick in ticks:
-        x = label_w + tick * scale
-        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{bottom}" stroke="#e0e0e0"/>'
-                     f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">{tick:.3g}</text>')
-    parts.append(f'<text x="{label_w + plot_w / 2}" y="{bottom + 30}" text-anchor="middle">{html.escape(axis_label)}</text>')
-    for g, label in enumerate(labels):
-        y0 = top + g * group_h
-        parts.append(f'<text x="{label_w - 6}" y="{y0 + bar_h * len(series) / 2 + 4:.1f}" text-anchor="end">'
-                     f'<title>{html.escape(label)}</title>{html.escape(_shorten(label, 30))}</text>')
-        for s, (name, color, values) in enumerate(series):
-            width = max(values[g] * scale, 0.5)
-            parts.append(f'<rect x="{label_w}" y="{y0 + s * bar_h}" width="{width:.1f}" height="{bar_h - 1}" '
-                         f'fill="{color}"><title>{html.escape(f"{label} {name}: {values[g]:.4g}")}</title></rect>')
-        end = label_w + max(values[g] for _, _, values in series) * scale
-        parts.append(f'<text x="{end + 5:.1f}" y="{y0 + bar_h * len(series) / 2 + 4:.1f}">{html.escape(notes[g])}</text>')
-    parts.append(f'<line x1="{label_w}" y1="{top - 4}" x2="{label_w}" y2="{bottom}" stroke="#202124"/></svg>')
-    return "\n".join(parts)
-
-
 def _quality_chart(points: list[dict], plan: dict) -> str:
     """The search's evaluated plans: relative quality vs EDP ratio, budget line, chosen plan ringed."""
     chosen = None
@@ -451,68 +367,3 @@ def _quality_chart(points: list[dict], plan: dict) -> str:
     budget = plan.get("budget")
     return scatter(series, "modelled EDP ÷ dense", "quality ÷ original", "",
                    y_line=budget, y_line_label=None if budget is None else f"budget {budget:g}", ringed=chosen)
-
-
-SERIES_COLORS = (_TASD_COLOR, _BUDGET_COLOR, "#188038", "#f9ab00", "#9334e6", "#12b5cb", "#e8710a")
-
-
-def scatter(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str,
-            y_line: float | None = None, y_line_label: str | None = None,
-            ringed: tuple[float, float] | None = None) -> str:
-    """Self-contained SVG: one marker series per name (joined in x order), a legend when there are
-    several, an optional dashed reference line at ``y_line`` and an optional ringed point."""
-    width, height, left, right, bottom = 720, 420, 64, 20, 48
-    top = 40 if title or len(series) > 1 else 16
-    points = [p for values in series.values() for p in values]
-    xs = [p[0] for p in points] + [1.0]
-    ys = [p[1] for p in points] + ([y_line] if y_line is not None else [])
-    x_ticks = nice_ticks(max(xs) * 1.05)
-    y_lo, y_hi = min(ys), max(ys)
-    pad = max((y_hi - y_lo) * 0.06, 1e-3)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(x):
-        return left + x / x_ticks[-1] * plot_w
-
-    def py(y):
-        return top + (y_hi - y) / (y_hi - y_lo) * plot_h
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#202124"/>']
-    if title:
-        parts.append(f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>')
-    for tick in x_ticks:
-        parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 15}" text-anchor="middle">{tick:.3g}</text>')
-    for i in range(6):
-        y = y_lo + (y_hi - y_lo) * i / 5
-        parts.append(f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + plot_w}" y2="{py(y):.1f}" stroke="#eeeeee"/>'
-                     f'<text x="{left - 5}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.3f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>'
-                 f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {top + plot_h / 2})">{html.escape(y_label)}</text>')
-    if y_line is not None:
-        parts.append(f'<line x1="{left}" y1="{py(y_line):.1f}" x2="{left + plot_w}" y2="{py(y_line):.1f}" '
-                     f'stroke="{_BUDGET_COLOR}" stroke-dasharray="5 4"/>')
-        if y_line_label:
-            parts.append(f'<text x="{left + plot_w - 4}" y="{py(y_line) - 5:.1f}" text-anchor="end" '
-                         f'fill="{_BUDGET_COLOR}">{html.escape(y_line_label)}</text>')
-    for i, (name, values) in enumerate(series.items()):
-        color = SERIES_COLORS[i % len(SERIES_COLORS)]
-        if len(series) > 1:
-            x0 = left + i * plot_w / len(series)
-            parts.append(f'<circle cx="{x0 + 6}" cy="{top - 14}" r="5" fill="{color}"/>'
-                         f'<text x="{x0 + 14}" y="{top - 10}">{html.escape(name)}</text>')
-        ordered = sorted(values)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-opacity="0.5" points="'
-                     + " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in ordered) + '"/>')
-        for x, y in ordered:
-            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}">'
-                         f'<title>{html.escape(name)}: EDP {x:.3f}×, quality {y:.4f}</title></circle>')
-    if ringed is not None:
-        cx, cy = px(ringed[0]), py(ringed[1])
-        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="8" fill="none" stroke="{_BUDGET_COLOR}" stroke-width="2"/>'
-                     f'<text x="{cx + 11:.1f}" y="{cy + 4:.1f}">chosen plan</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)

@@ -103,7 +103,7 @@ def sts_dir() -> Path:
     for path in candidates:
         if (path / STS_FILES["sick"]).exists():
             return path
-    raise MissingData("STS data not found: set TASD_STS_DIR or place it at ../shared/data/sts (see DESIGN §5)")
+    raise MissingData("STS data not found: set TASD_STS_DIR or place it at ../shared/data/sts; it is the sentence-similarity data set the project shares beside its checkout")
 
 
 @dataclass(frozen=True)

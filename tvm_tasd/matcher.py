@@ -1,7 +1,7 @@
-"""Which Relax calls are TASD layers, and their GEMM view.
+"""Which Relax calls are TASD layers: the matcher that finds :class:`~tvm_tasd.layer.Layer` values in a module.
 
-One place decides what the rewrite pass, the cost reports and the search
-consider a layer, so they always agree:
+One place decides what the rewrite pass, the evaluators, the reports and
+the search consider a layer, so they always agree:
 
 * ``relax.matmul(x, W)`` with a constant 2-D W in (K, N) layout, or
   ``matmul(x, permute_dims(W))`` with W in (N, K) (Linear / Gemm transB=1);
@@ -12,55 +12,27 @@ consider a layer, so they always agree:
 A weight is "constant" when it is a bound ``relax.Constant`` or a function
 parameter whose value the caller supplies in ``params``. Shapes must be
 static and dtypes float.
+
+A layer is *ReLU-fed* (``Layer.relu_fed``) when its input is a ReLU's
+output seen through ops that keep the ReLU's zeros (:data:`ZERO_PRESERVING`:
+layout changes, and max-pooling of non-negative values) — where run-time
+activation series pay (``docs/semantics.md`` §6).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from .frontend import WEIGHT_NAMES_ATTR, fingerprint
+from .layer import Layer
 
 _FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
-
-
-@dataclass
-class Layer:
-    """One matmul/conv2d call seen as a GEMM out(m, n) = x(m, k) · W(k, n)."""
-
-    name: str
-    op: str  # "matmul" or "conv2d"
-    weight: np.ndarray  # as stored in the model
-    axis: int  # reduction axis of ``weight`` (DESIGN §2)
-    m: int
-    k: int
-    n: int
-    activation_shape: tuple[int, ...]
-    dtype: str
-    ineligible: str | None = None  # why the layer must stay dense, if it must
-    conv: dict = field(default_factory=dict)  # strides/padding/dilation/groups for conv2d
-
-    @property
-    def grouped_length(self) -> int:
-        """Length of the axis N:M groups run along (K, or input channels of a conv)."""
-        return self.weight.shape[self.axis]
-
-    @property
-    def conv_window(self) -> dict:
-        """strides/padding/dilation: what the conv kernels take (they only ever see groups = 1)."""
-        return {key: self.conv[key] for key in ("strides", "padding", "dilation")}
-
-    def takes_activation_groups(self, m: int) -> bool:
-        """Whether an activation series with groups of ``m`` can run on this layer's input (when ReLU-fed):
-        emulated for eligible matmuls, along K."""
-        return self.op == "matmul" and not self.ineligible and self.k % m == 0
-
-    @property
-    def dense_macs(self) -> int:
-        return self.m * self.k * self.n
+#: Ops that keep a ReLU output's zeros: layout changes, and max over non-negatives.
+ZERO_PRESERVING = frozenset(
+    {"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.nn.max_pool2d"}
+)
 
 
 def _static_shape(expr) -> tuple[int, ...] | None:
@@ -108,6 +80,19 @@ class LayerMatcher:
             return np.asarray(self.params[expr.name]), expr.name
         return None
 
+    def fed_by_relu(self, expr) -> bool:
+        """Whether ``expr`` is a ReLU's output, seen through :data:`ZERO_PRESERVING` ops."""
+        while isinstance(expr, relax.Var) and expr in self.bindings:
+            value = self.bindings[expr]
+            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+                return False
+            if value.op.name == "relax.nn.relu":
+                return True
+            if value.op.name not in ZERO_PRESERVING:
+                return False
+            expr = value.args[0]
+        return False
+
     def _weight(self, expr):
         """(array, layout axis, name) for W or permute_dims(W); None if not constant."""
         found = self._constant(expr)
@@ -149,10 +134,11 @@ class LayerMatcher:
         x_shape = _static_shape(call.args[0])
         k = value.shape[axis]
         n = value.shape[1 - axis]
-        dtype = call.args[0].ty.dtype
+        dtype = str(call.args[0].ty.dtype)
         problem = _problem(x_shape, dtype, value)
         m = int(np.prod(x_shape[:-1], dtype=np.int64)) if x_shape else 0
-        return Layer(name, "matmul", value, axis, m, k, n, x_shape or (), dtype, problem)
+        return Layer(name, "matmul", value, axis, m, k, n, x_shape or (), dtype, problem,
+                     relu_fed=self.fed_by_relu(call.args[0]))
 
     def _conv2d(self, call) -> Layer | None:
         found = self._constant(call.args[1])
@@ -163,7 +149,7 @@ class LayerMatcher:
         attrs = call.attrs
         x_shape = _static_shape(call.args[0])
         out_shape = _static_shape(call)
-        dtype = call.args[0].ty.dtype
+        dtype = str(call.args[0].ty.dtype)
         problem = _problem(x_shape, dtype, value)
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
             problem = problem or f"layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW is rewritten"
@@ -178,7 +164,8 @@ class LayerMatcher:
         }
         o, i, kh, kw = value.shape
         m = out_shape[0] * out_shape[2] * out_shape[3] if out_shape else 0
-        return Layer(name, "conv2d", value, 1, m, i * kh * kw, o, x_shape or (), dtype, problem, conv)
+        return Layer(name, "conv2d", value, 1, m, i * kh * kw, o, x_shape or (), dtype, problem, conv,
+                     self.fed_by_relu(call.args[0]))
 
 
 def _problem(x_shape, dtype, weight) -> str | None:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..reference import weight_axes
+from tvm_tasd.reference import weight_axes
 
 
 def magnitude_prune(weight: np.ndarray, sparsity: float) -> np.ndarray:

@@ -25,7 +25,7 @@ def rename_initializers(model, named_tensors: dict[str, np.ndarray]) -> None:
     """
     from onnx import numpy_helper
 
-    from ..frontend import fingerprint
+    from tvm_tasd.frontend import fingerprint
 
     by_print = {}
     for name, value in named_tensors.items():

@@ -1,0 +1,106 @@
+"""TASDRewrite on small hand-written modules: the IR it produces, compared structurally.
+
+As TVM's own pass tests do, each case writes the module before the pass
+and the module the pass must produce, and compares them with
+``tvm.ir.assert_structural_equal`` — no model file, no build.
+"""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from tvm_tasd import decompose
+from tvm_tasd.hardware import load_target
+from tvm_tasd.schedules.selection import kernels_for
+from tvm_tasd.transform import LAYERS_ATTR, TASDRewrite
+
+W = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+
+
+@I.ir_module
+class Linear:
+    @R.function
+    def main(x: R.Tensor((4, 16), "float32"), w: R.Tensor((16, 8), "float32")) -> R.Tensor((4, 8), "float32"):
+        with R.dataflow():
+            y = R.matmul(x, w)
+            z = R.nn.relu(y)
+            R.output(z)
+        return z
+
+
+@I.ir_module
+class DynamicBatch:
+    @R.function
+    def main(x: R.Tensor(("n", 16), "float32"), w: R.Tensor((16, 8), "float32")) -> R.Tensor(("n", 8), "float32"):
+        with R.dataflow():
+            y = R.matmul(x, w)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class IntegerLayer:
+    @R.function
+    def main(x: R.Tensor((4, 16), "int32"), w: R.Tensor((16, 8), "int32")) -> R.Tensor((4, 8), "int32"):
+        with R.dataflow():
+            y = R.matmul(x, w)
+            R.output(y)
+        return y
+
+
+def _rewritten(mod, **options):
+    out = TASDRewrite("cpu-emulated", params={"w": W.astype(str(mod["main"].params[1].ty.dtype))}, **options)(mod)
+    return out, {str(e["name"]): e for e in out.attrs[LAYERS_ATTR]}
+
+
+@pytest.mark.parametrize("mod, reason", [(DynamicBatch, "dynamic activation shape"), (IntegerLayer, "only float")])
+def test_layers_it_cannot_take_are_left_exactly_as_they_were(mod, reason):
+    out, table = _rewritten(mod, config="2:4")
+    tvm.ir.assert_structural_equal(out["main"], mod["main"])
+    assert reason in table["w"]["reason"] and table["w"]["weight"] == "dense"
+
+
+def test_a_dense_choice_leaves_the_layer_a_relax_op():
+    out, table = _rewritten(Linear, plan={"w": "dense"})
+    tvm.ir.assert_structural_equal(out["main"], Linear["main"])
+    assert table["w"]["reason"] == "dense (from the plan)"
+
+
+def _functions(mod: tvm.IRModule) -> tvm.IRModule:
+    """The module's functions alone (the pass also records its layer table as a module attribute)."""
+    return tvm.IRModule(dict(mod.functions_items()))
+
+
+def _expected_linear(config: str) -> tvm.IRModule:
+    """What the pass must emit for ``Linear``: one fused N:M kernel reading the packed terms as constants."""
+    terms = decompose(W, config, axis=0)
+    kernel = kernels_for(load_target("cpu-emulated")).nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32")
+    attrs = {"tasd.layer": "w", "tasd.config": config, "tasd.density": float(sum(t.pattern.density for t in terms)),
+             "tasd.executed_macs": int(kernel.executed_macs), "global_symbol": "tasd_w"}
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 16), "float32"))
+    w = relax.Var("w", relax.TensorType((16, 8), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            kernel_var = bb.add_func(kernel.func.with_attrs(attrs), "tasd_w")
+            operands = [relax.const(a) for a in kernel.pack(terms)]
+            y = bb.emit(relax.call_tir(kernel_var, [x, *operands], relax.TensorType((4, 8), "float32")))
+            z = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(z)
+    return bb.get()
+
+
+@pytest.mark.parametrize("config", ["2:4", "2:8+1:8"])
+def test_a_layer_becomes_one_kernel_call_on_its_packed_terms(config):
+    out, table = _rewritten(Linear, config=config)
+    tvm.ir.assert_structural_equal(_functions(out), _expected_linear(config))
+    assert table["w"]["weight"] == config and table["w"]["executed_macs"] < table["w"]["dense_macs"]
+
+
+def test_the_pass_is_idempotent_on_its_own_output():
+    once, _ = _rewritten(Linear, config="2:4")
+    twice = TASDRewrite("cpu-emulated", config="2:4", params={"w": W})(once)
+    tvm.ir.assert_structural_equal(twice, once)

@@ -1,0 +1,324 @@
+"""Compiled models on disk: ``tvmc compile``'s one-file artifact, written, read and run.
+
+:func:`compile_model` imports a model (ONNX, or a PyTorch ``.pt2`` program),
+builds it with :func:`tvm_tasd.build` — rewritten by TASD, or dense through
+the same scheduled dense kernels so the two builds compare fairly — and
+writes one ``.tar``, atomically:
+
+``mod.so``         the compiled Relax VM library (``export_library``)
+``metadata.json``  inputs/outputs (name, shape, dtype), TVM target, hardware,
+                   pass, config or plan, versions
+``plan.json``      the plan the build applied, if any
+``report.json``    the per-layer report (:mod:`tvm_tasd.report`)
+
+:func:`read_artifact` and :func:`run_artifact` open and run one on the host
+CPU; :func:`load_report` turns an artifact, a saved report or a plan (with
+its model) into a :class:`~tvm_tasd.report.Report`. Only CPU (``llvm``)
+artifacts are built: modelled hardware runs emulated on the host, its cost
+comes from the model. Every mistake is a ``ValueError`` with one line that
+says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import __version__
+from .config import TASDConfig
+from .frontend import ImportedModel, import_model, model_format
+from .hardware import HardwareTarget, list_targets, load_target
+from .io import atomic_output
+from .matcher import find_layers
+from .pipeline import build, target_spec
+from .plan import Plan
+from .policy import DEFAULT_ERROR_THRESHOLD
+from .report import Report, plan_source
+
+ARTIFACT_FORMAT = "tvm_tasd.tvmc/1"
+LIBRARY, METADATA, PLAN, REPORT = "mod.so", "metadata.json", "plan.json", "report.json"
+REPORT_SUFFIXES = (".html", ".json", ".txt")
+_CPU_ONLY = ("{what} compiles for {kind}, but this tvmc builds CPU (llvm) artifacts only, the ones `tvmc run` "
+             "runs here (GPU kernels are separate work); emulate the hardware on the CPU: --target llvm --tasd-hw {hw}")
+
+
+# ------------------------------------------------------------------ targets and reports
+
+
+def compile_target(text: str) -> tuple[tvm.target.Target, HardwareTarget | None]:
+    """The TVM target an artifact is built for, from ``llvm``, an old-style flag string
+    (``"llvm -mcpu=znver3"``), a JSON dict, or a hardware target name (whose hardware it also returns)."""
+    text = text.strip()
+    if text in list_targets() or text.endswith(".toml"):
+        hardware = load_target(text)
+        if hardware.tvm.kind != "llvm":
+            raise ValueError(_CPU_ONLY.format(what=f"hardware target {hardware.name}", kind=hardware.tvm.kind,
+                                              hw=hardware.name))
+        return hardware.tvm_target(), hardware
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--target {text!r} is not valid JSON: {err}") from None
+    else:
+        try:
+            spec = target_spec(text)
+        except ValueError as err:
+            raise ValueError(f"--target: {err}") from None
+    kind = spec.get("kind")
+    if kind not in tvm.target.Target.list_kinds():
+        raise ValueError(f"unknown target {text!r}: give llvm, \"llvm -mcpu=…\", or a hardware target "
+                         f"({', '.join(list_targets())}; see tasd targets)")
+    if kind != "llvm":
+        raise ValueError(_CPU_ONLY.format(what=f"--target {text!r}", kind=kind, hw="stc-2of4"))
+    try:
+        return tvm.target.Target(spec), None
+    except ValueError as err:
+        raise ValueError(f"invalid --target {text!r}: {str(err).strip().splitlines()[0]}") from None
+
+
+def check_report_paths(paths) -> None:
+    """Fail before any work when a report path's suffix names no format."""
+    for path in paths:
+        if Path(path).suffix not in REPORT_SUFFIXES:
+            raise ValueError(f"report file {path}: the suffix picks the format, one of {', '.join(REPORT_SUFFIXES)}")
+
+
+def render_report(report: Report, path) -> str:
+    """``report`` in the format the suffix of ``path`` names (see :func:`check_report_paths`)."""
+    suffix = Path(path).suffix
+    if suffix == ".html":
+        return report.html()
+    if suffix == ".json":
+        return json.dumps(report.to_json(), indent=1, sort_keys=True) + "\n"
+    return report.text() + "\n"
+
+
+# ------------------------------------------------------------------ compile
+
+
+def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
+                  hw=None, config=None, plan=None, report=None, fmt: str | None = None) -> Report:
+    """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.
+
+    ``config`` (one series for every layer) or ``plan`` (a plan file or
+    :class:`~tvm_tasd.plan.Plan`) need ``tasd=True``; with neither, the pass
+    chooses per layer. ``hw``: the N:M hardware deciding the series and the
+    modelled costs (default: the ``target`` hardware, else the plan's, else
+    ``cpu-emulated``). ``report``: also write the report there (.html, .json
+    or .txt). ``fmt``: ``"onnx"`` or ``"pt2"`` (default: from the suffix).
+    Nothing is written unless everything succeeds.
+    """
+    if (config is not None or plan is not None) and not tasd:
+        raise ValueError("--tasd-config and --tasd-plan need --pass tasd")
+    if config is not None and plan is not None:
+        raise ValueError("give either --tasd-config or --tasd-plan, not both")
+    config = None if config is None else TASDConfig.parse(config)
+    plan = None if plan is None else Plan.coerce(plan)
+    if report is not None:
+        check_report_paths([report])
+    fmt = model_format(model, fmt)
+
+    with contextlib.ExitStack() as stack:
+        artifact = stack.enter_context(atomic_output(output))  # unwritable paths fail before the work
+        report_tmp = stack.enter_context(atomic_output(report)) if report is not None else None
+        tvm_target, target_hw = compile_target(target)
+        hardware = load_target(hw or target_hw or (plan.hardware if plan and plan.hardware else "cpu-emulated"))
+        if plan is not None and plan.hardware not in (None, hardware.name):
+            warnings.warn(f"the plan was searched for {plan.hardware}; checking and costing it on {hardware.name}")
+        imported = import_model(model, input_shapes, fmt)
+        executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target)
+        errors = {entry["name"]: entry["weight_error"] for entry in executable.layers}
+        result = Report.from_choices(hardware, find_layers(imported.mod), executable.choices, plan,
+                                     weight_errors=errors, model=Path(model).name, mode="tasd" if tasd else "dense",
+                                     source=_how_chosen(tasd, config, plan))
+        members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan),
+                   REPORT: result.to_json()}
+        if plan is not None:
+            members[PLAN] = plan.to_json()
+        _write_artifact(artifact, executable, members)
+        if report_tmp is not None:
+            report_tmp.write_text(render_report(result, report))
+    return result
+
+
+def _how_chosen(tasd: bool, config, plan) -> str:
+    if not tasd:
+        return "no --pass tasd"
+    if plan is not None:
+        return plan_source(plan)
+    if config is not None:
+        return f"uniform config {config}"
+    return f"automatic: cheapest series with weight error ≤ {DEFAULT_ERROR_THRESHOLD:.0%}"
+
+
+def _tensor_specs(ty, names: list[str]) -> list[dict]:
+    """Name, shape and dtype of each output of ``main`` (a tensor or a tuple of tensors)."""
+    types = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
+    names = names if len(names) == len(types) else [f"output_{i}" for i in range(len(types))]
+    return [{"name": name, "shape": [int(d) for d in t.shape.values], "dtype": str(t.dtype)}
+            for name, t in zip(names, types)]
+
+
+def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarget, tasd: bool, config, plan) -> dict:
+    """What ``tvmc run`` and ``tasd report`` need, and where the artifact came from."""
+    return {
+        "format": ARTIFACT_FORMAT,
+        "tvm_tasd": __version__,
+        "tvm": tvm.__version__,
+        "model": Path(model).name,
+        "target": json.loads(str(tvm_target)),  # TVM 0.27 prints a Target as its JSON dict
+        "hardware": hardware.name,
+        "pass": "tasd" if tasd else None,
+        "config": None if config is None else str(config),
+        "plan": PLAN if plan is not None else None,
+        "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in imported.inputs.items()],
+        "outputs": _tensor_specs(imported.mod["main"].ret_ty, imported.outputs),
+        "library": LIBRARY,
+    }
+
+
+def _write_artifact(path: Path, executable, members: dict[str, dict]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(path, "w") as tar:
+        library = Path(tmp) / LIBRARY
+        executable.export_library(str(library))
+        tar.add(library, LIBRARY)
+        for name, data in members.items():
+            blob = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(blob), int(time.time())
+            tar.addfile(info, io.BytesIO(blob))
+
+
+# ------------------------------------------------------------------ read and run
+
+
+@dataclass
+class Artifact:
+    """What ``tvmc compile`` wrote: metadata, report and plan (JSON), and the library."""
+
+    path: Path
+    metadata: dict
+    report: dict
+    plan: dict | None
+
+    def virtual_machine(self) -> relax.VirtualMachine:
+        """The library loaded into a Relax VM on the host CPU."""
+        with tarfile.open(self.path) as tar, tempfile.TemporaryDirectory() as tmp:
+            library = Path(tmp) / LIBRARY
+            library.write_bytes(tar.extractfile(LIBRARY).read())
+            module = tvm.runtime.load_module(str(library))
+        return relax.VirtualMachine(module, tvm.cpu())
+
+
+def read_artifact(path) -> Artifact:
+    """Open a ``tvmc compile`` artifact, with one-line errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"artifact {path} does not exist")
+    try:
+        with tarfile.open(path) as tar:
+            names = set(tar.getnames())
+            if not {LIBRARY, METADATA, REPORT} <= names:
+                raise ValueError(f"{path} is a tar file but not a tvmc artifact (it lacks {METADATA}/{LIBRARY})")
+            metadata, report = json.load(tar.extractfile(METADATA)), json.load(tar.extractfile(REPORT))
+            plan = json.load(tar.extractfile(PLAN)) if PLAN in names else None
+    except tarfile.ReadError:
+        raise ValueError(f"{path} is not a tvmc artifact (a .tar written by tvmc compile)") from None
+    if metadata.get("format") != ARTIFACT_FORMAT:
+        raise ValueError(f"{path} was written by another tvmc (format {metadata.get('format')!r}, "
+                         f"this one reads {ARTIFACT_FORMAT})")
+    return Artifact(path, metadata, report, plan)
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    times: object | None  # tvm's BenchmarkResult; str() is old tvmc's timing summary
+
+
+def _filled(shape, dtype: np.dtype, mode: str, rng: np.random.Generator) -> np.ndarray:
+    if mode == "zeros":
+        return np.zeros(shape, dtype)
+    if mode == "ones":
+        return np.ones(shape, dtype)
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    return rng.integers(0, 10, shape).astype(dtype)  # small values are valid ids for embedding inputs too
+
+
+def _feeds(specs: list[dict], given: dict | None, fill_mode: str) -> dict[str, np.ndarray]:
+    names = [spec["name"] for spec in specs]
+    unknown = sorted(set(given or {}) - set(names))
+    if unknown:
+        raise ValueError(f"inputs {unknown} are not inputs of this model; it takes {names}")
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in specs:
+        name, shape, dtype = spec["name"], tuple(spec["shape"]), np.dtype(spec["dtype"])
+        if given is None:
+            feeds[name] = _filled(shape, dtype, fill_mode, rng)
+            continue
+        if name not in given:
+            raise ValueError(f"the inputs lack {name!r}; the model takes {names}")
+        value = np.asarray(given[name])
+        if value.shape != shape:
+            raise ValueError(f"input {name!r} has shape {value.shape}; the artifact was compiled for {shape} "
+                             "(recompile with --input-shapes)")
+        if not np.can_cast(value.dtype, dtype, "same_kind"):
+            raise ValueError(f"input {name!r} is {value.dtype}; the model takes {dtype}")
+        feeds[name] = value.astype(dtype)
+    return feeds
+
+
+def run_artifact(path, inputs: dict | None = None, fill_mode: str = "random", repeat: int = 0,
+                 number: int = 1) -> RunResult:
+    """``tvmc run``: the outputs on ``inputs`` (default: filled per ``fill_mode``); with ``repeat``,
+    also ``repeat`` timings of ``number`` runs each."""
+    artifact = read_artifact(path)
+    kind = artifact.metadata["target"]["kind"]
+    if kind != "llvm":
+        raise ValueError(f"{path} was compiled for {kind}; tvmc run here runs CPU (llvm) builds")
+    feeds = _feeds(artifact.metadata["inputs"], inputs, fill_mode)
+    vm = artifact.virtual_machine()
+    args = [tvm.runtime.tensor(feeds[spec["name"]]) for spec in artifact.metadata["inputs"]]
+    result = vm["main"](*args)
+    values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+    outputs = {spec["name"]: value.numpy() for spec, value in zip(artifact.metadata["outputs"], values)}
+    times = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)(*args) if repeat else None
+    return RunResult(outputs, times)
+
+
+def load_report(source, hw=None, model=None, input_shapes: dict | None = None) -> Report:
+    """A report from a ``tvmc`` artifact (.tar), a saved report (.json) or a plan (.json) plus its model."""
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    if tarfile.is_tarfile(path):
+        return Report.from_json(read_artifact(path).report, hw)
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{path} is neither a tvmc artifact (.tar) nor a plan or report (.json)") from None
+    if isinstance(data, dict) and "report_version" in data:
+        return Report.from_json(data, hw)
+    plan = Plan.from_json(data)
+    recorded = plan.info.get("model", {})
+    model = model or recorded.get("path")
+    if model is None:
+        raise ValueError(f"{path} does not name its model; give --model MODEL.onnx")
+    imported = import_model(model, input_shapes or recorded.get("inputs"))
+    return Report.from_plan(plan, find_layers(imported.mod), hw, model=Path(model).name)

@@ -1,0 +1,129 @@
+"""The contract every evaluator keeps: one build, run many times with layer weights fed per run.
+
+The search scores many candidate plans on the same calibration data;
+rebuilding an onnxruntime session or recompiling with TVM per candidate
+would dominate its time. A :class:`WeightFedModel` builds its model once
+with every replaceable layer weight as an *input*, and :meth:`run` feeds
+the original weights or replacements. It also:
+
+* emulates activation series (``docs/semantics.md`` §6): a layer named in
+  ``activation_groups`` (layer → M) — or, with ``relu_fed_groups=M``, every
+  ReLU-fed layer that takes groups of M — gets a keep-count input
+  (:func:`~tvm_tasd.evaluation.keep_top.keep_top` before the layer), fed per
+  run; M means "keep everything";
+* measures :class:`~tvm_tasd.evaluation.calibration.CalibrationStats` of
+  every layer input in one pass (:meth:`calibrate`).
+
+Implementations: :class:`~tvm_tasd.evaluation.onnx.OnnxWeightFedModel`
+(onnxruntime) and :class:`~tvm_tasd.evaluation.relax.RelaxWeightFedModel`
+(one TVM build).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..layer import Layer
+from .calibration import CalibrationStats, Feed
+
+Outputs = list[list[np.ndarray]]  # per calibration batch, the model's outputs
+
+
+class WeightFedModel(ABC):
+    """A model built once, run on its calibration batches with layer weights fed per run.
+
+    A subclass reads its model, then calls this constructor with the checked
+    calibration feeds, every matched layer (program order), and the
+    replaceable weights (name → (original value, reduction axis)); it
+    implements :meth:`_inputs`, :meth:`_run` and :meth:`calibrate`, building
+    its executable for :attr:`activation_groups`.
+    """
+
+    def __init__(self, calibration: list[Feed], layers: list[Layer], weights: Mapping[str, tuple[np.ndarray, int]],
+                 activation_groups: Mapping[str, int] | None, relu_fed_groups: int | None):
+        self.calibration = calibration
+        self.layers = layers
+        self._weights = {name: value for name, (value, _) in weights.items()}
+        self._axes = {name: axis for name, (_, axis) in weights.items()}
+        for value in self._weights.values():
+            value.flags.writeable = False  # handed to callers; the reference must stay intact
+        groups = {name: int(m) for name, m in (activation_groups or {}).items()}
+        takes = {layer.name for layer in layers if layer.name in self._weights and layer.op == "matmul"}
+        unknown = sorted(set(groups) - takes)
+        if unknown:
+            raise ValueError(f"activation series need eligible matmul layers; not such layers: {unknown}")
+        if relu_fed_groups:
+            for layer in layers:
+                if layer.name in takes and layer.relu_fed and layer.takes_activation_groups(relu_fed_groups):
+                    groups.setdefault(layer.name, relu_fed_groups)
+        self._groups = groups
+        self.evaluations = 0
+
+    @abstractmethod
+    def _inputs(self, weights: Mapping[str, np.ndarray], keeps: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """What the executable takes, besides a batch, for every replaceable weight and keep count."""
+
+    @abstractmethod
+    def _run(self, batch: Feed, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs on one batch, given :meth:`_inputs`."""
+
+    @abstractmethod
+    def calibrate(self, progress: bool = True) -> CalibrationStats:
+        """Statistics of every layer input, original weights, one pass over the calibration batches."""
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layer weights a run can replace, in program order."""
+        return list(self._weights)
+
+    @property
+    def activation_groups(self) -> dict[str, int]:
+        """Layers with an emulated activation series (layer → M)."""
+        return dict(self._groups)
+
+    @property
+    def relu_fed(self) -> frozenset[str]:
+        """Replaceable layers whose input is a ReLU's output."""
+        return frozenset(layer.name for layer in self.layers if layer.relu_fed and layer.name in self._weights)
+
+    def original(self, name: str) -> np.ndarray:
+        """The model's own value of a layer weight."""
+        return self._weights[self._known(name)]
+
+    def axis(self, name: str) -> int:
+        """Reduction axis of a layer weight (docs/semantics.md §1)."""
+        return self._axes[self._known(name)]
+
+    def run(self, weights: Mapping[str, np.ndarray] | None = None, batches: int | None = None,
+            keeps: Mapping[str, int] | None = None) -> Outputs:
+        """Outputs on the calibration batches (the first ``batches`` of them, default all),
+        with ``weights`` replacing the originals they name and ``keeps`` setting the
+        activation keep counts (default: M, i.e. the activation untouched)."""
+        fed = dict(self._weights)
+        for name, value in (weights or {}).items():
+            original = self._weights[self._known(name)]
+            if np.shape(value) != original.shape:
+                raise ValueError(f"weight {name!r} has shape {np.shape(value)}, the model's is {original.shape}")
+            fed[name] = np.ascontiguousarray(value, dtype=original.dtype)
+        unknown = set(keeps or {}) - set(self._groups)
+        if unknown:
+            raise ValueError(f"no activation keep count for {sorted(unknown)}; pass them in activation_groups")
+        inputs = self._inputs(fed, {name: int((keeps or {}).get(name, m)) for name, m in self._groups.items()})
+        self.evaluations += 1
+        return [self._run(batch, inputs) for batch in self.calibration[:batches]]
+
+    def _known(self, name: str) -> str:
+        if name not in self._weights:
+            raise ValueError(f"{name!r} is not a replaceable layer weight of this model; layers: {self.layer_names}")
+        return name
+
+
+def plan_feeds(plan) -> tuple[dict[str, int], dict[str, int]]:
+    """(activation groups, keep counts) that emulate a plan's activation series (one M per series)."""
+    with_activation = [c for c in plan.layers if c.activation is not None and not c.activation.is_dense]
+    return ({c.name: c.activation.max_m for c in with_activation},
+            {c.name: sum(t.n for t in c.activation.terms) for c in with_activation})
+

@@ -1,0 +1,106 @@
+"""Per-channel activation statistics from calibration data (``docs/semantics.md`` §3).
+
+The ``activation`` selection score is |w|·s_k, where s_k is the L2 norm of
+input channel k of the layer's activation over all calibration data, k
+running along the weight's reduction axis: the activation's last axis for
+a matmul (token and batch pooled), the channel axis C of a conv input
+(pooled over batch, H and W). One pass gathers, per layer, float64 sums of
+squares per channel, the share of exact nonzeros of its input, and a sample
+of input rows for estimating activation-series errors; every evaluator
+(:mod:`tvm_tasd.evaluation`) feeds its layer inputs to one
+:class:`StatsAccumulator`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+Feed = Mapping[str, np.ndarray]
+
+#: Fewer batches than this finish before a progress bar is worth drawing.
+_PROGRESS_MIN_BATCHES = 4
+#: Activation rows kept per layer to estimate activation-series errors.
+SAMPLE_ROWS = 256
+
+
+def check_feeds(calibration: Iterable[Feed], required: list[str], hint: str = "") -> list[Feed]:
+    """The calibration batches as a list, each a feed with exactly the ``required`` inputs
+    (``hint`` is appended to the errors)."""
+    feeds = list(calibration)
+    if not feeds:
+        raise ValueError("calibration set is empty: give at least one feed dict (input name → array)")
+    for index, feed in enumerate(feeds):
+        if not isinstance(feed, Mapping):
+            raise ValueError(f"calibration batch {index} is a {type(feed).__name__}, not a dict (input name → array)")
+        missing = [name for name in required if name not in feed]
+        if missing:
+            raise ValueError(f"calibration batch {index} lacks model input(s) {missing}; data inputs are {required}{hint}")
+        unknown = sorted(set(feed) - set(required))
+        if unknown:
+            raise ValueError(f"calibration batch {index} has {unknown}, which are not model inputs {required}{hint}")
+    return feeds
+
+
+@dataclass(frozen=True)
+class CalibrationStats:
+    """What one pass over the calibration data measured, per layer.
+
+    ``norms[name]`` is s (float64, one entry per reduction-axis channel);
+    ``nonzero_density[name]`` the share of exact nonzeros of the layer's
+    input; ``relu_fed`` the layers whose input comes from a ReLU;
+    ``samples[name]`` up to ``SAMPLE_ROWS`` rows of that input from the first
+    batch, as (rows, channels) — enough to estimate activation-series errors.
+    """
+
+    norms: dict[str, np.ndarray]
+    nonzero_density: dict[str, float]
+    relu_fed: frozenset[str]
+    batches: int
+    samples: dict[str, np.ndarray]
+
+
+class StatsAccumulator:
+    """Per activation: float64 sum of squares per channel, nonzero count and a row sample, batch by batch."""
+
+    def __init__(self):
+        self.squares: dict = {}
+        self.samples: dict = {}
+        self.nonzeros: dict = {}
+        self.sizes: dict = {}
+        self.batches = 0
+
+    def add(self, key, x: np.ndarray, channel_axis: int) -> None:
+        x = np.asarray(x)
+        axis = channel_axis % x.ndim
+        pooled = tuple(a for a in range(x.ndim) if a != axis)
+        self.squares[key] = self.squares.get(key, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
+        if key not in self.samples:
+            self.samples[key] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
+        self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(x))
+        self.sizes[key] = self.sizes.get(key, 0) + x.size
+
+    def over(self, feeds: list, progress: bool):
+        """The calibration batches, counted, with a progress bar when there are enough to wait for."""
+        show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
+        for feed in tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True):
+            yield feed
+            self.batches += 1
+
+    def stats(self, uses: dict[str, list], channels: dict[str, int], relu_fed: frozenset[str]) -> CalibrationStats:
+        """Statistics per layer, pooling the activations it multiplies (``uses``: name → keys)."""
+        norms, density = {}, {}
+        for name, keys in uses.items():
+            norm = np.sqrt(sum(self.squares[key] for key in keys))
+            if norm.shape != (channels[name],):
+                raise ValueError(
+                    f"layer {name!r}: its activation has {norm.shape[0]} channels, the weight's reduction axis {channels[name]}"
+                )
+            norms[name] = norm
+            density[name] = sum(self.nonzeros[key] for key in keys) / max(1, sum(self.sizes[key] for key in keys))
+        samples = {name: self.samples[keys[0]] for name, keys in uses.items()}
+        return CalibrationStats(norms, density, relu_fed, self.batches, samples)

@@ -1,0 +1,58 @@
+"""The run-time activation rule the evaluators emulate, written once for every backend.
+
+In each group of ``m`` entries along the last axis, keep the ``keep``
+entries of largest |x|, ties to the lower index, zeros last
+(``docs/semantics.md`` §6): with one M, this is exactly a greedy activation
+series whose N's sum to ``keep``, so one keep count, fed per run, emulates
+every series of that M. :func:`keep_top` states the rule once over a small
+set of tensor operations; a backend supplies them — :class:`NumpyOps` here
+(the reference the tests hold the others to), ONNX nodes in
+:mod:`tvm_tasd.evaluation.onnx`, Relax ops in :mod:`tvm_tasd.evaluation.relax`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def keep_top(x, keep, m: int, ops):
+    """``x`` with only the ``keep`` best entries of each group of ``m`` along its last axis."""
+    groups = ops.reshape(x, [-1, m])
+    values = ops.cast(groups, "float32")
+    key = ops.where(ops.equal(values, ops.constant(np.float32(0))), ops.constant(np.float32(-1)), ops.abs(values))
+    rival, entry = ops.expand_dims(key, 2), ops.expand_dims(key, 1)  # (g, m, 1) against (g, 1, m)
+    earlier = ops.constant((np.arange(m)[:, None] < np.arange(m)[None, :])[None])  # rival i sits before entry j
+    beats = ops.logical_or(ops.greater(rival, entry), ops.logical_and(ops.equal(rival, entry), earlier))
+    rank = ops.sum(ops.cast(beats, "int64"), 1)  # how many entries of its group beat each entry
+    kept = ops.where(ops.less(rank, keep), groups, ops.constant(np.zeros((1, 1), ops.dtype)))
+    return ops.reshape_as(kept, x)
+
+
+class NumpyOps:
+    """:func:`keep_top` on numpy arrays."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    constant = staticmethod(np.asarray)
+    reshape = staticmethod(np.reshape)
+    abs = staticmethod(np.abs)
+    where = staticmethod(np.where)
+    equal = staticmethod(np.equal)
+    greater = staticmethod(np.greater)
+    less = staticmethod(np.less)
+    logical_or = staticmethod(np.logical_or)
+    logical_and = staticmethod(np.logical_and)
+    expand_dims = staticmethod(np.expand_dims)
+
+    @staticmethod
+    def cast(x, dtype: str):
+        return np.asarray(x).astype(dtype)
+
+    @staticmethod
+    def sum(x, axis: int):
+        return np.sum(x, axis=axis)
+
+    @staticmethod
+    def reshape_as(x, like):
+        return np.reshape(x, np.shape(like))

@@ -1,0 +1,69 @@
+"""Files written whole or not at all, and ``.npz`` archives read with one-line errors.
+
+Every file the library and the commands write (plans, reports, artifacts,
+outputs) goes through :func:`atomic_output`: a failed or interrupted write
+never leaves a partial file at the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path`` and rename it to ``path`` only if the block succeeds.
+
+    The temporary file is created on entry, so an unwritable destination
+    fails (``ValueError``) before any expensive work.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as err:
+        problem = "no such directory" if isinstance(err, FileNotFoundError) else err.strerror
+        raise ValueError(f"cannot write {path}: {problem}") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result is an ordinary user file
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    """``text`` written to ``path`` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` written atomically (a file handle: savez would append .npz to a temporary name)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_npz(path, what: str) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; ``what`` names the file's role in the errors."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"{what} file {path} does not exist") from None
+    except (OSError, ValueError):
+        raise ValueError(f"{what} file {path} is not an .npz archive (write it with np.savez)") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{what} file {path} holds a single array; use np.savez(path, name=array, …)")
+    with archive:
+        return {name: archive[name] for name in archive.files}

@@ -1,0 +1,232 @@
+"""Per-layer decisions: which series each layer runs, and why — one :class:`Choice` per layer.
+
+:class:`Policy` is the one place that turns what the user asked for — a
+plan (layer name → choice, what TASDER emits), one uniform series, or
+nothing (the cheapest series whose weight error stays under a threshold) —
+and what the hardware runs into a :class:`Choice` per layer
+(:meth:`Policy.decide`). Everything downstream reads those values: the
+Relax pass emits kernels for them, the report explains them, the ONNX
+reference applies them, and a plan file is their serialisation
+(:meth:`Choice.to_json`). Nothing here needs TVM.
+
+A requested series is checked against the layer and the target: it must
+fit the layer's grouped axis (``docs/semantics.md`` §1), and every term must
+run faster than dense on the target (§5); otherwise the layer stays dense
+and the choice's ``reason`` says why (a :class:`TASDWarning` too, when the
+user asked for something the target cannot do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .candidates import cheapest_within_error
+from .config import TASDConfig
+from .decompose import approximate, relative_error
+from .hardware import HardwareTarget
+from .layer import Layer
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+#: Default relative Frobenius error a layer may lose when neither config nor plan is given.
+DEFAULT_ERROR_THRESHOLD = 0.3
+SCORES = ("magnitude", "activation")
+
+
+class TASDWarning(UserWarning):
+    """A layer was left dense for a reason the user may want to fix."""
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """What TASDER measured for the option it chose for one layer (docs/tasder.md)."""
+
+    proxy_error: float  # relative output error ‖(W − Ŵ)·s‖ / ‖W·s‖
+    sensitivity: float  # α: predicted quality loss per unit of proxy error squared
+    energy_pj: float  # modelled, this layer with this option
+    latency_s: float
+    edp_vs_dense: float  # this layer's EDP with this option ÷ the layer run dense
+
+    @property
+    def predicted_damage(self) -> float:
+        """This layer's share of the search's additive quality-loss model, α·e²."""
+        return self.sensitivity * self.proxy_error**2
+
+
+_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(SearchStats))
+
+
+@dataclass(frozen=True, eq=False)
+class Choice:
+    """What one layer runs: its weight series, activation series, selection score, and why.
+
+    ``s`` is the per-channel scale of the ``activation`` score (None for
+    ``magnitude``); ``stats`` are TASDER's numbers when a search chose it.
+    """
+
+    name: str
+    weight: TASDConfig = field(default_factory=TASDConfig.dense)
+    activation: TASDConfig | None = None
+    score: str = "magnitude"
+    s: np.ndarray | None = field(default=None, repr=False)
+    reason: str = ""
+    stats: SearchStats | None = None
+
+    def __post_init__(self):
+        # frozen: the inputs are normalised once, here
+        object.__setattr__(self, "weight", TASDConfig.parse(self.weight))
+        if self.activation is not None:
+            object.__setattr__(self, "activation", TASDConfig.parse(self.activation))
+        if self.score not in SCORES:
+            raise ValueError(f"layer {self.name!r}: score must be 'magnitude' or 'activation', got {self.score!r}")
+        if self.score == "activation" and self.s is None:
+            raise ValueError(f"layer {self.name!r}: score 'activation' needs its scale vector 's'")
+        if self.s is not None:
+            object.__setattr__(self, "s", np.asarray(self.s, np.float32))
+
+    @property
+    def selection_score(self):
+        """What :func:`tvm_tasd.decompose` takes as ``score``."""
+        return self.s if self.score == "activation" else "magnitude"
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether the layer runs anything but its dense self."""
+        return not self.weight.is_dense or self.activation is not None
+
+    def replace(self, **changes) -> "Choice":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        """The plan-file form (also each entry of the pass's layer table)."""
+        out = {
+            "name": self.name,
+            "weight": str(self.weight),
+            "activation": None if self.activation is None else str(self.activation),
+            "score": self.score,
+            "s": None if self.s is None else [float(v) for v in self.s],
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.stats is not None:
+            out.update(dataclasses.asdict(self.stats))
+        return out
+
+    @classmethod
+    def from_json(cls, entry: dict) -> "Choice":
+        """Read :meth:`to_json`'s form; keys it does not know (a layer table's measurements) are ignored."""
+        if not isinstance(entry, dict) or not {"name", "weight"} <= set(entry):
+            raise ValueError(f"plan layer entry {entry!r} needs at least 'name' and 'weight'")
+        stats = SearchStats(**{k: float(entry[k]) for k in _STATS_FIELDS}) if set(_STATS_FIELDS) <= set(entry) else None
+        return cls(entry["name"], entry["weight"], entry.get("activation"), entry.get("score", "magnitude"),
+                   entry.get("s"), entry.get("reason", ""), stats)
+
+
+def weight_error(layer: Layer, choice: Choice) -> float:
+    """Relative Frobenius error of the layer's weight under ``choice`` (0 when it stays dense)."""
+    if choice.weight.is_dense:
+        return 0.0
+    approx = approximate(layer.weight, choice.weight, axis=layer.axis, score=choice.selection_score, name=layer.name)
+    return relative_error(layer.weight, approx)
+
+
+class Policy:
+    """How layers are decided for one target: from ``plan``, else ``config``, else automatically.
+
+    ``activation``: one run-time activation series for every layer that can
+    take it (a plan carries its own per layer).
+    """
+
+    def __init__(self, target: HardwareTarget, config=None, plan: "Plan | None" = None, activation=None,
+                 error_threshold: float = DEFAULT_ERROR_THRESHOLD):
+        if config is not None and plan is not None:
+            raise ValueError("give either config= (one series for all layers) or plan= (per layer), not both")
+        self.target = target
+        self.config = None if config is None else TASDConfig.parse(config)
+        self.plan = plan
+        self.entries = {} if plan is None else plan.by_name()
+        self.activation = None if activation is None else TASDConfig.parse(activation)
+        self.error_threshold = error_threshold
+
+    def decide(self, layers: Iterable[Layer]) -> dict[str, Choice]:
+        """A :class:`Choice` for every layer, by name."""
+        layers = list(layers)
+        self._check_plan_names(layers)
+        return {layer.name: self._decide(layer) for layer in layers}
+
+    def _decide(self, layer: Layer) -> Choice:
+        choice = self._weight_choice(layer)
+        entry = self.entries.get(layer.name)
+        requested = entry.activation if entry is not None else self.activation
+        if requested is None or requested.is_dense or layer.ineligible:
+            return choice.replace(activation=None)
+        return choice.replace(activation=self._checked_activation(layer, requested))
+
+    def _weight_choice(self, layer: Layer) -> Choice:
+        if layer.ineligible:
+            return Choice(layer.name, reason=layer.ineligible)
+        if self.plan is not None:
+            entry = self.entries.get(layer.name)
+            if entry is None:
+                return Choice(layer.name, reason="not in the plan: left dense")
+            return self._checked(layer, entry.replace(reason="from the plan"))
+        if self.config is not None:
+            return self._checked(layer, Choice(layer.name, self.config, reason="uniform config"))
+        config, error = cheapest_within_error(layer, self.target, self.error_threshold)
+        if config.is_dense:
+            return Choice(layer.name, reason=f"no supported series keeps the weight error ≤ {self.error_threshold:.0%}")
+        return Choice(layer.name, config,
+                      reason=f"cheapest series with weight error {error:.1%} ≤ {self.error_threshold:.0%}")
+
+    def _checked(self, layer: Layer, wanted: Choice) -> Choice:
+        """``wanted`` if the layer and the target can run it, else the layer dense with the reason."""
+        config = wanted.weight
+        if config.is_dense:
+            return wanted.replace(score="magnitude", s=None, reason=f"dense ({wanted.reason})")
+        if not layer.fits(config):
+            what = "input channels" if layer.op == "conv2d" else "reduction length"
+            return Choice(layer.name, reason=f"{layer.op} with {layer.grouped_length} {what} < M={config.max_m}: dense")
+        slow = [str(t) for t in config.terms if not self.target.accelerates(t)]
+        if slow:
+            warnings.warn(
+                f"layer {layer.name!r}: {self.target.name} cannot run {', '.join(slow)} faster than dense; "
+                f"left dense (supported: {', '.join(map(str, self.target.patterns))})",
+                TASDWarning,
+                stacklevel=4,
+            )
+            return Choice(layer.name, reason=f"{'+'.join(slow)} not faster than dense on {self.target.name}: dense")
+        return wanted
+
+    def _checked_activation(self, layer: Layer, config: TASDConfig) -> TASDConfig | None:
+        problem = None
+        if layer.op != "matmul":
+            problem = "activation series are inserted for matmul layers only"
+        elif not config.fits(layer.k):
+            problem = f"reduction length {layer.k} < M={config.max_m}"
+        elif not all(self.target.accelerates(t, "activation") for t in config.terms):
+            problem = f"{self.target.name} cannot run activation series {config} faster than dense"
+        if problem:
+            warnings.warn(f"layer {layer.name!r}: {problem}; activation left dense", TASDWarning, stacklevel=5)
+            return None
+        return config
+
+    def _check_plan_names(self, layers: list[Layer]) -> None:
+        if self.plan is None:
+            return
+        known = {layer.name for layer in layers}
+        unknown = [entry.name for entry in self.plan.layers if entry.name not in known]
+        if unknown and len(unknown) == len(self.plan.layers):
+            raise ValueError(
+                f"the plan names no layer of this model (e.g. {unknown[0]!r}); is it a plan for another model? "
+                f"this model's layers: {', '.join(sorted(known)[:5])}{'…' if len(known) > 5 else ''}"
+            )
+        if unknown:
+            warnings.warn(f"the plan names layers this model does not have: {', '.join(unknown)}", TASDWarning,
+                          stacklevel=4)

@@ -1,0 +1,144 @@
+"""Each layer's candidates, their modelled cost and proxy error, reduced to a frontier.
+
+Per layer, every candidate series (:func:`tvm_tasd.candidates.candidate_configs`)
+× selection score gets its modelled cost and a proxy error
+``e = ‖(W − Ŵ)·s‖ / ‖W·s‖`` (s the activation channel norms, 1 without
+data) — the relative output error for inputs with those channel scales. A
+ReLU-fed layer on a target with TASD units also gets activation candidates
+(weight dense, input decomposed at run time), whose proxy is the relative
+output error on a sample of real inputs. Candidates dominated in both cost
+and proxy are dropped, leaving a frontier from dense (proxy 0) to cheapest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..candidates import candidate_configs
+from ..config import TASDConfig
+from ..cost import layer_cost
+from ..decompose import approximate
+from ..hardware import HardwareTarget
+from ..layer import Layer
+from ..policy import Choice, SearchStats
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option of one layer: series, score, modelled cost and proxy error."""
+
+    config: TASDConfig
+    score: str
+    energy_pj: float
+    latency_s: float
+    proxy: float
+    activation: TASDConfig | None = None  # run-time series of the layer's input (weight then dense)
+
+    @property
+    def edp(self) -> float:
+        return self.energy_pj * self.latency_s
+
+    @property
+    def keep(self) -> int | None:
+        """Activation entries kept per group: a one-M series keeps exactly the top ΣN."""
+        return None if self.activation is None else sum(t.n for t in self.activation.terms)
+
+
+@dataclass
+class LayerSearch:
+    """A layer under search: its frontier (dense first, cheapest last) and measured sensitivity α."""
+
+    layer: Layer
+    scale: np.ndarray | None
+    options: list[Candidate]
+    alpha: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    def approximated(self, option: Candidate) -> np.ndarray | None:
+        """The option's weight (None when it leaves the weight as it is)."""
+        if option.config.is_dense:
+            return None
+        score = self.scale if option.score == "activation" else "magnitude"
+        return approximate(self.layer.weight, option.config, axis=self.layer.axis, score=score, name=self.name)
+
+    def feeds(self, option: Candidate) -> tuple[dict, dict]:
+        """(weights, activation keep counts) to run this option with."""
+        weight = self.approximated(option)
+        return ({} if weight is None else {self.name: weight}), ({} if option.keep is None else {self.name: option.keep})
+
+    def choice(self, index: int) -> Choice:
+        """Option ``index`` as the layer's :class:`~tvm_tasd.policy.Choice`, with the search's numbers."""
+        option, dense = self.options[index], self.options[0]
+        stats = SearchStats(round(option.proxy, 6), round(self.alpha, 6), option.energy_pj, option.latency_s,
+                            option.edp / dense.edp if dense.edp else 1.0)
+        return Choice(self.name, option.config, option.activation, option.score,
+                      self.scale if option.score == "activation" else None, stats=stats)
+
+
+def activation_series(target: HardwareTarget, max_terms: int) -> list[TASDConfig]:
+    """Activation series the search tries: faster than dense, all terms of the target's largest M
+    (one M, so a series keeps the top ΣN of each group and one fed count emulates it)."""
+    if "activation" not in target.sparse_operands:
+        return []
+    configs = [c for c in candidate_configs(target, max_terms, operand="activation") if not c.is_dense]
+    if not configs:
+        return []
+    m = max(c.max_m for c in configs)
+    return [c for c in configs if all(t.m == m for t in c.terms)]
+
+
+def _proxy(weight: np.ndarray, approx: np.ndarray, axis: int, scale: np.ndarray | None) -> float:
+    diff = weight.astype(np.float64) - approx
+    ref = weight
+    if scale is not None:
+        shape = [1] * diff.ndim
+        shape[axis] = -1
+        diff = diff * scale.reshape(shape)
+        ref = weight * scale.reshape(shape)
+    norm = np.linalg.norm(ref)
+    return float(np.linalg.norm(diff) / norm) if norm else 0.0
+
+
+def frontier(options: list[Candidate]) -> list[Candidate]:
+    """Options not dominated in (EDP, proxy), ordered from dense (proxy 0) to cheapest."""
+    ordered = sorted(options, key=lambda o: (o.edp, o.proxy))
+    kept: list[Candidate] = []
+    for option in ordered:
+        if all(option.proxy < other.proxy for other in kept):
+            kept.append(option)
+    return kept[::-1]
+
+
+def _activation_options(layer: Layer, target: HardwareTarget, configs, sample: np.ndarray) -> list[Candidate]:
+    """Weight dense, the input decomposed at run time; proxy = relative output error on a sample."""
+    weight_kn = layer.weight_kn
+    reference = sample @ weight_kn
+    norm = np.linalg.norm(reference)
+    options = []
+    for config in configs:
+        error = sample - approximate(sample, config, axis=-1)
+        proxy = float(np.linalg.norm(error @ weight_kn) / norm) if norm else 0.0
+        cost = layer_cost(target, layer, TASDConfig.dense(), activation=config)
+        options.append(Candidate(TASDConfig.dense(), "magnitude", cost.energy_pj, cost.latency_s, proxy, config))
+    return options
+
+
+def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None, scores, max_terms: int,
+                  activation_configs=(), sample: np.ndarray | None = None) -> list[Candidate]:
+    """The layer's frontier: every fitting weight series × score, and the activation series given."""
+    options = _activation_options(layer, target, activation_configs, sample) if activation_configs else []
+    for config in candidate_configs(target, max_terms):
+        if not layer.fits(config):
+            continue
+        cost = layer_cost(target, layer, config)
+        for score in scores if not config.is_dense else ("magnitude",):
+            s = scale if score == "activation" else "magnitude"
+            approx = approximate(layer.weight, config, axis=layer.axis, score=s, name=layer.name)
+            options.append(Candidate(config, score, cost.energy_pj, cost.latency_s,
+                                     _proxy(layer.weight, approx, layer.axis, scale)))
+    return frontier(options)

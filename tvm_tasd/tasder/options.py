@@ -1,0 +1,54 @@
+"""What a TASDER search is asked for, checked before any expensive work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..candidates import useful_terms
+from ..evaluation.metrics import NAMES as METRIC_NAMES
+from ..evaluation.metrics import Metric
+from ..hardware import HardwareTarget
+from ..policy import SCORES
+
+STRATEGIES = ("surrogate", "bisect", "walk")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The knobs of :func:`tvm_tasd.tasder.search` (its docstring says what each does)."""
+
+    metric: "str | Metric" = "cosine"
+    budget: float = 0.99
+    labels: np.ndarray | None = None
+    max_terms: int = 2
+    scores: Sequence[str] = ("magnitude", "activation")
+    strategy: str = "surrogate"
+    sensitivity_batches: int = 4
+    seed: int = 0
+    progress: bool = True
+
+    def check(self, target: HardwareTarget, calibration: Sequence[dict]) -> None:
+        """Every mistake the user can make, caught before any expensive work."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        if not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
+            raise ValueError(f"budget is the share of the original quality to keep, in (0, 1]; got {self.budget!r} "
+                             "(e.g. 0.99)")
+        if not callable(self.metric) and self.metric not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {self.metric!r}: use 'cosine', 'top1', 'accuracy' or a "
+                             "callable(outputs) -> float")
+        if unknown := [s for s in self.scores if s not in SCORES]:
+            raise ValueError(f"unknown scores {unknown}; choose from {list(SCORES)}")
+        if not calibration:
+            raise ValueError("calibration set is empty: give a list of input feeds (one dict per batch)")
+        if self.metric == "accuracy" and self.labels is None:
+            raise ValueError("metric 'accuracy' needs labels=: one label per calibration sample")
+        if self.metric == "accuracy":
+            samples = sum(len(next(iter(feed.values()))) for feed in calibration)
+            if len(np.asarray(self.labels).reshape(-1)) != samples:
+                raise ValueError(f"{len(np.asarray(self.labels).reshape(-1))} labels for {samples} calibration samples")
+        if not useful_terms(target):
+            raise ValueError(f"target {target.name!r} runs no N:M pattern faster than dense: nothing to search for")

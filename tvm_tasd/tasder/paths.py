@@ -1,0 +1,76 @@
+"""The search's paths: sequences of full assignments (one frontier index per layer), dense to cheap.
+
+Quality falls (nearly) monotonically along a path, so the search brackets
+the furthest state that keeps the budget with real evaluations
+(:mod:`tvm_tasd.tasder.state`). Three paths are verified:
+
+* :func:`uniform_path` — one series for every layer, each candidate series
+  in turn: one-shot pruning's sensitivity-blind allocation. It is kept
+  because the model's damage is not additive across layers: on MiniLM the
+  proxy-optimal mixes lose to uniform configs at equal EDP.
+* :func:`greedy_path` from all-dense — repeatedly move the layer whose next
+  frontier step buys the most model EDP per unit of predicted damage α·e².
+* the greedy path again from the cheaper of the first two winners (refine).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..config import TASDConfig
+from ..cost import layer_cost
+from ..hardware import HardwareTarget
+from .frontier import LayerSearch
+
+State = tuple[int, ...]
+
+
+def model_edp(layers: Sequence[LayerSearch], state: State) -> float:
+    """Modelled model EDP of a state: (Σ energy) × (Σ latency) over the layers (pJ·s)."""
+    energy = sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
+    latency = sum(layer.options[i].latency_s for layer, i in zip(layers, state))
+    return energy * latency
+
+
+def uniform_path(layers: Sequence[LayerSearch], target: HardwareTarget, configs: Sequence[TASDConfig]) -> list[State]:
+    """One series for every layer, each config of ``configs`` in turn, from dense to cheapest.
+
+    A layer takes the first frontier option (dense → cheapest) costing no more than the config
+    would on it: the config itself, or what dominated it."""
+    states = set()
+    for config in configs:
+        state = []
+        for layer in layers:
+            limit = layer_cost(target, layer.layer, config).edp * (1 + 1e-9)
+            state.append(next((i for i, o in enumerate(layer.options) if o.edp <= limit), len(layer.options) - 1))
+        states.add(tuple(state))
+    states.add((0,) * len(layers))
+    return sorted(states, key=lambda state: (-model_edp(layers, state), state))  # ties: a fixed order
+
+
+def greedy_path(layers: Sequence[LayerSearch], start: State | None = None) -> list[State]:
+    """Greedy states from ``start`` (default all-dense) to all-cheapest."""
+    state = list(start or (0,) * len(layers))
+    energy = sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
+    latency = sum(layer.options[i].latency_s for layer, i in zip(layers, state))
+    path = [tuple(state)]
+    while True:
+        best, best_gain = None, -math.inf
+        for i, layer in enumerate(layers):
+            if state[i] + 1 >= len(layer.options):
+                continue
+            now, nxt = layer.options[state[i]], layer.options[state[i] + 1]
+            new_edp = (energy - now.energy_pj + nxt.energy_pj) * (latency - now.latency_s + nxt.latency_s)
+            gain = energy * latency - new_edp
+            cost = layer.alpha * (nxt.proxy**2 - now.proxy**2)
+            ratio = gain / cost if cost > 0 else math.inf
+            if ratio > best_gain:  # strict: the first layer wins ties, so the path is deterministic
+                best, best_gain = i, ratio
+        if best is None:
+            return path
+        now, nxt = layers[best].options[state[best]], layers[best].options[state[best] + 1]
+        energy += nxt.energy_pj - now.energy_pj
+        latency += nxt.latency_s - now.latency_s
+        state[best] += 1
+        path.append(tuple(state))
