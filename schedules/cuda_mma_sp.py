@@ -4,7 +4,7 @@ The weight is the sparse operand A of ``mma.sp.m16n8k16`` (fp16 operands,
 fp32 accumulation), so a layer computes ``outᵀ = W_c · Xᵀ``: rows of A are
 output columns, B is the activation (matmul, or conv2d by implicit GEMM via
 ``implicit_gemm.GemmView``). Every term of the series must be a valid 2:4
-tensor (2:4, 1:4, 1:8, 2:8, …; DESIGN §2); the terms are converted to
+tensor (2:4, 1:4, 1:8, 2:8, …; docs/semantics.md §5); the terms are converted to
 NVIDIA's format (``nvidia_metadata``) and concatenated along K, so one
 accumulator runs through all of them (the paper's Fig. 11: extra terms cost
 mma.sp issues and metadata, and re-read only cached activation tiles).
@@ -16,7 +16,7 @@ One PrimFunc, three stages:
 2. ``acc[nt, mt, i, j]`` — one warp per 16×8 output tile (``warps`` tiles
    per thread block share the A tile), K in chunks of ``steps`` k16 steps;
    each chunk is one call of the ``mma_sp_m16n8k16`` intrinsic
-   (``intrin_nm.mma_sp``), whose ``cuda`` implementation below loads the
+   (``intrin_nm.mma_sp``), whose ``cuda`` implementation loads the
    lane's fragments, issues ``steps`` × PTX ``mma.sp`` and writes the
    accumulator tile back (it stays in global memory/L1 between chunks: the
    kernel is simple, not tuned);
@@ -36,7 +36,6 @@ from collections.abc import Sequence
 import numpy as np
 import tvm
 from tvm import te
-from tvm.script import tirx as T
 
 from tvm_tasd import NMPattern, NMTerm
 from tvm_tasd.config import worst_case_nonzeros
@@ -47,61 +46,14 @@ from .llvm_common import NMKernel, float_dtype
 from .nm_pack import as_patterns, ceil_div, check_terms, group_lcm
 from .nvidia_metadata import mma_sp_operands, to_2of4
 
-#: ``mma.sp`` variant: our metadata is ascending, so the ordered form (ptxas advises it from sm_90 on) is exact.
-SPARSE_VARIANT = "sp::ordered_metadata"
 #: Default target: Ampere, the first architecture with 2:4 sparse tensor cores.
 DEFAULT_TARGET = {"kind": "cuda", "arch": "sm_80"}
 THREADS = 256  # per block, for the copy stages
 MAX_WARPS = 4  # per block of the mma.sp stage (fewer when there are fewer 8-position tiles)
 
 
-def _cuda_impl(steps: int) -> tvm.tirx.PrimFunc:
-    """The ``cuda`` implementation of ``intrin_nm.mma_sp(steps)``: one warp, PTX mma.sp."""
-    kdim = 16 * steps
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, e: T.handle, b: T.handle, c: T.handle):
-        sa = T.int32()
-        se = T.int32()
-        sb = T.int32()
-        sc = T.int32()
-        A = T.match_buffer(a, (steps, 32, 4), "float16", strides=[sa, 4, 1], offset_factor=2)
-        E = T.match_buffer(e, (steps, 8), "uint32", strides=[se, 1], offset_factor=1)
-        B = T.match_buffer(b, (8, kdim), "float16", strides=[sb, 1], offset_factor=2)
-        C = T.match_buffer(c, (32, 4), "float32", strides=[sc, 1], offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:32, 0:4], A[0:steps, 0:32, 0:4], E[0:steps, 0:8], B[0:8, 0:kdim])
-            T.writes(C[0:32, 0:4])
-            for lane in T.thread_binding(32, thread="threadIdx.x"):
-                d = T.alloc_local((4,), "float32")
-                for v in T.unroll(4):
-                    d[v] = C[lane, v]
-                for s in T.unroll(steps):
-                    T.ptx[f"mma.{SPARSE_VARIANT}.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"](
-                        d[0], d[1], d[2], d[3],
-                        T.reinterpret("uint32", A.vload([s, lane, 0], "float16x2")),
-                        T.reinterpret("uint32", A.vload([s, lane, 2], "float16x2")),
-                        T.reinterpret("uint32", B.vload([lane // 4, s * 16 + lane % 4 * 2], "float16x2")),
-                        T.reinterpret("uint32", B.vload([lane // 4, s * 16 + lane % 4 * 2 + 8], "float16x2")),
-                        d[0], d[1], d[2], d[3],
-                        E[s, lane // 4],
-                        0,  # sparsity selector: lane 4g of each quad supplies the metadata
-                    )
-                for v in T.unroll(4):
-                    C[lane, v] = d[v]
-
-    return impl
-
-
-def intrinsic(steps: int):
-    """``intrin_nm.mma_sp(steps)`` with its ``cuda`` implementation registered."""
-    tile = mma_sp(steps)
-    tile.add_implementation("cuda", _cuda_impl(steps))
-    return tile
-
-
 def runs_on_2of4(pattern: NMPattern) -> bool:
-    """True when every N:M tensor of this pattern is a valid 2:4 tensor (DESIGN §2)."""
+    """True when every N:M tensor of this pattern is a valid 2:4 tensor (docs/semantics.md §5)."""
     return worst_case_nonzeros(pattern, 4) <= 2
 
 
@@ -171,7 +123,7 @@ def _kernel(view: GemmView, patterns, axis, w_shape, dtype, target, warps, steps
     chunks = ceil_div(view.rows, kc)  # per term
     total = chunks * len(patterns)
     n_tiles, m_tiles = ceil_div(view.cols, 16), ceil_div(ceil_div(view.positions, 8), warps) * warps
-    tile = intrinsic(steps)
+    tile = mma_sp(steps)
 
     x = te.placeholder(view.x_shape, dtype, name="x")
     a_shape, e_shape = (n_tiles, total, steps, 32, 4), (n_tiles, total, steps, 8)

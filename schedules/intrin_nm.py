@@ -19,8 +19,8 @@ Two families (a hardware target names its family in ``[tvm] intrinsic``):
   steps, A and the fp32 accumulator C in ``mma.sp``'s register-fragment
   order (every lane owns its fragment), NVIDIA metadata words
   (``nvidia_metadata``), B stored (8, 16·steps) (row-major activation
-  rows). Implementations: ``cuda`` (PTX ``mma.sp``, added by
-  ``cuda_mma_sp``) and ``llvm`` (the same tile on the CPU: it decodes the
+  rows). Implementations, beside the description: ``cuda`` (one warp, PTX
+  ``mma.sp``) and ``llvm`` (the same tile on the CPU: it decodes the
   metadata exactly as the tensor core does, so the host runs — and tests —
   the instruction stream of the GPU kernel).
 
@@ -51,6 +51,8 @@ from tvm_tasd import NMPattern
 
 NM_EMULATED = "nm_emulated"
 MMA_SP = "mma_sp_m16n8k16"
+#: ``mma.sp`` variant: our metadata is ascending, so the ordered form (ptxas advises it from sm_90 on) is exact.
+SPARSE_VARIANT = "sp::ordered_metadata"
 #: Patterns of the VEGETA-like targets (M = 4, M = 8) and the NVIDIA 2:4 unit.
 STANDARD_PATTERNS = ("1:4", "2:4", "1:8", "2:8", "4:8")
 
@@ -205,6 +207,44 @@ def mma_sp_term(a, e, b, i, j, q, r):
     return tvm.tirx.Cast("float32", a(s, frag_lane(i, k), frag_reg(i, k))) * tvm.tirx.Cast("float32", picked)
 
 
+def _mma_sp_cuda(steps: int) -> tvm.tirx.PrimFunc:
+    """The ``cuda`` implementation of :func:`mma_sp`: one warp loads its fragments and issues PTX mma.sp."""
+    kdim = 16 * steps
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, e: T.handle, b: T.handle, c: T.handle):
+        sa = T.int32()
+        se = T.int32()
+        sb = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (steps, 32, 4), "float16", strides=[sa, 4, 1], offset_factor=2)
+        E = T.match_buffer(e, (steps, 8), "uint32", strides=[se, 1], offset_factor=1)
+        B = T.match_buffer(b, (8, kdim), "float16", strides=[sb, 1], offset_factor=2)
+        C = T.match_buffer(c, (32, 4), "float32", strides=[sc, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:32, 0:4], A[0:steps, 0:32, 0:4], E[0:steps, 0:8], B[0:8, 0:kdim])
+            T.writes(C[0:32, 0:4])
+            for lane in T.thread_binding(32, thread="threadIdx.x"):
+                d = T.alloc_local((4,), "float32")
+                for v in T.unroll(4):
+                    d[v] = C[lane, v]
+                for s in T.unroll(steps):
+                    T.ptx[f"mma.{SPARSE_VARIANT}.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"](
+                        d[0], d[1], d[2], d[3],
+                        T.reinterpret("uint32", A.vload([s, lane, 0], "float16x2")),
+                        T.reinterpret("uint32", A.vload([s, lane, 2], "float16x2")),
+                        T.reinterpret("uint32", B.vload([lane // 4, s * 16 + lane % 4 * 2], "float16x2")),
+                        T.reinterpret("uint32", B.vload([lane // 4, s * 16 + lane % 4 * 2 + 8], "float16x2")),
+                        d[0], d[1], d[2], d[3],
+                        E[s, lane // 4],
+                        0,  # sparsity selector: lane 4g of each quad supplies the metadata
+                    )
+                for v in T.unroll(4):
+                    C[lane, v] = d[v]
+
+    return impl
+
+
 @cache
 def mma_sp(steps: int = 1) -> NMIntrinsic:
     """The 2:4 m16n8k16 tile over ``steps`` k16 steps (fp16 in, fp32 accumulate).
@@ -255,4 +295,7 @@ def mma_sp(steps: int = 1) -> NMIntrinsic:
                 )
 
     tile = {"s": steps}
-    return _add(NMIntrinsic(MMA_SP, NMPattern(2, 4), tile, "float16", 16 * 8 * 8 * steps, 16 * 8 * 2 * steps, desc), llvm_impl)
+    intrinsic = _add(NMIntrinsic(MMA_SP, NMPattern(2, 4), tile, "float16", 16 * 8 * 8 * steps, 16 * 8 * 2 * steps, desc),
+                     llvm_impl)
+    intrinsic.add_implementation("cuda", _mma_sp_cuda(steps))
+    return intrinsic

@@ -2,7 +2,7 @@
 
 ``nm_activation(shape, patterns)`` computes ``Σ_t T_t`` of the greedy series
 of an activation along its last axis, exactly as
-``tvm_tasd.approximate(x, cfg, axis=-1)`` does (DESIGN §2): per group of M,
+``tvm_tasd.approximate(x, cfg, axis=-1)`` does (docs/semantics.md §2): per group of M,
 an entry's rank is the number of entries that beat it — a larger |value|,
 or an equal one at a lower index, a zero never beating a nonzero — and a
 term keeps ranks below N. Each term works on the residual of the previous

@@ -1,17 +1,19 @@
-"""Which kernels a layer gets on a target: plain, tensorized N:M (emulated), or mma.sp.
+"""Which kernels a layer gets on a target: a table of rules, first match wins (like TVM's dlight rules).
 
 The hardware file's ``[tvm] intrinsic`` names the target's N:M intrinsic
 family (``intrin_nm``); the TVM target kind (the hardware's own, or the one
-a build overrides it with) says which implementation runs:
+a build overrides it with) says which implementation runs. Each
+:class:`KernelRule` says whether it applies to a (hardware, TVM target)
+pair and builds that family's matmul and conv2d kernels:
 
-========  ===================  =====================================================
-kind      intrinsic family     N:M layers
-========  ===================  =====================================================
-cuda      ``mma_sp_m16n8k16``  ``cuda_mma_sp`` (PTX mma.sp; terms must be 2:4 tensors)
-llvm      ``nm_emulated``      ``llvm_tensorized`` (tensorized onto the group tile)
-llvm      any other            the plain schedules of ``llvm`` (e.g. a GPU target
-                               emulated on the host: ``stc-2of4`` with ``llvm``)
-========  ===================  =====================================================
+===============  ========================================  ===================================================
+rule             applies when                              N:M layers
+===============  ========================================  ===================================================
+``mma_sp``       cuda, intrinsic ``mma_sp_m16n8k16``       ``cuda_mma_sp`` (PTX mma.sp; terms must be 2:4 tensors)
+``nm_emulated``  llvm, intrinsic ``nm_emulated``           ``llvm_tensorized`` (tensorized onto the group tile)
+``plain``        llvm, any other intrinsic                 the plain schedules of ``llvm`` (e.g. a GPU target
+                                                           emulated on the host: ``stc-2of4`` with ``llvm``)
+===============  ========================================  ===================================================
 
 CPU kernels pick their tiles for the host CPU (``llvm_common.host_target``).
 Dense layers use the scheduled dense CPU kernels on ``llvm``; on ``cuda``
@@ -20,60 +22,90 @@ they stay Relax operators, which TVM's default GPU schedules (dlight) lower.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
 
 from . import llvm
+from .cuda_mma_sp import mma_sp_conv2d, mma_sp_matmul
 from .intrin_nm import MMA_SP, NM_EMULATED
+from .llvm_tensorized import nm_conv2d_tensorized, nm_matmul_tensorized
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """One family of N:M kernels and when it applies.
+
+    ``matmul(target, m, k, n, patterns, dtype)`` and ``conv2d(target, x_shape,
+    w_shape, patterns, dtype, **conv)`` build the scheduled kernels;
+    ``dense_kernels`` says whether the family also has scheduled dense ones.
+    """
+
+    family: str
+    applies: Callable[[object, tvm.target.Target], bool]  # (HardwareTarget, TVM target)
+    matmul: Callable
+    conv2d: Callable
+    dense_kernels: bool
+
+
+RULES = (
+    KernelRule(
+        "mma_sp",
+        lambda hw, target: target.kind.name == "cuda" and hw.tvm.intrinsic == MMA_SP,
+        lambda target, m, k, n, patterns, dtype: mma_sp_matmul(m, k, n, patterns, dtype=dtype, target=target),
+        lambda target, x, w, patterns, dtype, **conv: mma_sp_conv2d(x, w, patterns, dtype=dtype, target=target, **conv),
+        dense_kernels=False,
+    ),
+    KernelRule(
+        NM_EMULATED,
+        lambda hw, target: target.kind.name == "llvm" and hw.tvm.intrinsic == NM_EMULATED,
+        lambda target, m, k, n, patterns, dtype: nm_matmul_tensorized(m, k, n, patterns, dtype=dtype),
+        lambda target, x, w, patterns, dtype, **conv: nm_conv2d_tensorized(x, w, patterns, dtype=dtype, **conv),
+        dense_kernels=True,
+    ),
+    KernelRule(
+        "plain",
+        lambda hw, target: target.kind.name == "llvm",
+        lambda target, m, k, n, patterns, dtype: llvm.nm_matmul(m, k, n, patterns, dtype=dtype),
+        lambda target, x, w, patterns, dtype, **conv: llvm.nm_conv2d(x, w, patterns, dtype=dtype, **conv),
+        dense_kernels=True,
+    ),
+)
 
 
 @dataclass(frozen=True)
 class Kernels:
-    """The kernel constructors for one (intrinsic family, TVM target) pair."""
+    """The kernel constructors the first applicable rule gives for one TVM target."""
 
-    family: str  # "mma_sp" | "nm_emulated" | "plain"
+    rule: KernelRule
     target: tvm.target.Target
 
-    def nm_matmul(self, m: int, k: int, n: int, patterns, dtype: str):
-        if self.family == "mma_sp":
-            from .cuda_mma_sp import mma_sp_matmul
-
-            return mma_sp_matmul(m, k, n, patterns, dtype=dtype, target=self.target)
-        if self.family == NM_EMULATED:
-            from .llvm_tensorized import nm_matmul_tensorized
-
-            return nm_matmul_tensorized(m, k, n, patterns, dtype=dtype)
-        return llvm.nm_matmul(m, k, n, patterns, dtype=dtype)
-
-    def nm_conv2d(self, x_shape, w_shape, patterns, dtype: str, **conv):
-        if self.family == "mma_sp":
-            from .cuda_mma_sp import mma_sp_conv2d
-
-            return mma_sp_conv2d(x_shape, w_shape, patterns, dtype=dtype, target=self.target, **conv)
-        if self.family == NM_EMULATED:
-            from .llvm_tensorized import nm_conv2d_tensorized
-
-            return nm_conv2d_tensorized(x_shape, w_shape, patterns, dtype=dtype, **conv)
-        return llvm.nm_conv2d(x_shape, w_shape, patterns, dtype=dtype, **conv)
+    @property
+    def family(self) -> str:
+        return self.rule.family
 
     @property
     def dense_kernels(self) -> bool:
         """Whether dense layers have a scheduled kernel here (the CPU ones)."""
-        return self.target.kind.name == "llvm"
+        return self.rule.dense_kernels
+
+    def nm_matmul(self, m: int, k: int, n: int, patterns, dtype: str):
+        return self.rule.matmul(self.target, m, k, n, patterns, dtype)
+
+    def nm_conv2d(self, x_shape, w_shape, patterns, dtype: str, **conv):
+        return self.rule.conv2d(self.target, x_shape, w_shape, patterns, dtype, **conv)
 
 
 def kernels_for(hardware, target: tvm.target.Target | None = None) -> Kernels:
     """The kernels for ``hardware`` compiled for ``target`` (default: the current, else the hardware's)."""
     target = target or tvm.target.Target.current(allow_none=True) or hardware.tvm_target()
-    kind, family = target.kind.name, hardware.tvm.intrinsic
-    if kind == "cuda":
-        if family != MMA_SP:
-            raise ValueError(
-                f"{hardware.name}: intrinsic family {family!r} has no CUDA implementation; "
-                f"CUDA builds need a target whose unit is {MMA_SP!r} (stc-2of4)"
-            )
-        return Kernels("mma_sp", target)
-    if kind != "llvm":
-        raise ValueError(f"no N:M kernels for TVM target kind {kind!r}; use llvm or cuda")
-    return Kernels(NM_EMULATED if family == NM_EMULATED else "plain", target)
+    rule = next((rule for rule in RULES if rule.applies(hardware, target)), None)
+    if rule is not None:
+        return Kernels(rule, target)
+    if target.kind.name == "cuda":
+        raise ValueError(
+            f"{hardware.name}: intrinsic family {hardware.tvm.intrinsic!r} has no CUDA implementation; "
+            f"CUDA builds need a target whose unit is {MMA_SP!r} (stc-2of4)"
+        )
+    raise ValueError(f"no N:M kernels for TVM target kind {target.kind.name!r}; use llvm or cuda")

@@ -1,4 +1,4 @@
-"""Semantics of TASD decomposition (DESIGN §2), as properties and exact cases."""
+"""Semantics of TASD decomposition (docs/semantics.md), as properties and exact cases."""
 
 from itertools import combinations
 

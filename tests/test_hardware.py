@@ -1,4 +1,4 @@
-"""Hardware target files, their loader, the DESIGN §2 mapping rule and TVM targets."""
+"""Hardware target files, their loader, the mapping rule of docs/semantics.md §5 and TVM targets."""
 
 import math
 import re

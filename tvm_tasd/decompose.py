@@ -1,7 +1,7 @@
 """TASD decomposition: N:M terms, greedy series, compressed storage, errors.
 
 Everything here is plain numpy, vectorised over groups (no Python loop over
-groups), and follows DESIGN §2 exactly:
+groups), and follows ``docs/semantics.md`` §1–§4 exactly:
 
 * groups of M run along the reduction axis; K is zero-padded to a multiple
   of M and padding never counts as a kept value;
@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import NMPattern, TASDConfig
 
-#: Reduction axis of each weight layout the project knows (DESIGN §2).
+#: Reduction axis of each weight layout the project knows (docs/semantics.md §1).
 LAYOUT_AXIS = {
     "matmul": 0,  # (K, N) constant of matmul(x, W)
     "linear": 1,  # (N, K) PyTorch Linear / ONNX Gemm transB=1
@@ -146,7 +146,7 @@ def _top_n_positions(score: np.ndarray, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NMTerm:
-    """One N:M term in compressed storage (DESIGN §2, "Compressed storage").
+    """One N:M term in compressed storage (docs/semantics.md §4).
 
     ``values`` and ``indices`` have the tensor's shape with the reduction axis
     shrunk from K to ceil(K/M)·N; ``indices`` are uint8 positions in 0…M−1,

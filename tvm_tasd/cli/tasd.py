@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from onnx import numpy_helper
 
+from .. import benchmarks as bench_package
 from ..config import TASDConfig
 from ..decompose import approximate, decompose, kept_magnitude_share, relative_error
 from ..hardware import list_targets, load_target
@@ -108,7 +109,7 @@ def cmd_search(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from ..artifact import check_report_paths, load_report, render_report
+    from ..artifact import check_report_paths, load_report, render_report  # loads TVM
 
     check_report_paths(args.output)
     with contextlib.ExitStack() as stack:
@@ -127,11 +128,9 @@ def benchmarks() -> dict[str, str]:
 
     Read from source, not imported: listing must not run a benchmark's set-up.
     """
-    import tvm_tasd.benchmarks as package
-
     found = {}
-    for info in pkgutil.iter_modules(package.__path__):
-        spec = importlib.util.find_spec(f"{package.__name__}.{info.name}")
+    for info in pkgutil.iter_modules(bench_package.__path__):
+        spec = importlib.util.find_spec(f"{bench_package.__name__}.{info.name}")
         tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
         if any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body):
             found[info.name] = (ast.get_docstring(tree) or "").strip().splitlines()[0]
@@ -149,7 +148,13 @@ def cmd_bench(args) -> None:
     if args.name not in available:
         raise ValueError(f"unknown benchmark {args.name!r}; available: {', '.join(available)}")
     sys.argv[0] = f"tasd bench {args.name}"  # so the benchmark's usage line names the command to type
-    importlib.import_module(f"tvm_tasd.benchmarks.{args.name}").main(args.args)
+    try:
+        importlib.import_module(f"{bench_package.__name__}.{args.name}").main(args.args)
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith(f"{bench_package.__name__}.models"):
+            raise
+        raise ValueError(f"benchmark {args.name!r} uses the benchmark model zoo (benchmarks/models/), which only a "
+                         "source checkout has: run it from one, installed with pip install -e .") from None
 
 
 def _demo(args) -> None:

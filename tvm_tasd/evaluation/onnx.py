@@ -26,6 +26,7 @@ from functools import cached_property
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..frontend import from_onnx, load_onnx
@@ -40,8 +41,6 @@ from .keep_top import keep_top
 
 def inference_session(model: onnx.ModelProto):
     """A CPU onnxruntime session using every core (or ``$TVM_TASD_ORT_THREADS``) for each operator."""
-    import onnxruntime as ort  # loaded with the first session: importing the package must stay cheap
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("TVM_TASD_ORT_THREADS", os.cpu_count() or 1))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 SEED = 0
 INPUT_NAME = "input"
@@ -36,9 +39,6 @@ class DigitsData:
 
 def load_data() -> DigitsData:
     """load_digits scaled to [0, 1], a fixed 80/20 stratified split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     train_x, test_x, train_y, test_y = train_test_split(
@@ -218,8 +218,6 @@ def train(name: str, epochs: int = 40, batch: int = 32) -> tuple[onnx.ModelProto
             step += 1
             _adam(net.params, net.step(data.train_x[sel], data.train_y[sel]), state, step)
     model = _to_onnx(name, net)
-    from onnx.reference import ReferenceEvaluator
-
     logits = ReferenceEvaluator(model).run(None, {INPUT_NAME: data.test_x})[0]
     return model, accuracy(logits, data.test_y)
 
