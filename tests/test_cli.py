@@ -171,6 +171,8 @@ BAD_INPUT = {
     "calibration without labels": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--metric", "accuracy"],
                                    "'labels'"),
     "report format": (["tasd", "report", "other_plan.json", "-o", "report.pdf"], "suffix"),
+    "unknown model output": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--model-output", "scores"],
+                             "no output 'scores'"),
 }
 
 

@@ -148,3 +148,55 @@ def test_params_are_refused_for_an_onnx_model(calibration):
     feeds, _ = calibration
     with pytest.raises(ValueError, match="params= gives the weights of an IRModule"):
         tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds[:1], params={}, progress=False)
+
+
+def _with_extra_outputs() -> onnx.ModelProto:
+    """The digits MLP whose first outputs are what TASD cannot change (the input's shape, the input itself),
+    followed by the logits and a second float output a layer does reach."""
+    model = onnx.load(model_path("digits-mlp"))
+    graph = model.graph
+    graph.node.extend([
+        onnx.helper.make_node("Shape", ["input"], ["input_shape"]),
+        onnx.helper.make_node("Identity", ["input"], ["input_copy"]),
+        onnx.helper.make_node("Relu", ["logits"], ["positive_logits"]),
+    ])
+    logits = graph.output.pop()
+    graph.output.extend([
+        onnx.helper.make_tensor_value_info("input_shape", onnx.TensorProto.INT64, [2]),
+        onnx.helper.make_tensor_value_info("input_copy", onnx.TensorProto.FLOAT, ["batch", 64]),
+        logits,
+        onnx.helper.make_tensor_value_info("positive_logits", onnx.TensorProto.FLOAT, ["batch", 10]),
+    ])
+    return model
+
+
+def test_outputs_no_layer_reaches_are_never_scored(calibration):
+    feeds, _ = calibration
+    fed = OnnxWeightFedModel(_with_extra_outputs(), feeds[:1])
+    assert [(o.name, o.dtype.kind, o.influenced) for o in fed.outputs] == [
+        ("input_shape", "i", False), ("input_copy", "f", False), ("logits", "f", True), ("positive_logits", "f", True)]
+    plan = tasder.search(_with_extra_outputs(), "vegeta-m8", feeds[:2], metric="cosine", budget=0.99, progress=False)
+    assert plan.info["outputs"] == ["logits", "positive_logits"]  # every float output a layer reaches, not the first
+    assert plan.info["quality"]["relative"] >= 0.99 and plan.info["edp_vs_dense"] < 1.0
+
+
+@pytest.mark.parametrize(
+    "outputs, match",
+    [
+        (None, "name one"),  # top1 scores one output; two could be it
+        (["input_shape"], "not float"),
+        (["input_copy"], "no layer weight influences"),
+        (["scores"], "no output 'scores'"),
+    ],
+)
+def test_the_scored_output_is_never_a_guess(outputs, match, calibration):
+    feeds, _ = calibration
+    with pytest.raises(ValueError, match=match):
+        tasder.search(_with_extra_outputs(), "vegeta-m8", feeds[:1], metric="top1", outputs=outputs, progress=False)
+
+
+def test_a_named_output_is_the_one_scored(calibration):
+    feeds, _ = calibration
+    plan = tasder.search(_with_extra_outputs(), "vegeta-m8", feeds[:2], metric="top1", outputs=["logits"],
+                         progress=False)
+    assert plan.info["outputs"] == ["logits"] and plan.info["quality"]["relative"] >= 0.99

@@ -96,12 +96,14 @@ def cmd_search(args) -> None:
     from ..tasder import search_file  # TVM loads only for the commands that need it
 
     plan = search_file(args.model, args.hw, args.calibration, args.output, metric=args.metric, budget=args.budget,
-                       batch=args.batch, strategy=args.strategy, max_terms=args.max_terms, seed=args.seed)
+                       batch=args.batch, strategy=args.strategy, max_terms=args.max_terms, seed=args.seed,
+                       outputs=args.output_name)
     quality, search = plan.info["quality"], plan.info["search"]
     rewritten = sum(not layer.weight.is_dense for layer in plan.layers)
     print(f"plan → {args.output}: {rewritten} of {len(plan.layers)} layers rewritten for {plan.hardware}, "
           f"modelled EDP {plan.info['edp_vs_dense']:.2f}× dense")
-    print(f"{plan.info['metric']} on the calibration data: {quality['original']:.4f} → {quality['plan']:.4f} "
+    print(f"{plan.info['metric']} of {', '.join(plan.info['outputs'])} on the calibration data: "
+          f"{quality['original']:.4f} → {quality['plan']:.4f} "
           f"({quality['relative']:.1%} of the original, budget {plan.budget:.1%}); "
           f"{search['full_evaluations']} full evaluations")
     print(f"next: tasd report {shlex.quote(str(args.output))}  |  "
@@ -194,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an ONNX model")
     p.add_argument("--hw", default=DEFAULT_HW, help=f"hardware target name or .toml file (default {DEFAULT_HW})")
     p.add_argument("--calibration", required=True, help="an .npz file (see below)")
+    p.add_argument("--model-output", dest="output_name", action="append", metavar="NAME",
+                   help="model output the metric scores (repeatable; default: every float output a layer "
+                        "influences; top1/accuracy need exactly one)")
     p.add_argument("--metric", default="cosine", choices=["cosine", "top1", "accuracy"],
                    help="quality measure: output cosine or top-1 agreement with the original model, "
                         "or accuracy against the labels (default cosine)")

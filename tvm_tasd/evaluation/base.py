@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -30,6 +32,15 @@ from ..layer import Layer
 from .calibration import CalibrationStats, Feed
 
 Outputs = list[list[np.ndarray]]  # per calibration batch, the model's outputs
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of the model: its name, dtype, and whether any layer weight influences it."""
+
+    name: str
+    dtype: np.dtype
+    influenced: bool  # False: TASD cannot change it (an input passed through, a shape, a constant)
 
 
 class WeightFedModel(ABC):
@@ -73,6 +84,28 @@ class WeightFedModel(ABC):
     @abstractmethod
     def calibrate(self, progress: bool = True) -> CalibrationStats:
         """Statistics of every layer input, original weights, one pass over the calibration batches."""
+
+    @property
+    @abstractmethod
+    def output_names(self) -> list[str]:
+        """The model's outputs, in the order :meth:`run` returns them."""
+
+    @cached_property
+    def outputs(self) -> list[OutputSpec]:
+        """Every output with its dtype and whether a layer weight influences it.
+
+        Measured, for both evaluators alike: the first batch runs once as it is
+        and once with every replaceable weight perturbed; an output that does
+        not move is one no layer reaches.
+        """
+        reference, perturbed = self.run(batches=1)[0], self.run(self._perturbed(), batches=1)[0]
+        return [OutputSpec(name, a.dtype, a.dtype.kind == "f" and not np.array_equal(a, b))
+                for name, a, b in zip(self.output_names, reference, perturbed)]
+
+    def _perturbed(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(0)
+        return {name: w + (np.abs(w).mean() + 1.0) * rng.standard_normal(w.shape).astype(w.dtype)
+                for name, w in self._weights.items()}
 
     @property
     def layer_names(self) -> list[str]:

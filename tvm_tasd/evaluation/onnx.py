@@ -207,7 +207,10 @@ class OnnxWeightFedModel(WeightFedModel):
         inits = {init.name: init for init in self.model.graph.initializer}
         weights = {name: (numpy_helper.to_array(inits[name]), axis) for name, axis in weight_axes(self.model).items()}
         super().__init__(feeds, layers, weights, activation_groups, relu_fed_groups)
-        self.output_names = [value.name for value in self.model.graph.output]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [value.name for value in self.model.graph.output]
 
     @cached_property
     def _session(self):

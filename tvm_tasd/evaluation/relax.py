@@ -110,6 +110,11 @@ class _FeedHook(LayerHook):
                               attrs=tvm.ir.DictAttrs(attrs))
 
 
+def _leaves(ty) -> int:
+    """How many tensors a (possibly nested) tuple type holds."""
+    return sum(_leaves(field) for field in ty.fields) if isinstance(ty, relax.TupleType) else 1
+
+
 def _as_list(value) -> list[np.ndarray]:
     """VM result (tensor or nested tuple) → flat list of numpy arrays."""
     if isinstance(value, tvm.runtime.Tensor):
@@ -153,6 +158,12 @@ class RelaxWeightFedModel(WeightFedModel):
         self._weight_inputs = {name: [v.name for v in vs] for name, vs in hook.weight_inputs.items()}
         self._packed_originals = {name: self._packers[name](weight) for name, weight in self._weights.items()}
         self._exposed = list(hook.activations)
+        self._output_count = _leaves(mod["main"].ret_ty)
+
+    @property
+    def output_names(self) -> list[str]:
+        """``output_0``, ``output_1``… (a Relax function's results have no names)."""
+        return [f"output_{i}" for i in range(self._output_count)]
 
     def _inputs(self, weights, keeps) -> dict[str, np.ndarray]:
         inputs = {f"{name}::keep": np.array(keep, np.int64) for name, keep in keeps.items()}

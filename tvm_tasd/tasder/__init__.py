@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 
 from ..candidates import candidate_configs
 from ..evaluation import open_model
-from ..evaluation.metrics import Metric, accuracy_metric, cosine_metric, resolve_metric, score, top1_metric
+from ..evaluation.metrics import (
+    Metric,
+    accuracy_metric,
+    cosine_metric,
+    resolve_metric,
+    score,
+    scored_outputs,
+    top1_metric,
+)
 from ..evaluation.onnx import calibration_from_npz
 from ..frontend import load_onnx
 from ..hardware import load_target
@@ -55,6 +63,7 @@ def search(
     seed: int = 0,
     progress: bool = True,
     params=None,
+    outputs: Sequence[str] | None = None,
 ) -> Plan:
     """Search a plan for ``model`` on ``hw``.
 
@@ -72,6 +81,11 @@ def search(
     (plain greedy: every step, until the first failure).
     ``sensitivity_batches``: calibration batches each per-layer sensitivity
     run uses.
+    ``outputs``: the output names the metric scores (a Relax module's are
+    ``output_0``, ``output_1``…). By default every float output that a layer
+    weight influences; ``top1``/``accuracy`` need exactly one, so a model with
+    several must name it. An output that is not float or that no layer
+    reaches is refused: scoring it would measure nothing.
     """
     options = SearchOptions(metric, budget, labels, max_terms, tuple(scores), strategy, sensitivity_batches, seed,
                             progress)
@@ -80,8 +94,9 @@ def search(
     act_configs = activation_series(target, max_terms)
     fed = open_model(model, calibration, params=params,
                      relu_fed_groups=act_configs[0].max_m if act_configs else None)
+    scored = scored_outputs(fed.outputs, outputs, metric)
     stats = fed.calibrate(progress)
-    reference = fed.run()
+    reference = [[batch[i] for i in scored] for batch in fed.run()]
     metric_fn, metric_name = resolve_metric(metric, labels, reference)
     dense_quality = score(metric_fn, reference)
     if dense_quality <= 0:
@@ -99,7 +114,7 @@ def search(
                                      stats.samples.get(layer.name))
         layers.append(LayerSearch(layer, scale, frontier))
 
-    state = Search(layers, fed, metric_fn, dense_quality, options)
+    state = Search(layers, fed, scored, metric_fn, dense_quality, options)
     state.measure_sensitivities(reference)
     paths = {"uniform": uniform_path(layers, target, candidate_configs(target, max_terms)), "greedy": greedy_path(layers)}
     winners = [state.verified(path) for path in paths.values()]
@@ -110,7 +125,7 @@ def search(
 
 
 def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99, batch=None, strategy="surrogate",
-                max_terms=2, seed=0) -> Plan:
+                max_terms=2, seed=0, outputs: Sequence[str] | None = None) -> Plan:
     """TASDER on an ONNX model file with calibration data from an .npz (see
     :func:`~tvm_tasd.evaluation.onnx.calibration_from_npz`); the plan is written to ``output``.
 
@@ -124,7 +139,7 @@ def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99,
         raise ValueError(f"metric 'accuracy' needs a 'labels' array (one label per sample) in {calibration}")
     with atomic_output(output) as tmp:
         plan = search(proto, target, feeds, metric=metric, budget=budget, labels=labels, max_terms=max_terms,
-                      strategy=strategy, seed=seed)
+                      strategy=strategy, seed=seed, outputs=outputs)
         plan.info["model"] = {"path": str(Path(model).resolve()),
                               "inputs": {name: list(value.shape) for name, value in feeds[0].items()}}
         plan.save(tmp)

@@ -25,7 +25,7 @@ import numpy as np
 import xgboost
 from tqdm.auto import tqdm
 
-from ..evaluation import WeightFedModel, cosine_metric
+from ..evaluation import Outputs, WeightFedModel, cosine_metric
 from ..evaluation.metrics import Metric, score
 from ..hardware import HardwareTarget
 from ..plan import Plan
@@ -60,10 +60,11 @@ class _Surrogate:
 class Search:
     """The state of one search over ``layers`` (each with its frontier) on ``model``."""
 
-    def __init__(self, layers: list[LayerSearch], model: WeightFedModel, metric: Metric, dense_quality: float,
-                 options: SearchOptions):
+    def __init__(self, layers: list[LayerSearch], model: WeightFedModel, scored: list[int], metric: Metric,
+                 dense_quality: float, options: SearchOptions):
         self.layers = layers
         self.model = model
+        self.scored = scored  # the outputs the metric reads
         self.metric = metric
         self.dense_quality = dense_quality
         self.options = options
@@ -73,6 +74,11 @@ class Search:
         self.surrogate = _Surrogate(options.seed)
 
     # ---------------------------------------------------------------- measuring
+
+    def run(self, weights=None, batches: int | None = None, keeps=None):
+        """The scored outputs of the model with these weights and keep counts."""
+        outputs = self.model.run(weights, batches=batches, keeps=keeps)
+        return [[batch[i] for i in self.scored] for batch in outputs]
 
     def edp_ratio(self, state: State) -> float:
         """Modelled EDP of ``state`` ÷ all-dense."""
@@ -91,10 +97,10 @@ class Search:
                 layer_weights, layer_keeps = layer.feeds(layer.options[index])
                 weights.update(layer_weights)
                 keeps.update(layer_keeps)
-            self.measured[state] = score(self.metric, self.model.run(weights, keeps=keeps)) / self.dense_quality
+            self.measured[state] = score(self.metric, self.run(weights, keeps=keeps)) / self.dense_quality
         return self.measured[state]
 
-    def measure_sensitivities(self, reference) -> None:
+    def measure_sensitivities(self, reference: Outputs) -> None:
         """α per layer: the output damage of its cheapest option alone, per unit of that option's e².
 
         Damage is 1 − cosine similarity to the original outputs on the first
@@ -107,7 +113,7 @@ class Search:
             if len(layer.options) < 2:
                 continue
             weights, keeps = layer.feeds(layer.options[-1])
-            outputs = self.model.run(weights, batches=batches, keeps=keeps)
+            outputs = self.run(weights, batches=batches, keeps=keeps)
             layer.alpha = max(0.0, 1.0 - damage(outputs)) / max(layer.options[-1].proxy ** 2, 1e-30)
 
     # ---------------------------------------------------------------- verifying paths
@@ -161,6 +167,7 @@ class Search:
         relative = self.relative_quality(state)
         info = {
             "metric": metric_name,
+            "outputs": [self.model.output_names[i] for i in self.scored],
             "quality": {"original": self.dense_quality, "plan": relative * self.dense_quality, "relative": relative,
                         "predicted_drop": float(sum(self.features(state)[:-1]))},
             "edp_vs_dense": float(self.edp_ratio(state)),
