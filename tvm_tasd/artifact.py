@@ -317,8 +317,12 @@ def load_report(source, hw=None, model=None, input_shapes: dict | None = None) -
         return Report.from_json(data, hw)
     plan = Plan.from_json(data)
     recorded = plan.info.get("model", {})
-    model = model or recorded.get("path")
-    if model is None:
+    if model is not None:
+        imported = import_model(model, input_shapes or recorded.get("inputs"))
+    elif recorded.get("path") is not None:
+        # A path written inside a data file is only ever read as ONNX (parsing it runs no code), never as .pt2.
+        model = recorded["path"]
+        imported = import_model(model, input_shapes or recorded.get("inputs"), fmt="onnx")
+    else:
         raise ValueError(f"{path} does not name its model; give --model MODEL.onnx")
-    imported = import_model(model, input_shapes or recorded.get("inputs"))
     return Report.from_plan(plan, find_layers(imported.mod), hw, model=Path(model).name)

@@ -14,8 +14,10 @@ needs torch) names its layers by their PyTorch parameter names the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,19 +145,57 @@ def import_model(path, input_shapes: dict | None = None, fmt: str | None = None)
     return from_onnx(path, input_shapes)
 
 
+#: Archive members torch reads with plain ``pickle`` (Python objects, not tensors): loading them runs code.
+_PICKLED_OBJECTS = ("data/constants/custom_obj_", "data/constants/opaque_obj_")
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Make every ``torch.load`` inside the block weights-only, even where torch's .pt2 reader asks for
+    ``weights_only=False``: a weight file cannot smuggle a pickle payload in."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def _check_pt2_archive(path) -> None:
+    """A .pt2 is a zip; refuse one holding pickled Python objects before torch opens it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        raise ModelImportError(f"{path} is not a PyTorch exported program (torch.export.save writes a zip archive)") from None
+    pickled = [name for name in names if any(marker in name for marker in _PICKLED_OBJECTS)]
+    if pickled:
+        raise ModelImportError(f"{path} holds pickled Python objects ({pickled[0]}), which loading would execute; "
+                               "only programs whose constants are tensors are read")
+
+
 def from_pt2(path, input_shapes: dict | None = None) -> ImportedModel:
-    """A ``torch.export`` program; layers are named by their PyTorch parameter names."""
+    """A ``torch.export`` program; layers are named by their PyTorch parameter names.
+
+    Loaded the safest way torch allows: the archive is refused if it holds
+    pickled objects, and every tensor is read weights-only.
+    """
     try:
         import torch
     except ImportError:
         raise ModelImportError("reading a PyTorch .pt2 program needs torch: pip install -e '.[models]'") from None
     from tvm.relax.frontend.torch import from_exported_program  # imports torch: only for .pt2 programs
 
+    _check_pt2_archive(path)
     try:
-        program = torch.export.load(str(path))
+        with _weights_only_loads():
+            program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001 — torch raises many types for a file that is no program
-        raise ModelImportError(f"{path} is not a PyTorch exported program (torch.export.save): "
-                               f"{type(err).__name__}") from None
+        raise ModelImportError(f"{path} is not a PyTorch exported program (torch.export.save), or holds more than "
+                               f"tensors: {type(err).__name__}") from None
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
     inputs = {}
     for name in program.graph_signature.user_inputs:
