@@ -29,8 +29,8 @@ def run_vm(executable, *inputs):
     return vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
 
 
-def run_ort(model: onnx.ModelProto, x):
-    return ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
+def run_ort(model: onnx.ModelProto, x, name="input"):
+    return ort.InferenceSession(model.SerializeToString()).run(None, {name: x})[0]
 
 
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
@@ -165,3 +165,39 @@ def test_dynamic_shapes_and_integer_layers_stay_dense_with_a_reason(x_shape, dty
 def test_both_config_and_plan_is_refused():
     with pytest.raises(ValueError, match="either config"):
         TASDRewrite("vegeta-m8", config="2:8", plan={"fc1.weight": "2:8"})
+
+
+def _two_layer_onnx(first: str, second: str, second_weight=None, reuse_first=False) -> onnx.ModelProto:
+    """x(4, 16) · W1(16, 16) · W2(16, 8), weights named as given (the second may equal the first, or be it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 16)).astype(np.float32)
+    w2 = rng.standard_normal((16, 8)).astype(np.float32) if second_weight is None else second_weight(w1)
+    nodes = [helper.make_node("MatMul", ["x", first], ["h"]),
+             helper.make_node("MatMul", ["h", first if reuse_first else second], ["y"])]
+    inits = [numpy_helper.from_array(w1, first)] + ([] if reuse_first else [numpy_helper.from_array(w2, second)])
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    "model, names",
+    [
+        (_two_layer_onnx("fc.w", "fc_w"), ["fc.w", "fc_w"]),  # one identifier after clean-up
+        (_two_layer_onnx("w", None, reuse_first=True), ["w", "w#2"]),  # one weight used twice
+    ],
+)
+def test_layers_whose_names_clash_as_identifiers_compile(model, names):
+    x = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
+    ex = build(from_onnx(model).mod, "cpu-emulated", config="2:4")
+    assert [layer["name"] for layer in ex.layers] == names
+    np.testing.assert_allclose(run_vm(ex, x), run_ort(approximate_onnx(model, config="2:4"), x, "x"), atol=1e-4)
+
+
+def test_equal_valued_weights_keep_their_own_names_and_plan_entries():
+    model = _two_layer_onnx("first.weight", "second.weight", second_weight=lambda w1: w1.copy())
+    out = TASDRewrite("vegeta-m8", plan={"second.weight": "2:8"})(from_onnx(model).mod)
+    table = {str(e["name"]): str(e["weight"]) for e in out.attrs[LAYERS_ATTR]}
+    assert table == {"first.weight": "dense", "second.weight": "2:8"}

@@ -90,14 +90,23 @@ def _input_shapes(proto, overrides):
     return shapes
 
 
-def weight_name_map(params: dict[str, np.ndarray]) -> dict[str, str]:
-    """Fingerprint → name for every weight, also for the transposed 2-D view
-    (constant folding of Gemm's transB turns (N, K) into (K, N))."""
-    names = {}
-    for name, value in params.items():
-        names.setdefault(fingerprint(value), name)
+def weight_name_map(params: dict[str, np.ndarray], uses: list[str] | None = None) -> dict[str, list[str]]:
+    """Fingerprint → the names of the weights with that content, one entry per use in program order.
+
+    ``uses`` lists the weights as the model's nodes read them (a weight read
+    twice appears twice); weights it leaves out follow in ``params`` order.
+    Equal-valued weights share a fingerprint, so the matcher tells them
+    apart by the order they are used in. The transposed 2-D view is mapped
+    too (constant folding of Gemm's transB turns (N, K) into (K, N)).
+    """
+    order = [name for name in uses or [] if name in params]
+    order += [name for name in params if name not in set(order)]
+    names: dict[str, list[str]] = {}
+    for name in order:
+        value = params[name]
+        names.setdefault(fingerprint(value), []).append(name)
         if value.ndim == 2:
-            names.setdefault(fingerprint(value.T), name)
+            names.setdefault(fingerprint(value.T), []).append(name)
     return names
 
 
@@ -124,7 +133,8 @@ def from_onnx(model, input_shapes: dict | None = None, keep_params_in_input: boo
         mod, detached = relax.frontend.detach_params(mod)
         names = [p.name for p in mod["main"].params[len(shapes) :]]
         params = {name: value.numpy() for name, value in zip(names, detached.get("main", []))}
-    mod = mod.with_attr(WEIGHT_NAMES_ATTR, weight_name_map(params))
+    uses = [name for node in proto.graph.node for name in node.input]
+    mod = mod.with_attr(WEIGHT_NAMES_ATTR, weight_name_map(params, uses))
     outputs = [o.name for o in proto.graph.output]
     return ImportedModel(mod, params, shapes, outputs)
 

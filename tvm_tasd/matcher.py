@@ -51,14 +51,17 @@ class LayerMatcher:
     """Recognises layer calls and names them; shared by discovery and rewrite.
 
     Names: the parameter name (weights as inputs), else the source name from
-    the module's fingerprint map, else ``{op}_{index}``; duplicates (a weight
-    used twice) get ``#2``, ``#3``… in program order.
+    the module's fingerprint map (equal-valued weights named by the order
+    they are used in), else ``{op}_{index}``; duplicates (a weight used
+    twice) get ``#2``, ``#3``… in program order.
     """
 
     def __init__(self, mod: tvm.IRModule, params: dict[str, np.ndarray] | None = None):
         self.params = dict(params or {})
         attrs = mod.attrs
-        self.source_names = dict(attrs[WEIGHT_NAMES_ATTR]) if attrs is not None and WEIGHT_NAMES_ATTR in attrs else {}
+        recorded = attrs[WEIGHT_NAMES_ATTR] if attrs is not None and WEIGHT_NAMES_ATTR in attrs else {}
+        self.source_names = {str(key): [str(name) for name in names] for key, names in recorded.items()}
+        self._source_uses: dict[str, int] = {}
         self.bindings: dict = {}  # var → bound value, to see through permute_dims bindings
         self._seen: dict[str, int] = {}
         self._count = 0
@@ -75,7 +78,7 @@ class LayerMatcher:
         expr = self._resolve(expr)
         if isinstance(expr, tvm.ir.Constant):
             value = expr.value.numpy()
-            return value, self.source_names.get(fingerprint(value))
+            return value, self._source_name(fingerprint(value))
         if isinstance(expr, relax.Var) and expr.name in self.params:
             return np.asarray(self.params[expr.name]), expr.name
         return None
@@ -92,6 +95,15 @@ class LayerMatcher:
                 return False
             expr = value.args[0]
         return False
+
+    def _source_name(self, key: str) -> str | None:
+        """The next name recorded for this content: equal-valued weights are named in order of use."""
+        names = self.source_names.get(key)
+        if not names:
+            return None
+        used = self._source_uses.get(key, 0)
+        self._source_uses[key] = used + 1
+        return names[min(used, len(names) - 1)]
 
     def _weight(self, expr):
         """(array, layout axis, name) for W or permute_dims(W); None if not constant."""

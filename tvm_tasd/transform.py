@@ -160,8 +160,6 @@ def _table_entry(layer: Layer, choice: Choice, measured: dict[str, tuple[int, fl
     }
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^0-9a-zA-Z_]", "_", name)
 
 
 @relax.expr_functor.mutator
@@ -179,6 +177,7 @@ class _Rewriter(relax.PyExprMutator):
         self.hook = hook
         self.matched: list[Layer] = []
         self.measured: dict[str, tuple[int, float]] = {}  # layer → (executed MACs, weight error)
+        self.symbols = {gv.name_hint for gv in mod.get_global_vars()}
 
     def rewrite(self) -> tvm.IRModule:
         main = self.mod.get_global_var("main")
@@ -197,6 +196,15 @@ class _Rewriter(relax.PyExprMutator):
         activation = self.hook.layer_input(layer, self.visit_expr(binding.value.args[0]), self.builder_)
         new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, new_value))
+
+    def _symbol(self, prefix: str, layer: Layer) -> str:
+        """A kernel name unique in the module (``fc.w`` and ``fc_w`` clean up to the same identifier)."""
+        base = f"{prefix}{re.sub(r'[^0-9a-zA-Z_]', '_', layer.name)}"
+        symbol, suffix = base, 1
+        while symbol in self.symbols:
+            symbol, suffix = f"{base}_{suffix}", suffix + 1
+        self.symbols.add(symbol)
+        return symbol
 
     def _kernel(self, layer: Layer, choice: Choice):
         """The scheduled kernel for this layer, its packed constant arrays, and the weight error."""
@@ -221,7 +229,7 @@ class _Rewriter(relax.PyExprMutator):
     def _activation_call(self, layer: Layer, choice: Choice, x):
         """call_tir of the run-time activation decomposition (the TASD units) on x (m, k)."""
         kernel = nm_activation((layer.m, layer.k), choice.activation, dtype=layer.dtype)
-        symbol = f"tasd_act_{_safe(layer.name)}"
+        symbol = self._symbol("tasd_act_", layer)
         attrs = {"tasd.layer": layer.name, "tasd.activation": str(choice.activation), "global_symbol": symbol}
         gvar = self.builder_.add_func(kernel.func.with_attrs(attrs), symbol)
         return relax.call_tir(gvar, [x], relax.TensorType((layer.m, layer.k), layer.dtype))
@@ -237,7 +245,7 @@ class _Rewriter(relax.PyExprMutator):
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:
             out_shape = call_shape = tuple(int(d) for d in kernel.out_shape)
-        symbol = f"tasd_{_safe(layer.name)}"
+        symbol = self._symbol("tasd_", layer)
         func = kernel.func.with_attrs(
             {
                 "tasd.layer": layer.name,
