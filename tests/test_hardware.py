@@ -97,6 +97,8 @@ BAD_FILES = [
     ("dense", 'intrinsic = "nm_emulated"', "", ["[tvm] intrinsic", "missing"]),
     ("dense", "[memory.global_buffer]", "[memory.compute]", ["[memory] compute", "reserved"]),
     ("dense", "energy_pj_per_bit = 0.0", "energy_pj_per_bit = zero", ["not valid TOML"]),
+    ("stc-2of4", "clock_ghz = 1.41", "clock_ghz = nan", ["[compute] clock_ghz", "finite"]),
+    ("stc-2of4", "clock_ghz = 1.41", "clock_ghz = inf", ["[compute] clock_ghz", "finite"]),
 ]
 
 
@@ -246,3 +248,14 @@ def test_bad_tvm_attribute_is_reported_with_the_file(tmp_path):
     with pytest.raises(ValueError) as err:
         load_target(path).tvm_target()
     assert str(path) in str(err.value) and "[tvm]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_digest_follows_what_a_file_says_not_its_name_or_comments(tmp_path):
+    bundled = load_target("vegeta-m8")
+    commented = tmp_path / "commented.toml"
+    commented.write_text("# my notes\n" + _text("vegeta-m8"))
+    assert load_target(commented).digest == bundled.digest
+    faster = tmp_path / "faster.toml"
+    faster.write_text(_text("vegeta-m8").replace("clock_ghz = 1.41", "clock_ghz = 2.82"))
+    changed = load_target(faster)
+    assert changed.name == bundled.name and changed.digest != bundled.digest

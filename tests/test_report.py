@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from importlib import resources
 
 import pytest
 
@@ -17,6 +18,7 @@ from tvm_tasd.hardware import load_target
 from tvm_tasd.matcher import find_layers
 from tvm_tasd.models.digits import model_path
 from tvm_tasd.plan import Plan
+from tvm_tasd.policy import TASDWarning
 from tvm_tasd.report import WIDTH, Report
 
 HW = "vegeta-m8"
@@ -126,3 +128,30 @@ def test_html_renders_in_headless_chromium(searched, tmp_path):
     assert dom.stdout.count("<svg") == 3 and "fc2.weight" in dom.stdout
     for log in (shot.stderr, dom.stderr):  # page errors reach the log as CONSOLE lines; failed loads as net::ERR
         assert "CONSOLE" not in log and "net::ERR" not in log, log
+
+
+@pytest.fixture
+def renamed_copy(tmp_path):
+    """A copy of vegeta-m8.toml that keeps the name and doubles the clock."""
+    text = (resources.files("tvm_tasd.hardware_targets") / f"{HW}.toml").read_text()
+    path = tmp_path / "my-vegeta.toml"
+    path.write_text(text.replace("clock_ghz = 1.41", "clock_ghz = 2.82"))
+    return path
+
+
+def test_a_copied_target_that_keeps_the_name_is_never_mistaken_for_the_bundled_one(searched, renamed_copy):
+    saved = searched.to_json()
+    again = Report.from_json(copy.deepcopy(saved), renamed_copy)
+    assert again.data["hardware"] == HW and again.data["hardware_digest"] != saved["hardware_digest"]
+    assert again.data["layers"][0]["tasd"]["latency_s"] == pytest.approx(saved["layers"][0]["tasd"]["latency_s"] / 2)
+    assert "other numbers" in again.text()
+
+
+def test_a_plan_names_its_target_by_content(renamed_copy):
+    plan = Plan.from_json({"hardware": HW, "hardware_digest": load_target(renamed_copy).digest,
+                           "layers": [{"name": "fc1.weight", "weight": "2:8"}]})
+    with pytest.raises(ValueError, match="numbers differ"):
+        plan.target()  # the name alone resolves to the bundled file, which is not what it was searched for
+    assert plan.target(renamed_copy).digest == load_target(renamed_copy).digest
+    with pytest.warns(TASDWarning, match="other numbers"):
+        plan.target(HW)

@@ -200,3 +200,17 @@ def test_a_named_output_is_the_one_scored(calibration):
     plan = tasder.search(_with_extra_outputs(), "vegeta-m8", feeds[:2], metric="top1", outputs=["logits"],
                          progress=False)
     assert plan.info["outputs"] == ["logits"] and plan.info["quality"]["relative"] >= 0.99
+
+
+def test_a_model_without_a_layer_to_search_is_refused(calibration):
+    feeds, _ = calibration
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["input"], ["out"])], "no_layers",
+                                   [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [128, 64])],
+                                   [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [128, 64])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    with pytest.raises(ValueError, match="no layer of this model can be searched"):
+        tasder.search(model, "vegeta-m8", feeds[:1], progress=False)
+
+
+def test_the_plan_records_its_target_by_content(mlp_plan):
+    assert mlp_plan.info["hardware_digest"] == tasder.load_target("vegeta-m8").digest

@@ -101,7 +101,7 @@ def render_report(report: Report, path) -> str:
     if suffix == ".html":
         return report.html()
     if suffix == ".json":
-        return json.dumps(report.to_json(), indent=1, sort_keys=True) + "\n"
+        return json.dumps(report.to_json(), indent=1, sort_keys=True, allow_nan=False) + "\n"
     return report.text() + "\n"
 
 
@@ -134,9 +134,12 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
         artifact = stack.enter_context(atomic_output(output))  # unwritable paths fail before the work
         report_tmp = stack.enter_context(atomic_output(report)) if report is not None else None
         tvm_target, target_hw = compile_target(target)
-        hardware = load_target(hw or target_hw or (plan.hardware if plan and plan.hardware else "cpu-emulated"))
-        if plan is not None and plan.hardware not in (None, hardware.name):
-            warnings.warn(f"the plan was searched for {plan.hardware}; checking and costing it on {hardware.name}")
+        if plan is None:
+            hardware = load_target(hw or target_hw or "cpu-emulated")
+        else:
+            hardware = plan.target(hw or target_hw)
+            if plan.hardware not in (None, hardware.name):
+                warnings.warn(f"the plan was searched for {plan.hardware}; checking and costing it on {hardware.name}")
         imported = import_model(model, input_shapes, fmt)
         executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target)
         errors = {entry["name"]: entry["weight_error"] for entry in executable.layers}
@@ -180,6 +183,7 @@ def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarg
         "model": Path(model).name,
         "target": json.loads(str(tvm_target)),  # TVM 0.27 prints a Target as its JSON dict
         "hardware": hardware.name,
+        "hardware_digest": hardware.digest,
         "pass": "tasd" if tasd else None,
         "config": None if config is None else str(config),
         "plan": PLAN if plan is not None else None,
@@ -195,7 +199,7 @@ def _write_artifact(path: Path, executable, members: dict[str, dict]) -> None:
         executable.export_library(str(library))
         tar.add(library, LIBRARY)
         for name, data in members.items():
-            blob = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+            blob = (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(blob), int(time.time())
             tar.addfile(info, io.BytesIO(blob))

@@ -6,7 +6,10 @@ its memory levels (outermost first), MAC / metadata / TASD-unit energies,
 and the TVM target it compiles for.  Every number in a bundled file carries
 a ``# source:`` or ``# assumption:`` comment.  :func:`load_target` takes a
 bundled name (``"vegeta-m8"``) or the path of a user's own file with the
-same layout; :func:`list_targets` names the bundled ones.
+same layout; :func:`list_targets` names the bundled ones. A target's
+``digest`` hashes what its file says, so plans, reports and artifacts can
+tell a copied file that keeps a bundled name but changes its numbers from
+the bundled one.
 
 **How a term runs** (``docs/semantics.md`` §5, :meth:`HardwareTarget.runs`).
 Among the supported patterns that can carry a term
@@ -30,6 +33,9 @@ own schedules still dispatch.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -128,6 +134,7 @@ class HardwareTarget:
     tasd_units: TASDUnits | None
     tvm: TVMSpec
     source_file: str
+    digest: str  # of the file's content as parsed: two files that say the same things share it
 
     def runs(self, term: NMPattern | str | None, operand: str = "weight") -> Execution:
         """How ``term`` of ``operand`` runs here (module docstring); None = dense operand."""
@@ -215,6 +222,8 @@ class _Table:
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}",
                             f"write e.g. `{key} = {example}`")
+        if not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, got {value!r}", f"write e.g. `{key} = {example}`")
         if value < 0 or (strict and value == 0):
             bound = "> 0" if strict else ">= 0"
             raise self.fail(key, f"must be {bound}, got {value!r}", f"give a {bound} value")
@@ -332,6 +341,7 @@ def _parse(data: dict, file: str) -> HardwareTarget:
         tasd_units=units,
         tvm=_read_tvm(root.sub("tvm")),
         source_file=file,
+        digest=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16],
         **compute,
     )
 

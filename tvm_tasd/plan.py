@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from .hardware import HardwareTarget, load_target
 from .io import write_text
-from .policy import Choice
+from .policy import Choice, TASDWarning
 
 PLAN_VERSION = 1
 
@@ -41,6 +43,30 @@ class Plan:
 
     def by_name(self) -> dict[str, Choice]:
         return {layer.name: layer for layer in self.layers}
+
+    def target(self, hw=None, default: str = "cpu-emulated") -> HardwareTarget:
+        """The target to apply the plan on: ``hw`` when given, else the one it was searched for, else ``default``.
+
+        A plan records its target's name and content digest. Resolving the
+        name to a target with other numbers (the plan was searched with a
+        copied file that kept a bundled name) is an error; applying it on
+        such a target given explicitly is allowed, with a warning.
+        """
+        recorded = self.info.get("hardware_digest")
+        if hw is not None:
+            target = load_target(hw)
+            if recorded and target.name == self.hardware and target.digest != recorded:
+                warnings.warn(f"the plan was searched for a {self.hardware} with other numbers than "
+                              f"{target.source_file}; costing it with this file's", TASDWarning, stacklevel=2)
+            return target
+        if self.hardware is None:
+            return load_target(default)
+        target = load_target(self.hardware)
+        if recorded and target.digest != recorded:
+            raise ValueError(f"the plan was searched for a target named {self.hardware!r} whose numbers differ from "
+                             f"{target.source_file} (a copied file that kept the name?); pass that file explicitly "
+                             "(--tasd-hw / --hw / hw=)")
+        return target
 
     def to_json(self) -> dict:
         out = {"version": PLAN_VERSION, "hardware": self.hardware, "budget": self.budget}
@@ -59,7 +85,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically, sorted keys: byte-stable output."""
-        write_text(path, json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+        write_text(path, json.dumps(self.to_json(), indent=1, sort_keys=True, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":

@@ -169,6 +169,7 @@ class Report:
             "mode": mode,
             "source": source,
             "chosen_for": target.name,
+            "chosen_for_digest": target.digest,
             "plan": None if plan is None else {
                 "hardware": plan.hardware, "budget": plan.budget, "metric": plan.info.get("metric"),
                 "quality": plan.info.get("quality"), "edp_vs_dense": plan.info.get("edp_vs_dense"),
@@ -183,7 +184,7 @@ class Report:
         """Report ``plan`` applied to a model's ``layers`` (:func:`tvm_tasd.matcher.find_layers`) as the
         pass would apply it on ``hw`` (default: the plan's hardware), without building anything."""
         plan = Plan.coerce(plan)
-        target = load_target(hw or plan.hardware or "cpu-emulated")
+        target = plan.target(hw)
         choices = Policy(target, plan=plan).decide(layers)
         return cls.from_choices(target, layers, choices, plan, model=model, source=plan_source(plan))
 
@@ -195,7 +196,7 @@ class Report:
         if hw is None:
             return cls(data)
         target = load_target(hw)
-        if target.name == data["hardware"]:
+        if (target.name, target.digest) == (data["hardware"], data.get("hardware_digest")):
             return cls(data)
         return cls(_costed(copy.deepcopy(data), target))
 
@@ -220,6 +221,9 @@ class Report:
                  "the same layer run dense."]
         if d["chosen_for"] != d["hardware"]:
             notes.append(f"Costs re-modelled on {d['hardware']}; the series were chosen for {d['chosen_for']}.")
+        elif d.get("chosen_for_digest") != d.get("hardware_digest"):
+            notes.append(f"Costs re-modelled on a {d['hardware']} with other numbers ({d['hardware_file']}) than the "
+                         "one the series were chosen for.")
         plan = d["plan"]
         if plan and plan.get("quality"):
             q = plan["quality"]
@@ -349,7 +353,8 @@ def _costed(data: dict, target: HardwareTarget) -> dict:
     totals = {name: _cost_dict(sum(c.cycles for c in costs), ModelCost(tuple(costs)))
               for name, costs in (("dense", dense_costs), ("tasd", tasd_costs))}
     totals["ratio"] = _ratios(totals["dense"], totals["tasd"])
-    data.update(hardware=target.name, hardware_file=target.source_file.rsplit("/", 1)[-1], totals=totals)
+    data.update(hardware=target.name, hardware_digest=target.digest, hardware_file=target.source_file.rsplit("/", 1)[-1],
+                totals=totals)
     return data
 
 

@@ -94,6 +94,8 @@ def search(
     act_configs = activation_series(target, max_terms)
     fed = open_model(model, calibration, params=params,
                      relu_fed_groups=act_configs[0].max_m if act_configs else None)
+    if not fed.layer_names:
+        raise _nothing_to_search(fed)
     scored = scored_outputs(fed.outputs, outputs, metric)
     stats = fed.calibrate(progress)
     reference = [[batch[i] for i in scored] for batch in fed.run()]
@@ -114,6 +116,8 @@ def search(
                                      stats.samples.get(layer.name))
         layers.append(LayerSearch(layer, scale, frontier))
 
+    if not layers:
+        raise _nothing_to_search(fed)
     state = Search(layers, fed, scored, metric_fn, dense_quality, options)
     state.measure_sensitivities(reference)
     paths = {"uniform": uniform_path(layers, target, candidate_configs(target, max_terms)), "greedy": greedy_path(layers)}
@@ -122,6 +126,12 @@ def search(
     state.verified(paths["refine"])
     return state.plan(state.cheapest_passing(), target, metric_name, calibration,
                       {name: len(path) for name, path in paths.items()})
+
+
+def _nothing_to_search(fed) -> ValueError:
+    return ValueError(f"no layer of this model can be searched: of its {len(fed.layers)} matmul/conv layers, none has "
+                      "a constant weight the evaluator can replace and a non-constant input (ONNX weights must be "
+                      "initializers)")
 
 
 def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99, batch=None, strategy="surrogate",

@@ -182,6 +182,7 @@ class Search:
                     {"edp_vs_dense": float(self.edp_ratio(s)), "relative_quality": q} for s, q in self.measured.items()
                 ],
             },
+            "hardware_digest": target.digest,
             "note": "EDP is modelled (tvm_tasd.cost) from " + target.source_file.split("/")[-1],
         }
         choices = [layer.choice(index) for layer, index in zip(self.layers, state)]
