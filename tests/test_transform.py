@@ -201,3 +201,45 @@ def test_equal_valued_weights_keep_their_own_names_and_plan_entries():
     out = TASDRewrite("vegeta-m8", plan={"second.weight": "2:8"})(from_onnx(model).mod)
     table = {str(e["name"]): str(e["weight"]) for e in out.attrs[LAYERS_ATTR]}
     assert table == {"first.weight": "dense", "second.weight": "2:8"}
+
+
+def _computed_weights_onnx() -> onnx.ModelProto:
+    """Weights as the exporters of some models write them: a Constant node, and a Transpose of an initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w1 = rng.standard_normal((16, 16)).astype(np.float32)
+    w2_t = rng.standard_normal((8, 16)).astype(np.float32)  # stored (N, K); the graph transposes it
+    nodes = [
+        helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1)),
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Transpose", ["w2_t"], ["w2"], perm=[1, 0]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "computed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [numpy_helper.from_array(w2_t, "w2_t")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weights_computed_from_constants_are_layers_named_alike_in_every_path():
+    from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
+    from tvm_tasd.reference import weight_axes
+
+    model = _computed_weights_onnx()
+    x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
+    ex = build(from_onnx(model).mod, "cpu-emulated", config="2:4")
+    assert [layer["name"] for layer in ex.layers] == ["w1", "w2"] and {l["weight"] for l in ex.layers} == {"2:4"}
+    approx = approximate_onnx(model, config="2:4")
+    assert set(weight_axes(approx)) == {"w1", "w2"}
+    np.testing.assert_allclose(run_vm(ex, x), run_ort(approx, x, "x"), atol=1e-4)
+    assert np.abs(run_ort(approx, x, "x") - run_ort(model, x, "x")).max() > 1e-3  # the weights really changed
+    assert OnnxWeightFedModel(model, [{"x": x}]).layer_names == ["w1", "w2"]
+
+
+def test_weights_as_inputs_without_params_are_said_to_leave_nothing_to_rewrite():
+    as_inputs = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}, keep_params_in_input=True)
+    with pytest.warns(TASDWarning, match="3 matmul/conv2d calls but no layer"):
+        out = TASDRewrite("vegeta-m8", config="2:8")(as_inputs.mod)
+    assert list(out.attrs[LAYERS_ATTR]) == []

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tvm
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from tvm import relax
 from tvm.relax.frontend import onnx as onnx_frontend
+
+from .reference import fold_weights
 
 WEIGHT_NAMES_ATTR = "tasd_weight_names"
 
@@ -54,18 +56,20 @@ class ImportedModel:
 
 
 def load_onnx(model) -> onnx.ModelProto:
-    """A ModelProto from a ModelProto or a path, with one-line errors for missing or non-ONNX files."""
+    """A ModelProto from a ModelProto or a path, with one-line errors for missing or non-ONNX files,
+    its computed layer weights folded into initializers (:func:`~tvm_tasd.reference.fold_weights`)."""
     if isinstance(model, onnx.ModelProto):
-        return model
+        return fold_weights(model)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"expected an ONNX model (path or ModelProto), got {type(model).__name__}")
     path = os.fspath(model)
     if not os.path.exists(path):
         raise ModelImportError(f"model file {path!r} does not exist")
     try:
-        return onnx.load(path)
+        proto = onnx.load(path)
     except Exception as err:  # onnx raises DecodeError/ValueError/… for non-ONNX bytes
         raise ModelImportError(f"{path!r} is not an ONNX model ({type(err).__name__}); export it with torch.onnx.export") from None
+    return fold_weights(proto)
 
 
 def _input_shapes(proto, overrides):
@@ -82,7 +86,7 @@ def _input_shapes(proto, overrides):
                 f"input {value.name!r} has a dynamic shape {dims}; give it a fixed one, "
                 f"e.g. input_shapes={{'{value.name}': [1, ...]}} (CLI: --input-shapes \"{value.name}:[1,...]\")"
             )
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
         shapes[value.name] = (tuple(int(d) for d in shape), dtype)
     unknown = set(overrides) - set(shapes)
     if unknown:

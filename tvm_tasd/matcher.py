@@ -21,14 +21,18 @@ activation series pay (``docs/semantics.md`` §6).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import tvm
 from tvm import relax
 
 from .frontend import WEIGHT_NAMES_ATTR, fingerprint
 from .layer import Layer
+from .policy import TASDWarning
 
 _FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+LAYER_OPS = ("relax.matmul", "relax.nn.conv2d")
 #: Ops that keep a ReLU output's zeros: layout changes, and max over non-negatives.
 ZERO_PRESERVING = frozenset(
     {"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.nn.max_pool2d"}
@@ -131,9 +135,9 @@ class LayerMatcher:
         """The Layer for a matmul/conv2d call with a constant weight, else None."""
         if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
             return None
-        if call.op.name == "relax.matmul":
+        if call.op.name == LAYER_OPS[0]:
             return self._matmul(call)
-        if call.op.name == "relax.nn.conv2d":
+        if call.op.name == LAYER_OPS[1]:
             return self._conv2d(call)
         return None
 
@@ -195,18 +199,30 @@ class _Collector(relax.PyExprVisitor):
         self.matcher = matcher
         self.layers: list[Layer] = []
 
+        self.calls = 0  # every matmul/conv2d, layer or not
+
     def visit_var_binding_(self, binding):
         self.matcher.remember(binding.var, binding.value)
-        layer = self.matcher.match(binding.value)
+        value = binding.value
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in LAYER_OPS:
+            self.calls += 1
+        layer = self.matcher.match(value)
         if layer is not None:
             self.layers.append(layer)
         super().visit_var_binding_(binding)
 
 
 def find_layers(mod: tvm.IRModule, params: dict[str, np.ndarray] | None = None) -> list[Layer]:
-    """Every matmul/conv2d layer with a constant weight in ``main``, in program order."""
+    """Every matmul/conv2d layer with a constant weight in ``main``, in program order.
+
+    A module with matmul/conv2d calls but no layer (weights computed at run
+    time, or given as inputs without ``params``) gets a :class:`~tvm_tasd.policy.TASDWarning`.
+    """
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise ValueError("the module has no 'main' function; TASD rewrites the model's entry function 'main'")
     collector = _Collector(LayerMatcher(mod, params))
     collector.visit_expr(mod["main"])
+    if collector.calls and not collector.layers:
+        warnings.warn(f"the model has {collector.calls} matmul/conv2d calls but no layer TASD can take: none has a "
+                      "constant weight (weights given as function inputs need params=)", TASDWarning, stacklevel=2)
     return collector.layers

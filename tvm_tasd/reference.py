@@ -7,19 +7,77 @@ toolchain. The reduction axis of each weight follows from the node that
 consumes it (``docs/semantics.md`` §1): ``MatMul`` (K, N) → axis 0, ``Gemm``
 → axis 0, or 1 with ``transB=1``, ``Conv`` OIHW → axis 1. A series that
 does not fit its weight's grouped axis leaves it dense, as in the pass.
+
+Layer weights are ONNX initializers: :func:`fold_weights` turns weights
+computed from constants (``Constant`` nodes, a ``Transpose`` of an
+initializer, …) into initializers first, which every path does
+(:func:`tvm_tasd.frontend.load_onnx` too), so all of them name such layers
+alike.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from .config import TASDConfig
 from .decompose import approximate
 from .plan import Plan
 from .policy import Choice
+
+
+#: ONNX ops whose second input is the weight a TASD layer decomposes.
+LAYER_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def fold_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every layer weight that is computed from constants (a ``Constant`` node, a
+    ``Transpose`` of an initializer, …) replaced by an initializer of the same tensor name.
+
+    Then every path — the pass, the evaluators, the ONNX reference — sees the
+    weight as an initializer and names the layer by it. The model is returned
+    as it is when nothing needs folding.
+    """
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    constant = set(initializers) | {""}  # "" is an omitted optional input
+    producers = {}
+    for node in graph.node:
+        producers.update((out, node) for out in node.output)
+        if node.input and all(name in constant for name in node.input) or node.op_type == "Constant":
+            constant.update(node.output)
+    targets = [node.input[1] for node in graph.node if node.op_type in LAYER_OPS and len(node.input) > 1
+               and node.input[1] in constant and node.input[1] not in initializers]
+    if not targets:
+        return model
+    needed, todo = set(), list(dict.fromkeys(targets))
+    while todo:
+        node = producers[todo.pop()]
+        if id(node) not in needed:
+            needed.add(id(node))
+            todo += [name for name in node.input if name and name not in initializers]
+    nodes = [node for node in graph.node if id(node) in needed]
+    used = {name for node in nodes for name in node.input}
+    subgraph = helper.make_graph(nodes, "weights", [], [helper.make_tensor_value_info(t, 0, None) for t in targets],
+                                 [init for init in graph.initializer if init.name in used])
+    values = ReferenceEvaluator(helper.make_model(subgraph, opset_imports=model.opset_import)).run(None, {})
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    folded.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), t) for t, v in zip(targets, values))
+    kept = [node for node in folded.graph.node if not set(node.output) & set(targets)]
+    while True:  # drop what only fed the folded weights
+        read = {name for node in kept for name in node.input} | {out.name for out in folded.graph.output}
+        alive = [node for node in kept if set(node.output) & read]
+        if len(alive) == len(kept):
+            break
+        kept = alive
+    del folded.graph.node[:]
+    folded.graph.node.extend(kept)
+    return folded
 
 
 def weight_axes(model: onnx.ModelProto) -> dict[str, int]:
@@ -42,11 +100,12 @@ def weight_axes(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def approximate_onnx(model: onnx.ModelProto, config=None, plan=None) -> onnx.ModelProto:
-    """A copy of ``model`` with each layer weight replaced by its TASD approximation."""
+    """A copy of ``model`` (computed weights folded) with each layer weight replaced by its TASD approximation."""
     if (config is None) == (plan is None):
         raise ValueError("give exactly one of config= or plan=")
     choices = Plan.coerce(plan).by_name() if plan is not None else None
     uniform = TASDConfig.parse(config) if config is not None else None
+    model = fold_weights(model)
     axes = weight_axes(model)
     out = copy.deepcopy(model)
     for init in out.graph.initializer:
