@@ -7,9 +7,11 @@ tiny from ONNX and from a PyTorch ``.pt2`` program. Every artifact is run by
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,17 @@ BAD_INPUT = {
     "calibration without labels": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--metric", "accuracy"],
                                    "'labels'"),
     "report format": (["tasd", "report", "other_plan.json", "-o", "report.pdf"], "suffix"),
+    "output over the model": (["tvmc", "compile", "mlp.onnx", "--target", "llvm", "--input-shapes", SHAPES, "-o",
+                               "mlp.onnx"], "would be overwritten"),
+    "output over the calibration": (["tasd", "search", "mlp.onnx", "--calibration", "nolabels.npz", "-o",
+                                     "nolabels.npz"], "would be overwritten"),
+    "report over its plan": (["tasd", "report", "other_plan.json", "-o", "other_plan.json"], "would be overwritten"),
+    "shape of another rank": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,64,1]"],
+                              "has 2 dimensions"),
+    "shape against a fixed size": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,32]"],
+                                   "fixes dimension 1 to 64"),
+    "shape too large": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[4000000000,64]"],
+                        "int32"),
     "unknown model output": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--model-output", "scores"],
                              "no output 'scores'"),
 }
@@ -181,6 +194,7 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(case, tmp_path):
     (tmp_path / "notes.onnx").write_text("not a model\n")
     (tmp_path / "other_plan.json").write_text(json.dumps({"layers": [{"name": "encoder.fc.weight", "weight": "2:4"}]}))
     np.savez(tmp_path / "nolabels.npz", input=load_data().train_x[:16])
+    (tmp_path / "mlp.onnx").write_bytes(MLP.read_bytes())
     before = set(os.listdir(tmp_path))
     argv, message = BAD_INPUT[case]
     proc = cli(*argv, cwd=tmp_path, expect=2)
@@ -231,3 +245,21 @@ def test_real_model_from_onnx_and_pt2(tmp_path):
     np.testing.assert_allclose(tasd_out, expected, rtol=0, atol=1e-5)
     report = json.loads(members(tmp_path / "pt2.tar")["report.json"])
     assert "conv2.weight" in [row["name"] for row in report["layers"]]  # PyTorch parameter names
+
+
+def test_a_terminated_compile_leaves_nothing_behind(tmp_path):
+    """SIGTERM while the artifact is being written: like Ctrl-C, the partial file and TVM's temporary files go."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    argv = [str(BIN / "tvmc"), "compile", str(MLP), "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+            "--tasd-config", "2:8+1:8", "-o", "out.tar"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.tar.*.part")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the compile ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and not list(temp.iterdir())

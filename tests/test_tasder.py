@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import onnx
@@ -214,3 +216,12 @@ def test_a_model_without_a_layer_to_search_is_refused(calibration):
 
 def test_the_plan_records_its_target_by_content(mlp_plan):
     assert mlp_plan.info["hardware_digest"] == tasder.load_target("vegeta-m8").digest
+
+
+def test_a_saved_plan_is_an_ordinary_file_under_the_umask(mlp_plan, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        mlp_plan.save(tmp_path / "plan.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "plan.json").stat().st_mode) == 0o644

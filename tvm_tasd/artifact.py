@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 import time
@@ -39,7 +40,7 @@ from . import __version__
 from .config import TASDConfig
 from .frontend import ImportedModel, import_model, model_format
 from .hardware import HardwareTarget, list_targets, load_target
-from .io import atomic_output
+from .io import atomic_output, check_not_inputs, private_tempdir
 from .matcher import find_layers
 from .pipeline import build, target_spec
 from .plan import Plan
@@ -125,12 +126,14 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     if config is not None and plan is not None:
         raise ValueError("give either --tasd-config or --tasd-plan, not both")
     config = None if config is None else TASDConfig.parse(config)
+    check_not_inputs([output, report], [model, plan if isinstance(plan, (str, os.PathLike)) else None])
     plan = None if plan is None else Plan.coerce(plan)
     if report is not None:
         check_report_paths([report])
     fmt = model_format(model, fmt)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(private_tempdir())  # TVM's temporary objects, removed even when interrupted
         artifact = stack.enter_context(atomic_output(output))  # unwritable paths fail before the work
         report_tmp = stack.enter_context(atomic_output(report)) if report is not None else None
         tvm_target, target_hw = compile_target(target)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from tvm.relax.frontend import onnx as onnx_frontend
 from .reference import fold_weights
 
 WEIGHT_NAMES_ATTR = "tasd_weight_names"
+MAX_ELEMENTS = 2**31 - 1  # per input tensor
 
 
 class ModelImportError(ValueError):
@@ -72,6 +74,17 @@ def load_onnx(model) -> onnx.ModelProto:
     return fold_weights(proto)
 
 
+def _check_given_shape(name: str, declared: list, given: list) -> None:
+    """A shape given for an input must keep the model's rank and the dimensions it fixes."""
+    if len(given) != len(declared):
+        raise ModelImportError(f"input {name!r} has {len(declared)} dimensions {declared}; the shape given has "
+                               f"{len(given)}: {list(given)}")
+    for axis, (fixed, size) in enumerate(zip(declared, given)):
+        if fixed is not None and fixed > 0 and fixed != size:
+            raise ModelImportError(f"input {name!r} fixes dimension {axis} to {fixed}; the shape given has {size} "
+                                   f"there ({list(given)})")
+
+
 def _input_shapes(proto, overrides):
     initializers = {init.name for init in proto.graph.initializer}
     shapes = {}
@@ -81,11 +94,16 @@ def _input_shapes(proto, overrides):
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
         shape = overrides.get(value.name, dims)
+        if value.name in overrides and tensor.HasField("shape"):
+            _check_given_shape(value.name, dims, shape)
         if any(d is None or d <= 0 for d in shape):
             raise ModelImportError(
                 f"input {value.name!r} has a dynamic shape {dims}; give it a fixed one, "
                 f"e.g. input_shapes={{'{value.name}': [1, ...]}} (CLI: --input-shapes \"{value.name}:[1,...]\")"
             )
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ModelImportError(f"input {value.name!r} of shape {list(shape)} has {math.prod(shape):,} elements; "
+                                   f"TVM indexes a tensor with int32 here, so at most {MAX_ELEMENTS:,}")
         dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
         shapes[value.name] = (tuple(int(d) for d in shape), dtype)
     unknown = set(overrides) - set(shapes)

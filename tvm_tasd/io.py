@@ -2,7 +2,10 @@
 
 Every file the library and the commands write (plans, reports, artifacts,
 outputs) goes through :func:`atomic_output`: a failed or interrupted write
-never leaves a partial file at the destination.
+never leaves a partial file at the destination, and :func:`check_not_inputs`
+keeps an output from overwriting what the same command reads.
+:func:`private_tempdir` gives compilers that write temporary files (TVM's
+``export_library``) a folder of the command's own, removed with it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,28 @@ def atomic_output(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_not_inputs(outputs, inputs) -> None:
+    """Refuse an output path that is one of the command's input files (it would be overwritten)."""
+    existing = [Path(p) for p in inputs if p is not None and Path(p).exists()]
+    for output in (Path(p) for p in outputs if p is not None):
+        clash = next((p for p in existing if output.exists() and os.path.samefile(output, p)), None)
+        if clash is not None:
+            raise ValueError(f"output {output} is the input {clash}: it would be overwritten; write elsewhere")
+
+
+@contextlib.contextmanager
+def private_tempdir():
+    """Inside the block, Python's temporary files (and TVM's, which use them) go to a new folder,
+    removed when the block ends — also on an error or an interrupt."""
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="tvm_tasd-") as folder:
+        tempfile.tempdir = folder
+        try:
+            yield Path(folder)
+        finally:
+            tempfile.tempdir = previous
 
 
 def write_text(path, text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -48,10 +49,24 @@ def _describe(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, and are remembered: TVM turns an exception raised inside
+    one of its callbacks into a RuntimeError, which must still count as the interrupt it was."""
+
+    seen = False
+
+    @classmethod
+    def handle(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def run_command(prog: str, parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse ``argv`` and run the chosen subcommand; the exit code."""
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)  # absent unless given: the flag's default is SUPPRESS
+    for signum in (signal.SIGINT, signal.SIGTERM):  # `kill` cleans up like Ctrl-C: partial outputs and temp files go
+        signal.signal(signum, _Interrupts.handle)
     try:
         with warnings.catch_warnings():
             for noise in (DeprecationWarning, FutureWarning):  # library internals, not the user's business
@@ -62,6 +77,9 @@ def run_command(prog: str, parser: argparse.ArgumentParser, argv=None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
+        if _Interrupts.seen:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
         if verbose:
             raise
         if isinstance(err, (ValueError, OSError)):

@@ -27,7 +27,7 @@ from .. import benchmarks as bench_package
 from ..config import TASDConfig
 from ..decompose import approximate, decompose, kept_magnitude_share, relative_error
 from ..hardware import list_targets, load_target
-from ..io import atomic_output
+from ..io import atomic_output, check_not_inputs
 from ..report import format_table
 from .common import new_parser, parse_input_shapes, run_command
 
@@ -114,6 +114,7 @@ def cmd_report(args) -> None:
     from ..artifact import check_report_paths, load_report, render_report  # loads TVM
 
     check_report_paths(args.output)
+    check_not_inputs(args.output, [args.source, args.model])
     with contextlib.ExitStack() as stack:
         targets = [stack.enter_context(atomic_output(path)) for path in args.output]  # unwritable paths fail first
         shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None

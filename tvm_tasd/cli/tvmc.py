@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from ..artifact import compile_model, run_artifact
-from ..io import load_npz, save_npz
+from ..io import check_not_inputs, load_npz, save_npz
 from .common import new_parser, parse_input_shapes, run_command
 
 
@@ -37,6 +37,7 @@ def cmd_compile(args) -> None:
 def cmd_run(args) -> None:
     if args.repeat < 1 or args.number < 1:
         raise ValueError("--repeat and --number must be at least 1")
+    check_not_inputs([args.outputs], [args.artifact, args.inputs])
     inputs = load_npz(args.inputs, "inputs") if args.inputs else None
     result = run_artifact(args.artifact, inputs, args.fill_mode, args.repeat if args.print_time else 0, args.number)
     if args.outputs:
