@@ -184,6 +184,19 @@ BAD_INPUT = {
                                    "fixes dimension 1 to 64"),
     "shape too large": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[4000000000,64]"],
                         "int32"),
+    "duplicate input shapes": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,64] input:[4,64]"],
+                               "twice"),
+    "unknown cpu": (["tvmc", "compile", MLP, "--target", "llvm -mcpu=notacpu", "--input-shapes", SHAPES],
+                    "does not know -mcpu=notacpu"),
+    "foreign triple": (["tvmc", "compile", MLP, "--target", "llvm -mtriple=aarch64-linux-gnu", "--input-shapes", SHAPES],
+                       "builds for 'aarch64'"),
+    "calibration of the wrong width": (["tasd", "search", MLP, "--calibration", "narrow.npz"], "fixes dimension 1 to 64"),
+    "plan with no layers": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+                             "--tasd-plan", "empty_plan.json"], "is empty"),
+    "plan naming a layer twice": (["tasd", "report", "twice_plan.json", "--model", MLP], "twice"),
+    "plan nested too deeply": (["tasd", "report", "deep.json"], "nested too deeply"),
+    "max terms 0": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--max-terms", "0"], "max_terms"),
+    "demo budget": (["tasd", "demo", "--budget", "2", "--out-dir", "demo_out"], "--budget"),
     "unknown model output": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--model-output", "scores"],
                              "no output 'scores'"),
 }
@@ -195,6 +208,10 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(case, tmp_path):
     (tmp_path / "other_plan.json").write_text(json.dumps({"layers": [{"name": "encoder.fc.weight", "weight": "2:4"}]}))
     np.savez(tmp_path / "nolabels.npz", input=load_data().train_x[:16])
     (tmp_path / "mlp.onnx").write_bytes(MLP.read_bytes())
+    np.savez(tmp_path / "narrow.npz", input=load_data().train_x[:16, :32])
+    (tmp_path / "empty_plan.json").write_text(json.dumps({"layers": []}))
+    (tmp_path / "twice_plan.json").write_text(json.dumps({"layers": [{"name": "fc1.weight", "weight": "2:4"}] * 2}))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     before = set(os.listdir(tmp_path))
     argv, message = BAD_INPUT[case]
     proc = cli(*argv, cwd=tmp_path, expect=2)
@@ -263,3 +280,10 @@ def test_a_terminated_compile_leaves_nothing_behind(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and not list(temp.iterdir())
+
+
+def test_nan_inputs_are_said_to_make_the_outputs_meaningless(work):
+    x = load_data().test_x[:BATCH].copy()
+    x[0, 0] = np.nan
+    with pytest.warns(UserWarning, match="NaN"):
+        run_artifact(work / "dense.tar", {"input": x})

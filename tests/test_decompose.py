@@ -197,3 +197,31 @@ def test_config_parse_and_errors():
         with pytest.raises(ValueError, match=match) as info:
             TASDConfig.parse(bad)
         assert "valid examples" in str(info.value)
+
+
+def test_float64_tensors_keep_their_precision_when_scored():
+    w = np.array([1e-50, 3e-50, 2e-50, 4e-50])  # all 0 in float32
+    np.testing.assert_array_equal(approximate(w, "2:4"), [0, 3e-50, 0, 4e-50])
+
+
+@pytest.mark.parametrize(
+    "values, indices, k, match",
+    [
+        ([[1.0, 2.0]], [[0, 4]], 4, "0…3"),
+        ([[1.0, 2.0]], [[-1, 2]], 4, "0…3"),
+        ([[1.0, 2.0]], [[1, 1]], 4, "same position twice"),
+        ([[1.0, 2.0]], [[0.0, 2.0]], 4, "integers"),
+        ([[1.0, 2.0]], [[0, 3]], 3, "past K=3"),
+        ([[1.0, 2.0]], [[0, 1]], 0, "positive integer"),
+    ],
+)
+def test_decompress_refuses_indices_that_are_no_term(values, indices, k, match):
+    with pytest.raises(ValueError, match=match):
+        decompress(np.asarray(values, np.float32), np.asarray(indices), "2:4", axis=1, k=k)
+
+
+def test_bad_arguments_are_one_clear_error():
+    with pytest.raises(ValueError, match="axis must be an int"):
+        decompose(np.ones((4, 4), np.float32), "2:4", axis=1.5)
+    with pytest.raises(ValueError, match="tuple of NMPattern"):
+        TASDConfig((NMPattern(2, 4), "1:4"))

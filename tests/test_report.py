@@ -155,3 +155,11 @@ def test_a_plan_names_its_target_by_content(renamed_copy):
     assert plan.target(renamed_copy).digest == load_target(renamed_copy).digest
     with pytest.warns(TASDWarning, match="other numbers"):
         plan.target(HW)
+
+
+def test_control_characters_in_names_reach_the_terminal_escaped(cnn):
+    _, report = cnn
+    data = copy.deepcopy(report.to_json())
+    data["layers"][0]["name"] = "conv1\x1b[2J.weight"
+    text = Report(data).text()
+    assert "\x1b" not in text and "\\x1b[2J" in text

@@ -243,3 +243,16 @@ def test_weights_as_inputs_without_params_are_said_to_leave_nothing_to_rewrite()
     with pytest.warns(TASDWarning, match="3 matmul/conv2d calls but no layer"):
         out = TASDRewrite("vegeta-m8", config="2:8")(as_inputs.mod)
     assert list(out.attrs[LAYERS_ATTR]) == []
+
+
+def test_nonsense_options_are_refused():
+    mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
+    with pytest.raises(ValueError, match="error_threshold"):
+        TASDRewrite("vegeta-m8", error_threshold=float("nan"))
+    once = TASDRewrite("vegeta-m8", config="2:8")(mod)
+    with pytest.raises(ValueError, match="already rewritten for vegeta-m8"):
+        TASDRewrite("stc-2of4", config="2:4")(once)
+    as_inputs = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}, keep_params_in_input=True)
+    wrong = {**as_inputs.params, "fc1.weight": np.zeros((3, 3), np.float32)}
+    with pytest.raises(ValueError, match=r"params\['fc1.weight'\] has shape \(3, 3\)"):
+        TASDRewrite("vegeta-m8", config="2:8", params=wrong)(as_inputs.mod)

@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.target import codegen
 
 from . import __version__
 from .config import TASDConfig
 from .frontend import ImportedModel, import_model, model_format
 from .hardware import HardwareTarget, list_targets, load_target
-from .io import atomic_output, check_not_inputs, private_tempdir
+from .io import atomic_output, check_not_inputs, parse_json, private_tempdir
 from .matcher import find_layers
 from .pipeline import build, target_spec
 from .plan import Plan
@@ -84,9 +85,24 @@ def compile_target(text: str) -> tuple[tvm.target.Target, HardwareTarget | None]
     if kind != "llvm":
         raise ValueError(_CPU_ONLY.format(what=f"--target {text!r}", kind=kind, hw="stc-2of4"))
     try:
-        return tvm.target.Target(spec), None
+        target = tvm.target.Target(spec)
     except ValueError as err:
         raise ValueError(f"invalid --target {text!r}: {str(err).strip().splitlines()[0]}") from None
+    _check_host_target(target, text)
+    return target, None
+
+
+def _check_host_target(target: tvm.target.Target, text: str) -> None:
+    """An artifact runs on this machine: its triple's architecture must be the host's, its -mcpu one LLVM knows."""
+    host = codegen.llvm_get_system_triple()
+    triple = str(target.attrs.get("mtriple", host))
+    if triple.split("-")[0] != host.split("-")[0]:
+        raise ValueError(f"--target {text!r} builds for {triple.split('-')[0] or triple!r}; tvmc builds artifacts "
+                         f"that tvmc run runs on this {host.split('-')[0]} machine")
+    cpu = target.attrs.get("mcpu")
+    if cpu is not None and not codegen.llvm_is_valid_cpu(str(cpu), triple):
+        raise ValueError(f"LLVM does not know -mcpu={cpu} for {triple}; this machine is "
+                         f"-mcpu={codegen.llvm_get_system_cpu()}")
 
 
 def check_report_paths(paths) -> None:
@@ -239,14 +255,26 @@ def read_artifact(path) -> Artifact:
             names = set(tar.getnames())
             if not {LIBRARY, METADATA, REPORT} <= names:
                 raise ValueError(f"{path} is a tar file but not a tvmc artifact (it lacks {METADATA}/{LIBRARY})")
-            metadata, report = json.load(tar.extractfile(METADATA)), json.load(tar.extractfile(REPORT))
-            plan = json.load(tar.extractfile(PLAN)) if PLAN in names else None
+            metadata, report = (parse_json(tar.extractfile(name).read(), f"{path}: {name}") for name in (METADATA, REPORT))
+            plan = parse_json(tar.extractfile(PLAN).read(), f"{path}: {PLAN}") if PLAN in names else None
     except tarfile.ReadError:
         raise ValueError(f"{path} is not a tvmc artifact (a .tar written by tvmc compile)") from None
-    if metadata.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"{path} was written by another tvmc (format {metadata.get('format')!r}, "
-                         f"this one reads {ARTIFACT_FORMAT})")
+    if not isinstance(metadata, dict) or metadata.get("format") != ARTIFACT_FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise ValueError(f"{path} was written by another tvmc (format {found!r}, this one reads {ARTIFACT_FORMAT})")
+    _check_metadata(path, metadata)
     return Artifact(path, metadata, report, plan)
+
+
+def _check_metadata(path, metadata: dict) -> None:
+    """The members ``tvmc run`` reads: a target kind, and inputs/outputs each with a name, shape and dtype."""
+    tensors = [*(metadata.get("inputs") or [None]), *(metadata.get("outputs") or [None])]
+    well_formed = isinstance(metadata.get("target"), dict) and isinstance(metadata["target"].get("kind"), str) and all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+        and isinstance(t.get("shape"), list) and all(isinstance(d, int) and d > 0 for d in t["shape"])
+        for t in tensors)
+    if not well_formed:
+        raise ValueError(f"{path}: {METADATA} is damaged (target, inputs or outputs); recompile with tvmc compile")
 
 
 @dataclass
@@ -300,6 +328,9 @@ def run_artifact(path, inputs: dict | None = None, fill_mode: str = "random", re
     if kind != "llvm":
         raise ValueError(f"{path} was compiled for {kind}; tvmc run here runs CPU (llvm) builds")
     feeds = _feeds(artifact.metadata["inputs"], inputs, fill_mode)
+    for name, value in feeds.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            warnings.warn(f"input {name!r} holds NaN or inf: the outputs will not mean much")
     vm = artifact.virtual_machine()
     args = [tvm.runtime.tensor(feeds[spec["name"]]) for spec in artifact.metadata["inputs"]]
     result = vm["main"](*args)
@@ -316,10 +347,7 @@ def load_report(source, hw=None, model=None, input_shapes: dict | None = None) -
         raise ValueError(f"{path} does not exist")
     if tarfile.is_tarfile(path):
         return Report.from_json(read_artifact(path).report, hw)
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{path} is neither a tvmc artifact (.tar) nor a plan or report (.json)") from None
+    data = parse_json(path.read_bytes(), f"{path} (neither a tvmc artifact .tar, nor a plan or report .json)")
     if isinstance(data, dict) and "report_version" in data:
         return Report.from_json(data, hw)
     plan = Plan.from_json(data)

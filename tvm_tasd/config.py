@@ -154,6 +154,9 @@ class TASDConfig:
     terms: tuple[NMPattern, ...] = ()
 
     def __post_init__(self):
+        if not isinstance(self.terms, tuple) or not all(isinstance(t, NMPattern) for t in self.terms):
+            raise ValueError(f"TASDConfig takes a tuple of NMPattern terms (or use TASDConfig.parse('2:8+1:8')), "
+                             f"got {self.terms!r}")
         if len(self.terms) > MAX_TERMS:
             raise ValueError(
                 f"a series has at most {MAX_TERMS} terms, got {len(self.terms)} "

@@ -54,6 +54,8 @@ def resolve_axis(axis: "int | str", ndim: int) -> int:
         if axis not in LAYOUT_AXIS:
             raise ValueError(f"unknown layout {axis!r}; choose one of {sorted(LAYOUT_AXIS)} or an int axis")
         axis = LAYOUT_AXIS[axis]
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"axis must be an int or a layout name ({', '.join(sorted(LAYOUT_AXIS))}), got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} out of range for a {ndim}-d tensor")
     return axis % ndim
@@ -185,11 +187,12 @@ def _series(w: np.ndarray, patterns, axis: int, scale: np.ndarray | None) -> tup
     multiple = int(np.lcm.reduce([p.m for p in patterns]))
     residual = _padded(w, axis, multiple)
     residual = residual.copy() if residual is w else residual
-    score = np.abs(residual, dtype=np.float32) if residual.dtype != np.float64 else np.abs(residual).astype(np.float32)
+    # float64 tensors are scored in float64: float32 would flush tiny values to 0 and tie them
+    score = np.abs(residual) if residual.dtype == np.float64 else np.abs(residual, dtype=np.float32)
     if scale is not None:
         shape = [1] * w.ndim
         shape[axis] = residual.shape[axis]
-        padded_scale = np.zeros(residual.shape[axis], np.float32)
+        padded_scale = np.zeros(residual.shape[axis], score.dtype)
         padded_scale[: scale.shape[0]] = scale
         score *= padded_scale.reshape(shape)
     score[residual == 0] = -1.0  # zeros (and padding) never beat a nonzero entry
@@ -267,13 +270,25 @@ def decompress(values, indices, pattern: "NMPattern | str", axis: int, k: int) -
     indices = np.asarray(indices)
     if values.shape != indices.shape:
         raise ValueError(f"values {values.shape} and indices {indices.shape} differ in shape")
+    if indices.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers (uint8 positions inside a group), got {indices.dtype}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k, the length of the reduction axis, must be a positive integer, got {k!r}")
     axis = resolve_axis(axis, values.ndim)
     n, m = pattern.n, pattern.m
     groups_count = -(-k // m)
     if values.shape[axis] != groups_count * n:
         raise ValueError(f"compressed axis has {values.shape[axis]} entries; {pattern} over K={k} needs {groups_count * n}")
-    if indices.size and int(indices.max()) >= m:
-        raise ValueError(f"index {int(indices.max())} out of range for M={m}")
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= m):
+        raise ValueError(f"indices must lie in 0…{m - 1} (positions in a group of M={m}); found "
+                         f"{int(indices.min())}…{int(indices.max())}")
+    grouped = np.sort(_grouped(np.ascontiguousarray(indices), axis, n), axis=2)
+    if n > 1 and np.any(grouped[:, :, 1:] == grouped[:, :, :-1]):
+        raise ValueError("a group lists the same position twice: the indices of a term are distinct within each group")
+    last_group = _grouped(np.ascontiguousarray(values), axis, n)[:, -1]
+    beyond = (_grouped(np.ascontiguousarray(indices), axis, n)[:, -1] >= k - (groups_count - 1) * m) & (last_group != 0)
+    if np.any(beyond):
+        raise ValueError(f"a kept value sits past K={k} in the last group: these terms come from a longer axis")
     padded_shape = list(values.shape)
     padded_shape[axis] = groups_count * m
     out = np.zeros(padded_shape, values.dtype)

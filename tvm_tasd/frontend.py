@@ -74,38 +74,45 @@ def load_onnx(model) -> onnx.ModelProto:
     return fold_weights(proto)
 
 
-def _check_given_shape(name: str, declared: list, given: list) -> None:
-    """A shape given for an input must keep the model's rank and the dimensions it fixes."""
+def check_input_shape(name: str, declared: list, given, what: str = "the shape given") -> None:
+    """A shape given for an input must keep the model's rank and the dimensions it fixes (None: free)."""
+    given = list(given)
     if len(given) != len(declared):
-        raise ModelImportError(f"input {name!r} has {len(declared)} dimensions {declared}; the shape given has "
-                               f"{len(given)}: {list(given)}")
+        raise ModelImportError(f"input {name!r} has {len(declared)} dimensions {declared}; {what} has "
+                               f"{len(given)}: {given}")
     for axis, (fixed, size) in enumerate(zip(declared, given)):
         if fixed is not None and fixed > 0 and fixed != size:
-            raise ModelImportError(f"input {name!r} fixes dimension {axis} to {fixed}; the shape given has {size} "
-                                   f"there ({list(given)})")
+            raise ModelImportError(f"input {name!r} fixes dimension {axis} to {fixed}; {what} has {size} there ({given})")
 
 
-def _input_shapes(proto, overrides):
+def declared_inputs(proto: onnx.ModelProto) -> dict[str, tuple[list | None, np.dtype]]:
+    """Graph inputs that are not initializers: name → (dimensions, None where free, or None if unknown; dtype)."""
     initializers = {init.name for init in proto.graph.initializer}
-    shapes = {}
+    declared = {}
     for value in proto.graph.input:
         if value.name in initializers:
             continue
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        shape = overrides.get(value.name, dims)
-        if value.name in overrides and tensor.HasField("shape"):
-            _check_given_shape(value.name, dims, shape)
+        declared[value.name] = (dims if tensor.HasField("shape") else None, helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    return declared
+
+
+def _input_shapes(proto, overrides):
+    shapes = {}
+    for name, (dims, dtype) in declared_inputs(proto).items():
+        shape = overrides.get(name, dims or [])
+        if name in overrides and dims is not None:
+            check_input_shape(name, dims, shape)
         if any(d is None or d <= 0 for d in shape):
             raise ModelImportError(
-                f"input {value.name!r} has a dynamic shape {dims}; give it a fixed one, "
-                f"e.g. input_shapes={{'{value.name}': [1, ...]}} (CLI: --input-shapes \"{value.name}:[1,...]\")"
+                f"input {name!r} has a dynamic shape {dims}; give it a fixed one, "
+                f"e.g. input_shapes={{'{name}': [1, ...]}} (CLI: --input-shapes \"{name}:[1,...]\")"
             )
         if math.prod(shape) > MAX_ELEMENTS:
-            raise ModelImportError(f"input {value.name!r} of shape {list(shape)} has {math.prod(shape):,} elements; "
+            raise ModelImportError(f"input {name!r} of shape {list(shape)} has {math.prod(shape):,} elements; "
                                    f"TVM indexes a tensor with int32 here, so at most {MAX_ELEMENTS:,}")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        shapes[value.name] = (tuple(int(d) for d in shape), dtype)
+        shapes[name] = (tuple(int(d) for d in shape), dtype.name)
     unknown = set(overrides) - set(shapes)
     if unknown:
         raise ModelImportError(f"input shapes given for unknown inputs {sorted(unknown)}; the model's inputs are {sorted(shapes)}")

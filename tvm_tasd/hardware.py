@@ -370,6 +370,9 @@ def load_target(target: "str | os.PathLike | HardwareTarget") -> HardwareTarget:
     """A bundled target by name (``"vegeta-m8"``), or a user's TOML file by path."""
     if isinstance(target, HardwareTarget):
         return target
+    if not isinstance(target, (str, os.PathLike)):
+        raise ValueError(f"a hardware target is a bundled name ({', '.join(list_targets())}) or the path of a .toml "
+                         f"file, got {type(target).__name__} {target!r}")
     if isinstance(target, str) and target in list_targets():
         return _bundled(target)
     path = Path(target)

@@ -11,6 +11,7 @@ keeps an output from overwriting what the same command reads.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -66,6 +67,15 @@ def private_tempdir():
             yield Path(folder)
         finally:
             tempfile.tempdir = previous
+
+
+def parse_json(text: str | bytes, what: str):
+    """JSON from ``text``; ``what`` names it in the one-line error (bad bytes, bad syntax, absurd nesting)."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        problem = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+        raise ValueError(f"{what} is not valid JSON ({problem})") from None
 
 
 def write_text(path, text: str) -> None:

@@ -84,7 +84,11 @@ class LayerMatcher:
             value = expr.value.numpy()
             return value, self._source_name(fingerprint(value))
         if isinstance(expr, relax.Var) and expr.name in self.params:
-            return np.asarray(self.params[expr.name]), expr.name
+            value = np.asarray(self.params[expr.name])
+            declared = _static_shape(expr)
+            if declared is not None and value.shape != declared:
+                raise ValueError(f"params[{expr.name!r}] has shape {value.shape}; the module's input has {declared}")
+            return value, expr.name
         return None
 
     def fed_by_relu(self, expr) -> bool:

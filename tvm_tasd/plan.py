@@ -25,10 +25,11 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .hardware import HardwareTarget, load_target
-from .io import write_text
+from .io import parse_json, write_text
 from .policy import Choice, TASDWarning
 
 PLAN_VERSION = 1
@@ -76,12 +77,28 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
-        if not isinstance(data, dict) or "layers" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
             raise ValueError("not a TASD plan: a JSON object with a 'layers' list is expected")
         if data.get("version", PLAN_VERSION) != PLAN_VERSION:
             raise ValueError(f"plan version {data.get('version')} is not supported (this tvm_tasd reads {PLAN_VERSION})")
+        if not data["layers"]:
+            raise ValueError("the plan's 'layers' list is empty: it chooses nothing")
+        if not isinstance(data.get("hardware"), (str, type(None))):
+            raise ValueError(f"the plan's 'hardware' must be a target name, got {data['hardware']!r}")
+        budget = data.get("budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+            raise ValueError(f"the plan's 'budget' must be a number, got {budget!r}")
+        layers = []
+        for index, entry in enumerate(data["layers"]):
+            try:
+                layers.append(Choice.from_json(entry))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"plan layer {index}: {err}") from None
+        names = [layer.name for layer in layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the plan names layer {next(n for n in names if names.count(n) > 1)!r} twice")
         info = {k: v for k, v in data.items() if k not in ("version", "hardware", "budget", "layers")}
-        return cls([Choice.from_json(e) for e in data["layers"]], data.get("hardware"), data.get("budget"), info)
+        return cls(layers, data.get("hardware"), budget, info)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically, sorted keys: byte-stable output."""
@@ -90,13 +107,10 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
         try:
-            with open(path) as handle:
-                data = json.load(handle)
+            raw = Path(path).read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"plan file {os.fspath(path)!r} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"plan file {os.fspath(path)!r} is not JSON: {err}") from None
-        return cls.from_json(data)
+        return cls.from_json(parse_json(raw, f"plan file {os.fspath(path)!r}"))
 
     @classmethod
     def coerce(cls, value) -> "Plan":

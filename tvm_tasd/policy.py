@@ -80,6 +80,8 @@ class Choice:
     stats: SearchStats | None = None
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a layer name is a non-empty string, got {self.name!r}")
         # frozen: the inputs are normalised once, here
         object.__setattr__(self, "weight", TASDConfig.parse(self.weight))
         if self.activation is not None:
@@ -89,7 +91,10 @@ class Choice:
         if self.score == "activation" and self.s is None:
             raise ValueError(f"layer {self.name!r}: score 'activation' needs its scale vector 's'")
         if self.s is not None:
-            object.__setattr__(self, "s", np.asarray(self.s, np.float32))
+            s = np.asarray(self.s, np.float32)
+            if s.ndim != 1 or not np.all(np.isfinite(s)) or np.any(s < 0):
+                raise ValueError(f"layer {self.name!r}: 's' must be a list of finite, non-negative channel norms")
+            object.__setattr__(self, "s", s)
 
     @property
     def selection_score(self):
@@ -148,6 +153,9 @@ class Policy:
                  error_threshold: float = DEFAULT_ERROR_THRESHOLD):
         if config is not None and plan is not None:
             raise ValueError("give either config= (one series for all layers) or plan= (per layer), not both")
+        if isinstance(error_threshold, bool) or not isinstance(error_threshold, (int, float)) or not (
+                0 <= error_threshold <= 1):
+            raise ValueError(f"error_threshold is a relative weight error in [0, 1], got {error_threshold!r}")
         self.target = target
         self.config = None if config is None else TASDConfig.parse(config)
         self.plan = plan

@@ -62,6 +62,11 @@ def format_table(rows: list[list[str]], header: list[str], left: int = 1, width:
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences in a layer name) shown as ``\\xNN``."""
+    return "".join(c if c == "\n" or (c.isprintable() and c != "\x7f") else f"\\x{ord(c):02x}" for c in text)
+
+
 def _common_prefix(names: list[str]) -> str:
     """The dotted components every name shares (``encoder.layer.``), if any."""
     if len(names) < 2:
@@ -193,6 +198,7 @@ class Report:
         """A saved report; with ``hw`` other than its own, re-costed on that target (choices kept)."""
         if not isinstance(data, dict) or data.get("report_version") != REPORT_VERSION:
             raise ValueError(f"not a tvm_tasd report (report_version {REPORT_VERSION} expected)")
+        _check_saved(data)
         if hw is None:
             return cls(data)
         target = load_target(hw)
@@ -261,7 +267,7 @@ class Report:
         dense, tasd = d["totals"]["dense"], d["totals"]["tasd"]
         out.append(f"dense {dense['cycles']:.3g} cycles, {dense['energy_pj']:.3g} pJ, EDP {dense['edp_pj_s']:.3g} pJ·s"
                    f" → TASD {tasd['cycles']:.3g} cycles, {tasd['energy_pj']:.3g} pJ, EDP {tasd['edp_pj_s']:.3g} pJ·s")
-        return "\n".join(out)
+        return printable("\n".join(out))
 
     # -------------------------------------------------------------- HTML
 
@@ -336,6 +342,26 @@ energy {t['ratio']['energy']:.2f}×) over {len(layers)} layers, {sum(not TASDCon
 <p class="note">tvm_tasd {esc(d['tvm_tasd'])}; weight error = relative Frobenius error of the approximated weight.</p>
 </body></html>
 """
+
+
+_TOP_KEYS = {"model": str, "mode": str, "source": str, "chosen_for": str, "hardware": str, "hardware_file": str,
+             "layers": list, "totals": dict}
+_ROW_KEYS = {"name": str, "op": str, "m": int, "k": int, "n": int, "weight": str, "score": str, "why": str,
+             "weight_shape": list, "axis": int, "activation_shape": list, "dtype": str, "conv": dict,
+             "weight_error": (int, float), "density": (int, float), "dense": dict, "tasd": dict, "ratio": dict,
+             "macs": dict}
+
+
+def _check_saved(data: dict) -> None:
+    """A saved report has what rendering and re-costing read, of the right kinds (else one clear error)."""
+    for where, value, keys in [("report", data, _TOP_KEYS)] + [
+            (f"report layer {i}", row, _ROW_KEYS) for i, row in enumerate(data.get("layers") or [])]:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} is not a JSON object: not a tvm_tasd report")
+        for key, kind in keys.items():
+            if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool):
+                raise ValueError(f"{where}: '{key}' is missing or not a {getattr(kind, '__name__', 'number')}: "
+                                 "not a tvm_tasd report as this version writes it")
 
 
 def _costed(data: dict, target: HardwareTarget) -> dict:

@@ -103,6 +103,9 @@ class TASDRewrite:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if mod.attrs is not None and REWRITTEN_ATTR in mod.attrs:
+            if str(mod.attrs[REWRITTEN_ATTR]) != self.target.name:
+                raise ValueError(f"the module is already rewritten for {mod.attrs[REWRITTEN_ATTR]}; rewrite the "
+                                 f"original module for {self.target.name}")
             return mod  # idempotent: decisions were made once, by the first run
         choices = self.policy.decide(find_layers(mod, self.params))
         rewritten, table = rewrite_layers(mod, choices, kernels_for(self.target), self.params, self.dense_kernels)

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 
 from .. import __version__
+from ..report import printable
 
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?)\s*:\s*\[(?P<dims>[^\]]*)\]\s*,?")
 
@@ -71,7 +72,8 @@ def run_command(prog: str, parser: argparse.ArgumentParser, argv=None) -> int:
         with warnings.catch_warnings():
             for noise in (DeprecationWarning, FutureWarning):  # library internals, not the user's business
                 warnings.simplefilter("ignore", noise)
-            warnings.showwarning = lambda message, *_: print(f"{prog}: warning: {message}", file=sys.stderr)
+            warnings.showwarning = lambda message, *_: print(f"{prog}: warning: {printable(str(message))}",
+                                                             file=sys.stderr)
             args.func(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -83,10 +85,10 @@ def run_command(prog: str, parser: argparse.ArgumentParser, argv=None) -> int:
         if verbose:
             raise
         if isinstance(err, (ValueError, OSError)):
-            print(f"{prog}: error: {_describe(err)}", file=sys.stderr)
+            print(f"{prog}: error: {printable(_describe(err))}", file=sys.stderr)
             return 2
-        print(f"{prog}: internal error: {type(err).__name__}: {_describe(err)} (--verbose shows the traceback)",
-              file=sys.stderr)
+        print(f"{prog}: internal error: {type(err).__name__}: {printable(_describe(err))} (--verbose shows the "
+              "traceback)", file=sys.stderr)
         return 1
     return 0
 
@@ -103,6 +105,8 @@ def parse_input_shapes(text: str) -> dict[str, list[int]]:
         if not all(d.isdigit() and int(d) > 0 for d in dims):
             raise ValueError(f"input {match['name']!r}: shape [{match['dims']}] must list positive integers "
                              "(a dynamic dimension needs a fixed size here)")
+        if match["name"] in shapes:
+            raise ValueError(f"--input-shapes names input {match['name']!r} twice")
         shapes[match["name"]] = [int(d) for d in dims]
         position = match.end()
     return shapes

@@ -21,6 +21,8 @@ from .common import show_command
 
 def cmd_demo(args) -> None:
     """The full flow on a bundled model: TASDER plan, dense and TASD builds, both run, report."""
+    if not 0 < args.budget <= 1:
+        raise ValueError(f"--budget is the share of the accuracy to keep, in (0, 1]; got {args.budget}")
     started = time.perf_counter()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

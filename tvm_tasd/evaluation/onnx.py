@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ..frontend import from_onnx, load_onnx
+from ..frontend import check_input_shape, declared_inputs, from_onnx, load_onnx
 from ..io import load_npz
 from ..matcher import find_layers
 from ..plan import Plan
@@ -44,12 +44,6 @@ def inference_session(model: onnx.ModelProto):
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("TVM_TASD_ORT_THREADS", os.cpu_count() or 1))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def model_inputs(model: onnx.ModelProto) -> list[str]:
-    """Names a feed must provide: graph inputs that are not initializers."""
-    initializers = {init.name for init in model.graph.initializer}
-    return [value.name for value in model.graph.input if value.name not in initializers]
 
 
 def keep_input(layer: str) -> str:
@@ -190,6 +184,24 @@ def _with_outputs(model: onnx.ModelProto, sites: Iterable[_Site]) -> onnx.ModelP
     return exposed
 
 
+def _typed_feeds(model: onnx.ModelProto, feeds: list[Feed]) -> list[dict]:
+    """The feeds checked against the shapes the model declares, and cast to its input dtypes where that is safe."""
+    declared = declared_inputs(model)
+    typed = []
+    for index, feed in enumerate(feeds):
+        batch = {}
+        for name, array in feed.items():
+            dims, dtype = declared[name]
+            array = np.asarray(array)
+            if dims is not None:
+                check_input_shape(name, dims, array.shape, f"calibration batch {index}")
+            if not np.can_cast(array.dtype, dtype, "same_kind"):
+                raise ValueError(f"calibration batch {index}: input {name!r} is {array.dtype}; the model takes {dtype}")
+            batch[name] = array.astype(dtype, copy=False)
+        typed.append(batch)
+    return typed
+
+
 class OnnxWeightFedModel(WeightFedModel):
     """An ONNX model (path or ModelProto) in one onnxruntime session, layer weights fed per run."""
 
@@ -201,7 +213,7 @@ class OnnxWeightFedModel(WeightFedModel):
         relu_fed_groups: int | None = None,
     ):
         self.model = load_onnx(model)
-        feeds = check_feeds(calibration, model_inputs(self.model))
+        feeds = _typed_feeds(self.model, check_feeds(calibration, list(declared_inputs(self.model))))
         shapes = {name: list(np.shape(value)) for name, value in feeds[0].items()}
         layers = find_layers(from_onnx(self.model, shapes).mod)
         inits = {init.name: init for init in self.model.graph.initializer}
@@ -258,27 +270,30 @@ def calibration_from_npz(path, model: onnx.ModelProto, batch: int | None = None)
         raise ValueError(f"the batch size must be at least 1, got {batch}")
     arrays = load_npz(path, "calibration")
     labels = arrays.pop("labels", None)
-    required = model_inputs(model)
-    if set(arrays) != set(required):
+    declared = declared_inputs(model)
+    if set(arrays) != set(declared):
         raise ValueError(f"calibration file {path} has arrays {sorted(arrays)}; it needs one per model input "
-                         f"{sorted(required)} (and optionally 'labels')")
+                         f"{sorted(declared)} (and optionally 'labels')")
     counts = {name: len(a) for name, a in arrays.items()} | ({"labels": len(labels)} if labels is not None else {})
     if len(set(counts.values())) != 1:
         raise ValueError(f"arrays in {path} disagree on the number of samples (first axis): {counts}")
     samples = next(iter(counts.values()))
-    types = {v.name: v.type.tensor_type for v in model.graph.input if v.name in required}
-    fixed = {t.shape.dim[0].dim_value for t in types.values() if t.shape.dim and t.shape.dim[0].HasField("dim_value")}
+    fixed = {dims[0] for dims, _ in declared.values() if dims and dims[0]}
+    if len(fixed) > 1:
+        raise ValueError(f"the model's inputs fix different batch sizes {sorted(fixed)}; it cannot be calibrated by batches")
     if fixed:
-        (model_batch,) = fixed
+        model_batch = fixed.pop()
         if batch not in (None, model_batch):
             raise ValueError(f"the model's batch size is fixed at {model_batch}: use a batch of {model_batch}")
         batch = model_batch
         samples -= samples % batch
         if samples == 0:
             raise ValueError(f"calibration file {path} has fewer samples than one batch of {batch}")
+    for name, (_, dtype) in declared.items():
+        if not np.can_cast(arrays[name].dtype, dtype, "same_kind"):
+            raise ValueError(f"calibration array {name!r} in {path} is {arrays[name].dtype}; the model takes {dtype}")
     batch = batch or 64
-    dtypes = {name: helper.tensor_dtype_to_np_dtype(t.elem_type) for name, t in types.items()}
-    feeds = [{name: arrays[name][i : i + batch].astype(dtypes[name], copy=False) for name in required}
+    feeds = [{name: arrays[name][i : i + batch].astype(dtype, copy=False) for name, (_, dtype) in declared.items()}
              for i in range(0, samples, batch)]
     return feeds, None if labels is None else labels[:samples]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..candidates import useful_terms
+from ..config import MAX_TERMS
 from ..evaluation.metrics import NAMES as METRIC_NAMES
 from ..evaluation.metrics import Metric
 from ..hardware import HardwareTarget
@@ -40,6 +41,11 @@ class SearchOptions:
         if not callable(self.metric) and self.metric not in METRIC_NAMES:
             raise ValueError(f"unknown metric {self.metric!r}: use 'cosine', 'top1', 'accuracy' or a "
                              "callable(outputs) -> float")
+        if isinstance(self.max_terms, bool) or not isinstance(self.max_terms, int) or not 1 <= self.max_terms <= MAX_TERMS:
+            raise ValueError(f"max_terms is the longest series tried, 1…{MAX_TERMS}; got {self.max_terms!r}")
+        if isinstance(self.sensitivity_batches, bool) or not isinstance(self.sensitivity_batches, int) or \
+                self.sensitivity_batches < 1:
+            raise ValueError(f"sensitivity_batches must be a positive integer, got {self.sensitivity_batches!r}")
         if unknown := [s for s in self.scores if s not in SCORES]:
             raise ValueError(f"unknown scores {unknown}; choose from {list(SCORES)}")
         if not calibration:
