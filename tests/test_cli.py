@@ -184,6 +184,8 @@ BAD_INPUT = {
                                    "fixes dimension 1 to 64"),
     "shape too large": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[4000000000,64]"],
                         "int32"),
+    "pass without a choice": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd"],
+                              "--tasd-error-threshold"),
     "duplicate input shapes": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,64] input:[4,64]"],
                                "twice"),
     "unknown cpu": (["tvmc", "compile", MLP, "--target", "llvm -mcpu=notacpu", "--input-shapes", SHAPES],

@@ -104,9 +104,10 @@ def test_config_the_target_cannot_accelerate_is_left_dense_with_a_warning():
     assert {str(e["weight"]) for e in out.attrs[LAYERS_ATTR]} == {"dense"}
 
 
-def test_automatic_choice_respects_the_error_threshold():
+def test_the_weight_error_choice_respects_its_threshold_and_says_quality_is_unchecked():
     mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
-    out = TASDRewrite("vegeta-m8", error_threshold=0.2)(mod)
+    with pytest.warns(TASDWarning, match="nothing checks the model's quality"):
+        out = TASDRewrite("vegeta-m8", error_threshold=0.2)(mod)
     for entry in out.attrs[LAYERS_ATTR]:
         assert str(entry["weight"]) != "dense"
         assert "≤ 20%" in str(entry["reason"])
@@ -162,9 +163,11 @@ def test_dynamic_shapes_and_integer_layers_stay_dense_with_a_reason(x_shape, dty
     assert not [f for _, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]  # nothing rewritten
 
 
-def test_both_config_and_plan_is_refused():
-    with pytest.raises(ValueError, match="either config"):
+def test_exactly_one_way_of_choosing_the_series_is_asked_for():
+    with pytest.raises(ValueError, match="in one way"):
         TASDRewrite("vegeta-m8", config="2:8", plan={"fc1.weight": "2:8"})
+    with pytest.raises(ValueError, match="error_threshold=E"):
+        TASDRewrite("vegeta-m8")  # no silent automatic choice: it can wreck a compact CNN
 
 
 def _two_layer_onnx(first: str, second: str, second_weight=None, reuse_first=False) -> onnx.ModelProto:

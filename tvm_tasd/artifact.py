@@ -45,7 +45,6 @@ from .io import atomic_output, check_not_inputs, parse_json, private_tempdir
 from .matcher import find_layers
 from .pipeline import build, target_spec
 from .plan import Plan
-from .policy import DEFAULT_ERROR_THRESHOLD
 from .report import Report, plan_source
 
 ARTIFACT_FORMAT = "tvm_tasd.tvmc/1"
@@ -126,21 +125,25 @@ def render_report(report: Report, path) -> str:
 
 
 def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
-                  hw=None, config=None, plan=None, report=None, fmt: str | None = None) -> Report:
+                  hw=None, config=None, plan=None, error_threshold: float | None = None, report=None,
+                  fmt: str | None = None) -> Report:
     """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.
 
-    ``config`` (one series for every layer) or ``plan`` (a plan file or
-    :class:`~tvm_tasd.plan.Plan`) need ``tasd=True``; with neither, the pass
-    chooses per layer. ``hw``: the N:M hardware deciding the series and the
+    ``tasd=True`` takes exactly one of ``config`` (one series for every
+    layer), ``plan`` (a plan file or :class:`~tvm_tasd.plan.Plan`) and
+    ``error_threshold`` (per layer by weight error; quality unchecked).
+    ``hw``: the N:M hardware deciding the series and the
     modelled costs (default: the ``target`` hardware, else the plan's, else
     ``cpu-emulated``). ``report``: also write the report there (.html, .json
     or .txt). ``fmt``: ``"onnx"`` or ``"pt2"`` (default: from the suffix).
     Nothing is written unless everything succeeds.
     """
-    if (config is not None or plan is not None) and not tasd:
-        raise ValueError("--tasd-config and --tasd-plan need --pass tasd")
-    if config is not None and plan is not None:
-        raise ValueError("give either --tasd-config or --tasd-plan, not both")
+    chosen = sum(x is not None for x in (config, plan, error_threshold))
+    if chosen and not tasd:
+        raise ValueError("--tasd-config, --tasd-plan and --tasd-error-threshold need --pass tasd")
+    if tasd and chosen != 1:
+        raise ValueError("--pass tasd needs one of --tasd-config SERIES (everywhere), --tasd-plan PLAN (from tasd "
+                         "search: quality checked) or --tasd-error-threshold E (per layer by weight error, unchecked)")
     config = None if config is None else TASDConfig.parse(config)
     check_not_inputs([output, report], [model, plan if isinstance(plan, (str, os.PathLike)) else None])
     plan = None if plan is None else Plan.coerce(plan)
@@ -160,11 +163,12 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
             if plan.hardware not in (None, hardware.name):
                 warnings.warn(f"the plan was searched for {plan.hardware}; checking and costing it on {hardware.name}")
         imported = import_model(model, input_shapes, fmt)
-        executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target)
+        executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target,
+                           error_threshold=error_threshold)
         errors = {entry["name"]: entry["weight_error"] for entry in executable.layers}
         result = Report.from_choices(hardware, find_layers(imported.mod), executable.choices, plan,
                                      weight_errors=errors, model=Path(model).name, mode="tasd" if tasd else "dense",
-                                     source=_how_chosen(tasd, config, plan))
+                                     source=_how_chosen(tasd, config, plan, error_threshold))
         members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan),
                    REPORT: result.to_json()}
         if plan is not None:
@@ -175,14 +179,14 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     return result
 
 
-def _how_chosen(tasd: bool, config, plan) -> str:
+def _how_chosen(tasd: bool, config, plan, error_threshold) -> str:
     if not tasd:
         return "no --pass tasd"
     if plan is not None:
         return plan_source(plan)
     if config is not None:
         return f"uniform config {config}"
-    return f"automatic: cheapest series with weight error ≤ {DEFAULT_ERROR_THRESHOLD:.0%}"
+    return f"per layer: cheapest series with weight error ≤ {error_threshold:.0%} (quality unchecked)"
 
 
 def _tensor_specs(ty, names: list[str]) -> list[dict]:

@@ -96,8 +96,9 @@ def as_tvm_target(target) -> tvm.target.Target:
 def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=None, **rewrite_options) -> TASDExecutable:
     """Rewrite ``mod`` for hardware ``hw`` and compile it.
 
-    ``config``/``plan``/``params`` are those of :class:`TASDRewrite`; with
-    neither config nor plan the pass picks per layer (its error threshold).
+    ``config``/``plan``/``params`` and the other options are those of
+    :class:`TASDRewrite` (one of ``config``, ``plan`` and ``error_threshold``;
+    ``config="dense"`` builds the dense baseline through the same kernels).
     ``target`` overrides the TVM target the hardware file names (see
     :func:`as_tvm_target`); the rewrite picks its kernels for it.
     """

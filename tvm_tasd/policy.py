@@ -1,8 +1,10 @@
 """Per-layer decisions: which series each layer runs, and why — one :class:`Choice` per layer.
 
 :class:`Policy` is the one place that turns what the user asked for — a
-plan (layer name → choice, what TASDER emits), one uniform series, or
-nothing (the cheapest series whose weight error stays under a threshold) —
+plan (layer name → choice, what TASDER emits), one uniform series, or a
+weight-error threshold (the cheapest series whose weight error stays under
+it; an explicit, warned choice, since nothing then checks the model's
+quality: on compact CNNs it can destroy the model) —
 and what the hardware runs into a :class:`Choice` per layer
 (:meth:`Policy.decide`). Everything downstream reads those values: the
 Relax pass emits kernels for them, the report explains them, the ONNX
@@ -35,8 +37,6 @@ from .layer import Layer
 if TYPE_CHECKING:
     from .plan import Plan
 
-#: Default relative Frobenius error a layer may lose when neither config nor plan is given.
-DEFAULT_ERROR_THRESHOLD = 0.3
 SCORES = ("magnitude", "activation")
 
 
@@ -150,11 +150,14 @@ class Policy:
     """
 
     def __init__(self, target: HardwareTarget, config=None, plan: "Plan | None" = None, activation=None,
-                 error_threshold: float = DEFAULT_ERROR_THRESHOLD):
-        if config is not None and plan is not None:
-            raise ValueError("give either config= (one series for all layers) or plan= (per layer), not both")
-        if isinstance(error_threshold, bool) or not isinstance(error_threshold, (int, float)) or not (
-                0 <= error_threshold <= 1):
+                 error_threshold: float | None = None):
+        if sum(x is not None for x in (config, plan, error_threshold)) != 1:
+            raise ValueError(
+                "say which series to run, in one way: config='2:8+1:8' (one series everywhere), plan= (per layer, "
+                "from tvm_tasd.tasder.search: checked against a quality budget), or error_threshold=E (per layer, "
+                "the cheapest series whose weight error is ≤ E: the model's quality is not checked)")
+        if error_threshold is not None and (isinstance(error_threshold, bool) or not isinstance(
+                error_threshold, (int, float)) or not 0 <= error_threshold <= 1):
             raise ValueError(f"error_threshold is a relative weight error in [0, 1], got {error_threshold!r}")
         self.target = target
         self.config = None if config is None else TASDConfig.parse(config)
@@ -167,6 +170,9 @@ class Policy:
         """A :class:`Choice` for every layer, by name."""
         layers = list(layers)
         self._check_plan_names(layers)
+        if self.error_threshold is not None:
+            warnings.warn(f"series chosen per layer by weight error ≤ {self.error_threshold:.0%} alone: nothing checks "
+                          "the model's quality (a plan from tasd search / tasder.search does)", TASDWarning, stacklevel=3)
         return {layer.name: self._decide(layer) for layer in layers}
 
     def _decide(self, layer: Layer) -> Choice:

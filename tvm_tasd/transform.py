@@ -4,8 +4,8 @@ Where it belongs in the pipeline: right after import (``tvm_tasd.frontend``
 or ``relax.frontend.onnx.from_onnx``) and constant folding, *before*
 ``LegalizeOps`` — it matches high-level ``relax.matmul`` / ``relax.nn.conv2d``
 calls (:mod:`tvm_tasd.matcher`), takes one :class:`~tvm_tasd.policy.Choice`
-per layer from :class:`~tvm_tasd.policy.Policy` (from ``plan``, else the
-uniform ``config``, else the cheapest series the target runs faster than
+per layer from :class:`~tvm_tasd.policy.Policy` (from ``plan``, the
+uniform ``config``, or the cheapest series the target runs faster than
 dense whose relative weight error stays under ``error_threshold``),
 decomposes the constant weights at compile time into compressed N:M terms
 (values + uint8 indices), and replaces each call with one fused
@@ -49,7 +49,7 @@ from .hardware import load_target
 from .layer import Layer
 from .matcher import LayerMatcher, find_layers
 from .plan import Plan
-from .policy import DEFAULT_ERROR_THRESHOLD, Choice, Policy
+from .policy import Choice, Policy
 from .schedules import llvm
 from .schedules.llvm_activation import nm_activation
 from .schedules.selection import Kernels, kernels_for
@@ -72,8 +72,10 @@ class TASDRewrite:
         Per-layer choices (what :func:`tvm_tasd.tasder.search` emits).
     params : dict, optional
         Weight values when the weights are function inputs.
-    error_threshold : float
-        Automatic choice when neither config nor plan is given.
+    error_threshold : float, optional
+        Per layer, the cheapest series whose relative weight error is at
+        most this (warned: nothing checks the model's quality). Exactly one
+        of ``config``, ``plan`` and ``error_threshold`` is given.
     activation : str | TASDConfig, optional
         One run-time activation series for every matmul layer (plans carry
         theirs per layer). Needs a target whose unit takes the activation as
@@ -91,7 +93,7 @@ class TASDRewrite:
         config=None,
         plan=None,
         params=None,
-        error_threshold=DEFAULT_ERROR_THRESHOLD,
+        error_threshold=None,
         activation=None,
         dense_kernels=False,
     ):

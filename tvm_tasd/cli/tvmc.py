@@ -25,7 +25,8 @@ from .common import new_parser, parse_input_shapes, run_command
 def cmd_compile(args) -> None:
     shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
     report = compile_model(args.model, args.output, args.target, shapes, tasd=args.tasd_pass == "tasd",
-                           hw=args.tasd_hw, config=args.tasd_config, plan=args.tasd_plan, report=args.tasd_report,
+                           hw=args.tasd_hw, config=args.tasd_config, plan=args.tasd_plan,
+                           error_threshold=args.tasd_error_threshold, report=args.tasd_report,
                            fmt=args.model_format)
     if report.data["mode"] == "tasd":
         print(report.text())
@@ -56,7 +57,7 @@ examples:
       --tasd-hw vegeta-m8 --tasd-config 2:8+1:8 -o tasd.tar
   tvmc compile model.onnx --target "llvm -mcpu=znver3" --pass tasd --tasd-plan plan.json \\
       --tasd-report report.html -o tasd.tar       # plan from: tasd search
-  tvmc compile program.pt2 --target vegeta-m8 --pass tasd -o tasd.tar   # torch.export.save output
+  tvmc compile program.pt2 --target vegeta-m8 --pass tasd --tasd-config 2:4 -o tasd.tar   # torch.export.save output
 
 Without --pass tasd the build is dense (the same scheduled dense kernels), so the
 two artifacts compare directly. Modelled hardware runs emulated on this CPU."""
@@ -84,6 +85,9 @@ def build_parser():
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--tasd-config", help="one series for every layer, e.g. 2:8+1:8")
     choice.add_argument("--tasd-plan", help="per-layer series: a plan.json from tasd search")
+    choice.add_argument("--tasd-error-threshold", type=float, metavar="E",
+                        help="per layer, the cheapest series whose relative weight error is ≤ E "
+                             "(nothing checks the model's quality)")
     p.add_argument("--tasd-report", help="also write the per-layer report (.html, .json or .txt)")
 
     p = add("run", "run a compiled artifact on this CPU", cmd_run, RUN_EPILOG)
