@@ -191,6 +191,7 @@ _SCHEMA = {
     "tvm": None,
 }
 _TVM_FIELDS = ("kind", "keys", "intrinsic")
+TVM_KINDS = ("llvm", "cuda")  # the TVM target kinds schedules/ has kernels for
 
 
 class _Table:
@@ -321,7 +322,10 @@ def _read_tasd_units(t: _Table | None) -> TASDUnits | None:
 def _read_tvm(t: _Table) -> TVMSpec:
     # Keys other than kind/keys/intrinsic are TVM Target attributes; tvm_target() checks them.
     attrs = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in t.data.items() if k not in _TVM_FIELDS)
-    return TVMSpec(kind=t.string("kind", '"llvm"'), keys=tuple(t.strings("keys", '["tasd", "vegeta-m8"]')),
+    kind = t.string("kind", '"llvm"')
+    if kind not in TVM_KINDS:
+        raise t.fail("kind", f"is {kind!r}", f"tvm_tasd has kernels for {' and '.join(TVM_KINDS)}")
+    return TVMSpec(kind=kind, keys=tuple(t.strings("keys", '["tasd", "vegeta-m8"]')),
                    intrinsic=t.string("intrinsic", '"nm_emulated"'), attrs=attrs)
 
 

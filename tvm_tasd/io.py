@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +93,32 @@ def save_npz(path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_npz(path, what: str) -> dict[str, np.ndarray]:
     """All arrays of an .npz file; ``what`` names the file's role in the errors."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError(f"{what} file {path} does not exist") from None
-    except (OSError, ValueError):
-        raise ValueError(f"{what} file {path} is not an .npz archive (write it with np.savez)") from None
+    archive = _numpy_file(path, what, "an .npz archive (write it with np.savez)")
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{what} file {path} holds a single array; use np.savez(path, name=array, …)")
-    with archive:
-        return {name: archive[name] for name in archive.files}
+    try:
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # a member that is no array, pickles included
+        raise ValueError(f"{what} file {path} holds something other than arrays (np.savez writes arrays)") from None
+
+
+def load_npy(path, what: str) -> np.ndarray:
+    """The one array of a .npy file, with one-line errors."""
+    array = _numpy_file(path, what, "a .npy array (write it with np.save)")
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise ValueError(f"{what} file {path} is an .npz archive, not one .npy array")
+    return array
+
+
+def _numpy_file(path, what: str, expected: str):
+    """``np.load`` without pickles: an array or an open archive; anything else is a ValueError."""
+    if Path(path).is_dir():
+        raise ValueError(f"{what} file {path} is a folder")
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"{what} file {path} does not exist") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise ValueError(f"{what} file {path} is not {expected}") from None

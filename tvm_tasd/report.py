@@ -288,7 +288,7 @@ class Report:
         plan = d["plan"]
         if d["search_points"]:
             curve = _quality_chart(d["search_points"], plan)
-        elif plan is None:
+        elif plan is None or not plan.get("quality") or plan.get("edp_vs_dense") is None:
             curve = "<p class='note'>No search: the series were not chosen by TASDER, so there is no quality-vs-EDP curve.</p>"
         else:
             curve = ("<p class='note'>This plan holds no search points (<code>search.points</code>), so the "
@@ -354,14 +354,18 @@ _ROW_KEYS = {"name": str, "op": str, "m": int, "k": int, "n": int, "weight": str
 
 def _check_saved(data: dict) -> None:
     """A saved report has what rendering and re-costing read, of the right kinds (else one clear error)."""
-    for where, value, keys in [("report", data, _TOP_KEYS)] + [
-            (f"report layer {i}", row, _ROW_KEYS) for i, row in enumerate(data.get("layers") or [])]:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} is not a JSON object: not a tvm_tasd report")
-        for key, kind in keys.items():
-            if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool):
-                raise ValueError(f"{where}: '{key}' is missing or not a {getattr(kind, '__name__', 'number')}: "
-                                 "not a tvm_tasd report as this version writes it")
+    _check_keys("report", data, _TOP_KEYS)
+    for index, row in enumerate(data["layers"]):
+        _check_keys(f"report layer {index}", row, _ROW_KEYS)
+
+
+def _check_keys(where: str, value, keys: dict) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is not a JSON object: not a tvm_tasd report")
+    for key, kind in keys.items():
+        if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool):
+            raise ValueError(f"{where}: '{key}' is missing or not a {getattr(kind, '__name__', 'number')}: "
+                             "not a tvm_tasd report as this version writes it")
 
 
 def _costed(data: dict, target: HardwareTarget) -> dict:

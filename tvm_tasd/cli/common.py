@@ -22,15 +22,22 @@ from ..report import printable
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?)\s*:\s*\[(?P<dims>[^\]]*)\]\s*,?")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes as one line on stderr, like every other mistake of the commands."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def new_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Callable]:
     """A parser with ``-v/--verbose`` (accepted before or after the subcommand) and ``--version``,
     and ``add(name, summary, func, epilog=None)`` to declare a subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # SUPPRESS: a subcommand that does not see the flag must not reset the top-level one.
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show the Python traceback of an error")
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog=prog, description=description, parents=[common], formatter_class=formatter)
+    parser = _Parser(prog=prog, description=description, parents=[common], formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s (tvm_tasd {__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

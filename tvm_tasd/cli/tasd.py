@@ -27,7 +27,7 @@ from .. import benchmarks as bench_package
 from ..config import TASDConfig
 from ..decompose import approximate, decompose, kept_magnitude_share, relative_error
 from ..hardware import list_targets, load_target
-from ..io import atomic_output, check_not_inputs
+from ..io import atomic_output, check_not_inputs, load_npy
 from ..report import format_table
 from .common import new_parser, parse_input_shapes, run_command
 
@@ -80,7 +80,10 @@ def _load_weight(args):
     if not path.exists():
         raise ValueError(f"{path} does not exist")
     if path.suffix == ".npy":
-        return np.load(path), args.axis if args.axis is not None else 0
+        weight = load_npy(path, "weight")
+        if weight.dtype.kind != "f":
+            raise ValueError(f"{path} holds {weight.dtype} values; TASD decomposes float weights")
+        return weight, args.axis if args.axis is not None else 0
     from ..frontend import load_onnx  # the importer module loads TVM
 
     proto = load_onnx(path)
