@@ -129,7 +129,8 @@ def weight_name_map(params: dict[str, np.ndarray], uses: list[str] | None = None
     too (constant folding of Gemm's transB turns (N, K) into (K, N)).
     """
     order = [name for name in uses or [] if name in params]
-    order += [name for name in params if name not in set(order)]
+    used = set(order)
+    order += [name for name in params if name not in used]
     names: dict[str, list[str]] = {}
     for name in order:
         value = params[name]

@@ -51,9 +51,8 @@ def atomic_output(path):
 def check_not_inputs(outputs, inputs) -> None:
     """Refuse an output path that is one of the command's input files (it would be overwritten)."""
     existing = [Path(p) for p in inputs if p is not None and Path(p).exists()]
-    for output in (Path(p) for p in outputs if p is not None):
-        clash = next((p for p in existing if output.exists() and os.path.samefile(output, p)), None)
-        if clash is not None:
+    for output in (Path(p) for p in outputs if p is not None and Path(p).exists()):
+        for clash in (p for p in existing if os.path.samefile(output, p)):
             raise ValueError(f"output {output} is the input {clash}: it would be overwritten; write elsewhere")
 
 
