@@ -225,3 +225,67 @@ def test_bad_arguments_are_one_clear_error():
         decompose(np.ones((4, 4), np.float32), "2:4", axis=1.5)
     with pytest.raises(ValueError, match="tuple of NMPattern"):
         TASDConfig((NMPattern(2, 4), "1:4"))
+
+
+# ---------------------------------------------------------------- error-compensated (OBS) series
+
+SERIES = ["2:4", "1:4", "4:8", "2:8+1:8", "2:4+1:8", "1:8+1:8"]
+
+
+def _layer(draw_seed: int, k: int, n: int, rows: int, dead: bool):
+    rng = np.random.default_rng(draw_seed)
+    x = rng.standard_normal((rows, k)) * rng.uniform(0.01, 5, k)
+    if dead:
+        x[:, rng.integers(0, k)] = 0.0  # an input channel that never fires
+    return rng.standard_normal((k, n)).astype(np.float32), x
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), k=st.sampled_from([8, 16, 24, 40]), n=st.integers(1, 9),
+       config=st.sampled_from(SERIES))
+def test_with_an_identity_hessian_the_series_is_the_plain_one(seed, k, n, config):
+    w, _ = _layer(seed, k, n, 1, False)
+    np.testing.assert_array_equal(approximate(w, config, axis=0, hessian=np.eye(k)), approximate(w, config, axis=0))
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10**6), k=st.sampled_from([8, 16, 24, 40]), n=st.integers(1, 9),
+       rows=st.integers(1, 60), dead=st.booleans(), config=st.sampled_from(SERIES))
+def test_reconstruction_never_raises_the_output_error_and_keeps_every_pattern(seed, k, n, rows, dead, config):
+    w, x = _layer(seed, k, n, rows, dead)
+    hessian = x.T @ x
+    terms = decompose(w, config, axis=0, hessian=hessian)
+    for term in terms:
+        groups = term.dense().reshape(k // term.m, term.m, n)  # every k drawn is a multiple of every M
+        assert np.count_nonzero(groups, axis=1).max() <= term.n
+        np.testing.assert_array_equal(decompress(term.values, term.indices, term.pattern, 0, k), term.dense())
+    error = lambda approx: np.linalg.norm(x @ (w.astype(np.float64) - approx))  # noqa: E731
+    assert error(sum(t.dense() for t in terms)) <= error(approximate(w, config, axis=0)) * (1 + 1e-9) + 1e-9
+
+
+def test_reconstruction_compensates_real_structure_and_is_deterministic():
+    w, x = _layer(0, 256, 64, 1024, True)
+    hessian = x.T @ x
+    plain = approximate(w, "2:4", axis=0)
+    rebuilt = approximate(w, "2:4", axis=0, hessian=hessian)
+    error = lambda approx: np.linalg.norm(x @ (w - approx)) / np.linalg.norm(x @ w)  # noqa: E731
+    assert error(rebuilt) < 0.85 * error(plain)  # the kept values move to absorb the dropped ones' error
+    np.testing.assert_array_equal(rebuilt, approximate(w, "2:4", axis=0, hessian=hessian))
+    linear = approximate(np.ascontiguousarray(w.T), "2:4", axis=1, hessian=hessian)  # (N, K) layout, same layer
+    np.testing.assert_allclose(linear.T, rebuilt, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"hessian": np.eye(7)}, "8×8"),
+        ({"hessian": np.full((8, 8), np.nan)}, "NaN"),
+        ({"hessian": np.eye(8) * np.array([1, 1, 1, 1, 1, 1, 1, -50.0])}, "negative diagonal"),
+        ({"hessian": np.ones((8, 8)) - 2 * np.eye(8) + np.diag([3.0] + [1.0] * 7), "damp": 0.0}, "positive definite"),
+        ({"hessian": np.eye(8), "score": np.ones(8)}, "not both"),
+        ({"hessian": np.eye(8), "damp": 2.0}, "damp"),
+    ],
+)
+def test_a_bad_hessian_is_one_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        decompose(np.ones((8, 4), np.float32), "2:4", axis=0, **kwargs)

@@ -213,31 +213,150 @@ def _series(w: np.ndarray, patterns, axis: int, scale: np.ndarray | None) -> tup
     return terms, residual
 
 
+# ---------------------------------------------------------------- error-compensated (OBS) series
+
+#: Columns per lazy update of the OBS sweep (rounded up to the series' lcm).
+_OBS_BLOCK = 128
+
+
+def _owners(score: np.ndarray, patterns) -> np.ndarray:
+    """Which term keeps each entry of a (rows, L) block of scores: the greedy series on ``score``
+    (−1: dropped). ``score`` is overwritten; exact zeros must already score −1."""
+    rows, width = score.shape
+    owner = np.full((rows, width), -1, np.int8)
+    for index, pattern in enumerate(patterns):
+        view = score.reshape(rows, width // pattern.m, pattern.m, 1)
+        positions = _top_n_positions(view, pattern.n)
+        slots = owner.reshape(rows, width // pattern.m, pattern.m, 1)
+        free = np.take_along_axis(slots, positions, axis=2) < 0  # a full group may pick an owned slot: keep its owner
+        np.put_along_axis(slots, positions, np.where(free, index, np.take_along_axis(slots, positions, axis=2)), axis=2)
+        np.put_along_axis(view, positions, -np.inf, axis=2)
+    return owner
+
+
+def _checked_hessian(hessian, k: int, name: str | None) -> np.ndarray:
+    where = f" of layer {name!r}" if name else ""
+    h = np.asarray(hessian, dtype=np.float64)
+    if h.shape != (k, k):
+        raise ValueError(f"hessian{where} must be {k}×{k} (the reduction axis squared), got {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError(f"hessian{where} holds NaN or inf")
+    if np.any(np.diag(h) < 0):
+        raise ValueError(f"hessian{where} has a negative diagonal: it is not XᵀX of the layer's inputs")
+    return (h + h.T) / 2
+
+
+def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, name: str | None) -> list[NMTerm]:
+    """The series' mask and values that minimise ‖(W − Ŵ)X‖ given H = XᵀX: an OBS column sweep.
+
+    Columns are the reduction axis. At the start of every block of L = lcm(M)
+    columns the mask of that block is chosen by the greedy series on the OBS
+    scores w²/[H⁻¹]²ᵢᵢ of the weights as updated so far; each column is then
+    pruned to its mask and the error it leaves is pushed onto the columns not
+    yet visited (Frantar & Alistarh, SparseGPT, 2023), in float64. Input
+    channels that never fire (zero diagonal) get zero weights. A row whose
+    result would have a larger error on H than the plain series keeps the
+    plain series.
+    """
+    if w.ndim != 2:
+        raise ValueError(f"reconstruction takes 2-D weights (a matmul or a 1×1 convolution); got shape {w.shape}")
+    rows = np.moveaxis(w, axis, -1).astype(np.float64)
+    k = rows.shape[1]
+    h = _checked_hessian(hessian, k, name)
+    if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not 0 <= damp < 1 or not np.isfinite(damp):
+        raise ValueError(f"damp is a share of the mean Hessian diagonal, in [0, 1); got {damp!r}")
+    lcm = int(np.lcm.reduce([p.m for p in patterns]))
+    width = -(-k // lcm) * lcm
+    weights = np.zeros((rows.shape[0], width))
+    weights[:, :k] = rows
+    full = np.zeros((width, width))
+    full[:k, :k] = h
+    dead = np.diag(full) == 0
+    full[dead, dead] = 1.0
+    weights[:, dead] = 0.0
+    full[np.diag_indices(width)] += damp * np.mean(np.diag(full))
+    try:
+        upper = np.linalg.cholesky(np.linalg.inv(full)).T  # the Cholesky factor of H⁻¹ that OBS sweeps with
+    except np.linalg.LinAlgError:
+        raise ValueError(f"hessian{f' of layer {name!r}' if name else ''} is not positive definite even after "
+                         f"damping (damp={damp}); raise damp, or check it is XᵀX of the layer's inputs") from None
+    owner = np.full(weights.shape, -1, np.int8)
+    block = -(-_OBS_BLOCK // lcm) * lcm
+    for start in range(0, width, block):
+        stop = min(start + block, width)
+        local, errors, u = weights[:, start:stop].copy(), np.zeros((weights.shape[0], stop - start)), upper[start:stop, start:stop]
+        for i in range(stop - start):
+            if i % lcm == 0:
+                group = local[:, i : i + lcm]
+                score = np.where(group != 0, group**2 / np.diag(u)[i : i + lcm] ** 2, -1.0)
+                owner[:, start + i : start + i + lcm] = _owners(score, patterns)
+            kept = np.where(owner[:, start + i] >= 0, local[:, i], 0.0)
+            errors[:, i] = (local[:, i] - kept) / u[i, i]
+            local[:, i:] -= np.outer(errors[:, i], u[i, i:])
+            local[:, i] = kept
+        weights[:, start:stop] = local
+        weights[:, stop:] -= errors @ upper[start:stop, stop:]
+    reconstructed = [np.where(owner == index, weights, 0.0)[:, :k] for index in range(len(patterns))]
+    plain = [np.moveaxis(term.dense(), axis, -1).astype(np.float64) for term in _series(w, patterns, axis, None)[0]]
+    # Rows are independent problems: where the sweep's greedy masks lose to the plain series (it happens with
+    # few calibration rows), a row keeps the plain series, so the layer never does worse than without H.
+    plain_wins = _row_errors(rows, plain, h) < _row_errors(rows, reconstructed, h)
+    terms = []
+    for pattern, mine, theirs in zip(patterns, reconstructed, plain):
+        dense = np.moveaxis(np.where(plain_wins[:, None], theirs, mine), -1, axis).astype(w.dtype)
+        values, indices = compress(dense, pattern, axis)
+        terms.append(NMTerm(pattern, axis, w.shape, values, indices))
+    return terms
+
+
+def _row_errors(rows: np.ndarray, terms: list[np.ndarray], h: np.ndarray) -> np.ndarray:
+    """‖(w − Σ terms)·X‖² of every row, from H = XᵀX."""
+    delta = rows - sum(terms)
+    return ((delta @ h) * delta).sum(axis=1)
+
+
 def nm_term(w, pattern: "NMPattern | str", axis: "int | str" = 0, score: Score = None, name=None) -> NMTerm:
     """One N:M term of ``w``: the N best-scoring entries of each group of M."""
     pattern = pattern if isinstance(pattern, NMPattern) else NMPattern.parse(pattern)
     return decompose(w, TASDConfig((pattern,)), axis=axis, score=score, name=name)[0]
 
 
-def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None) -> list[NMTerm]:
+def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None, *,
+              hessian=None, damp: float = 0.01) -> list[NMTerm]:
     """Greedy TASD series of ``w``: the list of compressed N:M terms.
 
     ``axis`` is the reduction axis (an int, or a layout name: ``"matmul"``,
     ``"linear"``, ``"oihw"``, ``"activation"``). ``dense`` returns ``[]``.
+    With ``hessian`` (H = XᵀX of the layer's inputs, K×K along the reduction
+    axis) the terms' mask and values minimise the layer's output error
+    instead (OBS reconstruction, damped by ``damp`` × the mean diagonal):
+    the values are then no longer the weight's own.
     """
     w = _float_array(w, f"tensor {name!r}" if name else "tensor")
     config = TASDConfig.parse(config)
     axis = resolve_axis(axis, w.ndim)
     scale = channel_scale(score, w.shape[axis], name)
-    return _series(w, config.terms, axis, scale)[0] if config.terms else []
+    if not config.terms:
+        return []
+    if hessian is not None:
+        if scale is not None:
+            raise ValueError("give score= or hessian=, not both: with a Hessian, OBS decides which entries to keep")
+        return _reconstructed(w, config.terms, axis, hessian, damp, name)
+    return _series(w, config.terms, axis, scale)[0]
 
 
-def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None) -> np.ndarray:
-    """Σ of the series' terms as a dense array of ``w``'s dtype (``dense``: a copy of w)."""
+def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None, *,
+                hessian=None, damp: float = 0.01) -> np.ndarray:
+    """Σ of the series' terms as a dense array of ``w``'s dtype (``dense``: a copy of w).
+
+    ``hessian``/``damp``: as for :func:`decompose`.
+    """
     w = _float_array(w, f"tensor {name!r}" if name else "tensor")
     config = TASDConfig.parse(config)
     if config.is_dense:
         return w.copy()
+    if hessian is not None:
+        return sum(term.dense() for term in decompose(w, config, axis, score, name, hessian=hessian, damp=damp))
     axis = resolve_axis(axis, w.ndim)
     _, residual = _series(w, config.terms, axis, channel_scale(score, w.shape[axis], name))
     residual = np.take(residual, np.arange(w.shape[axis]), axis=axis) if residual.shape != w.shape else residual
