@@ -50,6 +50,17 @@ def test_mlp_norms_and_density_match_numpy(x):
         np.testing.assert_allclose(stats.norms[name], norms_of(activation, 1), rtol=1e-5)
         assert stats.nonzero_density[name] == pytest.approx(np.count_nonzero(activation) / activation.size)
     assert stats.relu_fed == {"fc2.weight", "fc3.weight"}
+    assert stats.hessians == {}  # asked for only: they cost K² floats per layer
+
+
+def test_hessians_are_the_gram_matrices_of_the_matmul_inputs(x):
+    p = params("digits-cnn")
+    images = x.reshape(-1, 1, 8, 8)
+    a2 = relu(conv3x3(relu(conv3x3(images, p["conv1.weight"], p["conv1.bias"])), p["conv2.weight"], p["conv2.bias"]))
+    flat = a2.reshape(-1, 32, 4, 2, 4, 2).max(axis=(3, 5)).reshape(len(x), -1).astype(np.float64)
+    stats = calibrate(model_path("digits-cnn"), batches_of(x), progress=False, hessians=True)
+    assert set(stats.hessians) == {"fc.weight"}  # convolutions take no channel Gram (it is not their Hessian)
+    np.testing.assert_allclose(stats.hessians["fc.weight"], flat.T @ flat, rtol=1e-5, atol=1e-6)
 
 
 def test_cnn_norms_pool_batch_and_space(x):

@@ -50,9 +50,12 @@ def test_activation_keep_counts_match_onnxruntime(keep, feeds):
 
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
 def test_calibration_statistics_match_the_onnx_path(name, feeds):
-    ours = calibrate(_imported(name, feeds).mod, feeds, progress=False)
-    reference = calibrate(model_path(name), feeds, progress=False)
+    ours = calibrate(_imported(name, feeds).mod, feeds, progress=False, hessians=True)
+    reference = calibrate(model_path(name), feeds, progress=False, hessians=True)
     assert set(ours.norms) == set(reference.norms)
+    assert set(ours.hessians) == set(reference.hessians) and ours.hessians
+    for layer, hessian in reference.hessians.items():
+        np.testing.assert_allclose(ours.hessians[layer], hessian, rtol=1e-5, atol=1e-5)
     for layer, norm in reference.norms.items():
         np.testing.assert_allclose(ours.norms[layer], norm, rtol=1e-5)
         assert ours.nonzero_density[layer] == pytest.approx(reference.nonzero_density[layer])

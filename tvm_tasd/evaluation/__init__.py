@@ -35,9 +35,10 @@ def open_model(model, calibration: Iterable[Feed], *, params: Mapping[str, np.nd
 
 
 def calibrate(model, calibration: Iterable[Feed], *, params: Mapping[str, np.ndarray] | None = None,
-              progress: bool = True) -> CalibrationStats:
-    """Channel norms, nonzero density and ReLU feeding of every layer input, in one pass (any model)."""
-    return open_model(model, calibration, params=params).calibrate(progress)
+              progress: bool = True, hessians: bool = False) -> CalibrationStats:
+    """Channel norms, nonzero density and ReLU feeding of every layer input, in one pass (any model);
+    ``hessians`` adds every matmul layer's H = XᵀX."""
+    return open_model(model, calibration, params=params).calibrate(progress, hessians)
 
 
 __all__ = [

@@ -82,8 +82,9 @@ class WeightFedModel(ABC):
         """The model's outputs on one batch, given :meth:`_inputs`."""
 
     @abstractmethod
-    def calibrate(self, progress: bool = True) -> CalibrationStats:
-        """Statistics of every layer input, original weights, one pass over the calibration batches."""
+    def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
+        """Statistics of every layer input, original weights, one pass over the calibration batches;
+        ``hessians`` adds H = XᵀX of every matmul layer's input (for OBS reconstruction)."""
 
     @property
     @abstractmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,6 +55,9 @@ class CalibrationStats:
     input; ``relu_fed`` the layers whose input comes from a ReLU;
     ``samples[name]`` up to ``SAMPLE_ROWS`` rows of that input from the first
     batch, as (rows, channels) — enough to estimate activation-series errors.
+    ``hessians[name]``, when asked for, is H = XᵀX of a matmul layer's input
+    rows (K×K, float64: what :func:`tvm_tasd.decompose` takes as ``hessian``;
+    K² · 8 bytes per layer, 19 MB at K = 1536).
     """
 
     norms: dict[str, np.ndarray]
@@ -62,23 +65,29 @@ class CalibrationStats:
     relu_fed: frozenset[str]
     batches: int
     samples: dict[str, np.ndarray]
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class StatsAccumulator:
     """Per activation: float64 sum of squares per channel, nonzero count and a row sample, batch by batch."""
 
     def __init__(self):
+        self.grams: dict = {}
         self.squares: dict = {}
         self.samples: dict = {}
         self.nonzeros: dict = {}
         self.sizes: dict = {}
         self.batches = 0
 
-    def add(self, key, x: np.ndarray, channel_axis: int) -> None:
+    def add(self, key, x: np.ndarray, channel_axis: int, gram: bool = False) -> None:
+        """One batch of an activation; ``gram`` also accumulates XᵀX over its channels."""
         x = np.asarray(x)
         axis = channel_axis % x.ndim
         pooled = tuple(a for a in range(x.ndim) if a != axis)
         self.squares[key] = self.squares.get(key, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
+        if gram:
+            rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
+            self.grams[key] = self.grams.get(key, 0.0) + rows.T @ rows
         if key not in self.samples:
             self.samples[key] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
         self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(x))
@@ -103,4 +112,6 @@ class StatsAccumulator:
             norms[name] = norm
             density[name] = sum(self.nonzeros[key] for key in keys) / max(1, sum(self.sizes[key] for key in keys))
         samples = {name: self.samples[keys[0]] for name, keys in uses.items()}
-        return CalibrationStats(norms, density, relu_fed, self.batches, samples)
+        hessians = {name: sum(self.grams[key] for key in keys) for name, keys in uses.items()
+                    if all(key in self.grams for key in keys)}
+        return CalibrationStats(norms, density, relu_fed, self.batches, samples, hessians)

@@ -246,8 +246,9 @@ class OnnxWeightFedModel(WeightFedModel):
     def _run(self, batch, inputs) -> list[np.ndarray]:
         return self._session.run(self.output_names, {**batch, **inputs})
 
-    def calibrate(self, progress: bool = True) -> CalibrationStats:
+    def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
         sites = _activation_sites(self.model)
+        matmuls = {site for name, uses in sites.items() if self._weights[name].ndim == 2 for site in uses}
         graph_inputs = {value.name for value in self.model.graph.input}
         unique = list(dict.fromkeys(site for uses in sites.values() for site in uses))
         fetched = list(dict.fromkeys(site.tensor for site in unique if site.tensor not in graph_inputs))
@@ -257,7 +258,8 @@ class OnnxWeightFedModel(WeightFedModel):
         for feed in accumulator.over(self.calibration, progress):
             values = dict(zip(fetched, session.run(fetched, dict(feed)))) if session else {}
             for site in unique:
-                accumulator.add(site, values.get(site.tensor, feed.get(site.tensor)), site.channel_axis)
+                accumulator.add(site, values.get(site.tensor, feed.get(site.tensor)), site.channel_axis,
+                                gram=hessians and site in matmuls)
         channels = {name: self._weights[name].shape[self._axes[name]] for name in sites}
         return accumulator.stats(sites, channels, self.relu_fed & set(sites))
 

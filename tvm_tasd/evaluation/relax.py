@@ -183,12 +183,13 @@ class RelaxWeightFedModel(WeightFedModel):
     def _run(self, batch, inputs) -> list[np.ndarray]:
         return self._call(batch, inputs, exposed=False)
 
-    def calibrate(self, progress: bool = True) -> CalibrationStats:
+    def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
         accumulator = StatsAccumulator()
         inputs = self._inputs(self._weights, self._groups)  # original weights, every activation whole
         layers = {layer.name: layer for layer in self.layers}
         for batch in accumulator.over(self.calibration, progress):
             for name, x in zip(self._exposed, self._call(batch, inputs, exposed=True)):
-                accumulator.add(name, x, 1 if layers[name].op == "conv2d" else -1)
+                matmul = layers[name].op == "matmul"
+                accumulator.add(name, x, -1 if matmul else 1, gram=hessians and matmul)
         channels = {name: layers[name].grouped_length for name in self._exposed}
         return accumulator.stats({name: [name] for name in self._exposed}, channels, self.relu_fed)
