@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_tasd import tasder
 from tvm_tasd.benchmarks import sweep
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
 from tvm_tasd.benchmarks.quality_vs_edp import load_task
@@ -43,8 +42,7 @@ def cell(job: dict) -> dict:
     original = task.calibration_metric(OnnxWeightFedModel(model, task.calibration).run())
     if original <= 0:  # e.g. CREPE pruned to 90 %: nothing left to keep 99 % of
         return {**job, "skipped": f"the {job['sparsity']:.0%}-sparse original scores {original:.3g}"}
-    plan = tasder.search(model, job["target"], task.calibration, metric=task.calibration_metric,
-                         budget=job["budget"], progress=False)
+    plan = task.search(job["target"], job["budget"], model=model)
     original = task.test_metric(OnnxWeightFedModel(model, task.test).run())
     unseen = task.test_metric(run_plan(model, plan, task.test)) / original
     edp = plan.info["edp_vs_dense"]
@@ -55,7 +53,7 @@ def cell(job: dict) -> dict:
         "calibration_quality": plan.info["quality"]["relative"],
         "unseen_quality": unseen,
         "layers": {l.name: {"weight": str(l.weight), "activation": None if l.activation is None else str(l.activation),
-                            "score": l.score} for l in plan.layers},
+                            "method": l.method} for l in plan.layers},
         "search": plan.info["search"],
     }
 

@@ -1,9 +1,10 @@
 """Quality vs modelled EDP: TASDER against one-shot single-pattern baselines.
 
 For each model and target: every supported single-pattern config applied
-uniformly with magnitude selection (apex-style N:M pruning) and with the
-Wanda score |w|·‖x‖ (calibration channel norms), the paper's magnitude TASD
-series, and TASDER plans at several budgets. Quality is measured on data the
+uniformly with magnitude selection (apex-style N:M pruning), with the
+Wanda score |w|·‖x‖ (calibration channel norms) and with SparseGPT's OBS
+reconstruction (matmul layers), the paper's magnitude TASD series (also
+activation-aware and OBS-reconstructed), and TASDER plans at several budgets. Quality is measured on data the
 search never saw (onnxruntime, weights replaced); EDP is **modelled**
 (``tvm_tasd.cost``, the target's file) over the model's matmul/conv layers,
 relative to the same model running dense on the same target.
@@ -51,14 +52,23 @@ TASD_SERIES = {"vegeta-m8": ["4:8+2:8", "2:8+1:8", "4:8+1:8"], "stc-2of4": [], "
 
 @dataclass
 class Task:
-    """A model with its calibration feeds and metric, and unseen test feeds and metric."""
+    """A model with its calibration feeds and metric, held-out feeds the search checks its plan on
+    (never searched or calibrated on), and unseen test feeds and metric (never seen by the search)."""
 
     name: str
     model: onnx.ModelProto
     calibration: list[dict]
     calibration_metric: Callable
+    validation: list[dict]
+    validation_metric: Callable
     test: list[dict]
     test_metric: Callable
+
+    def search(self, target, budget: float, model=None, **options):
+        """TASDER on the calibration data, the plan checked on the validation data."""
+        return tasder.search(self.model if model is None else model, target, self.calibration,
+                             metric=self.calibration_metric, budget=budget, progress=False,
+                             validation=(self.validation, self.validation_metric), **options)
 
 
 def _minilm(quick: bool) -> Task:
@@ -67,8 +77,7 @@ def _minilm(quick: bool) -> Task:
     batch, seq = 50, 40
     tok = minilm.Tokenizer(seq)
 
-    def pairs_task(names):
-        sets = [minilm.load_sts(n) for n in names]
+    def pairs_task(sets):
         feeds, spans = [], []
         for pairs in sets:
             sentences = pairs.first + pairs.second
@@ -90,10 +99,13 @@ def _minilm(quick: bool) -> Task:
 
         return feeds, metric
 
-    calibration, calibration_metric = pairs_task(["sick"])
-    test, test_metric = pairs_task(["sts16"] if quick else ["sts15", "sts16"])
+    sick = minilm.load_sts("sick")
+    cut = len(sick.gold) * 3 // 4  # the last quarter of SICK_trial: the search's held-out check
+    calibration, calibration_metric = pairs_task([minilm.STSPairs(sick.first[:cut], sick.second[:cut], sick.gold[:cut])])
+    validation, validation_metric = pairs_task([minilm.STSPairs(sick.first[cut:], sick.second[cut:], sick.gold[cut:])])
+    test, test_metric = pairs_task([minilm.load_sts(n) for n in (["sts16"] if quick else ["sts15", "sts16"])])
     model = onnx.load(minilm.onnx_path(batch, seq))
-    return Task("minilm", model, calibration, calibration_metric, test, test_metric)
+    return Task("minilm", model, calibration, calibration_metric, validation, validation_metric, test, test_metric)
 
 
 def _crepe(capacity: str, quick: bool) -> Task:
@@ -108,8 +120,10 @@ def _crepe(capacity: str, quick: bool) -> Task:
         return feeds, lambda outputs: crepe.raw_pitch_accuracy(np.concatenate([o[0] for o in outputs]), f0)
 
     calibration, calibration_metric = tones(256 if quick else 512, seed=1)
+    validation, validation_metric = tones(128, seed=3)
     test, test_metric = tones(256 if quick else 1024, seed=2)
-    return Task(f"crepe-{capacity}", model, calibration, calibration_metric, test, test_metric)
+    return Task(f"crepe-{capacity}", model, calibration, calibration_metric, validation, validation_metric, test,
+                test_metric)
 
 
 def _digits(name: str, quick: bool) -> Task:
@@ -123,9 +137,12 @@ def _digits(name: str, quick: bool) -> Task:
         labels = y[: len(feeds) * batch]
         return feeds, tasder.accuracy_metric(labels)
 
-    calibration, calibration_metric = feeds_and_metric(data.train_x, data.train_y)
+    cut = len(data.train_x) * 3 // 4 // batch * batch  # the last quarter of the training set: held out
+    calibration, calibration_metric = feeds_and_metric(data.train_x[:cut], data.train_y[:cut])
+    validation, validation_metric = feeds_and_metric(data.train_x[cut:], data.train_y[cut:])
     test, test_metric = feeds_and_metric(data.test_x, data.test_y)
-    return Task(name, onnx.load(model_path(name)), calibration, calibration_metric, test, test_metric)
+    return Task(name, onnx.load(model_path(name)), calibration, calibration_metric, validation, validation_metric,
+                test, test_metric)
 
 
 def _ppocr(kind: str, quick: bool) -> Task:
@@ -145,9 +162,11 @@ def _ppocr(kind: str, quick: bool) -> Task:
         return feeds, lambda outputs: score(np.concatenate([o[0] for o in outputs]))
 
     calibration, calibration_metric = lines(128 if quick else 256, seed=1)
+    validation, validation_metric = lines(64, seed=3)
     test, test_metric = lines(128 if quick else 512, seed=2)
     model = onnx.load(ppocr.onnx_path(kind, batch))
-    return Task(f"ppocr-{kind}", model, calibration, calibration_metric, test, test_metric)
+    return Task(f"ppocr-{kind}", model, calibration, calibration_metric, validation, validation_metric, test,
+                test_metric)
 
 
 TASKS = {
@@ -184,11 +203,16 @@ def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> flo
     return total(chosen) / total(lambda layer: TASDConfig.dense())
 
 
-def _uniform(layers, config, norms=None):
-    """Weights for a uniform config (magnitude, or Wanda-style with channel norms)."""
+def _uniform(layers, config, norms=None, hessians=None):
+    """Weights for a uniform config: magnitude; Wanda-style with channel norms; with ``hessians``, OBS
+    reconstruction (SparseGPT) where a layer has one (matmul layers) and Wanda-style elsewhere."""
     weights = {}
     for layer in layers:
         if config.is_dense or not layer.fits(config):
+            continue
+        if hessians is not None and layer.name in hessians:
+            weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, name=layer.name,
+                                              hessian=hessians[layer.name])
             continue
         score = norms[layer.name] if norms is not None else "magnitude"
         weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, score=score, name=layer.name)
@@ -200,7 +224,8 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
     layers = [layer for layer in find_layers(from_onnx(task.model, shapes).mod)]
     test_model = OnnxWeightFedModel(task.model, task.test)
     dense_test = task.test_metric(test_model.run())
-    norms = calibrate(task.model, task.calibration, progress=False).norms
+    stats = calibrate(task.model, task.calibration, progress=False, hessians=True)
+    norms, hessians = stats.norms, stats.hessians
     rows = []
 
     def record(target, method, config, weights, edp, **extra):
@@ -217,24 +242,25 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
             edp = _model_edp(target, layers, {l.name: config for l in layers})
             record(target_name, "magnitude N:M", str(config), _uniform(layers, config), edp)
             record(target_name, "Wanda N:M", str(config), _uniform(layers, config, norms), edp)
+            record(target_name, "SparseGPT N:M", str(config), _uniform(layers, config, norms, hessians), edp)
         for config in series:
             edp = _model_edp(target, layers, {l.name: config for l in layers})
             record(target_name, "magnitude TASD", str(config), _uniform(layers, config), edp)
             record(target_name, "activation-aware TASD", str(config), _uniform(layers, config, norms), edp)
+            record(target_name, "OBS TASD", str(config), _uniform(layers, config, norms, hessians), edp)
         for budget in budgets:
             start = time.perf_counter()
-            plan = tasder.search(task.model, target, task.calibration, metric=task.calibration_metric,
-                                 budget=budget, progress=False)
+            plan = task.search(target, budget)
             seconds = time.perf_counter() - start
             by_name = plan.by_name()
             weights = {
-                layer.name: approximate(layer.weight, by_name[layer.name].weight, axis=layer.axis,
-                                        score=by_name[layer.name].selection_score, name=layer.name)
+                layer.name: by_name[layer.name].approximated(layer.weight, layer.axis)
                 for layer in layers if layer.name in by_name and not by_name[layer.name].weight.is_dense
             }
             edp = _model_edp(target, layers, {n: e.weight for n, e in by_name.items()})
             record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, search_seconds=seconds,
-                   calibration_relative=plan.info["quality"]["relative"], search=plan.info["search"])
+                   calibration_relative=plan.info["quality"]["relative"],
+                   held_out_relative=plan.info["quality"]["held_out"]["relative"], search=plan.info["search"])
             if budget == 0.99 and out_plans is not None:
                 out_plans.mkdir(parents=True, exist_ok=True)
                 plan.save(out_plans / f"{task.name}_{target_name}.json")
@@ -245,7 +271,10 @@ def to_markdown(data: dict) -> str:
     lines = ["# Quality vs modelled EDP", "", *stamp_markdown(data["meta"]), "",
              "Quality is measured on unseen data (relative to the dense model); EDP is **modelled** "
              "(`tvm_tasd.cost`, target files in `hardware_targets/`) over the matmul/conv layers, "
-             "relative to the same model running dense on the same target.", ""]
+             "relative to the same model running dense on the same target. SparseGPT N:M and OBS TASD "
+             "re-fit the kept values of matmul layers to their calibration Hessian; conv layers (no "
+             "Hessian gathered yet) take the Wanda score there. TASDER searches on the calibration data "
+             "and checks its plan on a held-out part; the test data is seen by neither.", ""]
     for (model, target) in dict.fromkeys((r["model"], r["target"]) for r in data["rows"]):
         lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",
                   "|---|---|---:|---:|"]

@@ -30,8 +30,7 @@ def main(argv=None) -> None:
         for target in args.targets:
             for strategy in tasder.STRATEGIES:
                 start = time.perf_counter()
-                plan = tasder.search(task.model, target, task.calibration, metric=task.calibration_metric,
-                                     budget=args.budget, strategy=strategy, progress=False)
+                plan = task.search(target, args.budget, strategy=strategy)
                 search = plan.info["search"]
                 rows.append({"model": model, "target": target, "strategy": strategy,
                              "full_evaluations": search["full_evaluations"], "path_length": sum(search["path_lengths"].values()),

@@ -112,8 +112,9 @@ def test_dense_compile_is_the_plain_baseline(work, tasd_in_process):
 def test_search_report_and_compile_with_the_plan(work):
     search = cli("tasd", "search", MLP, "--hw", "vegeta-m8", "--calibration", "calib.npz", "--metric", "accuracy",
                  "--budget", "0.99", "--batch", "128", "-o", "plan.json", cwd=work)
-    assert "plan → plan.json" in search.stdout
+    assert "plan → plan.json" in search.stdout and "held-out batch(es) the search never saw" in search.stdout
     plan = json.loads((work / "plan.json").read_text())
+    assert plan["quality"]["held_out"]["relative"] >= 0.99
     assert plan["quality"]["relative"] >= 0.99 and plan["model"]["inputs"] == {"input": [128, 64]}
 
     report = cli("tasd", "report", "plan.json", "-o", "plan.html", "-o", "plan_report.json", cwd=work)
@@ -128,6 +129,14 @@ def test_search_report_and_compile_with_the_plan(work):
     assert json.loads(files["plan.json"])["layers"] == plan["layers"]
     assert json.loads(files["metadata.json"])["hardware"] == "vegeta-m8"  # from the plan
     assert (work / "compiled.html").exists()
+
+    # the compiled plan computes what the plan's weights compute in onnxruntime (tasd apply)
+    applied = cli("tasd", "apply", "plan.json", MLP, "-o", "applied.onnx", cwd=work)
+    assert "3 of 3 layer weights replaced" in applied.stdout
+    cli("tvmc", "run", "planned.tar", "--inputs", "inputs.npz", "--outputs", "planned_out.npz", cwd=work)
+    x = np.load(work / "inputs.npz")["input"]
+    expected = ort.InferenceSession(str(work / "applied.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.load(work / "planned_out.npz")["logits"], expected, atol=1e-4, rtol=0)
 
     again = cli("tasd", "report", "planned.tar", "--hw", "stc-2of4", "-o", "stc.json", cwd=work)
     assert "re-modelled on stc-2of4" in again.stdout
@@ -201,6 +210,9 @@ BAD_INPUT = {
     "demo budget": (["tasd", "demo", "--budget", "2", "--out-dir", "demo_out"], "--budget"),
     "unknown model output": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--model-output", "scores"],
                              "no output 'scores'"),
+    "apply a plan of another model": (["tasd", "apply", "other_plan.json", MLP, "-o", "applied.onnx"],
+                                      "none of the layers"),
+    "holdout of everything": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--holdout", "1"], "holdout"),
 }
 
 

@@ -62,7 +62,7 @@ def test_replaced_weights_equal_approximate_onnx(fed, batches):
     names = [n for n in model.layer_names if model.original(n).shape[model.axis(n)] >= 8]
     rng = np.random.default_rng(0)
     scales = {n: rng.uniform(0.1, 2.0, model.original(n).shape[model.axis(n)]) for n in names}
-    plan = Plan([Choice(n, "2:8+1:8", score="activation", s=scales[n]) for n in names])
+    plan = Plan([Choice(n, "2:8+1:8", method="activation", s=scales[n]) for n in names])
     weights = {
         n: approximate(model.original(n), "2:8+1:8", axis=model.axis(n), score=np.float32(scales[n]), name=n)
         for n in names

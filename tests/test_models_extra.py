@@ -73,7 +73,8 @@ def test_benchmark_tasks_score_the_dense_model(kind, floor):
 
     task = load_task(f"ppocr-{kind}", quick=True)
     assert task.calibration[0]["x"].shape[0] == 8
-    for feeds, metric in ((task.calibration, task.calibration_metric), (task.test, task.test_metric)):
+    for feeds, metric in ((task.calibration, task.calibration_metric), (task.validation, task.validation_metric),
+                          (task.test, task.test_metric)):
         assert metric(OnnxWeightFedModel(task.model, feeds).run()) >= floor
 
 

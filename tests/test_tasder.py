@@ -32,33 +32,42 @@ def mlp_plan(calibration):
 
 def test_plan_keeps_the_budget_and_lowers_edp(mlp_plan, calibration):
     feeds, labels = calibration
-    assert mlp_plan.info["quality"]["relative"] >= 0.99
+    quality = mlp_plan.info["quality"]
+    assert quality["relative"] >= 0.99 and quality["held_out"]["relative"] >= 0.99
     assert mlp_plan.info["edp_vs_dense"] < 1.0
     assert any(not layer.weight.is_dense for layer in mlp_plan.layers)
-    passing = [p["edp_vs_dense"] for p in mlp_plan.info["search"]["points"] if p["relative_quality"] >= 0.99]
-    assert mlp_plan.info["edp_vs_dense"] == pytest.approx(min(passing))  # the cheapest state measured to pass
-    # re-measure independently: onnxruntime on the model with the plan's weights
+    passing = sorted(p["edp_vs_dense"] for p in mlp_plan.info["search"]["points"] if p["relative_quality"] >= 0.99)
+    # the cheapest state measured to pass that also passes on the held-out batch
+    assert mlp_plan.info["edp_vs_dense"] == pytest.approx(passing[quality["held_out"]["rejected"]])
+    # re-measure independently: onnxruntime on the model with the plan's weights, searched and held-out batches
     approx = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=mlp_plan)
-    outputs = OnnxWeightFedModel(approx, feeds).run()
-    accuracy = tasder.accuracy_metric(labels)(outputs)
-    assert accuracy == pytest.approx(mlp_plan.info["quality"]["plan"])
+    assert quality["held_out"]["batches"] == 1
+    for part, key in ((slice(0, 3), "plan"), (slice(3, 4), None)):
+        outputs = OnnxWeightFedModel(approx, feeds[part]).run()
+        accuracy = tasder.accuracy_metric(labels[part.start * 128 : part.stop * 128])(outputs)
+        assert accuracy == pytest.approx(quality[key] if key else quality["held_out"]["plan"])
 
 
 def test_plan_json_round_trips_and_is_deterministic(mlp_plan, calibration, tmp_path):
     feeds, labels = calibration
-    mlp_plan.save(tmp_path / "a.json")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    mlp_plan.save(tmp_path / "a" / "plan.json")
     again = tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, metric="accuracy", labels=labels,
                           budget=0.99, progress=False)
-    again.save(tmp_path / "b.json")
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    loaded = Plan.load(tmp_path / "a.json")
-    assert loaded.to_json() == json.loads((tmp_path / "a.json").read_text())
-    data = json.loads((tmp_path / "a.json").read_text())
+    again.save(tmp_path / "b" / "plan.json")
+    assert (tmp_path / "a" / "plan.json").read_bytes() == (tmp_path / "b" / "plan.json").read_bytes()
+    data = json.loads((tmp_path / "a" / "plan.json").read_text())
+    loaded = Plan.load(tmp_path / "a" / "plan.json")
+    assert loaded.to_json() == {k: v for k, v in data.items() if k != "weights"}
     assert data["hardware"] == "vegeta-m8" and data["budget"] == 0.99 and "edp_vs_dense" in data
     for entry in data["layers"]:
-        assert {"name", "weight", "activation", "score"} <= set(entry)
-        if entry["score"] == "activation":
+        assert {"name", "weight", "activation", "method"} <= set(entry)
+        if entry["method"] == "activation":
             assert len(entry["s"]) > 0
+    for saved, read in zip(mlp_plan.layers, loaded.layers):  # OBS terms come back bit for bit
+        assert (saved.terms is None) == (read.terms is None)
+        for a, b in zip(saved.terms or (), read.terms or ()):
+            assert np.array_equal(a.values, b.values) and np.array_equal(a.indices, b.indices)
 
 
 @pytest.mark.parametrize("strategy", ["bisect", "walk"])
@@ -105,8 +114,9 @@ def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calib
     from tvm_tasd.frontend import from_onnx
 
     feeds, labels = calibration
+    # without OBS: re-fitted weight series beat the activation route on this small MLP
     plan = tasder.search(model_path("digits-mlp"), "ttc-vegeta-m8", feeds, metric="accuracy", labels=labels,
-                         budget=0.99, progress=False)
+                         budget=0.99, progress=False, methods=("magnitude", "activation"))
     with_activation = [layer for layer in plan.layers if layer.activation is not None]
     assert with_activation, "a ReLU-fed layer on a TASD tensor core should take an activation series"
     # the compiled model computes what the search measured: same weights, same activation keep counts
@@ -134,7 +144,9 @@ def test_a_relax_module_gets_the_same_plan_as_its_onnx_source(hw, params_as_inpu
     from_onnx_plan = tasder.search(model_path("digits-mlp"), hw, feeds, metric="accuracy", labels=labels,
                                    budget=0.99, progress=False)
     assert [layer.to_json() for layer in from_relax.layers] == [layer.to_json() for layer in from_onnx_plan.layers]
-    assert from_relax.info["quality"] == pytest.approx(from_onnx_plan.info["quality"])
+    relax_quality, onnx_quality = dict(from_relax.info["quality"]), dict(from_onnx_plan.info["quality"])
+    assert relax_quality.pop("held_out") == pytest.approx(onnx_quality.pop("held_out"))
+    assert relax_quality == pytest.approx(onnx_quality)
     assert len(builds) == 1  # one build serves calibration and the search
 
 
@@ -225,3 +237,75 @@ def test_a_saved_plan_is_an_ordinary_file_under_the_umask(mlp_plan, tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "plan.json").stat().st_mode) == 0o644
+
+
+def test_an_obs_plan_runs_the_same_weights_in_every_path(mlp_plan, calibration, tmp_path):
+    import tvm
+    from tvm import relax
+
+    from tvm_tasd import build
+    from tvm_tasd.frontend import from_onnx
+
+    assert any(layer.method == "obs" for layer in mlp_plan.layers), "OBS should win a layer of the digits MLP"
+    mlp_plan.save(tmp_path / "plan.json")
+    plan = Plan.load(tmp_path / "plan.json")
+    feeds, _ = calibration
+    x = feeds[0]["input"]
+    ex = build(from_onnx(model_path("digits-mlp"), {"input": list(x.shape)}).mod, "vegeta-m8", plan=plan)
+    compiled = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    reference = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=plan)
+    expected = OnnxWeightFedModel(reference, feeds[:1]).run()[0][0]
+    np.testing.assert_allclose(compiled, expected, atol=1e-4, rtol=0)
+    weights = {init.name: onnx.numpy_helper.to_array(init) for init in reference.graph.initializer}
+    for choice in plan.layers:
+        if choice.method == "obs":  # the reference holds exactly the searched terms
+            np.testing.assert_array_equal(weights[choice.name], sum(t.dense() for t in choice.terms))
+
+
+def test_an_obs_plan_needs_its_own_weights_file(mlp_plan, tmp_path):
+    from tvm_tasd.plan import weights_path
+
+    mlp_plan.save(tmp_path / "plan.json")
+    sidecar = weights_path(tmp_path / "plan.json")
+    assert sidecar.name == "plan.weights.npz"
+    arrays = dict(np.load(sidecar))
+    key = next(k for k in arrays if k.endswith(".values"))
+    arrays[key] = arrays[key] * 2
+    np.savez(sidecar, **arrays)
+    with pytest.raises(ValueError, match="content digest"):
+        Plan.load(tmp_path / "plan.json")
+    sidecar.unlink()
+    with pytest.raises(ValueError, match="missing; copy it along"):
+        Plan.load(tmp_path / "plan.json")
+    described = Plan.from_json(json.loads((tmp_path / "plan.json").read_text()))  # JSON alone: no terms
+    assert any(layer.method == "obs" and layer.terms is None for layer in described.layers)
+    with pytest.raises(ValueError, match="not loaded"):
+        approximate_onnx(onnx.load(model_path("digits-mlp")), plan=described)
+
+
+def test_a_plan_failing_on_held_out_data_is_never_returned(calibration):
+    feeds, _ = calibration
+    dense_held_out = OnnxWeightFedModel(model_path("digits-mlp"), feeds[3:]).run()[0][0]
+
+    def metric(outputs):  # every plan passes on the searched batches; on the held-out one only the original does
+        if len(outputs) > 1:
+            return 1.0
+        return 1.0 if np.array_equal(outputs[0][0], dense_held_out) else 0.5
+
+    plan = tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds[:3], metric=metric, progress=False,
+                         validation=(feeds[3:], metric))
+    held_out = plan.info["quality"]["held_out"]
+    assert held_out["relative"] == 1.0 and held_out["rejected"] > 0
+    assert all(layer.weight.is_dense for layer in plan.layers) and plan.info["edp_vs_dense"] == 1.0
+
+
+def test_holdout_and_validation_are_checked(calibration):
+    feeds, _ = calibration
+    with pytest.raises(ValueError, match="holdout is the share"):
+        tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, holdout=1.0, progress=False)
+    with pytest.raises(ValueError, match="validation is"):
+        tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, validation=(feeds, "cosine"), progress=False)
+    with pytest.warns(tasder.TASDWarning, match="callable metric"):
+        plan = tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, metric=lambda outputs: 1.0,
+                             progress=False)
+    assert plan.info["quality"]["held_out"] is None

@@ -354,7 +354,7 @@ def load_report(source, hw=None, model=None, input_shapes: dict | None = None) -
     data = parse_json(path.read_bytes(), f"{path} (neither a tvmc artifact .tar, nor a plan or report .json)")
     if isinstance(data, dict) and "report_version" in data:
         return Report.from_json(data, hw)
-    plan = Plan.from_json(data)
+    plan = Plan.load(path)  # with the OBS terms saved beside it
     recorded = plan.info.get("model", {})
     if model is not None:
         imported = import_model(model, input_shapes or recorded.get("inputs"))

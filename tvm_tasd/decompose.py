@@ -173,6 +173,14 @@ class NMTerm:
         """The term as a dense tensor of the original shape."""
         return decompress(self.values, self.indices, self.pattern, self.axis, self.shape[self.axis])
 
+    def transposed(self) -> "NMTerm":
+        """The term of the transposed 2-D tensor (a (N, K) weight's term as the (K, N) one's)."""
+        if len(self.shape) != 2:
+            raise ValueError(f"only a 2-D term transposes; this one has shape {self.shape}")
+        axis = 1 - self.axis
+        values, indices = compress(self.dense().T, self.pattern, axis)
+        return NMTerm(self.pattern, axis, self.shape[::-1], values, indices)
+
     @property
     def nonzero_density(self) -> float:
         """Share of the tensor's entries this term really holds as nonzeros."""

@@ -12,15 +12,24 @@ parameter name), so the same file can drive another toolchain. Schema
      "layers": [{"name": "fc1.weight", "weight": "2:8+1:8",
                  "activation": null, "score": "magnitude", "s": null, ...}]}
 
-``score`` is ``"magnitude"`` or ``"activation"``; for ``activation`` the
-per-channel vector ``s`` is stored so applying the plan needs no data. A
-searched layer also carries TASDER's statistics (``proxy_error``,
-``sensitivity``, ``energy_pj``, ``latency_s``, ``edp_vs_dense``:
-:class:`~tvm_tasd.policy.SearchStats`).
+``method`` is ``"magnitude"``, ``"activation"`` or ``"obs"``
+(:data:`~tvm_tasd.policy.METHODS`); for ``activation`` the per-channel
+vector ``s`` is stored so applying the plan needs no data. An ``obs``
+layer's terms were fitted to calibration data the plan does not hold, so
+:meth:`Plan.save` writes them beside the plan, compressed
+(``plan.weights.npz``: per layer and term ``NAME/termI.values`` and
+``.indices``, ``docs/semantics.md`` §4) and records that file's name and
+content digest under ``"weights"``; :meth:`Plan.load` reads and checks it.
+Applying such a plan then needs neither the data nor the Hessians, and
+every path (the pass, :func:`~tvm_tasd.reference.approximate_onnx`,
+``tasd apply``) runs the very same weights. A searched layer also carries
+TASDER's statistics (``proxy_error``, ``sensitivity``, ``energy_pj``,
+``latency_s``, ``edp_vs_dense``: :class:`~tvm_tasd.policy.SearchStats`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -28,8 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .config import TASDConfig
+from .decompose import NMTerm
 from .hardware import HardwareTarget, load_target
-from .io import parse_json, write_text
+from .io import load_npz, parse_json, save_npz, write_text
 from .policy import Choice, TASDWarning
 
 PLAN_VERSION = 1
@@ -76,7 +89,8 @@ class Plan:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "Plan":
+    def from_json(cls, data: dict, terms: dict[str, list[NMTerm]] | None = None) -> "Plan":
+        """The plan of :meth:`to_json`'s form; ``terms`` are the ``obs`` layers' (what :meth:`load` reads)."""
         if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
             raise ValueError("not a TASD plan: a JSON object with a 'layers' list is expected")
         if data.get("version", PLAN_VERSION) != PLAN_VERSION:
@@ -88,21 +102,30 @@ class Plan:
         budget = data.get("budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
             raise ValueError(f"the plan's 'budget' must be a number, got {budget!r}")
+        terms = terms or {}
         layers = []
         for index, entry in enumerate(data["layers"]):
             try:
-                layers.append(Choice.from_json(entry))
+                layers.append(Choice.from_json(entry, terms.get(entry.get("name")) if isinstance(entry, dict) else None))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"plan layer {index}: {err}") from None
         names = [layer.name for layer in layers]
         if len(set(names)) != len(names):
             raise ValueError(f"the plan names layer {next(n for n in names if names.count(n) > 1)!r} twice")
-        info = {k: v for k, v in data.items() if k not in ("version", "hardware", "budget", "layers")}
+        info = {k: v for k, v in data.items() if k not in ("version", "hardware", "budget", "layers", "weights")}
         return cls(layers, data.get("hardware"), budget, info)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically, sorted keys: byte-stable output."""
-        write_text(path, json.dumps(self.to_json(), indent=1, sort_keys=True, allow_nan=False) + "\n")
+    def save(self, path: str | os.PathLike, beside: str | os.PathLike | None = None) -> None:
+        """Write atomically, sorted keys: byte-stable output. OBS terms go to :func:`weights_path` of
+        ``beside`` (default ``path``: give the final name when ``path`` is a temporary one)."""
+        data = self.to_json()
+        arrays = {f"{layer.name}/term{i}.{part}": getattr(term, part) for layer in self.layers
+                  if layer.terms for i, term in enumerate(layer.terms) for part in ("values", "indices")}
+        if arrays:
+            sidecar = weights_path(beside if beside is not None else path)
+            save_npz(sidecar, arrays)
+            data["weights"] = {"file": sidecar.name, "sha256": _digest(arrays)}
+        write_text(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -110,7 +133,9 @@ class Plan:
             raw = Path(path).read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"plan file {os.fspath(path)!r} does not exist") from None
-        return cls.from_json(parse_json(raw, f"plan file {os.fspath(path)!r}"))
+        data = parse_json(raw, f"plan file {os.fspath(path)!r}")
+        terms = _load_terms(Path(path), data) if isinstance(data, dict) and "weights" in data else None
+        return cls.from_json(data, terms)
 
     @classmethod
     def coerce(cls, value) -> "Plan":
@@ -124,3 +149,50 @@ class Plan:
         if isinstance(value, dict):
             return cls([Choice(name, config) for name, config in value.items()])
         raise TypeError(f"a plan is a Plan, a JSON file path, or a {{layer name: config}} dict, got {type(value).__name__}")
+
+
+def weights_path(plan_path: str | os.PathLike) -> Path:
+    """Where a plan's OBS terms are kept: ``plan.json`` → ``plan.weights.npz``, beside it."""
+    plan_path = Path(plan_path)
+    stem = plan_path.stem if plan_path.suffix == ".json" else plan_path.name
+    return plan_path.with_name(stem + ".weights.npz")
+
+
+def _digest(arrays: dict) -> str:
+    """Content digest of the terms (file bytes would change with the zip's timestamps)."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+def _load_terms(plan_path: Path, data: dict) -> dict[str, list[NMTerm]]:
+    """The ``obs`` layers' terms from the plan's weights file, checked against its recorded digest."""
+    record = data["weights"]
+    if not isinstance(record, dict) or not isinstance(record.get("file"), str) or not isinstance(record.get("sha256"), str):
+        raise ValueError(f"plan file {plan_path}: 'weights' must be {{\"file\": NAME, \"sha256\": DIGEST}}")
+    file = plan_path.parent / Path(record["file"]).name  # always beside the plan, never a path it names
+    if not file.exists():
+        raise ValueError(f"plan file {plan_path} keeps its OBS-reconstructed weights in {file}, which is missing; "
+                         "copy it along with the plan")
+    arrays = load_npz(file, "plan weights")
+    if _digest(arrays) != record["sha256"]:
+        raise ValueError(f"{file} is not the weights file plan {plan_path} was saved with (its content digest "
+                         "differs): a file from another search?")
+    terms = {}
+    for entry in data.get("layers", []):
+        if not isinstance(entry, dict) or entry.get("method") != "obs":
+            continue
+        try:
+            config = TASDConfig.parse(entry.get("weight"))
+            shape, axis = tuple(entry["shape"]), int(entry["axis"])
+            terms[entry["name"]] = [
+                NMTerm(pattern, axis, shape, arrays[f"{entry['name']}/term{i}.values"],
+                       arrays[f"{entry['name']}/term{i}.indices"]) for i, pattern in enumerate(config.terms)]
+            for term in terms[entry["name"]]:
+                term.dense()  # checks the compressed form against the pattern and the shape
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"plan file {plan_path}: the weights of layer {entry.get('name')!r} in {file.name} are "
+                             f"unusable ({err})") from None
+    return terms

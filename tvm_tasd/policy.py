@@ -30,14 +30,16 @@ import numpy as np
 
 from .candidates import cheapest_within_error
 from .config import TASDConfig
-from .decompose import approximate, relative_error
+from .decompose import NMTerm, approximate, decompose, relative_error
 from .hardware import HardwareTarget
 from .layer import Layer
 
 if TYPE_CHECKING:
     from .plan import Plan
 
-SCORES = ("magnitude", "activation")
+#: How a layer's series is taken from its weight: the largest |w| (the paper's rule), the largest |w|·s_k
+#: (Wanda-style, s the input channel norms), or an OBS reconstruction from the input Hessian (docs/semantics.md §3).
+METHODS = ("magnitude", "activation", "obs")
 
 
 class TASDWarning(UserWarning):
@@ -65,19 +67,25 @@ _STATS_FIELDS = tuple(f.name for f in dataclasses.fields(SearchStats))
 
 @dataclass(frozen=True, eq=False)
 class Choice:
-    """What one layer runs: its weight series, activation series, selection score, and why.
+    """What one layer runs: its weight series, activation series, method, and why.
 
-    ``s`` is the per-channel scale of the ``activation`` score (None for
-    ``magnitude``); ``stats`` are TASDER's numbers when a search chose it.
+    ``method`` says how the series is taken from the weight (:data:`METHODS`):
+    ``s`` is the per-channel scale of ``activation``; ``obs`` carries its
+    ``terms`` already made (compressed, in the weight's own layout, values
+    re-fitted to the calibration Hessian with damping ``damp``), because
+    they cannot be remade without that data. ``stats`` are TASDER's numbers
+    when a search chose it.
     """
 
     name: str
     weight: TASDConfig = field(default_factory=TASDConfig.dense)
     activation: TASDConfig | None = None
-    score: str = "magnitude"
+    method: str = "magnitude"
     s: np.ndarray | None = field(default=None, repr=False)
     reason: str = ""
     stats: SearchStats | None = None
+    damp: float | None = None
+    terms: tuple[NMTerm, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -86,20 +94,30 @@ class Choice:
         object.__setattr__(self, "weight", TASDConfig.parse(self.weight))
         if self.activation is not None:
             object.__setattr__(self, "activation", TASDConfig.parse(self.activation))
-        if self.score not in SCORES:
-            raise ValueError(f"layer {self.name!r}: score must be 'magnitude' or 'activation', got {self.score!r}")
-        if self.score == "activation" and self.s is None:
-            raise ValueError(f"layer {self.name!r}: score 'activation' needs its scale vector 's'")
+        if self.method not in METHODS:
+            raise ValueError(f"layer {self.name!r}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "activation" and self.s is None:
+            raise ValueError(f"layer {self.name!r}: method 'activation' needs its scale vector 's'")
         if self.s is not None:
             s = np.asarray(self.s, np.float32)
             if s.ndim != 1 or not np.all(np.isfinite(s)) or np.any(s < 0):
                 raise ValueError(f"layer {self.name!r}: 's' must be a list of finite, non-negative channel norms")
             object.__setattr__(self, "s", s)
+        if self.method == "obs" and (isinstance(self.damp, bool) or not isinstance(self.damp, (int, float))
+                                     or not 0 <= self.damp < 1):
+            raise ValueError(f"layer {self.name!r}: method 'obs' needs its damping 'damp' in [0, 1), got {self.damp!r}")
+        if self.terms is not None:
+            if self.method != "obs":
+                raise ValueError(f"layer {self.name!r}: only method 'obs' carries its terms")
+            object.__setattr__(self, "terms", tuple(self.terms))
+            if tuple(t.pattern for t in self.terms) != self.weight.terms:
+                raise ValueError(f"layer {self.name!r}: its terms are {'+'.join(str(t.pattern) for t in self.terms)}, "
+                                 f"not the series {self.weight}")
 
     @property
     def selection_score(self):
-        """What :func:`tvm_tasd.decompose` takes as ``score``."""
-        return self.s if self.score == "activation" else "magnitude"
+        """What :func:`tvm_tasd.decompose` takes as ``score`` (magnitude and activation methods)."""
+        return self.s if self.method == "activation" else "magnitude"
 
     @property
     def rewrites(self) -> bool:
@@ -109,15 +127,41 @@ class Choice:
     def replace(self, **changes) -> "Choice":
         return dataclasses.replace(self, **changes)
 
+    def decomposed(self, weight: np.ndarray, axis: int) -> list[NMTerm]:
+        """The compressed terms this choice runs for ``weight`` (reduction axis ``axis``)."""
+        if self.method != "obs":
+            return decompose(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
+        if self.terms is None:
+            raise ValueError(f"layer {self.name!r}: its OBS-reconstructed terms are not loaded (they are kept beside "
+                             "the plan, in the .weights.npz that Plan.save writes; load the plan with Plan.load)")
+        if self.terms and (self.terms[0].shape != weight.shape or self.terms[0].axis != axis):
+            raise ValueError(f"layer {self.name!r}: the plan's terms are for a weight of shape {self.terms[0].shape} "
+                             f"(axis {self.terms[0].axis}), the model's is {weight.shape} (axis {axis}): a plan for "
+                             "another model?")
+        return list(self.terms)
+
+    def approximated(self, weight: np.ndarray, axis: int) -> np.ndarray:
+        """``weight`` as this choice runs it: the sum of its terms."""
+        if self.weight.is_dense:
+            return weight
+        if self.method == "obs":
+            return sum(t.dense() for t in self.decomposed(weight, axis)).astype(weight.dtype, copy=False)
+        return approximate(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
+
     def to_json(self) -> dict:
-        """The plan-file form (also each entry of the pass's layer table)."""
+        """The plan-file form (also each entry of the pass's layer table); OBS terms are not in it (Plan.save
+        writes them beside the plan)."""
         out = {
             "name": self.name,
             "weight": str(self.weight),
             "activation": None if self.activation is None else str(self.activation),
-            "score": self.score,
+            "method": self.method,
             "s": None if self.s is None else [float(v) for v in self.s],
         }
+        if self.damp is not None:
+            out["damp"] = float(self.damp)
+        if self.terms:
+            out["shape"], out["axis"] = list(self.terms[0].shape), int(self.terms[0].axis)
         if self.reason:
             out["reason"] = self.reason
         if self.stats is not None:
@@ -125,21 +169,22 @@ class Choice:
         return out
 
     @classmethod
-    def from_json(cls, entry: dict) -> "Choice":
-        """Read :meth:`to_json`'s form; keys it does not know (a layer table's measurements) are ignored."""
+    def from_json(cls, entry: dict, terms: list[NMTerm] | None = None) -> "Choice":
+        """Read :meth:`to_json`'s form; keys it does not know (a layer table's measurements) are ignored.
+        Plans that predate the ``obs`` method name it ``score``."""
         if not isinstance(entry, dict) or not {"name", "weight"} <= set(entry):
             raise ValueError(f"plan layer entry {entry!r} needs at least 'name' and 'weight'")
         stats = SearchStats(**{k: float(entry[k]) for k in _STATS_FIELDS}) if set(_STATS_FIELDS) <= set(entry) else None
-        return cls(entry["name"], entry["weight"], entry.get("activation"), entry.get("score", "magnitude"),
-                   entry.get("s"), entry.get("reason", ""), stats)
+        return cls(entry["name"], entry["weight"], entry.get("activation"),
+                   entry.get("method", entry.get("score", "magnitude")), entry.get("s"), entry.get("reason", ""), stats,
+                   entry.get("damp"), terms)
 
 
 def weight_error(layer: Layer, choice: Choice) -> float:
     """Relative Frobenius error of the layer's weight under ``choice`` (0 when it stays dense)."""
     if choice.weight.is_dense:
         return 0.0
-    approx = approximate(layer.weight, choice.weight, axis=layer.axis, score=choice.selection_score, name=layer.name)
-    return relative_error(layer.weight, approx)
+    return relative_error(layer.weight, choice.approximated(layer.weight, layer.axis))
 
 
 class Policy:
@@ -203,7 +248,7 @@ class Policy:
         """``wanted`` if the layer and the target can run it, else the layer dense with the reason."""
         config = wanted.weight
         if config.is_dense:
-            return wanted.replace(score="magnitude", s=None, reason=f"dense ({wanted.reason})")
+            return wanted.replace(method="magnitude", s=None, damp=None, terms=None, reason=f"dense ({wanted.reason})")
         if not layer.fits(config):
             what = "input channels" if layer.op == "conv2d" else "reduction length"
             return Choice(layer.name, reason=f"{layer.op} with {layer.grouped_length} {what} < M={config.max_m}: dense")

@@ -25,7 +25,6 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .config import TASDConfig
-from .decompose import approximate
 from .plan import Plan
 from .policy import Choice
 
@@ -117,6 +116,5 @@ def approximate_onnx(model: onnx.ModelProto, config=None, plan=None) -> onnx.Mod
             continue
         if not choice.weight.fits(weight.shape[axes[init.name]]):
             continue
-        approx = approximate(weight, choice.weight, axis=axes[init.name], score=choice.selection_score, name=init.name)
-        init.CopyFrom(numpy_helper.from_array(approx, init.name))
+        init.CopyFrom(numpy_helper.from_array(choice.approximated(weight, axes[init.name]), init.name))
     return out

@@ -5,13 +5,13 @@ and the :class:`~tvm_tasd.policy.Choice` made for each — by a build
 (``TASDExecutable.choices``, what ``tvmc compile`` reports) or by the policy
 applying a plan (``tasd report plan.json``, no kernels built) — plus the
 analytical cost model (:func:`tvm_tasd.cost.layer_cost`). Per layer it
-records the shape, the weight/activation series, the selection score, *why*
+records the shape, the weight/activation series, the method, *why*
 (the policy's reason, or TASDER's numbers when a search chose the series),
 the relative weight error, and modelled cycles, energy, EDP and executed
 MACs next to the same layer run dense; then model totals (EDP = Σ energy ×
 Σ latency, as in :mod:`tvm_tasd.cost`).
 
-:class:`Report` holds the JSON form (``report_version`` 1) and renders it
+:class:`Report` holds the JSON form (``report_version`` 2; 1 named the method ``score``) and renders it
 as a text table that fits 100 columns, as JSON, and as a self-contained HTML
 page whose plots are inline SVG (:mod:`tvm_tasd.svg`). Each layer keeps its
 geometry, so a saved report can be re-costed for another target without
@@ -42,7 +42,7 @@ from .plan import Plan
 from .policy import Choice, Policy, weight_error
 from .svg import DENSE_COLOR, TASD_COLOR, hbar_chart, scatter, shorten
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 WIDTH = 100  # terminal columns the text table fits
 
 
@@ -161,7 +161,7 @@ class Report:
                 **_geometry(layer),
                 "weight": str(choice.weight),
                 "activation": None if choice.activation is None else str(choice.activation),
-                "score": "magnitude" if choice.weight.is_dense else choice.score,
+                "method": "magnitude" if choice.weight.is_dense else choice.method,
                 "density": choice.weight.density,
                 "reason": choice.reason,
                 "why": _why(layer, choice, plan, shares, shortest_m, mode),
@@ -235,6 +235,9 @@ class Report:
             q = plan["quality"]
             notes.append(f"Search ({plan.get('metric')} on the calibration data): {q['original']:.4f} → "
                          f"{q['plan']:.4f}, {q['relative']:.1%} of the original (budget {plan['budget']:.1%}).")
+            if held := q.get("held_out"):
+                notes.append(f"On {held['batches']} held-out calibration batch(es) the search never saw: "
+                             f"{held['original']:.4f} → {held['plan']:.4f}, {held['relative']:.1%} of the original.")
         return notes
 
     # -------------------------------------------------------------- text
@@ -249,7 +252,8 @@ class Report:
             ratio = row["ratio"]
             rows.append([
                 row["name"][len(prefix):], row["op"], f"{row['m']}×{row['k']}×{row['n']}",
-                row["weight"], row["activation"] or "—", f"{row['weight_error']:.1%}",
+                row["weight"] + ("" if row["method"] == "magnitude" else f" ({_SHORT_METHOD[row['method']]})"),
+                row["activation"] or "—", f"{row['weight_error']:.1%}",
                 f"{ratio['cycles']:.2f}×", f"{ratio['energy']:.2f}×", f"{ratio['edp']:.2f}×",
             ])
         total = d["totals"]["ratio"]
@@ -295,12 +299,12 @@ class Report:
                      "quality-vs-EDP curve cannot be drawn; the chosen plan keeps "
                      f"{plan['quality']['relative']:.1%} of the original quality at "
                      f"{plan['edp_vs_dense']:.2f}× the dense EDP.</p>")
-        header = ["layer", "op", "m×k×n", "weight", "act", "score", "weight error", "dense EDP (pJ·s)",
+        header = ["layer", "op", "m×k×n", "weight", "act", "method", "weight error", "dense EDP (pJ·s)",
                   "TASD EDP (pJ·s)", "cycles", "energy", "EDP", "executed MACs", "why"]
         body = []
         for r in layers:
             cells = [r["name"], r["op"], f"{r['m']}×{r['k']}×{r['n']}", r["weight"], r["activation"] or "—",
-                     r["score"], f"{r['weight_error']:.2%}", f"{r['dense']['edp_pj_s']:.3g}",
+                     r["method"], f"{r['weight_error']:.2%}", f"{r['dense']['edp_pj_s']:.3g}",
                      f"{r['tasd']['edp_pj_s']:.3g}", f"{r['ratio']['cycles']:.2f}×", f"{r['ratio']['energy']:.2f}×",
                      f"{r['ratio']['edp']:.2f}×", f"{r['macs']['executed'] / r['macs']['dense']:.0%}", r["why"]]
             body.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
@@ -344,9 +348,11 @@ energy {t['ratio']['energy']:.2f}×) over {len(layers)} layers, {sum(not TASDCon
 """
 
 
+_SHORT_METHOD = {"activation": "act.", "obs": "OBS"}  # how a series not taken by magnitude is marked in text
+
 _TOP_KEYS = {"model": str, "mode": str, "source": str, "chosen_for": str, "hardware": str, "hardware_file": str,
              "layers": list, "totals": dict}
-_ROW_KEYS = {"name": str, "op": str, "m": int, "k": int, "n": int, "weight": str, "score": str, "why": str,
+_ROW_KEYS = {"name": str, "op": str, "m": int, "k": int, "n": int, "weight": str, "method": str, "why": str,
              "weight_shape": list, "axis": int, "activation_shape": list, "dtype": str, "conv": dict,
              "weight_error": (int, float), "density": (int, float), "dense": dict, "tasd": dict, "ratio": dict,
              "macs": dict}

@@ -44,7 +44,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .decompose import decompose, relative_error
+from .decompose import relative_error
 from .hardware import load_target
 from .layer import Layer
 from .matcher import LayerMatcher, find_layers
@@ -221,8 +221,9 @@ class _Rewriter(relax.PyExprMutator):
                                            **layer.conv_window)
             return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0
         weight = layer.weight_kn
-        terms = decompose(weight, choice.weight, axis=0 if layer.op == "matmul" else 1, score=choice.selection_score,
-                          name=layer.name)
+        terms = choice.decomposed(layer.weight, layer.axis)
+        if weight is not layer.weight:  # a (N, K) matmul weight: the kernels take (K, N)
+            terms = [term.transposed() for term in terms]
         patterns = [t.pattern for t in terms]
         if layer.op == "matmul":
             kernel = self.kernels.nm_matmul(layer.m, layer.k, layer.n, patterns, layer.dtype)

@@ -1,7 +1,8 @@
 """The ``tasd`` command: everything TASD-specific, over the library.
 
 ``targets`` (list/describe hardware), ``decompose`` (one weight's error and
-density per series), ``search`` (TASDER → plan.json), ``report`` (per-layer
+density per series), ``search`` (TASDER → plan.json), ``apply`` (an ONNX
+model with a plan's weights, for any runtime), ``report`` (per-layer
 table/JSON/HTML of a plan or a ``tvmc`` artifact), ``bench`` (the benchmark
 scripts of ``tvm_tasd.benchmarks``) and ``demo`` (the main job, end to end
 on a bundled model). Commands that compile or search import TVM when they
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnx import numpy_helper
 
 from .. import benchmarks as bench_package
@@ -100,7 +102,7 @@ def cmd_search(args) -> None:
 
     plan = search_file(args.model, args.hw, args.calibration, args.output, metric=args.metric, budget=args.budget,
                        batch=args.batch, strategy=args.strategy, max_terms=args.max_terms, seed=args.seed,
-                       outputs=args.output_name)
+                       outputs=args.output_name, holdout=args.holdout)
     quality, search = plan.info["quality"], plan.info["search"]
     rewritten = sum(not layer.weight.is_dense for layer in plan.layers)
     print(f"plan → {args.output}: {rewritten} of {len(plan.layers)} layers rewritten for {plan.hardware}, "
@@ -109,8 +111,33 @@ def cmd_search(args) -> None:
           f"{quality['original']:.4f} → {quality['plan']:.4f} "
           f"({quality['relative']:.1%} of the original, budget {plan.budget:.1%}); "
           f"{search['full_evaluations']} full evaluations")
+    if held := quality["held_out"]:
+        print(f"on the {held['batches']} held-out batch(es) the search never saw: {held['original']:.4f} → "
+              f"{held['plan']:.4f} ({held['relative']:.1%}; {held['rejected']} cheaper plan(s) failed there)")
     print(f"next: tasd report {shlex.quote(str(args.output))}  |  "
           f"tvmc compile {shlex.quote(str(args.model))} --target llvm --pass tasd --tasd-plan {shlex.quote(str(args.output))}")
+
+
+def cmd_apply(args) -> None:
+    from ..frontend import load_onnx
+    from ..plan import Plan
+    from ..reference import approximate_onnx, weight_axes
+
+    check_not_inputs([args.output], [args.plan, args.model])
+    with atomic_output(args.output) as tmp:  # an unwritable output fails before the work
+        plan = Plan.load(args.plan)
+        model = load_onnx(args.model)  # computed weights folded, as every path names them
+        layers = weight_axes(model)
+        chosen = {c.name for c in plan.layers if not c.weight.is_dense}
+        if chosen and not chosen & set(layers):
+            raise ValueError(f"the plan rewrites none of the layers of {args.model} (e.g. {min(chosen)!r}): "
+                             "is it a plan for another model?")
+        onnx.save(approximate_onnx(model, plan=plan), tmp)
+    print(f"{args.output}: {len(chosen & set(layers))} of {len(layers)} layer weights replaced by their TASD "
+          "approximation; the graph is unchanged, so any ONNX runtime can evaluate the plan")
+    if missing := sorted(chosen - set(layers)):
+        print(f"warning: the plan rewrites layers this model does not have: {', '.join(missing[:5])}"
+              f"{'…' if len(missing) > 5 else ''}", file=sys.stderr)
 
 
 def cmd_report(args) -> None:
@@ -207,12 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality measure: output cosine or top-1 agreement with the original model, "
                         "or accuracy against the labels (default cosine)")
     p.add_argument("--budget", type=float, default=0.99, help="share of the original quality to keep (default 0.99)")
+    p.add_argument("--holdout", type=float, default=0.25,
+                   help="share of the calibration batches kept out of the search; the plan must keep the budget "
+                        "on them too (default 0.25; 0 checks nothing unseen)")
     p.add_argument("--batch", type=int, help="samples per batch (default: the model's fixed batch, else 64)")
     p.add_argument("--strategy", default="surrogate", choices=["surrogate", "bisect", "walk"],
                    help="how the greedy path is verified (default surrogate)")
     p.add_argument("--max-terms", type=int, default=2, help="longest series considered (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default="plan.json", help="plan file to write (default plan.json)")
+
+    p = add("apply", "write an ONNX model whose layer weights are a plan's approximations", cmd_apply,
+            "example: tasd apply plan.json model.onnx -o approximated.onnx")
+    p.add_argument("plan", help="a plan from tasd search (its .weights.npz beside it, if it has one)")
+    p.add_argument("model", help="the ONNX model the plan is for")
+    p.add_argument("-o", "--output", required=True, help="the ONNX model to write")
 
     p = add("report", "per-layer report of a plan or a tvmc artifact: text, JSON, HTML", cmd_report, REPORT_EPILOG)
     p.add_argument("source", help="plan.json, a report .json, or a .tar from tvmc compile")

@@ -132,10 +132,11 @@ class WeightFedModel(ABC):
         return self._axes[self._known(name)]
 
     def run(self, weights: Mapping[str, np.ndarray] | None = None, batches: int | None = None,
-            keeps: Mapping[str, int] | None = None) -> Outputs:
-        """Outputs on the calibration batches (the first ``batches`` of them, default all),
-        with ``weights`` replacing the originals they name and ``keeps`` setting the
-        activation keep counts (default: M, i.e. the activation untouched)."""
+            keeps: Mapping[str, int] | None = None, feeds: list[Feed] | None = None) -> Outputs:
+        """Outputs on the calibration batches (the first ``batches`` of them, default all; or
+        on other ``feeds`` of the same inputs), with ``weights`` replacing the originals they
+        name and ``keeps`` setting the activation keep counts (default: M, i.e. the activation
+        untouched)."""
         fed = dict(self._weights)
         for name, value in (weights or {}).items():
             original = self._weights[self._known(name)]
@@ -147,7 +148,15 @@ class WeightFedModel(ABC):
             raise ValueError(f"no activation keep count for {sorted(unknown)}; pass them in activation_groups")
         inputs = self._inputs(fed, {name: int((keeps or {}).get(name, m)) for name, m in self._groups.items()})
         self.evaluations += 1
-        return [self._run(batch, inputs) for batch in self.calibration[:batches]]
+        return [self._run(batch, inputs) for batch in (self.calibration if feeds is None else feeds)[:batches]]
+
+    def hold_out(self, count: int) -> list[Feed]:
+        """Keep the last ``count`` calibration batches out of :meth:`run` and :meth:`calibrate` from now on;
+        returns them, checked like the rest, to run on with ``run(feeds=…)``."""
+        if count <= 0:
+            return []
+        held_out, self.calibration = self.calibration[-count:], self.calibration[:-count]
+        return held_out
 
     def _known(self, name: str) -> str:
         if name not in self._weights:

@@ -1,12 +1,13 @@
 """TASDER: choose every layer's TASD series for the lowest modelled EDP under a quality budget.
 
 No fine-tuning, ever: the search only picks, per layer, a weight series (or
-a run-time activation series) and a selection score from the candidates
+a run-time activation series) and a method (magnitude, activation-aware, or
+OBS reconstruction from the layer's input Hessian) from the candidates
 the target runs faster than dense, and checks the whole model on
 calibration data. The algorithm (``docs/tasder.md``):
 
 1. **Candidates and a proxy** (:mod:`~tvm_tasd.tasder.frontier`): per layer,
-   every candidate × score gets its modelled cost and a proxy error; what
+   every candidate × method gets its modelled cost and a proxy error; what
    is dominated in both is dropped, leaving a frontier.
 2. **Sensitivity** (:meth:`~tvm_tasd.tasder.state.Search.measure_sensitivities`):
    one real run per layer at its cheapest option gives α, and the predicted
@@ -15,6 +16,10 @@ calibration data. The algorithm (``docs/tasder.md``):
    :meth:`~tvm_tasd.tasder.state.Search.verified`): uniform, greedy, and
    greedy again from the cheaper winner. The plan is the cheapest state any
    of them measured to keep the budget.
+4. **Held out** (:meth:`~tvm_tasd.tasder.state.Search.validated`): the last
+   ``holdout`` share of the calibration batches is never searched on (nor
+   calibrated on); the plan is the cheapest measured state that keeps the
+   budget on them too.
 
 The model is evaluated by :func:`tvm_tasd.evaluation.open_model`:
 onnxruntime for an ONNX model, one TVM build for a Relax ``IRModule``.
@@ -22,8 +27,11 @@ onnxruntime for an ONNX model, one TVM build for a Relax ``IRModule``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from tqdm.auto import tqdm
 
@@ -43,10 +51,15 @@ from ..frontend import load_onnx
 from ..hardware import load_target
 from ..io import atomic_output, check_not_inputs
 from ..plan import Plan
+from ..policy import METHODS, TASDWarning
 from .frontier import LayerSearch, activation_series, layer_options
 from .options import STRATEGIES, SearchOptions
 from .paths import greedy_path, uniform_path
 from .state import Search
+
+
+#: Damping of every ``obs`` option (a share of the mean Hessian diagonal; SparseGPT's default).
+OBS_DAMP = 0.01
 
 
 def search(
@@ -57,13 +70,15 @@ def search(
     budget: float = 0.99,
     labels=None,
     max_terms: int = 2,
-    scores: Sequence[str] = ("magnitude", "activation"),
+    methods: Sequence[str] = METHODS,
     strategy: str = "surrogate",
     sensitivity_batches: int = 4,
     seed: int = 0,
     progress: bool = True,
     params=None,
     outputs: Sequence[str] | None = None,
+    holdout: float = 0.25,
+    validation: "tuple[Sequence[dict], Metric] | None" = None,
 ) -> Plan:
     """Search a plan for ``model`` on ``hw``.
 
@@ -81,23 +96,40 @@ def search(
     (plain greedy: every step, until the first failure).
     ``sensitivity_batches``: calibration batches each per-layer sensitivity
     run uses.
+    ``methods``: how a layer's series may be taken from its weight —
+    ``"magnitude"``, ``"activation"`` (|w|·s, s the input channel norms) and
+    ``"obs"`` (mask and values re-fitted to the layer's input Hessian,
+    matmul layers only: the calibration pass then also gathers XᵀX, K²·8
+    bytes per layer). Per layer the frontier keeps what is not dominated.
     ``outputs``: the output names the metric scores (a Relax module's are
     ``output_0``, ``output_1``…). By default every float output that a layer
     weight influences; ``top1``/``accuracy`` need exactly one, so a model with
     several must name it. An output that is not float or that no layer
     reaches is refused: scoring it would measure nothing.
+    ``holdout``: the share of the calibration batches (the last ones, at
+    least one) kept out of the search and its statistics; the plan must keep
+    the budget on them too (``info["quality"]["held_out"]``). 0, or a single
+    batch, checks nothing beyond the searched data (a warning says so).
+    ``validation``: ``(feeds, metric)``, held-out data given explicitly
+    instead, with the callable that scores it (a callable ``metric`` is
+    written for its own batches, so ``holdout`` cannot split it: without
+    ``validation`` a warning says nothing unseen was checked).
     """
-    options = SearchOptions(metric, budget, labels, max_terms, tuple(scores), strategy, sensitivity_batches, seed,
+    options = SearchOptions(metric, budget, labels, max_terms, tuple(methods), strategy, sensitivity_batches, seed,
                             progress)
     target = load_target(hw)
     options.check(target, calibration)
+    held_out_count, labels, held_out_labels, unchecked = _held_out(calibration, labels, holdout, metric, validation)
     act_configs = activation_series(target, max_terms)
-    fed = open_model(model, calibration, params=params,
+    fed = open_model(model, [*calibration, *(validation[0] if validation else ())], params=params,
                      relu_fed_groups=act_configs[0].max_m if act_configs else None)
+    held_out = fed.hold_out(held_out_count)
     if not fed.layer_names:
         raise _nothing_to_search(fed)
     scored = scored_outputs(fed.outputs, outputs, metric)
-    stats = fed.calibrate(progress)
+    if unchecked:  # said once the model, its feeds and its outputs are known to be right
+        warnings.warn(unchecked, TASDWarning, stacklevel=2)
+    stats = fed.calibrate(progress, hessians="obs" in options.methods)
     reference = [[batch[i] for i in scored] for batch in fed.run()]
     metric_fn, metric_name = resolve_metric(metric, labels, reference)
     dense_quality = score(metric_fn, reference)
@@ -112,9 +144,9 @@ def search(
             frontier = layer_options(layer, target, scale, ("magnitude",), 0)
         else:
             acts = act_configs if layer.name in fed.activation_groups else ()
-            frontier = layer_options(layer, target, scale, options.scores, max_terms, acts,
-                                     stats.samples.get(layer.name))
-        layers.append(LayerSearch(layer, scale, frontier))
+            frontier = layer_options(layer, target, scale, options.methods, max_terms, acts,
+                                     stats.samples.get(layer.name), stats.hessians.get(layer.name), OBS_DAMP)
+        layers.append(LayerSearch(layer, scale, frontier, damp=OBS_DAMP))
 
     if not layers:
         raise _nothing_to_search(fed)
@@ -124,8 +156,41 @@ def search(
     winners = [state.verified(path) for path in paths.values()]
     paths["refine"] = greedy_path(layers, min(winners, key=state.edp_ratio))
     state.verified(paths["refine"])
-    return state.plan(state.cheapest_passing(), target, metric_name, calibration,
-                      {name: len(path) for name, path in paths.items()})
+    lengths = {name: len(path) for name, path in paths.items()}
+    if not held_out:
+        return state.plan(state.cheapest_passing(), target, metric_name, calibration, lengths, None)
+    held_out_reference = [[batch[i] for i in scored] for batch in fed.run(feeds=held_out)]
+    held_out_metric = validation[1] if validation else resolve_metric(metric, held_out_labels, held_out_reference)[0]
+    chosen, check = state.validated(held_out, held_out_metric, score(held_out_metric, held_out_reference))
+    return state.plan(chosen, target, metric_name, calibration, lengths, check)
+
+
+def _held_out(calibration: list, labels, holdout: float, metric, validation):
+    """(how many batches to hold out, the searched batches' labels, the held-out ones', why nothing is
+    held out if nothing is): the ``validation`` feeds, else the last ``holdout`` share of the batches (at
+    least one, never all)."""
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise ValueError(f"holdout is the share of calibration batches kept out of the search, in [0, 1); got "
+                         f"{holdout!r} (e.g. 0.25)")
+    if validation is not None:
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2 or not callable(validation[1]) \
+                or not validation[0]:
+            raise ValueError("validation is (feeds, metric): a non-empty list of held-out batches and the "
+                             "callable(outputs) -> float that scores them")
+        return len(validation[0]), labels, None, None
+    count = min(len(calibration) - 1, max(1, round(holdout * len(calibration)))) if holdout else 0
+    if callable(metric) and count:
+        return 0, labels, None, ("nothing held out: a callable metric scores the batches it was written for, so "
+                                 "holdout cannot split them; pass validation=(feeds, metric) to check the plan on "
+                                 "data the search never sees")
+    if count == 0:
+        return 0, labels, None, ("no calibration batch is held out (holdout=0 or a single batch): the budget is only "
+                                 "checked on the data the search chose on")
+    if labels is None:
+        return count, None, None, None
+    labels = np.asarray(labels).reshape(-1)
+    cut = sum(len(next(iter(feed.values()))) for feed in calibration[:-count])
+    return count, labels[:cut], labels[cut:], None
 
 
 def _nothing_to_search(fed) -> ValueError:
@@ -135,7 +200,7 @@ def _nothing_to_search(fed) -> ValueError:
 
 
 def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99, batch=None, strategy="surrogate",
-                max_terms=2, seed=0, outputs: Sequence[str] | None = None) -> Plan:
+                max_terms=2, seed=0, outputs: Sequence[str] | None = None, holdout: float = 0.25) -> Plan:
     """TASDER on an ONNX model file with calibration data from an .npz (see
     :func:`~tvm_tasd.evaluation.onnx.calibration_from_npz`); the plan is written to ``output``.
 
@@ -150,10 +215,10 @@ def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99,
         raise ValueError(f"metric 'accuracy' needs a 'labels' array (one label per sample) in {calibration}")
     with atomic_output(output) as tmp:
         plan = search(proto, target, feeds, metric=metric, budget=budget, labels=labels, max_terms=max_terms,
-                      strategy=strategy, seed=seed, outputs=outputs)
+                      strategy=strategy, seed=seed, outputs=outputs, holdout=holdout)
         plan.info["model"] = {"path": str(Path(model).resolve()),
                               "inputs": {name: list(value.shape) for name, value in feeds[0].items()}}
-        plan.save(tmp)
+        plan.save(tmp, beside=output)
     return plan
 
 

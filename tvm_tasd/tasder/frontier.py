@@ -1,9 +1,12 @@
 """Each layer's candidates, their modelled cost and proxy error, reduced to a frontier.
 
 Per layer, every candidate series (:func:`tvm_tasd.candidates.candidate_configs`)
-× selection score gets its modelled cost and a proxy error
-``e = ‖(W − Ŵ)·s‖ / ‖W·s‖`` (s the activation channel norms, 1 without
-data) — the relative output error for inputs with those channel scales. A
+× method gets its modelled cost and a proxy error, the relative output
+error on the calibration data: ``e² = tr(ΔHΔᵀ) / tr(WHWᵀ)`` with
+Δ = W − Ŵ when the layer has its input Hessian H = XᵀX (the ``obs``
+method needs it, and then every method of the layer is measured on it),
+else ``e = ‖Δ·s‖ / ‖W·s‖`` with s the input channel norms (1 without
+data) — H's diagonal alone. A
 ReLU-fed layer on a target with TASD units also gets activation candidates
 (weight dense, input decomposed at run time), whose proxy is the relative
 output error on a sample of real inputs. Candidates dominated in both cost
@@ -12,14 +15,14 @@ and proxy are dropped, leaving a frontier from dense (proxy 0) to cheapest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..candidates import candidate_configs
 from ..config import TASDConfig
 from ..cost import layer_cost
-from ..decompose import approximate
+from ..decompose import NMTerm, approximate, decompose
 from ..hardware import HardwareTarget
 from ..layer import Layer
 from ..policy import Choice, SearchStats
@@ -27,14 +30,15 @@ from ..policy import Choice, SearchStats
 
 @dataclass(frozen=True)
 class Candidate:
-    """One option of one layer: series, score, modelled cost and proxy error."""
+    """One option of one layer: series, method, modelled cost and proxy error."""
 
     config: TASDConfig
-    score: str
+    method: str
     energy_pj: float
     latency_s: float
     proxy: float
     activation: TASDConfig | None = None  # run-time series of the layer's input (weight then dense)
+    terms: tuple[NMTerm, ...] | None = field(default=None, repr=False)  # ``obs``: made once, from the Hessian
 
     @property
     def edp(self) -> float:
@@ -54,30 +58,26 @@ class LayerSearch:
     scale: np.ndarray | None
     options: list[Candidate]
     alpha: float = 0.0
+    damp: float | None = None  # of the ``obs`` options
 
     @property
     def name(self) -> str:
         return self.layer.name
 
-    def approximated(self, option: Candidate) -> np.ndarray | None:
-        """The option's weight (None when it leaves the weight as it is)."""
-        if option.config.is_dense:
-            return None
-        score = self.scale if option.score == "activation" else "magnitude"
-        return approximate(self.layer.weight, option.config, axis=self.layer.axis, score=score, name=self.name)
-
     def feeds(self, option: Candidate) -> tuple[dict, dict]:
         """(weights, activation keep counts) to run this option with."""
-        weight = self.approximated(option)
-        return ({} if weight is None else {self.name: weight}), ({} if option.keep is None else {self.name: option.keep})
+        weights = {} if option.config.is_dense else {self.name: self.choice(option).approximated(
+            self.layer.weight, self.layer.axis)}
+        return weights, ({} if option.keep is None else {self.name: option.keep})
 
-    def choice(self, index: int) -> Choice:
-        """Option ``index`` as the layer's :class:`~tvm_tasd.policy.Choice`, with the search's numbers."""
-        option, dense = self.options[index], self.options[0]
+    def choice(self, option: "Candidate | int") -> Choice:
+        """An option (or its index) as the layer's :class:`~tvm_tasd.policy.Choice`, with the search's numbers."""
+        option, dense = self.options[option] if isinstance(option, int) else option, self.options[0]
         stats = SearchStats(round(option.proxy, 6), round(self.alpha, 6), option.energy_pj, option.latency_s,
                             option.edp / dense.edp if dense.edp else 1.0)
-        return Choice(self.name, option.config, option.activation, option.score,
-                      self.scale if option.score == "activation" else None, stats=stats)
+        return Choice(self.name, option.config, option.activation, option.method,
+                      self.scale if option.method == "activation" else None, stats=stats,
+                      damp=self.damp if option.method == "obs" else None, terms=option.terms)
 
 
 def activation_series(target: HardwareTarget, max_terms: int) -> list[TASDConfig]:
@@ -92,14 +92,16 @@ def activation_series(target: HardwareTarget, max_terms: int) -> list[TASDConfig
     return [c for c in configs if all(t.m == m for t in c.terms)]
 
 
-def _proxy(weight: np.ndarray, approx: np.ndarray, axis: int, scale: np.ndarray | None) -> float:
-    diff = weight.astype(np.float64) - approx
-    ref = weight
+def _proxy(weight: np.ndarray, approx: np.ndarray, axis: int, scale: np.ndarray | None,
+           hessian: np.ndarray | None) -> float:
+    """Relative output error of ``approx`` on the calibration data (see the module docstring)."""
+    diff = np.moveaxis(weight.astype(np.float64) - approx, axis, -1)
+    ref = np.moveaxis(weight.astype(np.float64), axis, -1)
+    if hessian is not None:
+        error, norm = ((diff @ hessian) * diff).sum(), ((ref @ hessian) * ref).sum()
+        return float(np.sqrt(max(error, 0.0) / norm)) if norm > 0 else 0.0
     if scale is not None:
-        shape = [1] * diff.ndim
-        shape[axis] = -1
-        diff = diff * scale.reshape(shape)
-        ref = weight * scale.reshape(shape)
+        diff, ref = diff * scale, ref * scale
     norm = np.linalg.norm(ref)
     return float(np.linalg.norm(diff) / norm) if norm else 0.0
 
@@ -128,17 +130,26 @@ def _activation_options(layer: Layer, target: HardwareTarget, configs, sample: n
     return options
 
 
-def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None, scores, max_terms: int,
-                  activation_configs=(), sample: np.ndarray | None = None) -> list[Candidate]:
-    """The layer's frontier: every fitting weight series × score, and the activation series given."""
+def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None, methods, max_terms: int,
+                  activation_configs=(), sample: np.ndarray | None = None, hessian: np.ndarray | None = None,
+                  damp: float = 0.01) -> list[Candidate]:
+    """The layer's frontier: every fitting weight series × method, and the activation series given.
+    ``obs`` is tried only where the layer has a ``hessian``."""
     options = _activation_options(layer, target, activation_configs, sample) if activation_configs else []
+    methods = [m for m in methods if m != "obs" or hessian is not None]
     for config in candidate_configs(target, max_terms):
         if not layer.fits(config):
             continue
         cost = layer_cost(target, layer, config)
-        for score in scores if not config.is_dense else ("magnitude",):
-            s = scale if score == "activation" else "magnitude"
-            approx = approximate(layer.weight, config, axis=layer.axis, score=s, name=layer.name)
-            options.append(Candidate(config, score, cost.energy_pj, cost.latency_s,
-                                     _proxy(layer.weight, approx, layer.axis, scale)))
+        for method in methods if not config.is_dense else ("magnitude",):
+            terms = None
+            if method == "obs":
+                terms = tuple(decompose(layer.weight, config, axis=layer.axis, name=layer.name, hessian=hessian,
+                                        damp=damp))
+                approx = sum(t.dense() for t in terms)
+            else:
+                approx = approximate(layer.weight, config, axis=layer.axis, name=layer.name,
+                                     score=scale if method == "activation" else "magnitude")
+            options.append(Candidate(config, method, cost.energy_pj, cost.latency_s,
+                                     _proxy(layer.weight, approx, layer.axis, scale, hessian), terms=terms))
     return frontier(options)

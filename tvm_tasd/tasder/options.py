@@ -12,7 +12,7 @@ from ..config import MAX_TERMS
 from ..evaluation.metrics import NAMES as METRIC_NAMES
 from ..evaluation.metrics import Metric
 from ..hardware import HardwareTarget
-from ..policy import SCORES
+from ..policy import METHODS
 
 STRATEGIES = ("surrogate", "bisect", "walk")
 
@@ -25,7 +25,7 @@ class SearchOptions:
     budget: float = 0.99
     labels: np.ndarray | None = None
     max_terms: int = 2
-    scores: Sequence[str] = ("magnitude", "activation")
+    methods: Sequence[str] = METHODS
     strategy: str = "surrogate"
     sensitivity_batches: int = 4
     seed: int = 0
@@ -46,8 +46,10 @@ class SearchOptions:
         if isinstance(self.sensitivity_batches, bool) or not isinstance(self.sensitivity_batches, int) or \
                 self.sensitivity_batches < 1:
             raise ValueError(f"sensitivity_batches must be a positive integer, got {self.sensitivity_batches!r}")
-        if unknown := [s for s in self.scores if s not in SCORES]:
-            raise ValueError(f"unknown scores {unknown}; choose from {list(SCORES)}")
+        if isinstance(self.methods, str) or not self.methods:
+            raise ValueError(f"methods is a non-empty list drawn from {list(METHODS)}, got {self.methods!r}")
+        if unknown := [m for m in self.methods if m not in METHODS]:
+            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
         if not calibration:
             raise ValueError("calibration set is empty: give a list of input feeds (one dict per batch)")
         if self.metric == "accuracy" and self.labels is None:

@@ -75,10 +75,20 @@ class Search:
 
     # ---------------------------------------------------------------- measuring
 
-    def run(self, weights=None, batches: int | None = None, keeps=None):
-        """The scored outputs of the model with these weights and keep counts."""
-        outputs = self.model.run(weights, batches=batches, keeps=keeps)
+    def run(self, weights=None, batches: int | None = None, keeps=None, feeds=None):
+        """The scored outputs of the model with these weights and keep counts (on ``feeds``,
+        default the search batches)."""
+        outputs = self.model.run(weights, batches=batches, keeps=keeps, feeds=feeds)
         return [[batch[i] for i in self.scored] for batch in outputs]
+
+    def _inputs(self, state: State) -> tuple[dict, dict]:
+        """(weights, activation keep counts) that run ``state``."""
+        weights, keeps = {}, {}
+        for layer, index in zip(self.layers, state):
+            layer_weights, layer_keeps = layer.feeds(layer.options[index])
+            weights.update(layer_weights)
+            keeps.update(layer_keeps)
+        return weights, keeps
 
     def edp_ratio(self, state: State) -> float:
         """Modelled EDP of ``state`` ÷ all-dense."""
@@ -92,11 +102,7 @@ class Search:
     def relative_quality(self, state: State) -> float:
         """The metric of ``state`` ÷ the original model's, measured once per state."""
         if state not in self.measured:
-            weights, keeps = {}, {}
-            for layer, index in zip(self.layers, state):
-                layer_weights, layer_keeps = layer.feeds(layer.options[index])
-                weights.update(layer_weights)
-                keeps.update(layer_keeps)
+            weights, keeps = self._inputs(state)
             self.measured[state] = score(self.metric, self.run(weights, keeps=keeps)) / self.dense_quality
         return self.measured[state]
 
@@ -161,15 +167,34 @@ class Search:
         passing = (s for s, q in self.measured.items() if q >= self.options.budget)
         return min(passing, key=lambda s: (self.edp_ratio(s), -self.measured[s]))
 
+    def validated(self, feeds: list, metric: Metric, dense_quality: float) -> tuple[State, dict]:
+        """The cheapest state that keeps the budget on the search batches *and* on held-out ``feeds``
+        (scored by ``metric``, the original model scoring ``dense_quality`` on them).
+
+        The all-dense state keeps any budget, so there is always one. Returns it with what the
+        held-out check measured.
+        """
+        budget = self.options.budget
+        passing = sorted((s for s, q in self.measured.items() if q >= budget),
+                         key=lambda s: (self.edp_ratio(s), -self.measured[s]))
+        for rejected, state in enumerate(passing):
+            weights, keeps = self._inputs(state)
+            relative = score(metric, self.run(weights, keeps=keeps, feeds=feeds)) / dense_quality
+            if relative >= budget or state == self.dense_state:
+                return state, {"batches": len(feeds), "original": dense_quality, "plan": relative * dense_quality,
+                               "relative": relative, "rejected": rejected}
+        raise AssertionError("the dense state is always measured and passing")
+
     # ---------------------------------------------------------------- the result
 
-    def plan(self, state: State, target: HardwareTarget, metric_name: str, calibration, path_lengths: dict) -> Plan:
+    def plan(self, state: State, target: HardwareTarget, metric_name: str, calibration, path_lengths: dict,
+             validation: dict | None) -> Plan:
         relative = self.relative_quality(state)
         info = {
             "metric": metric_name,
             "outputs": [self.model.output_names[i] for i in self.scored],
             "quality": {"original": self.dense_quality, "plan": relative * self.dense_quality, "relative": relative,
-                        "predicted_drop": float(sum(self.features(state)[:-1]))},
+                        "predicted_drop": float(sum(self.features(state)[:-1])), "held_out": validation},
             "edp_vs_dense": float(self.edp_ratio(state)),
             "seed": self.options.seed,
             "inputs": {"calibration_batches": len(calibration), "fingerprint": _fingerprint(calibration)},
