@@ -3,7 +3,7 @@
 For each model and target: every supported single-pattern config applied
 uniformly with magnitude selection (apex-style N:M pruning), with the
 Wanda score |w|·‖x‖ (calibration channel norms) and with SparseGPT's OBS
-reconstruction (matmul layers), the paper's magnitude TASD series (also
+reconstruction (matmul and conv layers), the paper's magnitude TASD series (also
 activation-aware and OBS-reconstructed), and TASDER plans at several budgets. Quality is measured on data the
 search never saw (onnxruntime, weights replaced); EDP is **modelled**
 (``tvm_tasd.cost``, the target's file) over the model's matmul/conv layers,
@@ -205,12 +205,14 @@ def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> flo
 
 def _uniform(layers, config, norms=None, hessians=None):
     """Weights for a uniform config: magnitude; Wanda-style with channel norms; with ``hessians``, OBS
-    reconstruction (SparseGPT) where a layer has one (matmul layers) and Wanda-style elsewhere."""
+    reconstruction (SparseGPT) where a layer has one and its channels come in whole groups, Wanda-style
+    elsewhere."""
     weights = {}
     for layer in layers:
         if config.is_dense or not layer.fits(config):
             continue
-        if hessians is not None and layer.name in hessians:
+        if hessians is not None and layer.name in hessians and (
+                layer.op == "matmul" or layer.grouped_length % config.period == 0):
             weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, name=layer.name,
                                               hessian=hessians[layer.name])
             continue
@@ -272,8 +274,8 @@ def to_markdown(data: dict) -> str:
              "Quality is measured on unseen data (relative to the dense model); EDP is **modelled** "
              "(`tvm_tasd.cost`, target files in `hardware_targets/`) over the matmul/conv layers, "
              "relative to the same model running dense on the same target. SparseGPT N:M and OBS TASD "
-             "re-fit the kept values of matmul layers to their calibration Hessian; conv layers (no "
-             "Hessian gathered yet) take the Wanda score there. TASDER searches on the calibration data "
+             "re-fit the kept values to each layer's calibration Hessian (matmul and ungrouped conv layers "
+             "with K ≤ 4096; the others take the Wanda score). TASDER searches on the calibration data "
              "and checks its plan on a held-out part; the test data is seen by neither.", ""]
     for (model, target) in dict.fromkeys((r["model"], r["target"]) for r in data["rows"]):
         lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",

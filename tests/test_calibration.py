@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tvm_tasd.evaluation import calibrate
 from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
+from tvm_tasd.frontend import from_onnx
 from tvm_tasd.models.digits import load_data, model_path
 
 
@@ -53,14 +54,33 @@ def test_mlp_norms_and_density_match_numpy(x):
     assert stats.hessians == {}  # asked for only: they cost K² floats per layer
 
 
-def test_hessians_are_the_gram_matrices_of_the_matmul_inputs(x):
+def patches3x3(a):
+    """im2col of a 3×3, padding-1 convolution's input, columns ordered (kh, kw, channel)."""
+    _, c, h, w = a.shape
+    padded = np.pad(a, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    taps = np.stack([padded[:, :, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=-1)
+    return taps.transpose(0, 2, 3, 4, 1).reshape(-1, 9 * c).astype(np.float64)
+
+
+@pytest.mark.parametrize("evaluator", ["onnx", "relax"])
+def test_hessians_are_the_gram_matrices_of_the_layer_inputs(x, evaluator):
     p = params("digits-cnn")
     images = x.reshape(-1, 1, 8, 8)
-    a2 = relu(conv3x3(relu(conv3x3(images, p["conv1.weight"], p["conv1.bias"])), p["conv2.weight"], p["conv2.bias"]))
+    a1 = relu(conv3x3(images, p["conv1.weight"], p["conv1.bias"]))
+    a2 = relu(conv3x3(a1, p["conv2.weight"], p["conv2.bias"]))
     flat = a2.reshape(-1, 32, 4, 2, 4, 2).max(axis=(3, 5)).reshape(len(x), -1).astype(np.float64)
-    stats = calibrate(model_path("digits-cnn"), batches_of(x), progress=False, hessians=True)
-    assert set(stats.hessians) == {"fc.weight"}  # convolutions take no channel Gram (it is not their Hessian)
+    model = model_path("digits-cnn")
+    if evaluator == "relax":
+        model = from_onnx(model, {"input": [50, 64]}).mod
+    stats = calibrate(model, batches_of(x), progress=False, hessians=True)
+    assert set(stats.hessians) == {"conv1.weight", "conv2.weight", "fc.weight"}
     np.testing.assert_allclose(stats.hessians["fc.weight"], flat.T @ flat, rtol=1e-5, atol=1e-6)
+    rows = patches3x3(a1)  # a conv's Hessian is its im2col patches' Gram, input channels contiguous
+    np.testing.assert_allclose(stats.hessians["conv2.weight"], rows.T @ rows, rtol=1e-5, atol=1e-4)
+    # in that column order the patches times the weight (O, kh, kw, C) are the convolution
+    weight_rows = p["conv2.weight"].transpose(0, 2, 3, 1).reshape(32, -1)
+    out = (rows @ weight_rows.T).reshape(len(x), 8, 8, 32).transpose(0, 3, 1, 2) + p["conv2.bias"][:, None, None]
+    np.testing.assert_allclose(relu(out), a2, rtol=1e-4, atol=1e-4)
 
 
 def test_cnn_norms_pool_batch_and_space(x):

@@ -289,3 +289,40 @@ def test_reconstruction_compensates_real_structure_and_is_deterministic():
 def test_a_bad_hessian_is_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         decompose(np.ones((8, 4), np.float32), "2:4", axis=0, **kwargs)
+
+
+def _conv_layer(seed, channels, out_channels, samples):
+    """An OIHW 3×3 conv weight and im2col rows of its input, columns ordered (kh, kw, C)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, channels, 6, 6)) * rng.uniform(0.05, 3, channels)[None, :, None, None]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    taps = np.stack([padded[:, :, i : i + 6, j : j + 6] for i in range(3) for j in range(3)], axis=-1)
+    rows = taps.transpose(0, 2, 3, 4, 1).reshape(-1, 9 * channels)
+    return rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32), rows
+
+
+def _conv_out(w, rows):
+    return rows @ np.asarray(w, np.float64).transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), channels=st.sampled_from([8, 16]), out_channels=st.integers(1, 6),
+       config=st.sampled_from(["2:8", "2:8+1:8", "2:4+1:8", "4:8+2:8"]))
+def test_conv_reconstruction_keeps_channel_groups_and_never_raises_the_output_error(seed, channels, out_channels,
+                                                                                    config):
+    w, rows = _conv_layer(seed, channels, out_channels, 4)
+    hessian = rows.T @ rows
+    terms = decompose(w, config, axis=1, hessian=hessian)
+    for term in terms:  # groups run along input channels, at every (kh, kw)
+        groups = term.dense().reshape(out_channels, channels // term.m, term.m, 3, 3)
+        assert np.count_nonzero(groups, axis=2).max() <= term.n
+    error = lambda approx: np.linalg.norm(_conv_out(w, rows) - _conv_out(approx, rows))  # noqa: E731
+    plain = approximate(w, config, axis=1)
+    assert error(sum(t.dense() for t in terms)) <= error(plain) * (1 + 1e-9) + 1e-9
+    np.testing.assert_array_equal(approximate(w, config, axis=1, hessian=np.eye(9 * channels)), plain)
+
+
+def test_conv_reconstruction_needs_whole_channel_groups():
+    w, rows = _conv_layer(0, 12, 2, 2)
+    with pytest.raises(ValueError, match="whole groups of 8"):
+        decompose(w, "2:8", axis=1, hessian=rows.T @ rows)

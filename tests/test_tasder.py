@@ -96,6 +96,9 @@ def test_cosine_metric_without_labels(calibration):
         ({"hw": "dense"}, "no N:M pattern"),
         ({"metric": "bleu"}, "unknown metric"),
         ({"metric": lambda outputs: math.nan}, "finite"),
+        ({"damp": 1.0}, "OBS damping"),
+        ({"methods": "obs"}, "non-empty list"),
+        ({"methods": ["sparsegpt"]}, "unknown methods"),
     ],
 )
 def test_bad_input_fails_early_and_clearly(kwargs, match, calibration):
@@ -239,21 +242,24 @@ def test_a_saved_plan_is_an_ordinary_file_under_the_umask(mlp_plan, tmp_path):
     assert stat.S_IMODE((tmp_path / "plan.json").stat().st_mode) == 0o644
 
 
-def test_an_obs_plan_runs_the_same_weights_in_every_path(mlp_plan, calibration, tmp_path):
+@pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
+def test_an_obs_plan_runs_the_same_weights_in_every_path(model, mlp_plan, calibration, tmp_path):
     import tvm
     from tvm import relax
 
     from tvm_tasd import build
     from tvm_tasd.frontend import from_onnx
 
-    assert any(layer.method == "obs" for layer in mlp_plan.layers), "OBS should win a layer of the digits MLP"
-    mlp_plan.save(tmp_path / "plan.json")
+    feeds, labels = calibration
+    searched = mlp_plan if model == "digits-mlp" else tasder.search(
+        model_path(model), "vegeta-m8", feeds, metric="accuracy", labels=labels, budget=0.99, progress=False)
+    assert any(layer.method == "obs" for layer in searched.layers), f"OBS should win a layer of {model}"
+    searched.save(tmp_path / "plan.json")
     plan = Plan.load(tmp_path / "plan.json")
-    feeds, _ = calibration
     x = feeds[0]["input"]
-    ex = build(from_onnx(model_path("digits-mlp"), {"input": list(x.shape)}).mod, "vegeta-m8", plan=plan)
+    ex = build(from_onnx(model_path(model), {"input": list(x.shape)}).mod, "vegeta-m8", plan=plan)
     compiled = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    reference = approximate_onnx(onnx.load(model_path("digits-mlp")), plan=plan)
+    reference = approximate_onnx(onnx.load(model_path(model)), plan=plan)
     expected = OnnxWeightFedModel(reference, feeds[:1]).run()[0][0]
     np.testing.assert_allclose(compiled, expected, atol=1e-4, rtol=0)
     weights = {init.name: onnx.numpy_helper.to_array(init) for init in reference.graph.initializer}

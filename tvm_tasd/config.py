@@ -196,6 +196,11 @@ class TASDConfig:
     def max_m(self) -> int:
         return max((t.m for t in self.terms), default=1)
 
+    @property
+    def period(self) -> int:
+        """lcm of the terms' M: the span after which every term's groups line up again."""
+        return math.lcm(*(t.m for t in self.terms)) if self.terms else 1
+
     def fits(self, grouped_length: int) -> bool:
         """Whether the series can run along a grouped axis this long (§1): its largest M must fit."""
         return self.is_dense or grouped_length >= self.max_m

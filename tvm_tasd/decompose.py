@@ -246,7 +246,7 @@ def _checked_hessian(hessian, k: int, name: str | None) -> np.ndarray:
     where = f" of layer {name!r}" if name else ""
     h = np.asarray(hessian, dtype=np.float64)
     if h.shape != (k, k):
-        raise ValueError(f"hessian{where} must be {k}×{k} (the reduction axis squared), got {h.shape}")
+        raise ValueError(f"hessian{where} must be {k}×{k} (K×K: for a conv, K = kh·kw·C), got {h.shape}")
     if not np.all(np.isfinite(h)):
         raise ValueError(f"hessian{where} holds NaN or inf")
     if np.any(np.diag(h) < 0):
@@ -257,7 +257,8 @@ def _checked_hessian(hessian, k: int, name: str | None) -> np.ndarray:
 def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, name: str | None) -> list[NMTerm]:
     """The series' mask and values that minimise ‖(W − Ŵ)X‖ given H = XᵀX: an OBS column sweep.
 
-    Columns are the reduction axis. At the start of every block of L = lcm(M)
+    Columns are the reduction axis (a conv's is its patch, ordered (kh, kw, C)
+    as :func:`_as_rows` says). At the start of every block of L = lcm(M)
     columns the mask of that block is chosen by the greedy series on the OBS
     scores w²/[H⁻¹]²ᵢᵢ of the weights as updated so far; each column is then
     pruned to its mask and the error it leaves is pushed onto the columns not
@@ -266,14 +267,12 @@ def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, nam
     result would have a larger error on H than the plain series keeps the
     plain series.
     """
-    if w.ndim != 2:
-        raise ValueError(f"reconstruction takes 2-D weights (a matmul or a 1×1 convolution); got shape {w.shape}")
-    rows = np.moveaxis(w, axis, -1).astype(np.float64)
+    lcm = int(np.lcm.reduce([p.m for p in patterns]))
+    rows = _as_rows(w, axis, lcm).astype(np.float64)
     k = rows.shape[1]
     h = _checked_hessian(hessian, k, name)
     if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not 0 <= damp < 1 or not np.isfinite(damp):
         raise ValueError(f"damp is a share of the mean Hessian diagonal, in [0, 1); got {damp!r}")
-    lcm = int(np.lcm.reduce([p.m for p in patterns]))
     width = -(-k // lcm) * lcm
     weights = np.zeros((rows.shape[0], width))
     weights[:, :k] = rows
@@ -290,31 +289,57 @@ def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, nam
                          f"damping (damp={damp}); raise damp, or check it is XᵀX of the layer's inputs") from None
     owner = np.full(weights.shape, -1, np.int8)
     block = -(-_OBS_BLOCK // lcm) * lcm
+    # Two levels of lazy updates: a column's error reaches the rest of its group at once, the rest of its
+    # block after the group (one product), the columns after the block after the block (one product).
     for start in range(0, width, block):
         stop = min(start + block, width)
         local, errors, u = weights[:, start:stop].copy(), np.zeros((weights.shape[0], stop - start)), upper[start:stop, start:stop]
-        for i in range(stop - start):
-            if i % lcm == 0:
-                group = local[:, i : i + lcm]
-                score = np.where(group != 0, group**2 / np.diag(u)[i : i + lcm] ** 2, -1.0)
-                owner[:, start + i : start + i + lcm] = _owners(score, patterns)
-            kept = np.where(owner[:, start + i] >= 0, local[:, i], 0.0)
-            errors[:, i] = (local[:, i] - kept) / u[i, i]
-            local[:, i:] -= np.outer(errors[:, i], u[i, i:])
-            local[:, i] = kept
+        for group in range(0, stop - start, lcm):
+            end = group + lcm
+            columns = local[:, group:end]
+            score = np.where(columns != 0, columns**2 / np.diag(u)[group:end] ** 2, -1.0)
+            owner[:, start + group : start + end] = owners = _owners(score, patterns)
+            for i in range(group, end):
+                kept = np.where(owners[:, i - group] >= 0, local[:, i], 0.0)
+                errors[:, i] = (local[:, i] - kept) / u[i, i]
+                local[:, i + 1 : end] -= np.outer(errors[:, i], u[i, i + 1 : end])
+                local[:, i] = kept
+            local[:, end:] -= errors[:, group:end] @ u[group:end, end:]
         weights[:, start:stop] = local
         weights[:, stop:] -= errors @ upper[start:stop, stop:]
     reconstructed = [np.where(owner == index, weights, 0.0)[:, :k] for index in range(len(patterns))]
-    plain = [np.moveaxis(term.dense(), axis, -1).astype(np.float64) for term in _series(w, patterns, axis, None)[0]]
+    plain = [_as_rows(term.dense(), axis, lcm).astype(np.float64) for term in _series(w, patterns, axis, None)[0]]
     # Rows are independent problems: where the sweep's greedy masks lose to the plain series (it happens with
     # few calibration rows), a row keeps the plain series, so the layer never does worse than without H.
     plain_wins = _row_errors(rows, plain, h) < _row_errors(rows, reconstructed, h)
     terms = []
     for pattern, mine, theirs in zip(patterns, reconstructed, plain):
-        dense = np.moveaxis(np.where(plain_wins[:, None], theirs, mine), -1, axis).astype(w.dtype)
+        dense = _from_rows(np.where(plain_wins[:, None], theirs, mine), w.shape, axis).astype(w.dtype)
         values, indices = compress(dense, pattern, axis)
         terms.append(NMTerm(pattern, axis, w.shape, values, indices))
     return terms
+
+
+def _as_rows(w: np.ndarray, axis: int, lcm: int) -> np.ndarray:
+    """The weight as (outputs, K) rows, K in the order OBS sweeps and the Hessian's: a matrix's reduction
+    axis; an OIHW conv's (kh, kw, C), C fastest, so that groups of input channels stay contiguous."""
+    if w.ndim == 2:
+        return np.moveaxis(w, axis, -1)
+    if w.ndim == 4 and axis == 1:
+        if w.shape[1] % lcm:
+            raise ValueError(f"conv reconstruction needs input channels in whole groups of {lcm}; this weight has "
+                             f"{w.shape[1]}")
+        return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    raise ValueError(f"reconstruction takes a matmul weight (2-D) or an OIHW conv weight grouped along axis 1; "
+                     f"got shape {w.shape}, axis {axis}")
+
+
+def _from_rows(rows: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
+    """Inverse of :func:`_as_rows`."""
+    if len(shape) == 2:
+        return np.moveaxis(rows, -1, axis)
+    o, c, kh, kw = shape
+    return rows.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
 
 
 def _row_errors(rows: np.ndarray, terms: list[np.ndarray], h: np.ndarray) -> np.ndarray:
@@ -336,7 +361,9 @@ def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score
     ``axis`` is the reduction axis (an int, or a layout name: ``"matmul"``,
     ``"linear"``, ``"oihw"``, ``"activation"``). ``dense`` returns ``[]``.
     With ``hessian`` (H = XᵀX of the layer's inputs, K×K along the reduction
-    axis) the terms' mask and values minimise the layer's output error
+    axis; for an OIHW conv, of its im2col patches with columns ordered
+    (kh, kw, C), C fastest, K = kh·kw·C, and C a multiple of the series'
+    lcm(M)) the terms' mask and values minimise the layer's output error
     instead (OBS reconstruction, damped by ``damp`` × the mean diagonal):
     the values are then no longer the weight's own.
     """
@@ -429,6 +456,15 @@ def decompress(values, indices, pattern: "NMPattern | str", axis: int, k: int) -
 
 
 # ---------------------------------------------------------------- error metrics
+
+
+def output_error(w, approx, axis: int, hessian) -> float:
+    """The layer's relative output error on its calibration inputs, from H = XᵀX (laid out as for
+    :func:`decompose`): sqrt(tr(ΔHΔᵀ) / tr(WHWᵀ)), Δ = W − approx (0 for a layer with no output)."""
+    rows = _as_rows(np.asarray(w, np.float64), axis, 1)
+    delta = rows - _as_rows(np.asarray(approx, np.float64), axis, 1)
+    error, norm = ((delta @ hessian) * delta).sum(), ((rows @ hessian) * rows).sum()
+    return float(np.sqrt(max(error, 0.0) / norm)) if norm > 0 else 0.0
 
 
 def relative_error(w, approx) -> float:

@@ -84,10 +84,11 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_npz(path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` written atomically (a file handle: savez would append .npz to a temporary name)."""
+def save_npz(path, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
+    """``np.savez`` (or ``savez_compressed``) written atomically (a file handle: savez would append
+    .npz to a temporary name)."""
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
 
 
 def load_npz(path, what: str) -> dict[str, np.ndarray]:

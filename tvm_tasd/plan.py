@@ -123,7 +123,7 @@ class Plan:
                   if layer.terms for i, term in enumerate(layer.terms) for part in ("values", "indices")}
         if arrays:
             sidecar = weights_path(beside if beside is not None else path)
-            save_npz(sidecar, arrays)
+            save_npz(sidecar, arrays, compressed=True)  # the uint8 indices compress well (the values hardly)
             data["weights"] = {"file": sidecar.name, "sha256": _digest(arrays)}
         write_text(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n")
 

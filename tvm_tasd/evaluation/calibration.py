@@ -55,9 +55,9 @@ class CalibrationStats:
     input; ``relu_fed`` the layers whose input comes from a ReLU;
     ``samples[name]`` up to ``SAMPLE_ROWS`` rows of that input from the first
     batch, as (rows, channels) — enough to estimate activation-series errors.
-    ``hessians[name]``, when asked for, is H = XᵀX of a matmul layer's input
-    rows (K×K, float64: what :func:`tvm_tasd.decompose` takes as ``hessian``;
-    K² · 8 bytes per layer, 19 MB at K = 1536).
+    ``hessians[name]``, when asked for, is H = XᵀX of the layer's input rows
+    (:func:`hessian_rows`; K×K, float64: what :func:`tvm_tasd.decompose`
+    takes as ``hessian``; K² · 8 bytes per layer, 19 MB at K = 1536).
     """
 
     norms: dict[str, np.ndarray]
@@ -66,6 +66,41 @@ class CalibrationStats:
     batches: int
     samples: dict[str, np.ndarray]
     hessians: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+#: Longest Hessian side gathered (K² · 8 bytes: 134 MB at 4096); longer layers get no ``obs`` option.
+MAX_HESSIAN_K = 4096
+
+
+def takes_hessian(layer) -> bool:
+    """Whether calibration gathers the layer's Hessian: an eligible matmul, or an eligible ungrouped
+    conv, whose reduction length (kh·kw·C for a conv) is at most :data:`MAX_HESSIAN_K`."""
+    if layer.ineligible or layer.k > MAX_HESSIAN_K:
+        return False
+    return layer.op == "matmul" or layer.conv.get("groups", 1) == 1
+
+
+def hessian_signature(layer) -> tuple:
+    """Layers with the same input and the same signature share one Hessian (q, k, v of attention)."""
+    if layer.op == "matmul":
+        return ("matmul",)
+    return ("conv2d", tuple(layer.weight.shape[2:]),
+            *(tuple(layer.conv[key]) for key in ("strides", "padding", "dilation")))
+
+
+def hessian_rows(layer, x: np.ndarray) -> np.ndarray:
+    """The rows X whose XᵀX is the layer's Hessian, columns in the order the OBS sweep visits
+    (docs/semantics.md §3): a matmul's input rows; a conv's im2col patches ordered (kh, kw, C),
+    C fastest, so that N:M groups of input channels stay contiguous."""
+    if layer.op == "matmul":
+        return x.reshape(-1, x.shape[-1])
+    _, channels, kh, kw = layer.weight.shape
+    (sh, sw), (dh, dw) = layer.conv["strides"], layer.conv["dilation"]
+    top, left, bottom, right = layer.conv["padding"]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    patches = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, OH, OW, kh, kw
+    return patches.transpose(0, 2, 3, 4, 5, 1).reshape(-1, kh * kw * channels)
 
 
 class StatsAccumulator:
@@ -79,19 +114,22 @@ class StatsAccumulator:
         self.sizes: dict = {}
         self.batches = 0
 
-    def add(self, key, x: np.ndarray, channel_axis: int, gram: bool = False) -> None:
-        """One batch of an activation; ``gram`` also accumulates XᵀX over its channels."""
+    def add(self, key, x: np.ndarray, channel_axis: int) -> None:
+        """One batch of an activation."""
         x = np.asarray(x)
         axis = channel_axis % x.ndim
         pooled = tuple(a for a in range(x.ndim) if a != axis)
         self.squares[key] = self.squares.get(key, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
-        if gram:
-            rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
-            self.grams[key] = self.grams.get(key, 0.0) + rows.T @ rows
         if key not in self.samples:
             self.samples[key] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
         self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(x))
         self.sizes[key] = self.sizes.get(key, 0) + x.size
+
+    def add_gram(self, key, layer, x: np.ndarray) -> None:
+        """One batch of XᵀX for ``layer`` on its input ``x``, pooled under ``(key, its signature)``."""
+        rows = hessian_rows(layer, np.asarray(x)).astype(np.float64)
+        key = (key, hessian_signature(layer))
+        self.grams[key] = self.grams.get(key, 0.0) + rows.T @ rows
 
     def over(self, feeds: list, progress: bool):
         """The calibration batches, counted, with a progress bar when there are enough to wait for."""
@@ -100,8 +138,10 @@ class StatsAccumulator:
             yield feed
             self.batches += 1
 
-    def stats(self, uses: dict[str, list], channels: dict[str, int], relu_fed: frozenset[str]) -> CalibrationStats:
-        """Statistics per layer, pooling the activations it multiplies (``uses``: name → keys)."""
+    def stats(self, uses: dict[str, list], channels: dict[str, int], relu_fed: frozenset[str],
+              layers: dict | None = None) -> CalibrationStats:
+        """Statistics per layer, pooling the activations it multiplies (``uses``: name → keys);
+        ``layers`` (name → Layer) to look its Hessian up."""
         norms, density = {}, {}
         for name, keys in uses.items():
             norm = np.sqrt(sum(self.squares[key] for key in keys))
@@ -112,6 +152,9 @@ class StatsAccumulator:
             norms[name] = norm
             density[name] = sum(self.nonzeros[key] for key in keys) / max(1, sum(self.sizes[key] for key in keys))
         samples = {name: self.samples[keys[0]] for name, keys in uses.items()}
-        hessians = {name: sum(self.grams[key] for key in keys) for name, keys in uses.items()
-                    if all(key in self.grams for key in keys)}
+        hessians = {}
+        for name, keys in uses.items():
+            grams = [(key, hessian_signature(layers[name])) for key in keys] if layers and name in layers else []
+            if grams and all(key in self.grams for key in grams):
+                hessians[name] = sum(self.grams[key] for key in grams)
         return CalibrationStats(norms, density, relu_fed, self.batches, samples, hessians)

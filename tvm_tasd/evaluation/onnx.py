@@ -35,7 +35,7 @@ from ..matcher import find_layers
 from ..plan import Plan
 from ..reference import approximate_onnx, weight_axes
 from .base import Outputs, WeightFedModel, plan_feeds
-from .calibration import CalibrationStats, Feed, StatsAccumulator, check_feeds
+from .calibration import CalibrationStats, Feed, StatsAccumulator, check_feeds, hessian_signature, takes_hessian
 from .keep_top import keep_top
 
 
@@ -248,7 +248,12 @@ class OnnxWeightFedModel(WeightFedModel):
 
     def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
         sites = _activation_sites(self.model)
-        matmuls = {site for name, uses in sites.items() if self._weights[name].ndim == 2 for site in uses}
+        layers = {layer.name: layer for layer in self.layers if layer.name in sites}
+        gram_layers = {}  # site → the layers reading it whose Hessian is gathered
+        for name, uses in sites.items():
+            if hessians and name in layers and takes_hessian(layers[name]):
+                for site in uses:
+                    gram_layers.setdefault(site, []).append(layers[name])
         graph_inputs = {value.name for value in self.model.graph.input}
         unique = list(dict.fromkeys(site for uses in sites.values() for site in uses))
         fetched = list(dict.fromkeys(site.tensor for site in unique if site.tensor not in graph_inputs))
@@ -258,10 +263,12 @@ class OnnxWeightFedModel(WeightFedModel):
         for feed in accumulator.over(self.calibration, progress):
             values = dict(zip(fetched, session.run(fetched, dict(feed)))) if session else {}
             for site in unique:
-                accumulator.add(site, values.get(site.tensor, feed.get(site.tensor)), site.channel_axis,
-                                gram=hessians and site in matmuls)
+                x = values.get(site.tensor, feed.get(site.tensor))
+                accumulator.add(site, x, site.channel_axis)
+                for layer in {hessian_signature(layer): layer for layer in gram_layers.get(site, ())}.values():
+                    accumulator.add_gram(site, layer, x if layer.op == "conv2d" else np.moveaxis(x, site.channel_axis, -1))
         channels = {name: self._weights[name].shape[self._axes[name]] for name in sites}
-        return accumulator.stats(sites, channels, self.relu_fed & set(sites))
+        return accumulator.stats(sites, channels, self.relu_fed & set(sites), layers)
 
 
 def calibration_from_npz(path, model: onnx.ModelProto, batch: int | None = None) -> tuple[list[dict], np.ndarray | None]:

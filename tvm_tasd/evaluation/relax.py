@@ -38,7 +38,7 @@ from ..schedules.llvm import host_target
 from ..schedules.selection import kernels_for
 from ..transform import LayerHook, rewrite_layers
 from .base import WeightFedModel
-from .calibration import CalibrationStats, Feed, StatsAccumulator, check_feeds
+from .calibration import CalibrationStats, Feed, StatsAccumulator, check_feeds, takes_hessian
 from .keep_top import keep_top
 
 
@@ -189,7 +189,8 @@ class RelaxWeightFedModel(WeightFedModel):
         layers = {layer.name: layer for layer in self.layers}
         for batch in accumulator.over(self.calibration, progress):
             for name, x in zip(self._exposed, self._call(batch, inputs, exposed=True)):
-                matmul = layers[name].op == "matmul"
-                accumulator.add(name, x, -1 if matmul else 1, gram=hessians and matmul)
+                accumulator.add(name, x, -1 if layers[name].op == "matmul" else 1)
+                if hessians and takes_hessian(layers[name]):
+                    accumulator.add_gram(name, layers[name], x)
         channels = {name: layers[name].grouped_length for name in self._exposed}
-        return accumulator.stats({name: [name] for name in self._exposed}, channels, self.relu_fed)
+        return accumulator.stats({name: [name] for name in self._exposed}, channels, self.relu_fed, layers)

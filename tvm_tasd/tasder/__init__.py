@@ -58,10 +58,6 @@ from .paths import greedy_path, uniform_path
 from .state import Search
 
 
-#: Damping of every ``obs`` option (a share of the mean Hessian diagonal; SparseGPT's default).
-OBS_DAMP = 0.01
-
-
 def search(
     model,
     hw,
@@ -79,6 +75,7 @@ def search(
     outputs: Sequence[str] | None = None,
     holdout: float = 0.25,
     validation: "tuple[Sequence[dict], Metric] | None" = None,
+    damp: float = 0.01,
 ) -> Plan:
     """Search a plan for ``model`` on ``hw``.
 
@@ -99,8 +96,11 @@ def search(
     ``methods``: how a layer's series may be taken from its weight —
     ``"magnitude"``, ``"activation"`` (|w|·s, s the input channel norms) and
     ``"obs"`` (mask and values re-fitted to the layer's input Hessian,
-    matmul layers only: the calibration pass then also gathers XᵀX, K²·8
-    bytes per layer). Per layer the frontier keeps what is not dominated.
+    matmul and ungrouped conv layers: the calibration pass then also gathers
+    XᵀX, K²·8 bytes per layer). Per layer the frontier keeps what is not dominated.
+    ``damp``: the OBS damping, a share of the mean Hessian diagonal added to
+    it (SparseGPT's 0.01 by default). More damping fits the calibration data
+    less closely, which can pay on data of another distribution.
     ``outputs``: the output names the metric scores (a Relax module's are
     ``output_0``, ``output_1``…). By default every float output that a layer
     weight influences; ``top1``/``accuracy`` need exactly one, so a model with
@@ -115,8 +115,8 @@ def search(
     written for its own batches, so ``holdout`` cannot split it: without
     ``validation`` a warning says nothing unseen was checked).
     """
-    options = SearchOptions(metric, budget, labels, max_terms, tuple(methods), strategy, sensitivity_batches, seed,
-                            progress)
+    options = SearchOptions(metric, budget, labels, max_terms, methods if isinstance(methods, str) else tuple(methods),
+                            strategy, sensitivity_batches, seed, progress, damp)
     target = load_target(hw)
     options.check(target, calibration)
     held_out_count, labels, held_out_labels, unchecked = _held_out(calibration, labels, holdout, metric, validation)
@@ -145,8 +145,8 @@ def search(
         else:
             acts = act_configs if layer.name in fed.activation_groups else ()
             frontier = layer_options(layer, target, scale, options.methods, max_terms, acts,
-                                     stats.samples.get(layer.name), stats.hessians.get(layer.name), OBS_DAMP)
-        layers.append(LayerSearch(layer, scale, frontier, damp=OBS_DAMP))
+                                     stats.samples.get(layer.name), stats.hessians.get(layer.name), damp)
+        layers.append(LayerSearch(layer, scale, frontier, damp=damp))
 
     if not layers:
         raise _nothing_to_search(fed)

@@ -4,7 +4,8 @@ Per layer, every candidate series (:func:`tvm_tasd.candidates.candidate_configs`
 × method gets its modelled cost and a proxy error, the relative output
 error on the calibration data: ``e² = tr(ΔHΔᵀ) / tr(WHWᵀ)`` with
 Δ = W − Ŵ when the layer has its input Hessian H = XᵀX (the ``obs``
-method needs it, and then every method of the layer is measured on it),
+method needs it — matmul and ungrouped conv layers — and then every method
+of the layer is measured on it),
 else ``e = ‖Δ·s‖ / ‖W·s‖`` with s the input channel norms (1 without
 data) — H's diagonal alone. A
 ReLU-fed layer on a target with TASD units also gets activation candidates
@@ -22,7 +23,7 @@ import numpy as np
 from ..candidates import candidate_configs
 from ..config import TASDConfig
 from ..cost import layer_cost
-from ..decompose import NMTerm, approximate, decompose
+from ..decompose import NMTerm, approximate, decompose, output_error
 from ..hardware import HardwareTarget
 from ..layer import Layer
 from ..policy import Choice, SearchStats
@@ -95,11 +96,10 @@ def activation_series(target: HardwareTarget, max_terms: int) -> list[TASDConfig
 def _proxy(weight: np.ndarray, approx: np.ndarray, axis: int, scale: np.ndarray | None,
            hessian: np.ndarray | None) -> float:
     """Relative output error of ``approx`` on the calibration data (see the module docstring)."""
+    if hessian is not None:
+        return output_error(weight, approx, axis, hessian)
     diff = np.moveaxis(weight.astype(np.float64) - approx, axis, -1)
     ref = np.moveaxis(weight.astype(np.float64), axis, -1)
-    if hessian is not None:
-        error, norm = ((diff @ hessian) * diff).sum(), ((ref @ hessian) * ref).sum()
-        return float(np.sqrt(max(error, 0.0) / norm)) if norm > 0 else 0.0
     if scale is not None:
         diff, ref = diff * scale, ref * scale
     norm = np.linalg.norm(ref)
@@ -143,6 +143,8 @@ def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None
         cost = layer_cost(target, layer, config)
         for method in methods if not config.is_dense else ("magnitude",):
             terms = None
+            if method == "obs" and layer.op == "conv2d" and layer.grouped_length % config.period:
+                continue  # a conv's OBS sweep needs its input channels in whole groups
             if method == "obs":
                 terms = tuple(decompose(layer.weight, config, axis=layer.axis, name=layer.name, hessian=hessian,
                                         damp=damp))

@@ -30,6 +30,7 @@ class SearchOptions:
     sensitivity_batches: int = 4
     seed: int = 0
     progress: bool = True
+    damp: float = 0.01
 
     def check(self, target: HardwareTarget, calibration: Sequence[dict]) -> None:
         """Every mistake the user can make, caught before any expensive work."""
@@ -50,6 +51,8 @@ class SearchOptions:
             raise ValueError(f"methods is a non-empty list drawn from {list(METHODS)}, got {self.methods!r}")
         if unknown := [m for m in self.methods if m not in METHODS]:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 <= self.damp < 1:
+            raise ValueError(f"damp is the OBS damping, a share of the mean Hessian diagonal in [0, 1); got {self.damp!r}")
         if not calibration:
             raise ValueError("calibration set is empty: give a list of input feeds (one dict per batch)")
         if self.metric == "accuracy" and self.labels is None:
