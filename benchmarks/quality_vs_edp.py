@@ -203,7 +203,7 @@ def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> flo
     return total(chosen) / total(lambda layer: TASDConfig.dense())
 
 
-def _uniform(layers, config, norms=None, hessians=None):
+def _uniform(layers, config, norms=None, hessians=None, damp=0.01):
     """Weights for a uniform config: magnitude; Wanda-style with channel norms; with ``hessians``, OBS
     reconstruction (SparseGPT) where a layer has one and its channels come in whole groups, Wanda-style
     elsewhere."""
@@ -214,14 +214,14 @@ def _uniform(layers, config, norms=None, hessians=None):
         if hessians is not None and layer.name in hessians and (
                 layer.op == "matmul" or layer.grouped_length % config.period == 0):
             weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, name=layer.name,
-                                              hessian=hessians[layer.name])
+                                              hessian=hessians[layer.name], damp=damp)
             continue
         score = norms[layer.name] if norms is not None else "magnitude"
         weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, score=score, name=layer.name)
     return weights
 
 
-def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, log) -> list[dict]:
+def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, log, damp: float = 0.01) -> list[dict]:
     shapes = {k: list(v.shape) for k, v in task.calibration[0].items()}
     layers = [layer for layer in find_layers(from_onnx(task.model, shapes).mod)]
     test_model = OnnxWeightFedModel(task.model, task.test)
@@ -244,15 +244,15 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
             edp = _model_edp(target, layers, {l.name: config for l in layers})
             record(target_name, "magnitude N:M", str(config), _uniform(layers, config), edp)
             record(target_name, "Wanda N:M", str(config), _uniform(layers, config, norms), edp)
-            record(target_name, "SparseGPT N:M", str(config), _uniform(layers, config, norms, hessians), edp)
+            record(target_name, "SparseGPT N:M", str(config), _uniform(layers, config, norms, hessians, damp), edp)
         for config in series:
             edp = _model_edp(target, layers, {l.name: config for l in layers})
             record(target_name, "magnitude TASD", str(config), _uniform(layers, config), edp)
             record(target_name, "activation-aware TASD", str(config), _uniform(layers, config, norms), edp)
-            record(target_name, "OBS TASD", str(config), _uniform(layers, config, norms, hessians), edp)
+            record(target_name, "OBS TASD", str(config), _uniform(layers, config, norms, hessians, damp), edp)
         for budget in budgets:
             start = time.perf_counter()
-            plan = task.search(target, budget)
+            plan = task.search(target, budget, damp=damp)
             seconds = time.perf_counter() - start
             by_name = plan.by_name()
             weights = {
@@ -281,7 +281,8 @@ def to_markdown(data: dict) -> str:
         lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",
                   "|---|---|---:|---:|"]
         for r in (r for r in data["rows"] if r["model"] == model and r["target"] == target):
-            lines.append(f"| {r['method']} | {r['config']} | {r['edp_vs_dense']:.3f} | {r['relative_quality']:.4f} |")
+            config = r["config"] + (f" (held out: {r['held_out_relative']:.4f})" if "held_out_relative" in r else "")
+            lines.append(f"| {r['method']} | {config} | {r['edp_vs_dense']:.3f} | {r['relative_quality']:.4f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -312,12 +313,14 @@ def main(argv=None) -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.98, 0.99, 0.995])
     parser.add_argument("--quick", action="store_true", help="smaller data sets")
     parser.add_argument("--name", default="quality_vs_edp", help="results file name")
+    parser.add_argument("--damp", type=float, default=0.01, help="OBS damping (SparseGPT's default 0.01)")
     args = parser.parse_args(argv)
     rows = []
     for model in args.models:
         task = load_task(model, args.quick)
-        rows += run_task(task, args.targets, args.budgets, None if args.quick else RESULTS / "plans", print)
-    data = {"meta": stamp("quality vs modelled EDP (quality measured, EDP modelled)", quick=args.quick), "rows": rows}
+        rows += run_task(task, args.targets, args.budgets, None if args.quick else RESULTS / "plans", print, args.damp)
+    data = {"meta": stamp("quality vs modelled EDP (quality measured, EDP modelled)", quick=args.quick,
+                          damp=args.damp), "rows": rows}
     write(args.name, data, to_markdown(data))
     print("plots:", ", ".join(write_plots(rows, args.name)))
 
