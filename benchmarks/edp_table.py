@@ -39,7 +39,8 @@ def cell(job: dict) -> dict:
     """One table cell: search, then measure the plan on unseen data."""
     task = load_task(job["model"], job["quick"])
     model = task.model if not job["sparsity"] else prune_onnx(task.model, job["sparsity"])
-    original = task.calibration_metric(OnnxWeightFedModel(model, task.calibration).run())
+    original = min(task.calibration_metric(OnnxWeightFedModel(model, task.calibration).run()),
+                   task.validation_metric(OnnxWeightFedModel(model, task.validation).run()))
     if original <= 0:  # e.g. CREPE pruned to 90 %: nothing left to keep 99 % of
         return {**job, "skipped": f"the {job['sparsity']:.0%}-sparse original scores {original:.3g}"}
     plan = task.search(job["target"], job["budget"], model=model)

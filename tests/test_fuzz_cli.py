@@ -200,7 +200,7 @@ PLANS = {
     "unknown_hardware": {"hardware": "tpu9", "layers": [GOOD_LAYER]},
     "other_numbers": {"hardware": "vegeta-m8", "hardware_digest": "0" * 16, "layers": [GOOD_LAYER]},
     "budget_text": {"budget": "high", "layers": [GOOD_LAYER]},
-    "version_2": {"version": 2, "layers": [GOOD_LAYER]},
+    "version_3": {"version": 3, "layers": [GOOD_LAYER]},
     "name_not_text": {"layers": [{"name": 3, "weight": "2:4"}]},
 }
 

@@ -80,6 +80,14 @@ def test_json_round_trips_and_recosts_on_another_target(cnn):
         Report.from_json({"layers": []})
 
 
+def test_a_version_1_report_still_reads(cnn):
+    saved = json.loads(json.dumps(cnn[1].to_json()))
+    old = {**saved, "report_version": 1,
+           "layers": [{**{k: v for k, v in row.items() if k != "method"}, "score": row["method"]}
+                      for row in saved["layers"]]}
+    assert Report.from_json(old).data == saved
+
+
 def test_text_fits_100_columns_even_with_long_names(cnn):
     _, report = cnn
     data = copy.deepcopy(report.to_json())

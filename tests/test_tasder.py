@@ -274,6 +274,14 @@ def test_an_obs_plan_needs_its_own_weights_file(mlp_plan, tmp_path):
     mlp_plan.save(tmp_path / "plan.json")
     sidecar = weights_path(tmp_path / "plan.json")
     assert sidecar.name == "plan.weights.npz"
+    data = json.loads((tmp_path / "plan.json").read_text())
+    obs = next(entry for entry in data["layers"] if entry["method"] == "obs")
+    for damage in ({"axis": 7}, {"shape": [obs["shape"][0] + 1, *obs["shape"][1:]]}):  # the JSON edited by hand
+        (tmp_path / "edited.json").write_text(json.dumps(
+            {**data, "layers": [{**e, **damage} if e is obs else e for e in data["layers"]]}))
+        (tmp_path / "edited.weights.npz").write_bytes(sidecar.read_bytes())
+        with pytest.raises(ValueError, match="unusable"):
+            Plan.load(tmp_path / "edited.json")
     arrays = dict(np.load(sidecar))
     key = next(k for k in arrays if k.endswith(".values"))
     arrays[key] = arrays[key] * 2
@@ -315,3 +323,9 @@ def test_holdout_and_validation_are_checked(calibration):
         plan = tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds, metric=lambda outputs: 1.0,
                              progress=False)
     assert plan.info["quality"]["held_out"] is None
+
+
+def test_a_version_1_plan_still_loads():
+    old = {"version": 1, "layers": [{"name": "fc1.weight", "weight": "2:8", "score": "activation", "s": [1.0] * 64}]}
+    (choice,) = Plan.from_json(old).layers
+    assert choice.method == "activation" and choice.s.shape == (64,)

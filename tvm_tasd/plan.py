@@ -5,12 +5,13 @@ a list of :class:`~tvm_tasd.policy.Choice` values, one per layer, plus what
 the search knows about them (budget, quality, EDP).
 Layers are named by their *source* weight (ONNX initializer or PyTorch
 parameter name), so the same file can drive another toolchain. Schema
-(``version`` 1)::
+(``version`` 2)::
 
-    {"version": 1, "hardware": "vegeta-m8", "budget": 0.99,
+    {"version": 2, "hardware": "vegeta-m8", "budget": 0.99,
      "quality": {...}, "edp_vs_dense": 0.42, "seed": 0, "inputs": {...},
+     "weights": {"file": "plan.weights.npz", "sha256": "..."},
      "layers": [{"name": "fc1.weight", "weight": "2:8+1:8",
-                 "activation": null, "score": "magnitude", "s": null, ...}]}
+                 "activation": null, "method": "magnitude", "s": null, ...}]}
 
 ``method`` is ``"magnitude"``, ``"activation"`` or ``"obs"``
 (:data:`~tvm_tasd.policy.METHODS`); for ``activation`` the per-channel
@@ -45,7 +46,7 @@ from .hardware import HardwareTarget, load_target
 from .io import load_npz, parse_json, save_npz, write_text
 from .policy import Choice, TASDWarning
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: per-layer ``method`` (obs terms beside the plan); 1 named it ``score``, still read
 
 
 @dataclass
@@ -93,8 +94,9 @@ class Plan:
         """The plan of :meth:`to_json`'s form; ``terms`` are the ``obs`` layers' (what :meth:`load` reads)."""
         if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
             raise ValueError("not a TASD plan: a JSON object with a 'layers' list is expected")
-        if data.get("version", PLAN_VERSION) != PLAN_VERSION:
-            raise ValueError(f"plan version {data.get('version')} is not supported (this tvm_tasd reads {PLAN_VERSION})")
+        if data.get("version", PLAN_VERSION) not in (1, PLAN_VERSION):
+            raise ValueError(f"plan version {data.get('version')} is not supported (this tvm_tasd reads 1 and "
+                             f"{PLAN_VERSION})")
         if not data["layers"]:
             raise ValueError("the plan's 'layers' list is empty: it chooses nothing")
         if not isinstance(data.get("hardware"), (str, type(None))):
@@ -181,17 +183,21 @@ def _load_terms(plan_path: Path, data: dict) -> dict[str, list[NMTerm]]:
         raise ValueError(f"{file} is not the weights file plan {plan_path} was saved with (its content digest "
                          "differs): a file from another search?")
     terms = {}
-    for entry in data.get("layers", []):
+    layers = data["layers"] if isinstance(data.get("layers"), list) else []  # from_json says what is wrong
+    for entry in layers:
         if not isinstance(entry, dict) or entry.get("method") != "obs":
             continue
         try:
             config = TASDConfig.parse(entry.get("weight"))
-            shape, axis = tuple(entry["shape"]), int(entry["axis"])
+            shape, axis = tuple(int(d) for d in entry["shape"]), int(entry["axis"])
+            if not 0 <= axis < len(shape):
+                raise ValueError(f"axis {axis} of a {len(shape)}-d weight")
             terms[entry["name"]] = [
                 NMTerm(pattern, axis, shape, arrays[f"{entry['name']}/term{i}.values"],
                        arrays[f"{entry['name']}/term{i}.indices"]) for i, pattern in enumerate(config.terms)]
-            for term in terms[entry["name"]]:
-                term.dense()  # checks the compressed form against the pattern and the shape
+            for term in terms[entry["name"]]:  # the compressed form against the pattern and the recorded shape
+                if term.dense().shape != shape:
+                    raise ValueError(f"a term of shape {term.dense().shape}, the plan says {shape}")
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"plan file {plan_path}: the weights of layer {entry.get('name')!r} in {file.name} are "
                              f"unusable ({err})") from None

@@ -196,8 +196,12 @@ class Report:
     @classmethod
     def from_json(cls, data: dict, hw=None) -> Report:
         """A saved report; with ``hw`` other than its own, re-costed on that target (choices kept)."""
+        if isinstance(data, dict) and data.get("report_version") == 1 and isinstance(data.get("layers"), list):
+            data = {**data, "report_version": REPORT_VERSION,  # version 1 named the method "score"
+                    "layers": [{**{k: v for k, v in row.items() if k != "score"}, "method": row.get("score")}
+                               if isinstance(row, dict) else row for row in data["layers"]]}
         if not isinstance(data, dict) or data.get("report_version") != REPORT_VERSION:
-            raise ValueError(f"not a tvm_tasd report (report_version {REPORT_VERSION} expected)")
+            raise ValueError(f"not a tvm_tasd report (report_version {REPORT_VERSION} or 1 expected)")
         _check_saved(data)
         if hw is None:
             return cls(data)
@@ -252,7 +256,7 @@ class Report:
             ratio = row["ratio"]
             rows.append([
                 row["name"][len(prefix):], row["op"], f"{row['m']}×{row['k']}×{row['n']}",
-                row["weight"] + ("" if row["method"] == "magnitude" else f" ({_SHORT_METHOD[row['method']]})"),
+                row["weight"] + ("" if row["method"] == "magnitude" else f" ({_SHORT_METHOD.get(row['method'], row['method'])})"),
                 row["activation"] or "—", f"{row['weight_error']:.1%}",
                 f"{ratio['cycles']:.2f}×", f"{ratio['energy']:.2f}×", f"{ratio['edp']:.2f}×",
             ])

@@ -222,7 +222,7 @@ class _Rewriter(relax.PyExprMutator):
             return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0
         weight = layer.weight_kn
         terms = choice.decomposed(layer.weight, layer.axis)
-        if weight is not layer.weight:  # a (N, K) matmul weight: the kernels take (K, N)
+        if layer.op == "matmul" and layer.axis == 1:  # a (N, K) weight: the kernels take (K, N)
             terms = [term.transposed() for term in terms]
         patterns = [t.pattern for t in terms]
         if layer.op == "matmul":

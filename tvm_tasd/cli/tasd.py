@@ -132,12 +132,19 @@ def cmd_apply(args) -> None:
         if chosen and not chosen & set(layers):
             raise ValueError(f"the plan rewrites none of the layers of {args.model} (e.g. {min(chosen)!r}): "
                              "is it a plan for another model?")
-        onnx.save(approximate_onnx(model, plan=plan), tmp)
-    print(f"{args.output}: {len(chosen & set(layers))} of {len(layers)} layer weights replaced by their TASD "
-          "approximation; the graph is unchanged, so any ONNX runtime can evaluate the plan")
+        approximated = approximate_onnx(model, plan=plan)
+        onnx.save(approximated, tmp)
+    before = {init.name: init.SerializeToString() for init in model.graph.initializer if init.name in layers}
+    replaced = [init.name for init in approximated.graph.initializer
+                if init.name in before and init.SerializeToString() != before[init.name]]
+    print(f"{args.output}: {len(replaced)} of {len(layers)} layer weights replaced by their TASD approximation "
+          "(same graph: any ONNX runtime runs the plan's weights)")
     if missing := sorted(chosen - set(layers)):
         print(f"warning: the plan rewrites layers this model does not have: {', '.join(missing[:5])}"
               f"{'…' if len(missing) > 5 else ''}", file=sys.stderr)
+    if acting := [c.name for c in plan.layers if c.activation is not None]:
+        print(f"warning: the plan's run-time activation series ({len(acting)} layers) are not in the written model "
+              "(an ONNX graph holds weights); tvm_tasd.evaluation.onnx.run_plan emulates them", file=sys.stderr)
 
 
 def cmd_report(args) -> None:

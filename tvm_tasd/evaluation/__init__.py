@@ -37,7 +37,7 @@ def open_model(model, calibration: Iterable[Feed], *, params: Mapping[str, np.nd
 def calibrate(model, calibration: Iterable[Feed], *, params: Mapping[str, np.ndarray] | None = None,
               progress: bool = True, hessians: bool = False) -> CalibrationStats:
     """Channel norms, nonzero density and ReLU feeding of every layer input, in one pass (any model);
-    ``hessians`` adds every matmul layer's H = XᵀX."""
+    ``hessians`` adds H = XᵀX of the matmul and ungrouped conv layers (``calibration.takes_hessian``)."""
     return open_model(model, calibration, params=params).calibrate(progress, hessians)
 
 

@@ -84,7 +84,8 @@ class WeightFedModel(ABC):
     @abstractmethod
     def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
         """Statistics of every layer input, original weights, one pass over the calibration batches;
-        ``hessians`` adds H = XᵀX of every matmul layer's input (for OBS reconstruction)."""
+        ``hessians`` adds H = XᵀX of every layer input :func:`~tvm_tasd.evaluation.calibration.takes_hessian`
+        accepts (for OBS reconstruction)."""
 
     @property
     @abstractmethod

@@ -70,6 +70,8 @@ class CalibrationStats:
 
 #: Longest Hessian side gathered (K² · 8 bytes: 134 MB at 4096); longer layers get no ``obs`` option.
 MAX_HESSIAN_K = 4096
+#: Input rows (im2col patches for a conv) turned into float64 at once while a Gram accumulates.
+_GRAM_ROWS = 8192
 
 
 def takes_hessian(layer) -> bool:
@@ -126,10 +128,15 @@ class StatsAccumulator:
         self.sizes[key] = self.sizes.get(key, 0) + x.size
 
     def add_gram(self, key, layer, x: np.ndarray) -> None:
-        """One batch of XᵀX for ``layer`` on its input ``x``, pooled under ``(key, its signature)``."""
-        rows = hessian_rows(layer, np.asarray(x)).astype(np.float64)
+        """One batch of XᵀX for ``layer`` on its input ``x``, pooled under ``(key, its signature)``;
+        a few samples at a time, so a conv's im2col patches never all exist at once."""
+        x = np.asarray(x)
+        per_sample = max(1, hessian_rows(layer, x[:1]).shape[0])
+        step = max(1, _GRAM_ROWS // per_sample)
         key = (key, hessian_signature(layer))
-        self.grams[key] = self.grams.get(key, 0.0) + rows.T @ rows
+        for start in range(0, x.shape[0], step):
+            rows = hessian_rows(layer, x[start : start + step]).astype(np.float64)
+            self.grams[key] = self.grams.get(key, 0.0) + rows.T @ rows
 
     def over(self, feeds: list, progress: bool):
         """The calibration batches, counted, with a progress bar when there are enough to wait for."""

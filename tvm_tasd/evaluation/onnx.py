@@ -266,6 +266,8 @@ class OnnxWeightFedModel(WeightFedModel):
                 x = values.get(site.tensor, feed.get(site.tensor))
                 accumulator.add(site, x, site.channel_axis)
                 for layer in {hessian_signature(layer): layer for layer in gram_layers.get(site, ())}.values():
+                    if layer.op == "conv2d" and tuple(np.shape(x)[1:]) != tuple(layer.activation_shape[1:]):
+                        continue  # auto_pad: the import pads before the conv, so this input is not its own
                     accumulator.add_gram(site, layer, x if layer.op == "conv2d" else np.moveaxis(x, site.channel_axis, -1))
         channels = {name: self._weights[name].shape[self._axes[name]] for name in sites}
         return accumulator.stats(sites, channels, self.relu_fed & set(sites), layers)

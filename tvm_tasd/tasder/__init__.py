@@ -96,8 +96,9 @@ def search(
     ``methods``: how a layer's series may be taken from its weight —
     ``"magnitude"``, ``"activation"`` (|w|·s, s the input channel norms) and
     ``"obs"`` (mask and values re-fitted to the layer's input Hessian,
-    matmul and ungrouped conv layers: the calibration pass then also gathers
-    XᵀX, K²·8 bytes per layer). Per layer the frontier keeps what is not dominated.
+    matmul layers and ungrouped convs whose input channels come in whole
+    groups, K ≤ 4096 (kh·kw·C for a conv): the calibration pass then also
+    gathers XᵀX, K²·8 bytes per layer). Per layer the frontier keeps what is not dominated.
     ``damp``: the OBS damping, a share of the mean Hessian diagonal added to
     it (SparseGPT's 0.01 by default). More damping fits the calibration data
     less closely, which can pay on data of another distribution.
@@ -161,7 +162,11 @@ def search(
         return state.plan(state.cheapest_passing(), target, metric_name, calibration, lengths, None)
     held_out_reference = [[batch[i] for i in scored] for batch in fed.run(feeds=held_out)]
     held_out_metric = validation[1] if validation else resolve_metric(metric, held_out_labels, held_out_reference)[0]
-    chosen, check = state.validated(held_out, held_out_metric, score(held_out_metric, held_out_reference))
+    held_out_quality = score(held_out_metric, held_out_reference)
+    if held_out_quality <= 0:
+        raise ValueError(f"the original model scores {held_out_quality} on the held-out data; a positive quality is "
+                         "needed to keep a share of it")
+    chosen, check = state.validated(held_out, held_out_metric, held_out_quality)
     return state.plan(chosen, target, metric_name, calibration, lengths, check)
 
 
