@@ -210,6 +210,8 @@ BAD_INPUT = {
     "demo budget": (["tasd", "demo", "--budget", "2", "--out-dir", "demo_out"], "--budget"),
     "unknown model output": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--model-output", "scores"],
                              "no output 'scores'"),
+    "plan weights over the calibration": (["tasd", "search", MLP, "--calibration", "calib.weights.npz", "-o",
+                                           "calib.json"], "would be overwritten"),
     "apply a plan of another model": (["tasd", "apply", "other_plan.json", MLP, "-o", "applied.onnx"],
                                       "none of the layers"),
     "holdout of everything": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--holdout", "1"], "holdout"),
@@ -222,6 +224,7 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(case, tmp_path):
     (tmp_path / "other_plan.json").write_text(json.dumps({"layers": [{"name": "encoder.fc.weight", "weight": "2:4"}]}))
     np.savez(tmp_path / "nolabels.npz", input=load_data().train_x[:16])
     (tmp_path / "mlp.onnx").write_bytes(MLP.read_bytes())
+    np.savez(tmp_path / "calib.weights.npz", input=load_data().train_x[:16])
     np.savez(tmp_path / "narrow.npz", input=load_data().train_x[:16, :32])
     (tmp_path / "empty_plan.json").write_text(json.dumps({"layers": []}))
     (tmp_path / "twice_plan.json").write_text(json.dumps({"layers": [{"name": "fc1.weight", "weight": "2:4"}] * 2}))

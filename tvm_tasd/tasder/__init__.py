@@ -50,7 +50,7 @@ from ..evaluation.onnx import calibration_from_npz
 from ..frontend import load_onnx
 from ..hardware import load_target
 from ..io import atomic_output, check_not_inputs
-from ..plan import Plan
+from ..plan import Plan, weights_path
 from ..policy import METHODS, TASDWarning
 from .frontier import LayerSearch, activation_series, layer_options
 from .options import STRATEGIES, SearchOptions
@@ -212,7 +212,7 @@ def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99,
     The plan also records the model's path and the input shapes searched at
     (``info["model"]``), so a report of the plan finds the model again.
     """
-    check_not_inputs([output], [model, calibration])
+    check_not_inputs([output, weights_path(output)], [model, calibration])  # the plan may write both
     target = load_target(hw)
     proto = load_onnx(model)
     feeds, labels = calibration_from_npz(calibration, proto, batch)
