@@ -131,14 +131,18 @@ class Choice:
         """The compressed terms this choice runs for ``weight`` (reduction axis ``axis``)."""
         if self.method != "obs":
             return decompose(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
-        if self.terms is None:
-            raise ValueError(f"layer {self.name!r}: its OBS-reconstructed terms are not loaded (they are kept beside "
-                             "the plan, in the .weights.npz that Plan.save writes; load the plan with Plan.load)")
+        self.check_applicable()
         if self.terms and (self.terms[0].shape != weight.shape or self.terms[0].axis != axis):
             raise ValueError(f"layer {self.name!r}: the plan's terms are for a weight of shape {self.terms[0].shape} "
                              f"(axis {self.terms[0].axis}), the model's is {weight.shape} (axis {axis}): a plan for "
                              "another model?")
         return list(self.terms)
+
+    def check_applicable(self) -> None:
+        """Raise unless the choice carries what applying it needs (an ``obs`` series its terms)."""
+        if self.method == "obs" and not self.weight.is_dense and self.terms is None:
+            raise ValueError(f"layer {self.name!r}: its OBS-reconstructed terms are not loaded (they are kept beside "
+                             "the plan, in the .weights.npz that Plan.save writes; load the plan with Plan.load)")
 
     def approximated(self, weight: np.ndarray, axis: int) -> np.ndarray:
         """``weight`` as this choice runs it: the sum of its terms."""
@@ -208,6 +212,8 @@ class Policy:
         self.config = None if config is None else TASDConfig.parse(config)
         self.plan = plan
         self.entries = {} if plan is None else plan.by_name()
+        for entry in self.entries.values():  # before any rewriting starts
+            entry.check_applicable()
         self.activation = None if activation is None else TASDConfig.parse(activation)
         self.error_threshold = error_threshold
 
