@@ -211,8 +211,7 @@ def _uniform(layers, config, norms=None, hessians=None, damp=0.01):
     for layer in layers:
         if config.is_dense or not layer.fits(config):
             continue
-        if hessians is not None and layer.name in hessians and (
-                layer.op == "matmul" or layer.grouped_length % config.period == 0):
+        if hessians is not None and layer.name in hessians and layer.reconstructs(config):
             weights[layer.name] = approximate(layer.weight, config, axis=layer.axis, name=layer.name,
                                               hessian=hessians[layer.name], damp=damp)
             continue

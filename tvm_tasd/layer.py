@@ -40,6 +40,11 @@ class Layer:
         """Whether ``config`` can run on this layer's weight (eligible, and its M fits the grouped axis)."""
         return config.is_dense or (not self.ineligible and config.fits(self.grouped_length))
 
+    def reconstructs(self, config: TASDConfig) -> bool:
+        """Whether OBS can re-fit ``config`` here given a Hessian: a conv's sweep needs its input
+        channels in whole groups of the series' period (docs/semantics.md §3)."""
+        return self.op == "matmul" or self.grouped_length % config.period == 0
+
     def takes_activation_groups(self, m: int) -> bool:
         """Whether an activation series with groups of ``m`` can run on this layer's input:
         emulated for eligible matmuls, along K (``relu_fed`` says whether it pays)."""

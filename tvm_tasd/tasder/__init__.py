@@ -53,7 +53,7 @@ from ..io import atomic_output, check_not_inputs
 from ..plan import Plan, weights_path
 from ..policy import METHODS, TASDWarning
 from .frontier import LayerSearch, activation_series, layer_options
-from .options import STRATEGIES, SearchOptions
+from .options import STRATEGIES, SearchOptions, sample_count
 from .paths import greedy_path, uniform_path
 from .state import Search
 
@@ -159,8 +159,8 @@ def search(
     state.verified(paths["refine"])
     lengths = {name: len(path) for name, path in paths.items()}
     if not held_out:
-        return state.plan(state.cheapest_passing(), target, metric_name, calibration, lengths, None)
-    held_out_reference = [[batch[i] for i in scored] for batch in fed.run(feeds=held_out)]
+        return state.plan(state.passing()[0], target, metric_name, calibration, lengths, None)
+    held_out_reference = state.run(feeds=held_out)
     held_out_metric = validation[1] if validation else resolve_metric(metric, held_out_labels, held_out_reference)[0]
     held_out_quality = score(held_out_metric, held_out_reference)
     if held_out_quality <= 0:
@@ -194,7 +194,7 @@ def _held_out(calibration: list, labels, holdout: float, metric, validation):
     if labels is None:
         return count, None, None, None
     labels = np.asarray(labels).reshape(-1)
-    cut = sum(len(next(iter(feed.values()))) for feed in calibration[:-count])
+    cut = sample_count(calibration[:-count])
     return count, labels[:cut], labels[cut:], None
 
 

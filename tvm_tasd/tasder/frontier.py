@@ -143,8 +143,8 @@ def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None
         cost = layer_cost(target, layer, config)
         for method in methods if not config.is_dense else ("magnitude",):
             terms = None
-            if method == "obs" and layer.op == "conv2d" and layer.grouped_length % config.period:
-                continue  # a conv's OBS sweep needs its input channels in whole groups
+            if method == "obs" and not layer.reconstructs(config):
+                continue
             if method == "obs":
                 terms = tuple(decompose(layer.weight, config, axis=layer.axis, name=layer.name, hessian=hessian,
                                         damp=damp))

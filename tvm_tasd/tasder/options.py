@@ -17,6 +17,11 @@ from ..policy import METHODS
 STRATEGIES = ("surrogate", "bisect", "walk")
 
 
+def sample_count(calibration: Sequence[dict]) -> int:
+    """Samples in a list of feeds (the first axis of each batch's inputs)."""
+    return sum(len(next(iter(feed.values()))) for feed in calibration)
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """The knobs of :func:`tvm_tasd.tasder.search` (its docstring says what each does)."""
@@ -58,7 +63,7 @@ class SearchOptions:
         if self.metric == "accuracy" and self.labels is None:
             raise ValueError("metric 'accuracy' needs labels=: one label per calibration sample")
         if self.metric == "accuracy":
-            samples = sum(len(next(iter(feed.values()))) for feed in calibration)
+            samples = sample_count(calibration)
             if len(np.asarray(self.labels).reshape(-1)) != samples:
                 raise ValueError(f"{len(np.asarray(self.labels).reshape(-1))} labels for {samples} calibration samples")
         if not useful_terms(target):

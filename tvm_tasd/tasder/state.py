@@ -162,10 +162,11 @@ class Search:
             good = index
         return good
 
-    def cheapest_passing(self) -> State:
-        """The lowest-EDP state measured to keep the budget (paths cross: any may beat the last winner)."""
-        passing = (s for s, q in self.measured.items() if q >= self.options.budget)
-        return min(passing, key=lambda s: (self.edp_ratio(s), -self.measured[s]))
+    def passing(self) -> list[State]:
+        """Every state measured to keep the budget, lowest EDP first (paths cross: any may beat the last
+        winner)."""
+        return sorted((s for s, q in self.measured.items() if q >= self.options.budget),
+                      key=lambda s: (self.edp_ratio(s), -self.measured[s]))
 
     def validated(self, feeds: list, metric: Metric, dense_quality: float) -> tuple[State, dict]:
         """The cheapest state that keeps the budget on the search batches *and* on held-out ``feeds``
@@ -175,9 +176,7 @@ class Search:
         held-out check measured.
         """
         budget = self.options.budget
-        passing = sorted((s for s, q in self.measured.items() if q >= budget),
-                         key=lambda s: (self.edp_ratio(s), -self.measured[s]))
-        for rejected, state in enumerate(passing):
+        for rejected, state in enumerate(self.passing()):
             weights, keeps = self._inputs(state)
             relative = score(metric, self.run(weights, keeps=keeps, feeds=feeds)) / dense_quality
             if relative >= budget or state == self.dense_state:
