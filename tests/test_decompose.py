@@ -275,6 +275,44 @@ def test_reconstruction_compensates_real_structure_and_is_deterministic():
     np.testing.assert_allclose(linear.T, rebuilt, rtol=1e-6, atol=1e-6)
 
 
+def test_reconstructed_values_are_the_least_squares_fit_of_their_mask():
+    """Independent of how the sweep chose the mask: on it, each output's kept values solve
+    min ‖X(w − ŵ)‖ (numpy lstsq on the kept input columns)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 24)) @ (np.eye(24) + 0.4 * rng.standard_normal((24, 24)))  # correlated inputs
+    w = rng.standard_normal((24, 5))
+    for config in ("2:4", "2:8+1:8", "2:4+1:8"):
+        rebuilt = approximate(w, config, axis=0, hessian=x.T @ x, damp=0.0)
+        for column in range(w.shape[1]):
+            kept = rebuilt[:, column] != 0
+            best, *_ = np.linalg.lstsq(x[:, kept], x @ w[:, column], rcond=None)
+            np.testing.assert_allclose(rebuilt[kept, column], best, rtol=1e-6, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), k=st.sampled_from([8, 16, 24, 40]), n=st.integers(1, 6),
+       rows=st.integers(1, 60), dead=st.booleans(), config=st.sampled_from(SERIES))
+def test_mask_refinement_keeps_the_patterns_and_never_raises_the_error_above_the_plain_series(seed, k, n, rows, dead,
+                                                                                            config):
+    w, x = _layer(seed, k, n, rows, dead)
+    terms = decompose(w, config, axis=0, hessian=x.T @ x, refine=True)
+    for term in terms:
+        assert np.count_nonzero(term.dense().reshape(k // term.m, term.m, n), axis=1).max() <= term.n
+    error = lambda approx: np.linalg.norm(x @ (w.astype(np.float64) - approx))  # noqa: E731
+    assert error(sum(t.dense() for t in terms)) <= error(approximate(w, config, axis=0)) * (1 + 1e-9) + 1e-9
+    np.testing.assert_array_equal(approximate(w, config, axis=0, hessian=np.eye(k), refine=True),
+                                  approximate(w, config, axis=0))
+
+
+def test_mask_refinement_lowers_the_error_of_a_real_layer():
+    w, x = _layer(0, 128, 32, 1024, True)
+    x = x @ (np.eye(128) + 0.3 * np.random.default_rng(1).standard_normal((128, 128)))  # correlated inputs
+    error = lambda approx: np.linalg.norm(x @ (w - approx)) / np.linalg.norm(x @ w)  # noqa: E731
+    for config in ("4:8", "2:4+1:8"):
+        swept = approximate(w, config, axis=0, hessian=x.T @ x)
+        assert error(approximate(w, config, axis=0, hessian=x.T @ x, refine=True)) < 0.999 * error(swept)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -254,7 +254,8 @@ def _checked_hessian(hessian, k: int, name: str | None) -> np.ndarray:
     return (h + h.T) / 2
 
 
-def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, name: str | None) -> list[NMTerm]:
+def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, name: str | None,
+                   refine: bool = False) -> list[NMTerm]:
     """The series' mask and values that minimise ‖(W − Ŵ)X‖ given H = XᵀX: an OBS column sweep.
 
     Columns are the reduction axis (a conv's is its patch, ordered (kh, kw, C)
@@ -262,10 +263,12 @@ def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, nam
     columns the mask of that block is chosen by the greedy series on the OBS
     scores w²/[H⁻¹]²ᵢᵢ of the weights as updated so far; each column is then
     pruned to its mask and the error it leaves is pushed onto the columns not
-    yet visited (Frantar & Alistarh, SparseGPT, 2023), in float64. Input
-    channels that never fire (zero diagonal) get zero weights. A row whose
-    result would have a larger error on H than the plain series keeps the
-    plain series.
+    yet visited (Frantar & Alistarh, SparseGPT, 2023), in float64. The kept
+    values are then re-fitted together to the final mask (:func:`_refit`);
+    ``refine`` adds passes of swaps inside groups (:func:`_swap`), each
+    re-fitted. Input channels that never fire (zero diagonal) get zero
+    weights. A row whose result would have a larger error on H than the
+    plain series' mask re-fitted the same way keeps the latter.
     """
     lcm = int(np.lcm.reduce([p.m for p in patterns]))
     rows = _as_rows(w, axis, lcm).astype(np.float64)
@@ -281,19 +284,49 @@ def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, nam
     dead = np.diag(full) == 0
     full[dead, dead] = 1.0
     weights[:, dead] = 0.0
+    target = weights.copy()
     full[np.diag_indices(width)] += damp * np.mean(np.diag(full))
     try:
         upper = np.linalg.cholesky(np.linalg.inv(full)).T  # the Cholesky factor of H⁻¹ that OBS sweeps with
     except np.linalg.LinAlgError:
         raise ValueError(f"hessian{f' of layer {name!r}' if name else ''} is not positive definite even after "
                          f"damping (damp={damp}); raise damp, or check it is XᵀX of the layer's inputs") from None
+    owner = _sweep(weights, upper, patterns, lcm)
+    reconstructed = _fitted(target, weights, owner, patterns, full, refine)
+    plain = [np.zeros_like(weights) for _ in patterns]
+    for term, rows_of_term in zip(_series(w, patterns, axis, None)[0], plain):
+        rows_of_term[:, :k] = _as_rows(term.dense(), axis, lcm)
+    # Rows are independent problems: where the sweep's greedy masks lose to the plain series (it happens with
+    # few calibration rows), a row takes the plain series' mask re-fitted the same way instead, so the layer
+    # never does worse than without H.
+    plain_wins = np.flatnonzero(_row_errors(rows, plain, h, k) < _row_errors(rows, reconstructed, h, k))
+    if plain_wins.size:
+        owner = np.full((plain_wins.size, width), -1, np.int8)
+        for index, rows_of_term in enumerate(plain):
+            owner[rows_of_term[plain_wins] != 0] = index
+        refitted = _fitted(target[plain_wins], sum(plain)[plain_wins], owner, patterns, full, refine)
+        for mine, theirs in zip(reconstructed, refitted):
+            mine[plain_wins] = theirs
+    terms = []
+    for pattern, rows_of_term in zip(patterns, reconstructed):
+        dense = _from_rows(rows_of_term[:, :k], w.shape, axis).astype(w.dtype)
+        values, indices = compress(dense, pattern, axis)
+        terms.append(NMTerm(pattern, axis, w.shape, values, indices))
+    return terms
+
+
+def _sweep(weights: np.ndarray, upper: np.ndarray, patterns, lcm: int) -> np.ndarray:
+    """SparseGPT's column sweep, in place on ``weights`` (rows × width): which term keeps each entry (−1:
+    dropped), ``upper`` being the upper Cholesky factor of H⁻¹."""
+    width = weights.shape[1]
     owner = np.full(weights.shape, -1, np.int8)
     block = -(-_OBS_BLOCK // lcm) * lcm
     # Two levels of lazy updates: a column's error reaches the rest of its group at once, the rest of its
     # block after the group (one product), the columns after the block after the block (one product).
     for start in range(0, width, block):
         stop = min(start + block, width)
-        local, errors, u = weights[:, start:stop].copy(), np.zeros((weights.shape[0], stop - start)), upper[start:stop, start:stop]
+        local, errors = weights[:, start:stop].copy(), np.zeros((weights.shape[0], stop - start))
+        u = upper[start:stop, start:stop]
         for group in range(0, stop - start, lcm):
             end = group + lcm
             columns = local[:, group:end]
@@ -307,17 +340,76 @@ def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, nam
             local[:, end:] -= errors[:, group:end] @ u[group:end, end:]
         weights[:, start:stop] = local
         weights[:, stop:] -= errors @ upper[start:stop, stop:]
-    reconstructed = [np.where(owner == index, weights, 0.0)[:, :k] for index in range(len(patterns))]
-    plain = [_as_rows(term.dense(), axis, lcm).astype(np.float64) for term in _series(w, patterns, axis, None)[0]]
-    # Rows are independent problems: where the sweep's greedy masks lose to the plain series (it happens with
-    # few calibration rows), a row keeps the plain series, so the layer never does worse than without H.
-    plain_wins = _row_errors(rows, plain, h) < _row_errors(rows, reconstructed, h)
-    terms = []
-    for pattern, mine, theirs in zip(patterns, reconstructed, plain):
-        dense = _from_rows(np.where(plain_wins[:, None], theirs, mine), w.shape, axis).astype(w.dtype)
-        values, indices = compress(dense, pattern, axis)
-        terms.append(NMTerm(pattern, axis, w.shape, values, indices))
-    return terms
+    return owner
+
+
+#: Conjugate-gradient steps of the least-squares re-fit: the error stops moving after about 20.
+_REFIT_STEPS = 30
+#: Swap passes over all groups when ``refine`` is asked for (each followed by a re-fit).
+_SWAP_PASSES = 2
+
+
+def _fitted(target: np.ndarray, weights: np.ndarray, owner: np.ndarray, patterns, h: np.ndarray,
+            refine: bool) -> list[np.ndarray]:
+    """Each term's rows once the kept values are re-fitted to the mask (with ``refine``, after swap passes
+    too); ``weights`` and ``owner`` are updated in place."""
+    _refit(target, weights, owner >= 0, h)
+    for _ in range(_SWAP_PASSES if refine else 0):
+        _swap(target, weights, owner, patterns, h)
+        _refit(target, weights, owner >= 0, h)
+    return [np.where(owner == index, weights, 0.0) for index in range(len(patterns))]
+
+
+def _refit(target: np.ndarray, weights: np.ndarray, kept: np.ndarray, h: np.ndarray) -> None:
+    """The kept values that minimise ‖(target − weights)·X‖² (H = XᵀX) for the mask ``kept``, in place:
+    every row's least-squares problem H_SS x = (H·target)_S, solved together by Jacobi-preconditioned conjugate
+    gradients from the current values (the OBS sweep fixes the mask column by column and never revisits the
+    values it kept early; this fits them all to the final mask)."""
+    residual = ((target - weights) @ h) * kept
+    scale = np.where(kept, np.diag(h), 1.0)
+    z = residual / scale
+    direction, rz = z.copy(), (residual * z).sum(axis=1)
+    first = np.sqrt((residual**2).sum(axis=1))
+    for _ in range(_REFIT_STEPS):
+        product = (direction @ h) * kept
+        curvature = (direction * product).sum(axis=1)
+        alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
+        weights += alpha[:, None] * direction
+        residual -= alpha[:, None] * product
+        if np.all(np.sqrt((residual**2).sum(axis=1)) <= 1e-6 * first):
+            break
+        z = residual / scale
+        rz, previous = (residual * z).sum(axis=1), rz
+        beta = np.divide(rz, previous, out=np.zeros_like(rz), where=previous > 0)
+        direction = z + beta[:, None] * direction
+
+
+def _swap(target: np.ndarray, weights: np.ndarray, owner: np.ndarray, patterns, h: np.ndarray) -> None:
+    """Mask refinement, in place: group by group, the swap of a kept entry for a dropped one that its term's
+    pattern allows (same group of that term's M) lowering ‖(target − weights)·X‖² most in each row, the new
+    entry at its best value; a row with no improving swap keeps its group."""
+    rows = np.arange(weights.shape[0])
+    lcm = int(np.lcm.reduce([p.m for p in patterns]))
+    m_of_term = np.array([p.m for p in patterns])
+    position = np.arange(lcm)
+    diag = np.diag(h)
+    gradient = (target - weights) @ h  # the error's gradient in the weights is −2·gradient
+    tolerance = 1e-12 * np.abs(((target - weights) * gradient).sum(axis=1))
+    for start in range(0, weights.shape[1], lcm):
+        span = slice(start, start + lcm)
+        block, w, g, kept = h[span, span], weights[:, span], gradient[:, span], owner[:, span] >= 0
+        # i (kept) → j (dropped): ΔE = 2wᵢgᵢ + wᵢ²Hᵢᵢ − (gⱼ + wᵢHᵢⱼ)²/Hⱼⱼ
+        m = np.where(kept, m_of_term[np.maximum(owner[:, span], 0)], 1)[:, :, None]
+        allowed = kept[:, :, None] & ~kept[:, None, :] & (position[:, None] // m == position[None, :] // m)
+        change = (2 * w * g + w**2 * np.diag(block))[:, :, None] - (g[:, None, :] + w[:, :, None] * block) ** 2 / np.diag(block)
+        change = np.where(allowed, change, np.inf).reshape(len(rows), -1)
+        best = change.argmin(axis=1)
+        swap = change[rows, best] < -tolerance
+        r, i, j = rows[swap], best[swap] // lcm + start, best[swap] % lcm + start
+        value = (gradient[r, j] + weights[r, i] * h[i, j]) / diag[j]
+        gradient[r] += weights[r, i][:, None] * h[i] - value[:, None] * h[j]
+        weights[r, i], weights[r, j] = 0.0, value
+        owner[r, j], owner[r, i] = owner[r, i], -1
 
 
 def _as_rows(w: np.ndarray, axis: int, lcm: int) -> np.ndarray:
@@ -342,9 +434,9 @@ def _from_rows(rows: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     return rows.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
 
 
-def _row_errors(rows: np.ndarray, terms: list[np.ndarray], h: np.ndarray) -> np.ndarray:
-    """‖(w − Σ terms)·X‖² of every row, from H = XᵀX."""
-    delta = rows - sum(terms)
+def _row_errors(rows: np.ndarray, terms: list[np.ndarray], h: np.ndarray, k: int) -> np.ndarray:
+    """‖(w − Σ terms)·X‖² of every row, from H = XᵀX (the terms' first ``k`` columns)."""
+    delta = rows - sum(terms)[:, :k]
     return ((delta @ h) * delta).sum(axis=1)
 
 
@@ -355,7 +447,7 @@ def nm_term(w, pattern: "NMPattern | str", axis: "int | str" = 0, score: Score =
 
 
 def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None, *,
-              hessian=None, damp: float = 0.01) -> list[NMTerm]:
+              hessian=None, damp: float = 0.01, refine: bool = False) -> list[NMTerm]:
     """Greedy TASD series of ``w``: the list of compressed N:M terms.
 
     ``axis`` is the reduction axis (an int, or a layout name: ``"matmul"``,
@@ -365,7 +457,9 @@ def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score
     (kh, kw, C), C fastest, K = kh·kw·C, and C a multiple of the series'
     lcm(M)) the terms' mask and values minimise the layer's output error
     instead (OBS reconstruction, damped by ``damp`` × the mean diagonal):
-    the values are then no longer the weight's own.
+    the values are then no longer the weight's own. ``refine`` also swaps
+    kept and dropped entries inside groups while that lowers the error
+    (slower; it gains little on top of the re-fit, see docs/semantics.md §3).
     """
     w = _float_array(w, f"tensor {name!r}" if name else "tensor")
     config = TASDConfig.parse(config)
@@ -376,12 +470,12 @@ def decompose(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score
     if hessian is not None:
         if scale is not None:
             raise ValueError("give score= or hessian=, not both: with a Hessian, OBS decides which entries to keep")
-        return _reconstructed(w, config.terms, axis, hessian, damp, name)
+        return _reconstructed(w, config.terms, axis, hessian, damp, name, refine)
     return _series(w, config.terms, axis, scale)[0]
 
 
 def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Score = None, name=None, *,
-                hessian=None, damp: float = 0.01) -> np.ndarray:
+                hessian=None, damp: float = 0.01, refine: bool = False) -> np.ndarray:
     """Σ of the series' terms as a dense array of ``w``'s dtype (``dense``: a copy of w).
 
     ``hessian``/``damp``: as for :func:`decompose`.
@@ -391,7 +485,8 @@ def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Sco
     if config.is_dense:
         return w.copy()
     if hessian is not None:
-        return sum(term.dense() for term in decompose(w, config, axis, score, name, hessian=hessian, damp=damp))
+        return sum(term.dense() for term in decompose(w, config, axis, score, name, hessian=hessian, damp=damp,
+                                                             refine=refine))
     axis = resolve_axis(axis, w.ndim)
     _, residual = _series(w, config.terms, axis, channel_scale(score, w.shape[axis], name))
     residual = np.take(residual, np.arange(w.shape[axis]), axis=axis) if residual.shape != w.shape else residual
