@@ -273,8 +273,9 @@ def to_markdown(data: dict) -> str:
              "Quality is measured on unseen data (relative to the dense model); EDP is **modelled** "
              "(`tvm_tasd.cost`, target files in `hardware_targets/`) over the matmul/conv layers, "
              "relative to the same model running dense on the same target. SparseGPT N:M and OBS TASD "
-             "re-fit the kept values to each layer's calibration Hessian (matmul and ungrouped conv layers "
-             "with K ≤ 4096; the others take the Wanda score). TASDER searches on the calibration data "
+             "choose the mask by SparseGPT's OBS sweep on each layer's calibration Hessian, then re-fit "
+             "every kept value to it by least squares (stronger than SparseGPT as published; matmul and "
+             "ungrouped conv layers with K ≤ 4096, the others take the Wanda score). TASDER searches on the calibration data "
              "and checks its plan on a held-out part; the test data is seen by neither.", ""]
     for (model, target) in dict.fromkeys((r["model"], r["target"]) for r in data["rows"]):
         lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",
