@@ -401,7 +401,8 @@ def _swap(target: np.ndarray, weights: np.ndarray, owner: np.ndarray, patterns, 
         # i (kept) → j (dropped): ΔE = 2wᵢgᵢ + wᵢ²Hᵢᵢ − (gⱼ + wᵢHᵢⱼ)²/Hⱼⱼ
         m = np.where(kept, m_of_term[np.maximum(owner[:, span], 0)], 1)[:, :, None]
         allowed = kept[:, :, None] & ~kept[:, None, :] & (position[:, None] // m == position[None, :] // m)
-        change = (2 * w * g + w**2 * np.diag(block))[:, :, None] - (g[:, None, :] + w[:, :, None] * block) ** 2 / np.diag(block)
+        refill = (g[:, None, :] + w[:, :, None] * block) ** 2 / np.diag(block)  # the dropped j's best gain
+        change = (2 * w * g + w**2 * np.diag(block))[:, :, None] - refill
         change = np.where(allowed, change, np.inf).reshape(len(rows), -1)
         best = change.argmin(axis=1)
         swap = change[rows, best] < -tolerance
