@@ -275,8 +275,8 @@ def to_markdown(data: dict) -> str:
              "relative to the same model running dense on the same target. SparseGPT N:M and OBS TASD "
              "choose the mask by SparseGPT's OBS sweep on each layer's calibration Hessian, then re-fit "
              "every kept value to it by least squares (stronger than SparseGPT as published; matmul and "
-             "ungrouped conv layers with K ≤ 4096, the others take the Wanda score). TASDER searches on the calibration data "
-             "and checks its plan on a held-out part; the test data is seen by neither.", ""]
+             "ungrouped conv layers with K ≤ 4096, the others take the Wanda score). TASDER searches on the "
+             "calibration data and checks its plan on a held-out part; the test data is seen by neither.", ""]
     for (model, target) in dict.fromkeys((r["model"], r["target"]) for r in data["rows"]):
         lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",
                   "|---|---|---:|---:|"]

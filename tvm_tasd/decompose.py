@@ -486,8 +486,8 @@ def approximate(w, config: "TASDConfig | str", axis: "int | str" = 0, score: Sco
     if config.is_dense:
         return w.copy()
     if hessian is not None:
-        return sum(term.dense() for term in decompose(w, config, axis, score, name, hessian=hessian, damp=damp,
-                                                             refine=refine))
+        terms = decompose(w, config, axis, score, name, hessian=hessian, damp=damp, refine=refine)
+        return sum(term.dense() for term in terms)
     axis = resolve_axis(axis, w.ndim)
     _, residual = _series(w, config.terms, axis, channel_scale(score, w.shape[axis], name))
     residual = np.take(residual, np.arange(w.shape[axis]), axis=axis) if residual.shape != w.shape else residual
