@@ -58,9 +58,11 @@ class CPUShape:
     @classmethod
     def of(cls, target: tvm.target.Target | None = None) -> "CPUShape":
         target = target or host_target()
-        bits = codegen.llvm_get_vector_width(target)
-        bits = bits if bits and bits > 0 else 128
-        many = codegen.llvm_cpu_has_features("avx512f", target) or "aarch64" in str(target.attrs.get("mtriple", ""))
+        # From the features, not ``llvm_get_vector_width``: TVM 0.27 reports 512 bits for every x86 CPU, which
+        # makes AVX2 kernels tile for twice the registers they have (each "vector" two ymm registers: spills).
+        wide = codegen.llvm_cpu_has_features("avx512f", target)
+        many = wide or "aarch64" in str(target.attrs.get("mtriple", ""))
+        bits = 512 if wide else 256 if codegen.llvm_cpu_has_features("avx", target) else 128
         return cls(bits, 32 if many else 16)
 
     def lanes(self, dtype: str) -> int:

@@ -79,7 +79,8 @@ def _expected_linear(config: str) -> tvm.IRModule:
     terms = decompose(W, config, axis=0)
     kernel = kernels_for(load_target("cpu-emulated")).nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32")
     attrs = {"tasd.layer": "w", "tasd.config": config, "tasd.density": float(sum(t.pattern.density for t in terms)),
-             "tasd.executed_macs": int(kernel.executed_macs), "global_symbol": "tasd_w"}
+             "tasd.executed_macs": int(kernel.executed_macs), "global_symbol": "tasd_w",
+             "tirx.is_scheduled": True, "op_pattern": 8}  # scheduled already; never fused with neighbours
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4, 16), "float32"))
     w = relax.Var("w", relax.TensorType((16, 8), "float32"))

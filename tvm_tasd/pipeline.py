@@ -2,7 +2,8 @@
 
 The flow: :class:`~tvm_tasd.transform.TASDRewrite` (a no-op on an already
 rewritten module) → TVM's default Relax pipeline (``LegalizeOps``, fusion,
-VM lowering) → ``tvm.compile`` for the target's TVM target: the host CPU for
+VM lowering; on the CPU every op the rewrite left to TVM is scheduled right
+after fusion: :func:`relax_pipeline`) → ``tvm.compile`` for the target's TVM target: the host CPU for
 every modelled target, CUDA for ``stc-2of4``; ``target=`` overrides it
 (a ``Target``, a dict, or a flag string such as ``"cuda -arch=sm_90"``:
 :func:`as_tvm_target`).
@@ -24,6 +25,9 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
+
+from .schedules.llvm_default import default_cpu_schedule
+from .schedules.llvm_fast_math import fast_math_legalizations
 
 from .hardware import load_target
 from .policy import Choice
@@ -93,6 +97,35 @@ def as_tvm_target(target) -> tvm.target.Target:
     return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
 
 
+def scheduling_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """TVM's CPU passes up to fused, scheduled TIR: library dispatch, legalization (GELU and softmax with fast
+    ``erf``/``exp``: :mod:`~schedules.llvm_fast_math`), fusion, then
+    :func:`~schedules.llvm_default.default_cpu_schedule` for every op the rewrite left to TVM."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return [*cpu.library_dispatch_passes(target),
+            relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalizations()),
+            *cpu.legalize_passes(target), default_cpu_schedule()]
+
+
+def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's default Relax pipeline for ``target``; for an LLVM target, TVM's CPU pipeline with
+    :func:`scheduling_passes` in place of its legalization, so attention, norms and elementwise ops run in
+    parallel and vectorised rather than as TVM's plain loop nests."""
+    if target.kind.name != "llvm":
+        return relax.get_default_pipeline(target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    passes = [*scheduling_passes(target), *cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
+
+    @tvm.transform.module_pass(opt_level=0, name="TASDCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
 def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=None, **rewrite_options) -> TASDExecutable:
     """Rewrite ``mod`` for hardware ``hw`` and compile it.
 
@@ -107,5 +140,5 @@ def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=Non
     tvm_target = hardware.tvm_target() if target is None else as_tvm_target(target)
     with tvm_target:
         rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
-        executable = tvm.compile(rewritten, target=tvm_target)
+        executable = tvm.compile(rewritten, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target))
     return TASDExecutable(executable, rewritten, hardware.name)

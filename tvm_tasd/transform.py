@@ -56,6 +56,9 @@ from .schedules.selection import Kernels, kernels_for
 
 REWRITTEN_ATTR = "tasd_rewritten"
 LAYERS_ATTR = "tasd_layers"
+#: On every kernel the rewrite emits: it comes scheduled, so no default schedule rule may touch it, and
+#: ``FuseOps`` must not merge it with its neighbours (``FuseTIR`` cannot merge a scheduled kernel).
+KERNEL_ATTRS = {"tirx.is_scheduled": True, "op_pattern": 8}  # 8: kOpaque
 
 
 @tvm.transform.module_pass(opt_level=0, name="TASDRewrite")
@@ -236,7 +239,8 @@ class _Rewriter(relax.PyExprMutator):
         """call_tir of the run-time activation decomposition (the TASD units) on x (m, k)."""
         kernel = nm_activation((layer.m, layer.k), choice.activation, dtype=layer.dtype)
         symbol = self._symbol("tasd_act_", layer)
-        attrs = {"tasd.layer": layer.name, "tasd.activation": str(choice.activation), "global_symbol": symbol}
+        attrs = {"tasd.layer": layer.name, "tasd.activation": str(choice.activation), "global_symbol": symbol,
+                 **KERNEL_ATTRS}
         gvar = self.builder_.add_func(kernel.func.with_attrs(attrs), symbol)
         return relax.call_tir(gvar, [x], relax.TensorType((layer.m, layer.k), layer.dtype))
 
@@ -259,6 +263,7 @@ class _Rewriter(relax.PyExprMutator):
                 "tasd.density": float(choice.weight.density),
                 "tasd.executed_macs": int(kernel.executed_macs),
                 "global_symbol": symbol,
+                **KERNEL_ATTRS,
             }
         )
         self.measured[layer.name] = (int(kernel.executed_macs), float(error))

@@ -1,0 +1,184 @@
+"""CPU schedules for every operator the TASD rewrite leaves to TVM.
+
+The rewritten matmuls and convolutions arrive scheduled (``llvm_matmul``,
+``llvm_conv2d``, marked ``tirx.is_scheduled``). Everything else — attention's
+matmul of two activations, softmax, layer norm, GELU, the residual adds,
+reshapes and transposes that ``FuseOps``/``FuseTIR`` group together, gathers —
+is legalized by TVM into plain loop nests that run on one core, one scalar at
+a time. :func:`default_cpu_schedule` gives each of those a schedule, through
+TVM's own rule machinery (``s_tir.dlight.ApplyDefaultSchedule``): the first
+rule that applies wins.
+
+* :class:`Contraction` — a reduction over a product of two inputs (batched
+  matmul, with any injective epilogue): spatial rows in parallel, the
+  reduction outside the innermost output axis, which is vectorised so every
+  step is a vector FMA into the output row.
+* :class:`Reduction` (TVM's ``dlight.cpu.Reduction``) — softmax and norms: rows in parallel,
+  each row's blocks computed together, injective steps vectorised.
+* :class:`Injective` — elementwise chains, reshapes, transposes: producers
+  inlined, the rest in parallel, the innermost axis vectorised when the
+  vector width divides it.
+* :class:`Fallback` — anything else (gathers, odd reductions): the leading
+  spatial loops of each block in parallel.
+
+Not handled: depthwise convolutions and pooling get only the fallback.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.s_tir.schedule import ScheduleError
+
+from .llvm_common import CPUShape
+
+
+def _lanes(target: tvm.target.Target, dtype_bits: int) -> int:
+    """SIMD lanes of ``dtype_bits``-wide values on the target."""
+    return max(CPUShape.of(target).vector_bits // dtype_bits, 2)
+
+
+def _output_bits(sch: s_tir.Schedule, block) -> int:
+    writes = sch.get(block).writes
+    return writes[0].source.dtype.bits if writes else 32
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _vectorize(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorise ``loop`` in chunks of ``lanes`` when they divide it (a remainder would need a predicate)."""
+    extent = _extent(sch, loop)
+    if extent is None or extent < 2:
+        return
+    if extent <= lanes:
+        sch.vectorize(loop)
+    elif extent % lanes == 0:
+        sch.vectorize(sch.split(loop, factors=[None, lanes])[1])
+
+
+def _parallel_spatial(sch: s_tir.Schedule, block, leading: int):
+    """The first ``leading`` loops of ``block`` fused and run in parallel; the fused loop."""
+    loops = sch.get_loops(block)[:leading]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+def _leading_spatial(kind: str) -> int:
+    return len(kind) - len(kind.lstrip("S"))
+
+
+def _schedulable(func, target: tvm.target.Target) -> bool:
+    """An LLVM PrimFunc whose loops are all still serial (a kernel scheduled by hand that ``FuseTIR`` merged
+    with an epilogue keeps its own schedule)."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return False
+    kinds = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, lambda loop: kinds.append(loop.kind))], order="post")
+    return all(kind == tirx.ForKind.SERIAL for kind in kinds)
+
+
+class _Rule(CPUScheduleRule):
+    """A rule on the normalised blocks of a schedulable PrimFunc: ``schedule`` returns the schedule, or None
+    where the rule does not fit; a primitive TVM refuses on this function also means it does not fit."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not _schedulable(func, target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        try:
+            return None if infos is None else self.schedule(sch, infos, target)
+        except ScheduleError:
+            return None
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+
+class Reduction(dlight.cpu.Reduction):
+    """TVM's CPU rule for softmax and norms, on schedulable PrimFuncs only."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool):
+        return super().apply(func, target, tunable) if _schedulable(func, target) else None
+
+
+class Contraction(_Rule):
+    """``out[s…, j] = Σ_k a[…, k] · b[…, k, j]`` (any spatial prefix), plus injective blocks after it."""
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target):
+        infos = try_inline(sch, infos)
+        reductions = [info for info in infos if not info.is_injective()]
+        if len(reductions) != 1 or infos[0] is not reductions[0] or not self._is_contraction(sch, reductions[0]):
+            return None
+        main = reductions[0]
+        kind = main.dom_kind()
+        if kind != "S" * (len(kind) - 1) + "R" or len(kind) < 3:
+            return None
+        lanes = _lanes(target, _output_bits(sch, main.block_rv))
+        *outer, column, reduction = sch.get_loops(main.block_rv)
+        sch.reorder(*outer, reduction, column)
+        rows = _parallel_spatial(sch, main.block_rv, len(outer))
+        _vectorize(sch, column, lanes)
+        sch.decompose_reduction(main.block_rv, sch.get_loops(main.block_rv)[1])
+        for epilogue in infos[1:]:
+            sch.reverse_compute_at(epilogue.block_rv, rows, preserve_unit_loops=True)
+            _vectorize(sch, sch.get_loops(epilogue.block_rv)[-1], lanes)
+        return sch
+
+    @staticmethod
+    def _is_contraction(sch: s_tir.Schedule, info) -> bool:
+        """Two inputs read along the reduction variable, the innermost output axis absent from the first."""
+        block = sch.get(info.block_rv)
+        reduce_vars = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+        if len(reduce_vars) != 1:
+            return False
+
+        def uses(region, var) -> bool:
+            return any(var.same_as(v) for r in region.region for v in tirx.analysis.undefined_vars(r.min))
+
+        along_k = [read for read in block.reads if uses(read, reduce_vars[0])]
+        column = block.iter_vars[len(block.iter_vars) - 2].var
+        return len(along_k) == 2 and not uses(along_k[0], column) and uses(along_k[1], column)
+
+
+class Injective(_Rule):
+    """Only spatial blocks: inline what can be inlined, the rest in parallel and vectorised."""
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target):
+        if not all(info.is_injective() for info in infos):
+            return None
+        for info in try_inline(sch, infos):
+            loops = sch.get_loops(info.block_rv)
+            if not loops:
+                continue
+            _vectorize(sch, loops[-1], _lanes(target, _output_bits(sch, info.block_rv)))
+            loops = sch.get_loops(info.block_rv)
+            vectorized = sch.get(loops[-1]).kind == tirx.ForKind.VECTORIZED
+            if len(loops) > vectorized:
+                _parallel_spatial(sch, info.block_rv, len(loops) - vectorized)
+        return sch
+
+
+class Fallback(_Rule):
+    """Each block's leading spatial loops in parallel (nothing else changed)."""
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target):
+        for info in try_inline(sch, infos):
+            leading = _leading_spatial(info.dom_kind())
+            if leading and sch.get_loops(info.block_rv):
+                _parallel_spatial(sch, info.block_rv, leading)
+        return sch
+
+
+def default_cpu_schedule() -> tvm.transform.Pass:
+    """Schedules every not-yet-scheduled PrimFunc of a module for an LLVM target (run after ``FuseTIR``)."""
+    return dlight.ApplyDefaultSchedule(Contraction(), Reduction(), Injective(), Fallback())

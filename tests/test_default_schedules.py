@@ -1,0 +1,118 @@
+"""The CPU schedules of the ops the rewrite leaves to TVM (``schedules/llvm_default.py``): every op gets one, and
+each computes what numpy computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_tasd.pipeline import relax_pipeline, scheduling_passes
+from tvm_tasd.schedules.llvm import host_target
+
+
+INDEX = ((3, 4), "int64")  # an index input into a table of 50 rows
+
+
+def _erf(x):
+    from math import erf
+
+    return np.vectorize(erf)(x.astype(np.float64)).astype(np.float32)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _layer_norm(x, gamma, beta):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
+
+
+# name: (input shapes, relax body, numpy reference); float32 inputs, except the int64 INDEX
+CASES = {
+    "attention": (
+        [(2, 3, 10, 16), (2, 3, 10, 16), (2, 3, 10, 16), (2, 1, 1, 10)],
+        lambda q, k, v, mask: relax.op.matmul(
+            relax.op.nn.softmax(relax.op.add(relax.op.multiply(
+                relax.op.matmul(q, relax.op.permute_dims(k, [0, 1, 3, 2])), relax.const(0.25, "float32")), mask)), v),
+        lambda q, k, v, mask: _softmax(q @ k.transpose(0, 1, 3, 2) * 0.25 + mask) @ v,
+    ),
+    "layer_norm": (
+        [(4, 7, 24), (24,), (24,)],
+        lambda x, g, b: relax.op.nn.layer_norm(x, g, b, axes=[-1]),
+        _layer_norm,
+    ),
+    "bias_gelu": (
+        [(6, 40), (40,)],
+        lambda x, b: relax.op.nn.gelu(relax.op.add(x, b)),
+        lambda x, b: 0.5 * (x + b) * (1 + _erf((x + b) / np.sqrt(2))),
+    ),
+    "transpose_reshape": (
+        [(2, 5, 3, 8)],
+        lambda x: relax.op.reshape(relax.op.permute_dims(x, [0, 2, 1, 3]), (6, 40)),
+        lambda x: x.transpose(0, 2, 1, 3).reshape(6, 40),
+    ),
+    "gather": (
+        [(50, 12), INDEX],
+        lambda table, index: relax.op.take(table, index, axis=0),
+        lambda table, index: table[index],
+    ),
+}
+
+
+def _module(shapes, body):
+    bb = relax.BlockBuilder()
+    params = []
+    for i, shape in enumerate(shapes):
+        shape, dtype = shape if shape is INDEX else (shape, "float32")
+        params.append(relax.Var(f"x{i}", relax.TensorType(shape, dtype)))
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(body(*params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _inputs(shapes, rng):
+    arrays = []
+    for shape in shapes:
+        if shape is INDEX:
+            arrays.append(rng.integers(0, 50, size=INDEX[0]).astype("int64"))
+        else:
+            arrays.append(rng.standard_normal(shape).astype("float32"))
+    return arrays
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_op_gets_a_schedule(name):
+    shapes, body, _ = CASES[name]
+    target = host_target()
+    with target:
+        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
+    funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert funcs and all(f.attrs is not None and f.attrs.get("tirx.is_scheduled") for f in funcs)
+    assert any("parallel" in f.script() for f in funcs)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_scheduled_ops_match_numpy(name):
+    shapes, body, reference = CASES[name]
+    arrays = _inputs(shapes, np.random.default_rng(0))
+    target = host_target()
+    vm = relax.VirtualMachine(tvm.compile(_module(shapes, body), target=target, relax_pipeline=relax_pipeline(target)),
+                              tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
+    np.testing.assert_allclose(out, reference(*arrays), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["attention", "bias_gelu"])
+def test_gelu_and_softmax_lower_without_a_libm_call_per_element(name):
+    """``T.erf``/``T.exp`` become one scalar libm call per element on LLVM; the fast legalizations avoid both."""
+    shapes, body, _ = CASES[name]
+    with host_target() as target:
+        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
+    scripts = "".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "T.erf(" not in scripts and "T.exp(" not in scripts
