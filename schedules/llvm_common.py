@@ -28,6 +28,8 @@ from .nm_pack import ceil_div
 
 #: Bytes of activation rows a kernel keeps hot per reduction tile (an L1 data cache).
 L1_BYTES = 32 * 1024
+#: Bytes of one core's L2 cache (AMD Zen: 512 KiB–1 MiB; the smaller).
+L2_BYTES = 512 * 1024
 #: Parallel tasks to aim for per core, so threads stay balanced.
 TASKS_PER_CORE = 4
 

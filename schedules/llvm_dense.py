@@ -18,6 +18,7 @@ import tvm
 from tvm import te
 
 from .llvm_common import (
+    L2_BYTES,
     CPUShape,
     NMKernel,
     accumulator_dtype,
@@ -60,7 +61,9 @@ def dense_matmul(
     kt = _k_tile(k)
     panels = ceil_div(n, nc)
     m_tiles = ceil_div(m, mr)
-    chunks = parallel_chunks(panels, m_tiles)
+    # Row chunks outermost, so each task's x rows stay in L2 while every column panel passes over them.
+    x_bytes = m * k * tvm.runtime.DataType(acc).bits // 8
+    chunks = min(m_tiles, max(parallel_chunks(panels, m_tiles), ceil_div(x_bytes, L2_BYTES)))
     m_tiles = ceil_div(m_tiles, chunks) * chunks
     mp, np_ = m_tiles * mr, panels * nc
 
