@@ -6,8 +6,8 @@ the original ONNX model (same thread count as TVM), the dense TVM build for
 other op through ``schedules/llvm_default.py``), the TASD build at two
 uniform configs, and at the committed TASDER plan for ``vegeta-m8``
 (``benchmarks/results/plans/``, the quality the search accepted), all timed
-side by side in interleaved rounds (median). Ratios are what to quote: the
-same machine, the same run.
+side by side: blocks of consecutive runs per contender, interleaved over
+rounds (median). Ratios are what to quote: the same machine, the same run.
 
     python benchmarks/end_to_end.py [--quick]
 """
