@@ -15,7 +15,6 @@ rounds (median). Ratios are what to quote: the same machine, the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def _timed_build(mod, **choice):
 
 def _onnxruntime(path, feed):
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    options.intra_op_num_threads = tvm.runtime.num_threads()  # the threads TVM's runtime uses
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, feed)

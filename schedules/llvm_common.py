@@ -63,7 +63,8 @@ class CPUShape:
         # From the features, not ``llvm_get_vector_width``: TVM 0.27 reports 512 bits for every x86 CPU, which
         # makes AVX2 kernels tile for twice the registers they have (each "vector" two ymm registers: spills).
         wide = codegen.llvm_cpu_has_features("avx512f", target)
-        many = wide or "aarch64" in str(target.attrs.get("mtriple", ""))
+        triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
+        many = wide or triple.startswith(("aarch64", "arm64"))
         bits = 512 if wide else 256 if codegen.llvm_cpu_has_features("avx", target) else 128
         return cls(bits, 32 if many else 16)
 

@@ -1,13 +1,13 @@
 """CPU schedules for every operator the TASD rewrite leaves to TVM.
 
 The rewritten matmuls and convolutions arrive scheduled (``llvm_matmul``,
-``llvm_conv2d``, marked ``tirx.is_scheduled``). Everything else — attention's
+``llvm_conv2d``; the rewrite marks them ``tirx.is_scheduled``). Everything else — attention's
 matmul of two activations, softmax, layer norm, GELU, the residual adds,
 reshapes and transposes that ``FuseOps``/``FuseTIR`` group together, gathers —
 is legalized by TVM into plain loop nests that run on one core, one scalar at
 a time. :func:`default_cpu_schedule` gives each of those a schedule, through
 TVM's own rule machinery (``s_tir.dlight.ApplyDefaultSchedule``): the first
-rule that applies wins.
+rule that applies wins; a function no rule fits stays as TVM lowered it.
 
 * :class:`Contraction` — a reduction over a product of two inputs (batched
   matmul, with any injective epilogue): spatial rows in parallel, the
@@ -16,8 +16,8 @@ rule that applies wins.
 * :class:`Reduction` (TVM's ``dlight.cpu.Reduction``) — softmax and norms: rows in parallel,
   each row's blocks computed together, injective steps vectorised.
 * :class:`Injective` — elementwise chains, reshapes, transposes: producers
-  inlined, the rest in parallel, the innermost axis vectorised when the
-  vector width divides it.
+  inlined, the rest in parallel, the innermost axis vectorised when it fits
+  one vector or the vector width divides it.
 * :class:`Fallback` — anything else (gathers, odd reductions): the leading
   spatial loops of each block in parallel.
 
@@ -39,7 +39,8 @@ from .llvm_common import CPUShape
 
 
 def _lanes(target: tvm.target.Target, dtype_bits: int) -> int:
-    """SIMD lanes of ``dtype_bits``-wide values on the target."""
+    """SIMD lanes of ``dtype_bits``-wide values on the target (TVM's own Reduction rule asks LLVM, which says
+    512 bits on every x86 CPU: there its vectors may span two registers)."""
     return max(CPUShape.of(target).vector_bits // dtype_bits, 2)
 
 
@@ -77,8 +78,8 @@ def _leading_spatial(kind: str) -> int:
 
 
 def _schedulable(func, target: tvm.target.Target) -> bool:
-    """An LLVM PrimFunc whose loops are all still serial (a kernel scheduled by hand that ``FuseTIR`` merged
-    with an epilogue keeps its own schedule)."""
+    """An LLVM PrimFunc whose loops are all still serial: a function scheduled already keeps its schedule
+    even without ``tirx.is_scheduled``."""
     if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
         return False
     kinds = []
@@ -97,7 +98,7 @@ class _Rule(CPUScheduleRule):
         infos = normalize_prim_func(sch)
         try:
             return None if infos is None else self.schedule(sch, infos, target)
-        except ScheduleError:
+        except (ScheduleError, tvm.error.TVMError):
             return None
 
     def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target) -> s_tir.Schedule | None:
@@ -108,7 +109,12 @@ class Reduction(dlight.cpu.Reduction):
     """TVM's CPU rule for softmax and norms, on schedulable PrimFuncs only."""
 
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool):
-        return super().apply(func, target, tunable) if _schedulable(func, target) else None
+        if not _schedulable(func, target):
+            return None
+        try:  # e.g. compute_at refuses a block that writes one of several outputs: left unscheduled
+            return super().apply(func, target, tunable)
+        except (ScheduleError, tvm.error.TVMError):
+            return None
 
 
 class Contraction(_Rule):
@@ -151,7 +157,8 @@ class Contraction(_Rule):
 
 
 class Injective(_Rule):
-    """Only spatial blocks: inline what can be inlined, the rest in parallel and vectorised."""
+    """Only spatial blocks: inline what can be inlined, the rest in parallel, the innermost loop vectorised
+    when it fits one vector or the vector width divides it."""
 
     def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target):
         if not all(info.is_injective() for info in infos):

@@ -62,7 +62,7 @@ def dense_matmul(
     panels = ceil_div(n, nc)
     m_tiles = ceil_div(m, mr)
     # Row chunks outermost, so each task's x rows stay in L2 while every column panel passes over them.
-    x_bytes = m * k * tvm.runtime.DataType(acc).bits // 8
+    x_bytes = m * k * tvm.runtime.DataType(dtype).bits // 8
     chunks = min(m_tiles, max(parallel_chunks(panels, m_tiles), ceil_div(x_bytes, L2_BYTES)))
     m_tiles = ceil_div(m_tiles, chunks) * chunks
     mp, np_ = m_tiles * mr, panels * nc

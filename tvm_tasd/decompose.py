@@ -312,6 +312,8 @@ def _reconstructed(w: np.ndarray, patterns, axis: int, hessian, damp: float, nam
 
 #: (damped H, its factor) of the last reconstruction: a search reconstructs every series of a layer from one H.
 _last_factor: tuple[np.ndarray, np.ndarray] | None = None
+#: Largest H kept between calls (two float64 copies of 2048² are 64 MiB); larger ones are factored every time.
+_CACHED_FACTOR_MAX_K = 2048
 
 
 def _inverse_factor(h: np.ndarray, damp: float, name: str | None) -> np.ndarray:
@@ -325,7 +327,9 @@ def _inverse_factor(h: np.ndarray, damp: float, name: str | None) -> np.ndarray:
     except np.linalg.LinAlgError:
         raise ValueError(f"hessian{f' of layer {name!r}' if name else ''} is not positive definite even after "
                          f"damping (damp={damp}); raise damp, or check it is XᵀX of the layer's inputs") from None
-    _last_factor = (h.copy(), upper)
+    if len(h) <= _CACHED_FACTOR_MAX_K:
+        upper.setflags(write=False)
+        _last_factor = (h.copy(), upper)
     return upper
 
 

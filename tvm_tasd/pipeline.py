@@ -1,9 +1,9 @@
 """``tvm_tasd.build``: rewrite with TASD, lower and compile for the target.
 
 The flow: :class:`~tvm_tasd.transform.TASDRewrite` (a no-op on an already
-rewritten module) → TVM's default Relax pipeline (``LegalizeOps``, fusion,
-VM lowering; on the CPU every op the rewrite left to TVM is scheduled right
-after fusion: :func:`relax_pipeline`) → ``tvm.compile`` for the target's TVM target: the host CPU for
+rewritten module) → a Relax pipeline (on the CPU TVM's CPU pipeline:
+``LegalizeOps``, fusion, every op the rewrite left to TVM scheduled right
+after fusion, VM lowering; :func:`relax_pipeline`) → ``tvm.compile`` for the target's TVM target: the host CPU for
 every modelled target, CUDA for ``stc-2of4``; ``target=`` overrides it
 (a ``Target``, a dict, or a flag string such as ``"cuda -arch=sm_90"``:
 :func:`as_tvm_target`).
@@ -103,17 +103,22 @@ def scheduling_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     :func:`~schedules.llvm_default.default_cpu_schedule` for every op the rewrite left to TVM."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    # TVM's legalize passes start with a plain LegalizeOps, which finds nothing left after this one.
     return [*cpu.library_dispatch_passes(target),
             relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalizations()),
             *cpu.legalize_passes(target), default_cpu_schedule()]
 
 
-def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's default Relax pipeline for ``target``; for an LLVM target, TVM's CPU pipeline with
+def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass | str:
+    """What ``tvm.compile`` takes as ``relax_pipeline``: for an LLVM target, TVM's CPU pipeline with
     :func:`scheduling_passes` in place of its legalization, so attention, norms and elementwise ops run in
-    parallel and vectorised rather than as TVM's plain loop nests."""
+    parallel and vectorised rather than as TVM's plain loop nests; for any other target ``"default"``
+    (``tvm.compile`` picks the target's own pipeline, e.g. dlight's GPU rules for CUDA).
+
+    ``tvm.compile``'s default CPU pipeline leaves fusion out because it can drop a ``call_pure_packed`` whose
+    result is unused but whose side effect is relied on; imported models and the rewrite emit no such call."""
     if target.kind.name != "llvm":
-        return relax.get_default_pipeline(target)
+        return "default"
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     passes = [*scheduling_passes(target), *cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]

@@ -17,9 +17,9 @@ calibration and the search.
 
 Not handled: layers TASD leaves dense anyway (ineligible ones,
 :mod:`tvm_tasd.matcher`) keep their own weight and cannot be replaced;
-models run on the host CPU only; non-layer ops get TVM's default
-(unscheduled) CPU lowering, so large models evaluate far slower than
-through onnxruntime — export to ONNX when the search time matters.
+models run on the host CPU only; non-layer ops get the default CPU schedules
+(``schedules/llvm_default.py``), and each run also exposes the layer inputs,
+so large models may evaluate slower than through onnxruntime.
 """
 
 from __future__ import annotations
