@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-
-from .schedules.llvm_default import default_cpu_schedule
-from .schedules.llvm_fast_math import fast_math_legalizations
+from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from .hardware import load_target
 from .policy import Choice
+from .schedules.llvm_default import default_cpu_schedule
+from .schedules.llvm_fast_math import fast_math_legalizations
 from .transform import LAYERS_ATTR, TASDRewrite
 
 
@@ -101,8 +101,6 @@ def scheduling_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """TVM's CPU passes up to fused, scheduled TIR: library dispatch, legalization (GELU and softmax with fast
     ``erf``/``exp``: :mod:`~schedules.llvm_fast_math`), fusion, then
     :func:`~schedules.llvm_default.default_cpu_schedule` for every op the rewrite left to TVM."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
     # TVM's legalize passes start with a plain LegalizeOps, which finds nothing left after this one.
     return [*cpu.library_dispatch_passes(target),
             relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalizations()),
@@ -119,8 +117,6 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass | str:
     result is unused but whose side effect is relied on; imported models and the rewrite emit no such call."""
     if target.kind.name != "llvm":
         return "default"
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
     passes = [*scheduling_passes(target), *cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
 
     @tvm.transform.module_pass(opt_level=0, name="TASDCPUPipeline")
@@ -129,6 +125,11 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass | str:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """``tvm.compile`` of an already rewritten module through :func:`relax_pipeline`."""
+    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
 
 
 def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=None, **rewrite_options) -> TASDExecutable:
@@ -145,5 +146,5 @@ def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=Non
     tvm_target = hardware.tvm_target() if target is None else as_tvm_target(target)
     with tvm_target:
         rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
-        executable = tvm.compile(rewritten, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target))
+        executable = compile_module(rewritten, tvm_target)
     return TASDExecutable(executable, rewritten, hardware.name)

@@ -33,7 +33,7 @@ from tvm import relax
 from ..hardware import load_target
 from ..layer import Layer
 from ..matcher import find_layers
-from ..pipeline import relax_pipeline
+from ..pipeline import compile_module
 from ..policy import Choice
 from ..schedules.llvm import host_target
 from ..schedules.selection import kernels_for
@@ -153,8 +153,7 @@ class RelaxWeightFedModel(WeightFedModel):
         rewritten, _ = rewrite_layers(mod, choices, kernels, self.params, dense_kernels=True, hook=hook)
         target = host_target()
         with target:
-            self._vm = relax.VirtualMachine(tvm.compile(rewritten, target=target, relax_pipeline=relax_pipeline(target)),
-                                           tvm.cpu())
+            self._vm = relax.VirtualMachine(compile_module(rewritten, target), tvm.cpu())
         self._signature = [p.name for p in rewritten["main"].params]
         self._packers = hook.packers
         self._weight_inputs = {name: [v.name for v in vs] for name, vs in hook.weight_inputs.items()}
