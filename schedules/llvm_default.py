@@ -13,8 +13,9 @@ rule that applies wins; a function no rule fits stays as TVM lowered it.
   matmul, with any injective epilogue): spatial rows in parallel, the
   reduction outside the innermost output axis, which is vectorised so every
   step is a vector FMA into the output row.
-* :class:`Reduction` (TVM's ``dlight.cpu.Reduction``) — softmax and norms: rows in parallel,
-  each row's blocks computed together, injective steps vectorised.
+* :class:`Reduction` — softmax and norms: rows in parallel, each row's blocks
+  computed together, innermost reductions summed in vector lanes
+  (``rfactor``), injective steps vectorised.
 * :class:`Injective` — elementwise chains, reshapes, transposes: producers
   inlined, the rest in parallel, the innermost axis vectorised when it fits
   one vector or the vector width divides it.
@@ -105,16 +106,64 @@ class _Rule(CPUScheduleRule):
         raise NotImplementedError
 
 
-class Reduction(dlight.cpu.Reduction):
-    """TVM's CPU rule for softmax and norms, on schedulable PrimFuncs only."""
+class Reduction(_Rule):
+    """Softmax, norms: blocks that reduce over their innermost axis, then injective blocks on the same rows.
 
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool):
-        if not _schedulable(func, target):
+    TVM's ``dlight.cpu.Reduction`` leaves each reduction a scalar loop whose every add waits for the last (a
+    MiniLM layer norm row: 2 × 384 dependent adds). Here each innermost reduction whose length the vector width
+    divides is first ``rfactor``-ed into one partial sum per lane, so the row is summed in vector registers and
+    the lanes are added once at the end; then every block goes under the parallel row loop (``compute_at``)
+    and the injective ones are vectorised.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target):
+        if len(infos) < 2 or all(info.is_injective() for info in infos) or not infos[-1].is_injective():
             return None
-        try:  # e.g. compute_at refuses a block that writes one of several outputs: left unscheduled
-            return super().apply(func, target, tunable)
-        except (ScheduleError, tvm.error.TVMError):
+        rows = min(_leading_spatial(info.dom_kind()) for info in infos)
+        if not rows:
             return None
+        lanes = _lanes(target, _output_bits(sch, infos[-1].block_rv))
+        partials = [self._lane_partials(sch, info, lanes) for info in infos if not info.is_injective()]
+        partials = {sch.get(block).name_hint for block in partials if block is not None}
+        *blocks, last = sch.get_child_blocks(sch.get_sblock("root"))
+        row = _parallel_spatial(sch, last, rows)
+        _vectorize(sch, sch.get_loops(last)[-1], lanes)
+        for block in reversed(blocks):
+            sch.compute_at(block, row, preserve_unit_loops=True)
+        for block in blocks:
+            if sch.get(block).name_hint in partials:
+                self._vectorize_partials(sch, block, lanes)
+            elif all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
+                _vectorize(sch, sch.get_loops(block)[-1], lanes)
+        return sch
+
+    @staticmethod
+    def _lane_partials(sch: s_tir.Schedule, info, lanes: int):
+        """``rfactor`` the block's single, innermost reduction into ``lanes`` partials; the partial block or None."""
+        kind = info.dom_kind()
+        if not kind.endswith("R") or kind.count("R") != 1:
+            return None
+        extent = _extent(sch, sch.get_loops(info.block_rv)[-1])
+        if extent is None or extent <= lanes or extent % lanes:
+            return None
+        _, lane = sch.split(sch.get_loops(info.block_rv)[-1], [None, lanes])
+        return sch.rfactor(lane, factor_axis=len(kind) - 1)
+
+    @staticmethod
+    def _vectorize_partials(sch: s_tir.Schedule, block, lanes: int) -> None:
+        """Under the row loop a partial block of one row has two loops that are not unit, the lanes and the
+        steps: steps outside, lanes vectorised, the zero-init hoisted out of the steps. (A block with more
+        spatial axes than the rows keeps its partials in scalar loops.)"""
+        wide = [loop for loop in sch.get_loops(block)[1:] if _extent(sch, loop) != 1]
+        if len(wide) != 2:
+            return
+        lane, step = wide
+        if _extent(sch, lane) != lanes:
+            lane, step = step, lane
+        sch.reorder(step, lane)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(block, step)
+        sch.vectorize(sch.get_loops(init)[-1])
 
 
 class Contraction(_Rule):

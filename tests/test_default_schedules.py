@@ -45,6 +45,11 @@ CASES = {
         lambda x, g, b: relax.op.nn.layer_norm(x, g, b, axes=[-1]),
         _layer_norm,
     ),
+    "softmax_rows": (  # rows a vector width divides: summed in vector lanes
+        [(3, 5, 48)],
+        lambda x: relax.op.nn.softmax(x, axis=-1),
+        _softmax,
+    ),
     "bias_gelu": (
         [(6, 40), (40,)],
         lambda x, b: relax.op.nn.gelu(relax.op.add(x, b)),
@@ -116,3 +121,13 @@ def test_gelu_and_softmax_lower_without_a_libm_call_per_element(name):
         mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
     scripts = "".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
     assert "T.erf(" not in scripts and "T.exp(" not in scripts
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "softmax_rows"])
+def test_row_reductions_sum_in_vector_lanes(name):
+    """A reduction over rows the vector width divides becomes per-lane partials (``rfactor``) in a vector loop."""
+    shapes, body, _ = CASES[name]
+    with host_target() as target:
+        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
+    scripts = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("_rf" in script and "T.vectorized" in script for script in scripts)
