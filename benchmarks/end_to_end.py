@@ -1,21 +1,25 @@
-"""End-to-end latency and build time on this CPU: onnxruntime, the dense TVM build, TASD builds.
+"""End-to-end latency and build time on this CPU: onnxruntime, PyTorch, the dense TVM build, TASD builds.
 
-For MiniLM (batch 8 × 40 tokens) and CREPE tiny (64 frames): onnxruntime on
-the original ONNX model (same thread count as TVM), the dense TVM build for
-``cpu-emulated`` (every layer through the scheduled dense kernel, every
-other op through ``schedules/llvm_default.py``), the TASD build at two
-uniform configs, and at the committed TASDER plan for ``vegeta-m8``
-(``benchmarks/results/plans/``, the quality the search accepted), all timed
-side by side: blocks of consecutive runs per contender, interleaved over
-rounds (median). Ratios are what to quote: the same machine, the same run.
+For every benchmark model, at its benchmark batch and at batch 1:
+onnxruntime on the original ONNX model and, where the model comes from
+PyTorch (MiniLM, CREPE), the PyTorch module — both on the thread count TVM's
+runtime uses; the dense TVM build for ``cpu-emulated`` (every layer through
+the scheduled dense kernel, every other op through
+``schedules/llvm_default.py``); the TASD build at the committed TASDER plan
+for ``vegeta-m8`` (``benchmarks/results/plans/``, the quality the search
+accepted) and at a few uniform configs. All are timed side by side: blocks of
+consecutive runs per contender, interleaved over rounds (median). Ratios are
+what to quote: the same machine, the same run.
 
-    python benchmarks/end_to_end.py [--quick]
+    python benchmarks/end_to_end.py [--models minilm crepe-tiny ...] [--batches benchmark 1] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +32,80 @@ from tvm_tasd import build
 from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write
 from tvm_tasd.frontend import from_onnx
 
-CONFIGS = {"minilm": ("4:8+2:8", "2:8+1:8"), "crepe-tiny": ("2:4+1:8", "2:8")}
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
 #: Consecutive runs of one contender per round: onnxruntime's and TVM's worker threads spin for a while after a
 #: run, so a run right after the other runtime's loses its cores to them; within a block only the first does.
 BLOCK = 5
+SENTENCE = "A man is playing a guitar on stage."
 
 
-def _case(name: str):
-    if name == "minilm":
-        from tvm_tasd.benchmarks.models import minilm
+@dataclass(frozen=True)
+class Case:
+    """A benchmark model: its ONNX file and an input at a batch, the PyTorch module where there is one."""
 
-        path = minilm.onnx_path(8, 40)
-        return path, minilm.Tokenizer(40)(["A man is playing a guitar on stage."] * 8)
+    batch: int  # the batch of the quality benchmarks
+    onnx_path: Callable[[int], Path]
+    feed: Callable[[int], dict[str, np.ndarray]]
+    configs: tuple[str, ...] = ()  # uniform TASD configs timed beside the plan
+    torch_runner: Callable[[], Callable[[dict[str, np.ndarray]], object]] | None = None
+
+
+def _minilm_torch():
+    import torch
+
+    from tvm_tasd.benchmarks.models import minilm
+
+    module = minilm.encoder()
+    return lambda feed: module(*(torch.from_numpy(feed[name]) for name in minilm.INPUT_NAMES))
+
+
+def _crepe_torch(capacity: str):
+    import torch
+
     from tvm_tasd.benchmarks.models import crepe
 
-    return crepe.onnx_path("tiny", 64), {"frames": crepe.synthetic_tones(64, seed=0)[0]}
+    network = crepe.network(capacity)
+    return lambda feed: network(torch.from_numpy(feed["frames"]))
+
+
+def _minilm_case() -> Case:
+    from tvm_tasd.benchmarks.models import minilm
+
+    return Case(8, lambda batch: minilm.onnx_path(batch, 40),
+                lambda batch: minilm.Tokenizer(40)([SENTENCE] * batch),
+                ("4:8+2:8", "2:8+1:8"), _minilm_torch)
+
+
+def _crepe_case(capacity: str, configs: tuple[str, ...]) -> Case:
+    from tvm_tasd.benchmarks.models import crepe
+
+    return Case(64, lambda batch: crepe.onnx_path(capacity, batch),
+                lambda batch: {"frames": crepe.synthetic_tones(batch, seed=0)[0]},
+                configs, lambda: _crepe_torch(capacity))
+
+
+def _digits_case(name: str) -> Case:
+    from tvm_tasd.models.digits import INPUT_NAME, load_data, model_path
+
+    return Case(120, lambda _batch: model_path(name), lambda batch: {INPUT_NAME: load_data().test_x[:batch]})
+
+
+def _ppocr_case(kind: str) -> Case:
+    from tvm_tasd.benchmarks.models import ppocr
+
+    lines = ppocr.text_lines if kind == "rec" else ppocr.orientation_lines
+    return Case(8, lambda batch: ppocr.onnx_path(kind, batch), lambda batch: {"x": lines(batch, seed=0)[0]})
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    "minilm": _minilm_case,
+    "crepe-tiny": lambda: _crepe_case("tiny", ("2:4+1:8", "2:8")),
+    "crepe-full": lambda: _crepe_case("full", ("2:8",)),
+    "digits-mlp": lambda: _digits_case("digits-mlp"),
+    "digits-cnn": lambda: _digits_case("digits-cnn"),
+    "ppocr-rec": lambda: _ppocr_case("rec"),
+    "ppocr-cls": lambda: _ppocr_case("cls"),
+}
 
 
 def _timed_build(mod, **choice):
@@ -60,17 +122,33 @@ def _onnxruntime(path, feed):
     return lambda: session.run(None, feed)
 
 
-def measure(name: str, rounds: int) -> list[dict]:
-    path, feed = _case(name)
+def _pytorch(factory, feed):
+    import torch
+
+    torch.set_num_threads(tvm.runtime.num_threads())
+    forward = factory()
+
+    def run():
+        with torch.inference_mode():
+            return forward(feed)
+
+    return run
+
+
+def measure(name: str, batch: int, rounds: int) -> list[dict]:
+    case = CASES[name]()
+    path, feed = case.onnx_path(batch), case.feed(batch)
     imported = from_onnx(onnx.load(path), {k: list(v.shape) for k, v in feed.items()})
     args = [tvm.runtime.tensor(feed[n]) for n in imported.inputs]
     builds = {"dense": _timed_build(imported.mod, config="dense")}
-    for config in CONFIGS[name]:
-        builds[config] = _timed_build(imported.mod, config=config)
     plan = PLANS / f"{name}_vegeta-m8.json"
     if plan.exists():
         builds["TASDER plan (vegeta-m8)"] = _timed_build(imported.mod, plan=plan)
+    for config in case.configs:
+        builds[config] = _timed_build(imported.mod, config=config)
     runners = {"onnxruntime": _onnxruntime(path, feed)}
+    if case.torch_runner is not None:
+        runners["pytorch"] = _pytorch(case.torch_runner, feed)
     for config, (ex, _) in builds.items():
         vm = relax.VirtualMachine(ex, tvm.cpu())
         runners[config] = lambda vm=vm: vm["main"](*args)
@@ -84,37 +162,52 @@ def measure(name: str, rounds: int) -> list[dict]:
                 run()
                 samples[config].append(time.perf_counter() - start)
     median = {c: float(np.median(s)) for c, s in samples.items()}
-    rows = [{"model": name, "config": "onnxruntime", "median_s": median["onnxruntime"], "speedup_vs_ort": 1.0}]
-    for config, (ex, build_s) in builds.items():
-        rows.append({"model": name, "config": config, "median_s": median[config],
-                     "speedup_vs_ort": median["onnxruntime"] / median[config],
-                     "speedup_vs_dense": median["dense"] / median[config],
-                     "build_s": build_s, "build_vs_dense": build_s / builds["dense"][1],
-                     "mac_density": sum(l["executed_macs"] for l in ex.layers) / sum(l["dense_macs"] for l in ex.layers)})
+    rows = []
+    for config, seconds in median.items():
+        row = {"model": name, "batch": batch, "config": config, "median_s": seconds,
+               "speedup_vs_ort": median["onnxruntime"] / seconds, "speedup_vs_dense": median["dense"] / seconds}
+        if config in builds:
+            ex, build_s = builds[config]
+            row.update(build_s=build_s, build_vs_dense=build_s / builds["dense"][1],
+                       mac_density=sum(l["executed_macs"] for l in ex.layers) / sum(l["dense_macs"] for l in ex.layers))
+        rows.append(row)
     return rows
+
+
+def _line(r: dict) -> str:
+    share = f"{r['mac_density']:.3f}" if "mac_density" in r else "—"
+    build_ratio = f"{r['build_vs_dense']:.2f}×" if "build_vs_dense" in r else "—"
+    return (f"| {r['model']} | {r['batch']} | {r['config']} | {share} | {r['median_s'] * 1e3:.2f} "
+            f"| {r['speedup_vs_ort']:.2f}× | {r['speedup_vs_dense']:.2f}× | {build_ratio} |")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CREPE only, fewer rounds")
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--batches", nargs="+", default=["benchmark", "1"], choices=["benchmark", "1"],
+                        help="the model's benchmark batch, batch 1, or both")
+    parser.add_argument("--rounds", type=int, default=6, help=f"interleaved rounds of {BLOCK} runs per contender")
+    parser.add_argument("--quick", action="store_true", help="CREPE tiny at its benchmark batch, 2 rounds")
+    parser.add_argument("--name", default="end_to_end", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
-    models = ["crepe-tiny"] if args.quick else ["minilm", "crepe-tiny"]
-    rows = [row for model in models for row in measure(model, 2 if args.quick else 6)]
+    if args.quick:
+        args.models, args.batches, args.rounds = ["crepe-tiny"], ["benchmark"], 2
+    rows = []
+    for model in args.models:
+        for batch in dict.fromkeys(CASES[model]().batch if b == "benchmark" else 1 for b in args.batches):
+            print(f"{model} batch {batch}…", flush=True)
+            rows += measure(model, batch, args.rounds)
     meta = stamp("end-to-end latency and build time on this CPU (measured)")
     lines = ["# End to end on this CPU (measured)", "", *stamp_markdown(meta), "",
-             "onnxruntime = the original ONNX model, same thread count; dense = the TVM build with every matmul/conv "
-             "through the scheduled dense kernel; TASD = the fused N:M kernels (uniform config, or the committed "
-             "TASDER plan for vegeta-m8); every other op through the default CPU schedules in all TVM builds. "
-             f"Median of {BLOCK}-run blocks, interleaved.", "",
-             "| model | build | executed MAC share | speed vs onnxruntime | speed vs dense TVM | build time vs dense |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["config"] == "onnxruntime":
-            lines.append(f"| {r['model']} | onnxruntime | — | 1.00× | — | — |")
-            continue
-        lines.append(f"| {r['model']} | {r['config']} | {r['mac_density']:.3f} | {r['speedup_vs_ort']:.2f}× "
-                     f"| {r['speedup_vs_dense']:.2f}× | {r['build_vs_dense']:.2f}× |")
-    write("end_to_end", {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
+             "onnxruntime = the original ONNX model; pytorch = the PyTorch module it was exported from (eager, "
+             "inference mode); both on TVM's thread count. dense = the TVM build with every matmul/conv through the "
+             "scheduled dense kernel; TASD = the fused N:M kernels (the committed TASDER plan for vegeta-m8, or a "
+             "uniform config); every other op through the default CPU schedules in all TVM builds. Median of "
+             f"{BLOCK}-run blocks, interleaved over {args.rounds} rounds; ms is this run's median (quote the ratios).",
+             "", "| model | batch | build | executed MAC share | ms | speed vs onnxruntime | speed vs dense TVM "
+             "| build time vs dense |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [_line(r) for r in rows]
+    write(args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

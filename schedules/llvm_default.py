@@ -99,7 +99,7 @@ class _Rule(CPUScheduleRule):
         infos = normalize_prim_func(sch)
         try:
             return None if infos is None else self.schedule(sch, infos, target)
-        except (ScheduleError, tvm.error.TVMError):
+        except (ScheduleError, tvm.error.InternalError):
             return None
 
     def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target) -> s_tir.Schedule | None:
@@ -127,7 +127,8 @@ class Reduction(_Rule):
         partials = {sch.get(block).name_hint for block in partials if block is not None}
         *blocks, last = sch.get_child_blocks(sch.get_sblock("root"))
         row = _parallel_spatial(sch, last, rows)
-        _vectorize(sch, sch.get_loops(last)[-1], lanes)
+        if len(sch.get_loops(last)) > 1:
+            _vectorize(sch, sch.get_loops(last)[-1], lanes)
         for block in reversed(blocks):
             sch.compute_at(block, row, preserve_unit_loops=True)
         for block in blocks:

@@ -50,6 +50,11 @@ CASES = {
         lambda x: relax.op.nn.softmax(x, axis=-1),
         _softmax,
     ),
+    "mean_pool": (  # a reduction over two axes, then the divide: the rows are the only loops left to it
+        [(2, 8, 5, 6)],
+        lambda x: relax.op.mean(x, axis=[2, 3], keepdims=True),
+        lambda x: x.mean(axis=(2, 3), keepdims=True),
+    ),
     "bias_gelu": (
         [(6, 40), (40,)],
         lambda x, b: relax.op.nn.gelu(relax.op.add(x, b)),

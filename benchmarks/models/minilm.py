@@ -35,15 +35,11 @@ def _sentence_transformer():
     return SentenceTransformer(str(package.get_model_path()), device="cpu")
 
 
-def onnx_path(batch: int = 16, seq_len: int = 64) -> Path:
-    """The exported encoder at (batch, seq_len), exported once and cached."""
-    path = cache_dir() / f"minilm-l6_b{batch}_s{seq_len}.onnx"
-    if path.exists():
-        return path
+def encoder():
+    """The pretrained encoder as a torch module: ``(input_ids, attention_mask) -> hidden (batch, seq, 384)``."""
     import torch
 
-    model = _sentence_transformer()
-    bert = model[0].auto_model
+    bert = _sentence_transformer()[0].auto_model.eval()
 
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -53,13 +49,24 @@ def onnx_path(batch: int = 16, seq_len: int = 64) -> Path:
         def forward(self, input_ids, attention_mask):
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    return Encoder()
+
+
+def onnx_path(batch: int = 16, seq_len: int = 64) -> Path:
+    """The exported encoder at (batch, seq_len), exported once and cached."""
+    path = cache_dir() / f"minilm-l6_b{batch}_s{seq_len}.onnx"
+    if path.exists():
+        return path
+    import torch
+
+    module = encoder()
     ids = torch.ones((batch, seq_len), dtype=torch.int64)
     # A padded example mask: transformers drops an all-ones mask at trace
     # time, which would bake "no padding" into the exported graph.
     mask = torch.ones((batch, seq_len), dtype=torch.int64)
     mask[:, seq_len // 2 :] = 0
-    named = {k: v.detach().numpy() for k, v in bert.state_dict().items()}
-    return export_onnx(Encoder(), (ids, mask), path, INPUT_NAMES, ["hidden"], named)
+    named = {k: v.detach().numpy() for k, v in module.bert.state_dict().items()}
+    return export_onnx(module, (ids, mask), path, INPUT_NAMES, ["hidden"], named)
 
 
 class Tokenizer:
