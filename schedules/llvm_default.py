@@ -13,6 +13,8 @@ rule that applies wins; a function no rule fits stays as TVM lowered it.
   matmul, with any injective epilogue): spatial rows in parallel, the
   reduction outside the innermost output axis, which is vectorised so every
   step is a vector FMA into the output row.
+* :class:`Window` — depthwise/grouped convolutions and pooling: channels in
+  parallel, each output row in vectors summed over the window's taps.
 * :class:`Reduction` — softmax and norms: rows in parallel, each row's blocks
   computed together, innermost reductions summed in vector lanes
   (``rfactor``), injective steps vectorised.
@@ -22,7 +24,6 @@ rule that applies wins; a function no rule fits stays as TVM lowered it.
 * :class:`Fallback` — anything else (gathers, odd reductions): the leading
   spatial loops of each block in parallel.
 
-Not handled: depthwise convolutions and pooling get only the fallback.
 """
 
 from __future__ import annotations
@@ -167,6 +168,53 @@ class Reduction(_Rule):
         sch.vectorize(sch.get_loops(init)[-1])
 
 
+class Window(_Rule):
+    """Depthwise/grouped convolutions and pooling: one reduction over a window of an image, its padding before
+    it and an injective epilogue (bias, activation) after it.
+
+    TVM lowers these to one scalar multiply-add per tap, and :class:`Reduction` would put every output
+    element under the parallel loop and rebuild its padded window each time (PP-OCR's 5×5 depthwise conv +
+    hardswish: 6 ms a call, 0.34 ms here). Here: the leading spatial loops (batch, channel) in parallel; the
+    padded input of one channel built once under that loop; each output row in vector chunks along its
+    innermost axis (the widest vector that divides it), each chunk summed over every tap in a register; the
+    epilogue, collapsed into one block, written per row while the row is in cache.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: tvm.target.Target):
+        reductions = [index for index, info in enumerate(infos) if not info.is_injective()]
+        if len(reductions) != 1:
+            return None
+        main = infos[reductions[0]]
+        kind = main.dom_kind()
+        spatial = _leading_spatial(kind)
+        if spatial < 3 or kind != "S" * spatial + "R" * (len(kind) - spatial):
+            return None
+        producers, consumers = infos[: reductions[0]], infos[reductions[0] + 1 :]
+        consumers = try_inline(sch, consumers)  # the epilogue chain into its last block
+        if len(consumers) > 1:
+            return None
+        loops = sch.get_loops(main.block_rv)
+        *outer, row, column = loops[:spatial]
+        lanes = _lanes(target, _output_bits(sch, main.block_rv))
+        columns = _extent(sch, column)
+        if columns is None:
+            return None
+        width = max(d for d in range(1, lanes + 1) if columns % d == 0)  # a vector that divides the row
+        tiles, vector = sch.split(column, [None, width])
+        sch.reorder(row, tiles, *loops[spatial:], vector)
+        task = _parallel_spatial(sch, main.block_rv, len(outer))
+        if width > 1:
+            sch.vectorize(vector)
+        sch.decompose_reduction(main.block_rv, loops[spatial])
+        for producer in reversed(producers):
+            sch.compute_at(producer.block_rv, task, preserve_unit_loops=True)
+            _vectorize(sch, sch.get_loops(producer.block_rv)[-1], lanes)
+        for consumer in consumers:
+            sch.reverse_compute_at(consumer.block_rv, row, preserve_unit_loops=True)
+            _vectorize(sch, sch.get_loops(consumer.block_rv)[-1], lanes)
+        return sch
+
+
 class Contraction(_Rule):
     """``out[s…, j] = Σ_k a[…, k] · b[…, k, j]`` (any spatial prefix), plus injective blocks after it."""
 
@@ -238,4 +286,4 @@ class Fallback(_Rule):
 
 def default_cpu_schedule() -> tvm.transform.Pass:
     """Schedules every not-yet-scheduled PrimFunc of a module for an LLVM target (run after ``FuseTIR``)."""
-    return dlight.ApplyDefaultSchedule(Contraction(), Reduction(), Injective(), Fallback())
+    return dlight.ApplyDefaultSchedule(Contraction(), Window(), Reduction(), Injective(), Fallback())

@@ -31,6 +31,27 @@ def _layer_norm(x, gamma, beta):
     return (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
 
 
+def _depthwise(x, w, stride, pad, reduce=None):
+    """Per-channel window sums x ⋆ w (or ``reduce`` over each window when ``w`` is None), NCHW."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    size = 3
+    rows, cols = (x.shape[2] - size) // stride + 1, (x.shape[3] - size) // stride + 1
+    windows = np.stack([x[:, :, i : i + stride * rows : stride, j : j + stride * cols : stride]
+                        for i in range(size) for j in range(size)], axis=-1)
+    if w is None:
+        return reduce(windows, axis=-1)
+    return (windows * w.reshape(1, w.shape[0], 1, 1, size * size)).sum(-1)
+
+
+def _hardswish(x):
+    return relax.op.divide(relax.op.multiply(x, relax.op.clip(relax.op.add(x, relax.const(3.0, "float32")), 0, 6)),
+                           relax.const(6.0, "float32"))
+
+
+def _np_hardswish(x):
+    return x * np.clip(x + 3, 0, 6) / 6
+
+
 # name: (input shapes, relax body, numpy reference); float32 inputs, except the int64 INDEX
 CASES = {
     "attention": (
@@ -54,6 +75,16 @@ CASES = {
         [(2, 8, 5, 6)],
         lambda x: relax.op.mean(x, axis=[2, 3], keepdims=True),
         lambda x: x.mean(axis=(2, 3), keepdims=True),
+    ),
+    "depthwise_hardswish": (  # a 3×3 depthwise conv, stride 2, padded, then bias and hardswish
+        [(1, 6, 9, 20), (6, 1, 3, 3), (1, 6, 1, 1)],
+        lambda x, w, b: _hardswish(relax.op.add(relax.op.nn.conv2d(x, w, strides=2, padding=1, groups=6), b)),
+        lambda x, w, b: _np_hardswish(_depthwise(x, w, 2, 1) + b),
+    ),
+    "max_pool": (
+        [(2, 3, 8, 16)],
+        lambda x: relax.op.nn.max_pool2d(x, pool_size=3, strides=1, padding=1),
+        lambda x: _depthwise(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf), None, 1, 0, np.max),
     ),
     "bias_gelu": (
         [(6, 40), (40,)],
@@ -136,3 +167,13 @@ def test_row_reductions_sum_in_vector_lanes(name):
         mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
     scripts = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert any("_rf" in script and "T.vectorized" in script for script in scripts)
+
+
+@pytest.mark.parametrize("name", ["depthwise_hardswish", "max_pool"])
+def test_window_reductions_run_per_channel_in_vectors(name):
+    """Depthwise convs and pooling: channels in parallel, the taps summed into vectors along each output row."""
+    shapes, body, _ = CASES[name]
+    with host_target() as target:
+        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
+    scripts = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("T.parallel" in script and "T.vectorized" in script and "_update" in script for script in scripts)
