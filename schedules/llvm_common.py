@@ -181,6 +181,20 @@ def schedule_transpose(s, block, source: str, tile: int):
     return [*outer, ao, bo]
 
 
+def position_vectors(positions: int, lanes: int, widest: int) -> int:
+    """Activation vectors per N:M register tile (1..``widest``) for ``positions`` rows.
+
+    Each kept entry costs a value broadcast and a row index load beside its
+    ``vectors`` FMAs, so wide tiles amortise those two loads; but rows past
+    the end are computed too. Minimises padded rows × (vectors + 2) / vectors:
+    4 vectors for 320 rows, 3 for 40 (48 rows, not 64).
+    """
+    def cost(vectors: int) -> float:
+        return ceil_div(positions, vectors * lanes) * vectors * lanes * (vectors + 2) / vectors
+
+    return min(range(widest, 0, -1), key=cost)
+
+
 @dataclass
 class NMTiles:
     """Tile sizes of the N:M reduction (see :func:`tile_nm_reduction`)."""

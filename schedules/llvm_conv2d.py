@@ -43,6 +43,7 @@ from .llvm_common import (
     float_dtype,
     output_stage,
     parallel_chunks,
+    position_vectors,
     tile_nm_reduction,
 )
 from .nm_pack import (
@@ -222,7 +223,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
     rows_per_task = overrides.get("rows_per_task")
     # positions per task: 8 vectors measured best with 32 registers (misaligned tap loads), else 4
     widest = 8 if cpu.registers >= 32 else 4
-    vectors = ceil_div(rows_per_task, lanes) if rows_per_task else min(widest, ceil_div(g.plane, lanes))
+    vectors = ceil_div(rows_per_task, lanes) if rows_per_task else position_vectors(g.plane, lanes, widest)
     mt = vectors * lanes
     cols = overrides.get("cols") or max(1, cpu.registers // 2 // vectors)
     ct = tile_unit(overrides.get("k_tile") or max(1, L1_BYTES // g.channel_bytes(mt, itemsize)))

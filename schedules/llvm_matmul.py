@@ -46,6 +46,7 @@ from .llvm_common import (
     float_dtype,
     output_stage,
     parallel_chunks,
+    position_vectors,
     schedule_transpose,
     tile_nm_reduction,
 )
@@ -93,7 +94,7 @@ def nm_matmul(
     acc = accumulator_dtype(dtype)
     cpu = CPUShape.of(target)
     lanes = cpu.lanes(acc)
-    vectors = ceil_div(rows_per_task, lanes) if rows_per_task else min(4, ceil_div(m, lanes))
+    vectors = ceil_div(rows_per_task, lanes) if rows_per_task else position_vectors(m, lanes, 4)
     mt = vectors * lanes
     cols = cols or max(1, cpu.registers // 2 // vectors)  # half the registers hold accumulators
     itemsize = tvm.runtime.DataType(acc).bits // 8
