@@ -8,8 +8,11 @@ the scheduled dense kernel, every other op through
 ``schedules/llvm_default.py``); the TASD build at the committed TASDER plan
 for ``vegeta-m8`` (``benchmarks/results/plans/``, the quality the search
 accepted) and at a few uniform configs. All are timed side by side: blocks of
-consecutive runs per contender, interleaved over rounds (median). Ratios are
-what to quote: the same machine, the same run.
+consecutive runs per contender, each block after untimed runs that let the
+other runtime's spinning threads settle, interleaved over rounds; ratios are
+taken within a round (the machine's load of that moment hits both) and
+reported as the median over rounds with their range. Ratios are what to
+quote: the same machine, the same run.
 
     python benchmarks/end_to_end.py [--models minilm crepe-tiny ...] [--batches benchmark 1] [--quick]
 """
@@ -33,9 +36,12 @@ from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write
 from tvm_tasd.frontend import from_onnx
 
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
-#: Consecutive runs of one contender per round: onnxruntime's and TVM's worker threads spin for a while after a
-#: run, so a run right after the other runtime's loses its cores to them; within a block only the first does.
+#: Consecutive timed runs of one contender per round.
 BLOCK = 5
+#: Untimed runs before each block, for at least this long: onnxruntime's and TVM's worker threads spin for a while
+#: after a run, and a run right after the other runtime's loses its cores to them (a 0.03 ms digits-cnn run took
+#: 40 ms right after onnxruntime's; a block of tiny runs fits inside that window).
+SETTLE_S = 0.05
 SENTENCE = "A man is playing a guitar on stage."
 
 
@@ -152,20 +158,20 @@ def measure(name: str, batch: int, rounds: int) -> list[dict]:
     for config, (ex, _) in builds.items():
         vm = relax.VirtualMachine(ex, tvm.cpu())
         runners[config] = lambda vm=vm: vm["main"](*args)
-    samples = {c: [] for c in runners}
+    blocks = {c: [] for c in runners}  # per round, the median of the contender's block
     for run in runners.values():
         run()  # warm-up
     for _ in range(rounds):  # interleaved blocks, so background load hits every contender alike
         for config, run in runners.items():
-            for _ in range(BLOCK):
-                start = time.perf_counter()
-                run()
-                samples[config].append(time.perf_counter() - start)
-    median = {c: float(np.median(s)) for c, s in samples.items()}
+            blocks[config].append(_block_median(run))
+    blocks = {c: np.array(b) for c, b in blocks.items()}
     rows = []
-    for config, seconds in median.items():
-        row = {"model": name, "batch": batch, "config": config, "median_s": seconds,
-               "speedup_vs_ort": median["onnxruntime"] / seconds, "speedup_vs_dense": median["dense"] / seconds}
+    for config, seconds in blocks.items():
+        vs_ort = blocks["onnxruntime"] / seconds  # ratios within a round: the load of that moment hits both
+        row = {"model": name, "batch": batch, "config": config, "median_s": float(np.median(seconds)),
+               "speedup_vs_ort": float(np.median(vs_ort)), "speedup_vs_ort_range": [float(vs_ort.min()),
+                                                                                     float(vs_ort.max())],
+               "speedup_vs_dense": float(np.median(blocks["dense"] / seconds))}
         if config in builds:
             ex, build_s = builds[config]
             row.update(build_s=build_s, build_vs_dense=build_s / builds["dense"][1],
@@ -174,11 +180,26 @@ def measure(name: str, batch: int, rounds: int) -> list[dict]:
     return rows
 
 
+def _block_median(run) -> float:
+    """Seconds per run: the median of :data:`BLOCK` timed runs after :data:`SETTLE_S` of untimed ones."""
+    settled = time.perf_counter() + SETTLE_S
+    run()
+    while time.perf_counter() < settled:
+        run()
+    times = []
+    for _ in range(BLOCK):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def _line(r: dict) -> str:
     share = f"{r['mac_density']:.3f}" if "mac_density" in r else "—"
     build_ratio = f"{r['build_vs_dense']:.2f}×" if "build_vs_dense" in r else "—"
+    low, high = r["speedup_vs_ort_range"]
     return (f"| {r['model']} | {r['batch']} | {r['config']} | {share} | {r['median_s'] * 1e3:.2f} "
-            f"| {r['speedup_vs_ort']:.2f}× | {r['speedup_vs_dense']:.2f}× | {build_ratio} |")
+            f"| {r['speedup_vs_ort']:.2f}× ({low:.2f}–{high:.2f}) | {r['speedup_vs_dense']:.2f}× | {build_ratio} |")
 
 
 def main(argv=None) -> None:
@@ -202,9 +223,11 @@ def main(argv=None) -> None:
              "onnxruntime = the original ONNX model; pytorch = the PyTorch module it was exported from (eager, "
              "inference mode); both on TVM's thread count. dense = the TVM build with every matmul/conv through the "
              "scheduled dense kernel; TASD = the fused N:M kernels (the committed TASDER plan for vegeta-m8, or a "
-             "uniform config); every other op through the default CPU schedules in all TVM builds. Median of "
-             f"{BLOCK}-run blocks, interleaved over {args.rounds} rounds; ms is this run's median (quote the ratios).",
-             "", "| model | batch | build | executed MAC share | ms | speed vs onnxruntime | speed vs dense TVM "
+             "uniform config); every other op through the default CPU schedules in all TVM builds. Each round times "
+             f"a block of {BLOCK} runs per contender (its median), each block after ≥ {SETTLE_S * 1e3:.0f} ms of "
+             f"untimed runs; ratios are taken within a round, then the median over {args.rounds} rounds (in "
+             "brackets: the lowest and highest round); ms is the median block. Quote the ratios.",
+             "", "| model | batch | build | executed MAC share | ms | speed vs onnxruntime (range) | speed vs dense TVM "
              "| build time vs dense |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     lines += [_line(r) for r in rows]
     write(args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
