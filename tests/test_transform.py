@@ -62,8 +62,9 @@ def test_pass_is_pure_idempotent_and_well_formed():
     assert tvm_ffi.structural_equal(mod, before)  # input untouched
     assert relax.analysis.check_well_formed(once)
     assert tvm_ffi.structural_equal(TASDRewrite("vegeta-m8", config="2:8")(once), once)
-    funcs = [f for _, f in once.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "tasd.layer" in f.attrs]
-    assert sorted(str(f.attrs["tasd.layer"]) for f in funcs) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    funcs = [f for _, f in once.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "tasd.layers" in f.attrs]
+    assert sorted(str(name) for f in funcs for name in f.attrs["tasd.layers"]) == ["fc1.weight", "fc2.weight",
+                                                                                   "fc3.weight"]
     assert {str(f.attrs["tasd.config"]) for f in funcs} == {"2:8"}
     assert all(float(f.attrs["tasd.density"]) == 0.25 for f in funcs)
 

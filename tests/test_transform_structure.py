@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from tvm_tasd import decompose
+from tvm_tasd import approximate, decompose
 from tvm_tasd.hardware import load_target
 from tvm_tasd.schedules.selection import kernels_for
 from tvm_tasd.transform import LAYERS_ATTR, TASDRewrite
@@ -78,15 +78,17 @@ def _expected_linear(config: str) -> tvm.IRModule:
     """What the pass must emit for ``Linear``: one fused N:M kernel reading the packed terms as constants."""
     terms = decompose(W, config, axis=0)
     kernel = kernels_for(load_target("cpu-emulated")).nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32")
-    attrs = {"tasd.layer": "w", "tasd.config": config, "tasd.density": float(sum(t.pattern.density for t in terms)),
-             "tasd.executed_macs": int(kernel.executed_macs), "global_symbol": "tasd_w",
-             "tirx.is_scheduled": True, "op_pattern": 8}  # scheduled already; never fused with neighbours
+    symbol = "tasd_matmul_4x16x8_" + config.replace(":", "_").replace("+", "_")
+    attrs = {"tasd.config": config, "tasd.density": float(sum(t.pattern.density for t in terms)),
+             "tasd.executed_macs": int(kernel.executed_macs), "tirx.is_scheduled": True,
+             "op_pattern": 8,  # scheduled already; never fused with neighbours
+             "global_symbol": symbol, "tasd.layers": ["w"]}
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4, 16), "float32"))
     w = relax.Var("w", relax.TensorType((16, 8), "float32"))
     with bb.function("main", [x, w]):
         with bb.dataflow():
-            kernel_var = bb.add_func(kernel.func.with_attrs(attrs), "tasd_w")
+            kernel_var = bb.add_func(kernel.func.with_attrs(attrs), symbol)
             operands = [relax.const(a) for a in kernel.pack(terms)]
             y = bb.emit(relax.call_tir(kernel_var, [x, *operands], relax.TensorType((4, 8), "float32")))
             z = bb.emit_output(relax.op.nn.relu(y))
@@ -105,3 +107,28 @@ def test_the_pass_is_idempotent_on_its_own_output():
     once, _ = _rewritten(Linear, config="2:4")
     twice = TASDRewrite("cpu-emulated", config="2:4", params={"w": W})(once)
     tvm.ir.assert_structural_equal(twice, once)
+
+
+@I.ir_module
+class TwoLinear:
+    @R.function
+    def main(x: R.Tensor((4, 16), "float32"), w: R.Tensor((16, 16), "float32"), v: R.Tensor((16, 16), "float32")):
+        with R.dataflow():
+            y = R.nn.relu(R.matmul(x, w))
+            z = R.matmul(y, v)
+            R.output(z)
+        return z
+
+
+def test_layers_of_one_shape_and_series_share_one_kernel():
+    """The kernel is compiled once; each call reads its own layer's packed terms, so the outputs stay exact."""
+    rng = np.random.default_rng(1)
+    w, v = (rng.standard_normal((16, 16)).astype(np.float32) for _ in range(2))
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    out = TASDRewrite("cpu-emulated", config="2:8+1:8", params={"w": w, "v": v})(TwoLinear)
+    kernels = [f for _, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 1 and [str(n) for n in kernels[0].attrs["tasd.layers"]] == ["w", "v"]
+    ex = tvm.compile(out, target=load_target("cpu-emulated").tvm_target())
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, w, v))).numpy()
+    approx = [approximate(a, "2:8+1:8", axis=0) for a in (w, v)]
+    np.testing.assert_allclose(got, np.maximum(x @ approx[0], 0) @ approx[1], rtol=1e-5, atol=1e-5)

@@ -24,6 +24,7 @@ whose nonzeros could not in fact spread over that many blocks.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ def _level_bits(p: NMPattern) -> int:
     return 0 if p.n == p.m else p.metadata_bits
 
 
+@functools.cache  # asked for every layer × candidate series by the policy and the search
 def worst_case_nonzeros(term: NMPattern, window: int) -> int:
     """Most nonzeros an N:M tensor can put in one aligned window of ``window`` values.
 

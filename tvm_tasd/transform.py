@@ -10,7 +10,9 @@ dense whose relative weight error stays under ``error_threshold``),
 decomposes the constant weights at compile time into compressed N:M terms
 (values + uint8 indices), and replaces each call with one fused
 ``call_tir`` kernel that runs every term while sharing the activation read
-and the accumulator (the paper's Fig. 11). Kernels come from
+and the accumulator (the paper's Fig. 11). Layers of the same shape and
+series call one shared kernel function (attribute ``tasd.layers`` names
+them), each with its own packed terms as operands. Kernels come from
 ``tvm_tasd.schedules`` (``schedules.selection`` picks them for the current
 TVM target, ``Target.current()``, else the hardware's): mma.sp on CUDA,
 the tensorized N:M kernels on the CPU.
@@ -42,6 +44,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from .decompose import relative_error
@@ -186,10 +189,15 @@ class _Rewriter(relax.PyExprMutator):
         self.matched: list[Layer] = []
         self.measured: dict[str, tuple[int, float]] = {}  # layer → (executed MACs, weight error)
         self.symbols = {gv.name_hint for gv in mod.get_global_vars()}
+        self.shared: dict[int, list[tuple[tvm.tirx.PrimFunc, relax.GlobalVar]]] = {}  # structural hash → kernels
+        self.users: dict[relax.GlobalVar, list[str]] = {}  # kernel → the layers that call it
+        self.scheduled: dict[tuple, object] = {}  # (op, shapes, series, dtype, window) → scheduled kernel
 
     def rewrite(self) -> tvm.IRModule:
         main = self.mod.get_global_var("main")
         self.builder_.update_func(main, self.hook.function(self.visit_expr(self.mod["main"]), self.builder_))
+        for gvar, layers in self.users.items():
+            self.builder_.update_func(gvar, self.builder_.get()[gvar].with_attr("tasd.layers", layers))
         return self.builder_.get()
 
     def visit_var_binding_(self, binding):
@@ -205,43 +213,60 @@ class _Rewriter(relax.PyExprMutator):
         new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, new_value))
 
-    def _symbol(self, prefix: str, layer: Layer) -> str:
-        """A kernel name unique in the module (``fc.w`` and ``fc_w`` clean up to the same identifier)."""
-        base = f"{prefix}{re.sub(r'[^0-9a-zA-Z_]', '_', layer.name)}"
+    def _kernel_var(self, func: tvm.tirx.PrimFunc, name: str, layer: Layer) -> relax.GlobalVar:
+        """The module's function for ``func``: added once per distinct kernel and shared by every layer that runs
+        the same one (same shapes, series and tiles), so LLVM compiles it once — MiniLM's 36 layers need 3.
+        ``name`` (e.g. ``matmul_320x384x384_2:8+1:8``) becomes an identifier unique in the module."""
+        key = tvm_ffi.structural_hash(func)
+        for known, gvar in self.shared.get(key, []):
+            if tvm_ffi.structural_equal(known, func):
+                self.users[gvar].append(layer.name)
+                return gvar
+        base = "tasd_" + re.sub(r"[^0-9a-zA-Z_]", "_", name)
         symbol, suffix = base, 1
         while symbol in self.symbols:
             symbol, suffix = f"{base}_{suffix}", suffix + 1
         self.symbols.add(symbol)
-        return symbol
+        gvar = self.builder_.add_func(func.with_attr("global_symbol", symbol), symbol)
+        self.shared.setdefault(key, []).append((func, gvar))
+        self.users[gvar] = [layer.name]
+        return gvar
 
     def _kernel(self, layer: Layer, choice: Choice):
         """The scheduled kernel for this layer, its packed constant arrays, and the weight error."""
         if choice.weight.is_dense:
-            if layer.op == "matmul":
-                kernel = llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype)
-            else:
-                kernel = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape, dtype=layer.dtype,
-                                           **layer.conv_window)
+            kernel = self._scheduled(layer, None)
             return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0
         weight = layer.weight_kn
         terms = choice.decomposed(layer.weight, layer.axis)
         if layer.op == "matmul" and layer.axis == 1:  # a (N, K) weight: the kernels take (K, N)
             terms = [term.transposed() for term in terms]
-        patterns = [t.pattern for t in terms]
-        if layer.op == "matmul":
-            kernel = self.kernels.nm_matmul(layer.m, layer.k, layer.n, patterns, layer.dtype)
-        else:
-            kernel = self.kernels.nm_conv2d(layer.activation_shape, layer.weight.shape, patterns, layer.dtype,
-                                            **layer.conv_window)
+        kernel = self._scheduled(layer, tuple(t.pattern for t in terms))
         return kernel, kernel.pack(terms), relative_error(weight, sum(t.dense() for t in terms))
+
+    def _scheduled(self, layer: Layer, patterns: tuple | None):
+        """The layer's scheduled kernel (dense when ``patterns`` is None), built once per distinct shape and
+        series: scheduling is the costly part, and the kernel's ``pack`` takes any weight of its shape."""
+        window = repr(sorted(layer.conv_window.items())) if layer.op == "conv2d" else ""
+        key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window)
+        if key not in self.scheduled:
+            if layer.op == "matmul":
+                self.scheduled[key] = (llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype)
+                                       if patterns is None else
+                                       self.kernels.nm_matmul(layer.m, layer.k, layer.n, list(patterns), layer.dtype))
+            elif patterns is None:
+                self.scheduled[key] = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape,
+                                                        dtype=layer.dtype, **layer.conv_window)
+            else:
+                self.scheduled[key] = self.kernels.nm_conv2d(layer.activation_shape, layer.weight.shape,
+                                                             list(patterns), layer.dtype, **layer.conv_window)
+        return self.scheduled[key]
 
     def _activation_call(self, layer: Layer, choice: Choice, x):
         """call_tir of the run-time activation decomposition (the TASD units) on x (m, k)."""
         kernel = nm_activation((layer.m, layer.k), choice.activation, dtype=layer.dtype)
-        symbol = self._symbol("tasd_act_", layer)
-        attrs = {"tasd.layer": layer.name, "tasd.activation": str(choice.activation), "global_symbol": symbol,
-                 **KERNEL_ATTRS}
-        gvar = self.builder_.add_func(kernel.func.with_attrs(attrs), symbol)
+        func = kernel.func.with_attrs({"tasd.activation": str(choice.activation), **KERNEL_ATTRS})
+        gvar = self._kernel_var(func, f"act_{layer.m}x{layer.k}_{choice.activation}", layer)
         return relax.call_tir(gvar, [x], relax.TensorType((layer.m, layer.k), layer.dtype))
 
     def _emit_layer(self, layer: Layer, choice: Choice, activation):
@@ -255,19 +280,16 @@ class _Rewriter(relax.PyExprMutator):
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:
             out_shape = call_shape = tuple(int(d) for d in kernel.out_shape)
-        symbol = self._symbol("tasd_", layer)
         func = kernel.func.with_attrs(
             {
-                "tasd.layer": layer.name,
                 "tasd.config": str(choice.weight),
                 "tasd.density": float(choice.weight.density),
                 "tasd.executed_macs": int(kernel.executed_macs),
-                "global_symbol": symbol,
                 **KERNEL_ATTRS,
             }
         )
         self.measured[layer.name] = (int(kernel.executed_macs), float(error))
-        gvar = self.builder_.add_func(func, symbol)
+        gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{choice.weight}", layer)
         operands = self.hook.weight_operands(layer, kernel, packed)
         out = relax.call_tir(gvar, [x, *operands], relax.TensorType(out_shape, layer.dtype))
         if tuple(out_shape) != tuple(call_shape):
