@@ -149,31 +149,30 @@ def test_scheduled_ops_match_numpy(name):
     np.testing.assert_allclose(out, reference(*arrays), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["attention", "bias_gelu"])
-def test_gelu_and_softmax_lower_without_a_libm_call_per_element(name):
-    """``T.erf``/``T.exp`` become one scalar libm call per element on LLVM; the fast legalizations avoid both."""
+def _scheduled_scripts(name: str) -> list[str]:
+    """The TVMScript of every PrimFunc of case ``name`` after the CPU scheduling passes."""
     shapes, body, _ = CASES[name]
     with host_target() as target:
         mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
-    scripts = "".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    return [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+@pytest.mark.parametrize("name", ["attention", "bias_gelu"])
+def test_gelu_and_softmax_lower_without_a_libm_call_per_element(name):
+    """``T.erf``/``T.exp`` become one scalar libm call per element on LLVM; the fast legalizations avoid both."""
+    scripts = "".join(_scheduled_scripts(name))
     assert "T.erf(" not in scripts and "T.exp(" not in scripts
 
 
 @pytest.mark.parametrize("name", ["layer_norm", "softmax_rows"])
 def test_row_reductions_sum_in_vector_lanes(name):
     """A reduction over rows the vector width divides becomes per-lane partials (``rfactor``) in a vector loop."""
-    shapes, body, _ = CASES[name]
-    with host_target() as target:
-        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
-    scripts = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    scripts = _scheduled_scripts(name)
     assert any("_rf" in script and "T.vectorized" in script for script in scripts)
 
 
 @pytest.mark.parametrize("name", ["depthwise_hardswish", "max_pool"])
 def test_window_reductions_run_per_channel_in_vectors(name):
     """Depthwise convs and pooling: channels in parallel, the taps summed into vectors along each output row."""
-    shapes, body, _ = CASES[name]
-    with host_target() as target:
-        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
-    scripts = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    scripts = _scheduled_scripts(name)
     assert any("T.parallel" in script and "T.vectorized" in script and "_update" in script for script in scripts)
