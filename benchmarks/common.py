@@ -67,3 +67,16 @@ def write(name: str, data: dict, markdown: str, out: Path = RESULTS) -> None:
     (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / f"{name}.md").write_text(markdown)
     print(f"wrote {out / (name + '.md')} and {name}.json")
+
+
+def run_table(name: str, doc: str, collect, to_markdown, argv: list[str] | None = None) -> dict:
+    """The command line of a benchmark that only computes a table: ``--out``, collect, write."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    data = collect()
+    write(name, data, to_markdown(data), args.out)
+    return data
+

@@ -11,10 +11,9 @@ layer dense.  Writes ``cost_table.md`` and ``cost_table.json`` (default:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
+from tvm_tasd.benchmarks.common import run_table, stamp, stamp_markdown
 from tvm_tasd.cost import gemm_cost
 from tvm_tasd.hardware import list_targets, load_target
 
@@ -65,11 +64,7 @@ def to_markdown(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default: benchmarks/results)")
-    args = parser.parse_args(argv)
-    data = collect()
-    write("cost_table", data, to_markdown(data), args.out)
+    run_table("cost_table", __doc__, collect, to_markdown, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ SAME_BASE = [t for t in list_targets() if _base_unit(t) == _base_unit("dense")]
 
 
 def test_accelerator_targets_share_the_dense_base_unit():
-    assert set(SAME_BASE) == set(list_targets()) - {"cpu-emulated"}
+    # cpu-emulated is the host; the sparseloop-* files reproduce a peer's published design
+    others = {"cpu-emulated", "sparseloop-stc", "sparseloop-stc-flexible"}
+    assert set(SAME_BASE) == set(list_targets()) - others
 
 
 @pytest.mark.parametrize("name", SAME_BASE)

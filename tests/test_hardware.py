@@ -11,7 +11,8 @@ import pytest
 from tvm_tasd.config import HierarchicalPattern, NMPattern, worst_case_nonzeros
 from tvm_tasd.hardware import HardwareTarget, list_targets, load_target
 
-BUNDLED = ["cpu-emulated", "dense", "highlight", "stc-2of4", "ttc-stc", "ttc-vegeta-m8", "vegeta-m4", "vegeta-m8"]
+BUNDLED = ["cpu-emulated", "dense", "highlight", "sparseloop-stc", "sparseloop-stc-flexible", "stc-2of4", "ttc-stc",
+           "ttc-vegeta-m8", "vegeta-m4", "vegeta-m8"]
 _NUMBER = r"[-+]?(\d[\d_]*\.?\d*([eE][-+]?\d+)?|\.\d+)"
 
 
@@ -53,10 +54,12 @@ def test_every_number_carries_a_source_or_assumption(name):
             continue
         value, comment = match.group(1), match.group(2) or ""
         is_number = re.fullmatch(_NUMBER, value) or re.fullmatch(rf"\[\s*{_NUMBER}(\s*,\s*{_NUMBER})*\s*\]", value)
+        entry = rf"[\w-]+\s*=\s*{_NUMBER}"
+        numbers_table = re.fullmatch(rf"\{{\s*{entry}(\s*,\s*{entry})*\s*\}}", value)  # e.g. array = {m = 1, …}
         claims = line.split("=")[0].strip() in ("patterns", "sparse_operands")
-        if is_number or claims:
+        if is_number or numbers_table or claims:
             assert re.match(r"#\s*(source|assumption):", comment), f"{name}.toml: no source on {line!r}"
-        numeric += bool(is_number)
+        numeric += bool(is_number) + (value.count("=") if numbers_table else 0)
     assert numeric == _numeric_leaves(tomllib.loads(text)), "a number is written in a form the check missed"
 
 

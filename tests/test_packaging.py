@@ -48,4 +48,4 @@ def test_targets_load_from_the_installed_wheel(wheel, tmp_path):
         check=True, capture_output=True, text=True,
     ).stdout.split()
     assert out[0].startswith(str(site)), out
-    assert int(out[1]) == 8
+    assert int(out[1]) == 10

@@ -46,6 +46,9 @@ from pathlib import Path
 from .config import HierarchicalPattern, NMPattern, SupportedPattern, pattern_fits, pattern_shape
 
 OPERANDS = ("weight", "activation")
+#: What a memory level may hold (loop-nest targets, tvm_tasd.cost.nest): both operands and the output.
+DATASPACES = ("weight", "activation", "output")
+GEMM_DIMS = ("m", "k", "n")
 #: Cost components that are not memory levels (tvm_tasd.cost); a level may not take these names.
 NON_MEMORY_COMPONENTS = ("compute", "metadata", "tasd_units")
 _PACKAGE = "tvm_tasd.hardware_targets"
@@ -88,7 +91,12 @@ class Execution:
 @dataclass(frozen=True)
 class MemoryLevel:
     """One memory level.  ``tile_m``/``tile_n``: the output tile it serves (operand re-reads);
-    None means each operand passes through it once (see docs/cost_model.md)."""
+    None means each operand passes through it once (see docs/cost_model.md).
+
+    Loop-nest targets (an ``array`` in ``[compute]``, docs/cost_model.md) also say which
+    dataspaces the level ``keeps`` (and of those, which the mapper may ``bypass``), the
+    largest loop ``max_factors`` the level may run over its child's tiles, separate write
+    energy and write bandwidth (None: as read; a shared port for bandwidth)."""
 
     name: str
     capacity_bytes: int
@@ -96,6 +104,19 @@ class MemoryLevel:
     energy_pj_per_byte: float
     tile_m: int | None = None
     tile_n: int | None = None
+    write_energy_pj_per_byte: float | None = None
+    write_bandwidth_bytes_per_cycle: float | None = None
+    keeps: frozenset[str] = frozenset(DATASPACES)
+    bypass: frozenset[str] = frozenset()
+    max_factors: tuple[tuple[str, int], ...] = ()
+    metadata_capacity_bytes: int | None = None  # a separate metadata store; None: metadata shares capacity_bytes
+
+    @property
+    def write_energy(self) -> float:
+        return self.energy_pj_per_byte if self.write_energy_pj_per_byte is None else self.write_energy_pj_per_byte
+
+    def max_factor(self, dim: str) -> int | None:
+        return dict(self.max_factors).get(dim)
 
 
 @dataclass(frozen=True)
@@ -135,6 +156,7 @@ class HardwareTarget:
     tvm: TVMSpec
     source_file: str
     digest: str  # of the file's content as parsed: two files that say the same things share it
+    array: tuple[int, int, int] | None = None  # MACs per step (m, k values, n): a loop-nest target
 
     def runs(self, term: NMPattern | str | None, operand: str = "weight") -> Execution:
         """How ``term`` of ``operand`` runs here (module docstring); None = dense operand."""
@@ -183,10 +205,13 @@ class HardwareTarget:
 _SCHEMA = {
     "": {"name", "description", "compute", "metadata", "memory", "tasd_units", "tvm"},
     "compute": {"dense_macs_per_cycle", "clock_ghz", "dtype_bits", "mac_energy_pj", "patterns",
-                "any_pattern_max_m", "sparse_operands", "max_sparse_operands"},
+                "any_pattern_max_m", "sparse_operands", "max_sparse_operands", "array"},
+    "compute.array": set(GEMM_DIMS),
     "metadata": {"energy_pj_per_bit"},
     "memory": None,
-    "memory.*": {"capacity_bytes", "bandwidth_bytes_per_cycle", "energy_pj_per_byte", "tile_m", "tile_n"},
+    "memory.*": {"capacity_bytes", "bandwidth_bytes_per_cycle", "energy_pj_per_byte", "tile_m", "tile_n",
+                 "write_energy_pj_per_byte", "write_bandwidth_bytes_per_cycle", "keeps", "bypass", "max_factors", "metadata_capacity_bytes"},
+    "memory.*.max_factors": set(GEMM_DIMS),
     "tasd_units": {"count", "elements_per_cycle", "energy_pj_per_element", "area_overhead"},
     "tvm": None,
 }
@@ -274,7 +299,10 @@ def _read_compute(t: _Table) -> dict:
         raise t.fail("sparse_operands", f"is {operands} while patterns is {[str(p) for p in patterns]}",
                      "a sparse unit needs both; a dense unit leaves both empty")
     max_sparse = t.number("max_sparse_operands", integer=True, required=False, example="1")
+    array_t = t.sub("array", "compute.array", required=False)
+    array = None if array_t is None else tuple(array_t.number(d, integer=True, example="16") for d in GEMM_DIMS)
     return dict(
+        array=array,
         patterns=patterns,
         sparse_operands=frozenset(operands),
         max_sparse_operands=1 if max_sparse is None else max_sparse,
@@ -294,6 +322,14 @@ def _read_memory(t: _Table) -> tuple[MemoryLevel, ...]:
         tile_m, tile_n = (level.number(k, integer=True, required=False, example="128") for k in ("tile_m", "tile_n"))
         if (tile_m is None) != (tile_n is None):
             raise level.fail("tile_m", "and tile_n must be given together", "give both or neither")
+        keeps = _dataspaces(level, "keeps", DATASPACES)
+        bypass = _dataspaces(level, "bypass", ())
+        if not bypass <= keeps:
+            raise level.fail("bypass", f"names {sorted(bypass - keeps)}, which the level does not keep",
+                             "list only dataspaces from `keeps`")
+        factors_t = level.sub("max_factors", "memory.*.max_factors", required=False)
+        factors = () if factors_t is None else tuple(
+            (d, factors_t.number(d, integer=True, example="8")) for d in GEMM_DIMS if d in factors_t.data)
         levels.append(MemoryLevel(
             name=name,
             capacity_bytes=level.number("capacity_bytes", integer=True, example="196608"),
@@ -301,11 +337,56 @@ def _read_memory(t: _Table) -> tuple[MemoryLevel, ...]:
             energy_pj_per_byte=level.number("energy_pj_per_byte", example="6.1"),
             tile_m=tile_m,
             tile_n=tile_n,
+            write_energy_pj_per_byte=level.number("write_energy_pj_per_byte", required=False, example="6.1"),
+            write_bandwidth_bytes_per_cycle=level.number("write_bandwidth_bytes_per_cycle", required=False,
+                                                         example="42"),
+            keeps=keeps,
+            bypass=bypass,
+            max_factors=factors,
+            metadata_capacity_bytes=level.number("metadata_capacity_bytes", integer=True, required=False,
+                                                 example="65536"),
         ))
     if len(levels) < 2:
         raise t.fail("", f"has {len(levels)} level(s)",
                      "describe at least DRAM and an on-chip global buffer, outermost first")
     return tuple(levels)
+
+
+def _dataspaces(t: _Table, key: str, default) -> frozenset[str]:
+    if key not in t.data:
+        return frozenset(default)
+    names = t.strings(key, '["weight", "activation"]')
+    for name in names:
+        if name not in DATASPACES:
+            raise t.fail(key, f"has unknown dataspace {name!r}", f"use a subset of {list(DATASPACES)}")
+    return frozenset(names)
+
+
+_NEST_KEYS = ("keeps", "bypass", "max_factors", "write_energy_pj_per_byte", "write_bandwidth_bytes_per_cycle",
+              "metadata_capacity_bytes")
+
+
+def _check_nest(memory_t: _Table, compute: dict, levels: tuple[MemoryLevel, ...]) -> None:
+    """A loop-nest target (``[compute] array``) tiles by its mapper; the others by fixed output tiles."""
+    for level in levels:
+        t = memory_t.sub(level.name, "memory.*")
+        if compute["array"] is None:
+            for key in _NEST_KEYS:
+                if key in t.data:
+                    raise t.fail(key, "needs a loop-nest target",
+                                 "add `array = { m = …, k = …, n = … }` to [compute] (docs/cost_model.md)")
+        elif level.tile_m is not None:
+            raise t.fail("tile_m", "is for targets without [compute] array",
+                         "drop tile_m/tile_n: the mapper of a loop-nest target chooses the tiles")
+    if compute["array"] is None:
+        return
+    if math.prod(compute["array"]) != compute["dense_macs_per_cycle"]:
+        raise memory_t.fail("", f"has an array {dict(zip(GEMM_DIMS, compute['array']))} of "
+                            f"{math.prod(compute['array'])} MACs per step but dense_macs_per_cycle = "
+                            f"{compute['dense_macs_per_cycle']}", "make m·k·n of [compute] array equal it")
+    if levels[0].keeps != frozenset(DATASPACES) or levels[0].bypass:
+        raise memory_t.sub(levels[0].name, "memory.*").fail(
+            "keeps", "of the outermost level must be every dataspace", "drop keeps/bypass from the outermost level")
 
 
 def _read_tasd_units(t: _Table | None) -> TASDUnits | None:
@@ -337,11 +418,14 @@ def _parse(data: dict, file: str) -> HardwareTarget:
     if "activation" in compute["sparse_operands"] and units is None:
         raise compute_t.fail("sparse_operands", "lists 'activation' but the file has no [tasd_units] table",
                              "add [tasd_units] (count, elements_per_cycle, energy_pj_per_element, area_overhead)")
+    memory_t = root.sub("memory")
+    memory = _read_memory(memory_t)
+    _check_nest(memory_t, compute, memory)
     return HardwareTarget(
         name=root.string("name", '"my-unit"'),
         description=root.string("description", '"what the unit is"').strip(),
         metadata_energy_pj_per_bit=root.sub("metadata").number("energy_pj_per_bit", strict=False, example="0.03"),
-        memory=_read_memory(root.sub("memory")),
+        memory=memory,
         tasd_units=units,
         tvm=_read_tvm(root.sub("tvm")),
         source_file=file,

@@ -1,26 +1,15 @@
-"""Analytical latency, energy and EDP of GEMM / conv2d layers on an N:M target.
-
-The model (equations and assumptions: ``docs/cost_model.md``) follows
-``docs/semantics.md`` in the spirit of Sparseloop: per term, the MACs it executes
-on the unit and the bytes it moves at each memory level; latency is the
-slowest of compute, each level and the TASD units; energy is bytes × pJ/byte
-plus MACs × MAC energy plus metadata bits × pJ/bit plus TASD-unit work.
-Every figure comes from a field of the target file (:mod:`tvm_tasd.hardware`).
-
-GEMM convention: ``out(m, n) = x(m, k) · W(k, n)`` with ``W`` the constant
-weight and N:M groups along K.  A weight series runs term after term sharing
-the activation and the partial sums (paper Fig. 11): extra terms cost compute
-and weight/metadata bytes, never re-reads of the activation.
-"""
+"""Layer and model costs: the terms a layer runs, the bytes it moves, its energy and latency."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from .config import TASDConfig
-from .hardware import Execution, HardwareTarget, MemoryLevel, load_target
-from .layer import Layer
+from ..config import TASDConfig
+from ..hardware import Execution, HardwareTarget, MemoryLevel, load_target
+from ..layer import Layer
+from . import nest
+
 
 def _pad(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
@@ -94,6 +83,7 @@ class LayerCost(_Totals):
     energy_breakdown_pj: dict[str, float]
     name: str | None = None
     note: str = ""
+    mapping: str = ""  # loop-nest targets: the tiling the mapper chose (nest.Mapping.describe)
 
     @property
     def cycles(self) -> float:
@@ -120,7 +110,7 @@ class LayerCost(_Totals):
             "bytes_moved": dict(self.bytes_moved), "cycles_by": dict(self.cycles_by),
             "cycles": self.cycles, "bottleneck": self.bottleneck, "latency_s": self.latency_s,
             "energy_breakdown_pj": dict(self.energy_breakdown_pj), "energy_pj": self.energy_pj,
-            "edp_pj_s": self.edp, "note": self.note,
+            "edp_pj_s": self.edp, "note": self.note, "mapping": self.mapping,
         }
 
 
@@ -233,25 +223,47 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
     act_offchip = batch * act_elements * bits / 8  # as the previous layer wrote it: dense
     out_bytes = batch * m * n * bits / 8
 
-    bytes_moved = {}
-    for i, level in enumerate(hw.memory):
-        act_reads, weight_reads = _reuse(level, m, n)
-        act = act_offchip if i == 0 else act_onchip
-        bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out_bytes
-
-    # Metadata reaches the array with every read from the innermost level.
-    act_reads, weight_reads = _reuse(hw.memory[-1], m, n)
-    metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
-                     + sum(r.metadata_bits for r in a_runs) * act_reads)
     tasd_elements = 0 if a_cfg.is_dense else batch * act_elements * len(a_cfg.terms)
     units = hw.tasd_units
-
-    cycles_by = {"compute": executed / hw.dense_macs_per_cycle}
-    cycles_by.update({lv.name: bytes_moved[lv.name] / lv.bandwidth_bytes_per_cycle for lv in hw.memory})
+    if hw.array is None:
+        bytes_moved = {}
+        for i, level in enumerate(hw.memory):
+            act_reads, weight_reads = _reuse(level, m, n)
+            act = act_offchip if i == 0 else act_onchip
+            bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out_bytes
+        # Metadata reaches the array with every read from the innermost level.
+        act_reads, weight_reads = _reuse(hw.memory[-1], m, n)
+        cycles_by = {"compute": executed / hw.dense_macs_per_cycle}
+        cycles_by.update({lv.name: bytes_moved[lv.name] / lv.bandwidth_bytes_per_cycle for lv in hw.memory})
+        level_energy = {lv.name: bytes_moved[lv.name] * lv.energy_pj_per_byte for lv in hw.memory}
+        mapping = ""
+    else:
+        am, ak, an = hw.array
+        act_reads, weight_reads = -(-n // an), -(-m // am)  # the array streams each operand once per group
+        passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k)
+                  for w in w_runs for a in a_runs]  # (array steps along k, executed density) per pass
+        steps = weight_reads * act_reads * sum(k_steps for k_steps, _ in passes)
+        prob = nest.Problem(
+            m=m, k=k, n=n, steps=steps, weight_bytes=weight_bytes / (batch * k * n),
+            activation_bytes_offchip=bits / 8, activation_bytes_onchip=act_onchip / (batch * m * k),
+            output_bytes=bits / 8, reuse_ratio=act_elements / (m * k),
+            weight_metadata_bytes=sum(r.metadata_bits for r in w_runs) / 8 / (batch * k * n),
+            activation_metadata_bytes=sum(r.metadata_bits for r in a_runs) / 8 / (batch * m * k),
+            streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density in passes)))
+        best = nest.best_mapping(hw, prob)
+        level_energy, level_cycles = nest.evaluate(hw, prob, best)
+        moved = nest.traffic(hw, prob, best)
+        bytes_moved = {lv.name: batch * (t.reads + t.writes) for lv, t in zip(hw.memory, moved)}
+        level_energy = {name: batch * e for name, e in level_energy.items()}
+        cycles_by = {"compute": float(batch * steps)}
+        cycles_by.update({name: batch * c for name, c in level_cycles.items()})
+        mapping = best.describe(hw)
+    metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
+                     + sum(r.metadata_bits for r in a_runs) * act_reads)
     cycles_by["tasd_units"] = tasd_elements / (units.count * units.elements_per_cycle) if units else 0.0
 
     energy = {"compute": executed * hw.mac_energy_pj}  # keys: hardware.NON_MEMORY_COMPONENTS + levels
-    energy.update({lv.name: bytes_moved[lv.name] * lv.energy_pj_per_byte for lv in hw.memory})
+    energy.update(level_energy)
     energy["metadata"] = metadata_bits * hw.metadata_energy_pj_per_bit
     energy["tasd_units"] = tasd_elements * units.energy_pj_per_element if units else 0.0
 
@@ -259,7 +271,7 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
         target=hw.name, m=m, k=k, n=n, batch=batch, weight=w_cfg, activation=a_cfg, dtype_bits=bits,
         clock_ghz=hw.clock_ghz, terms=tuple(w_runs + a_runs), dense_macs=batch * m * k * n,
         executed_macs=executed, bytes_moved=bytes_moved, cycles_by=cycles_by,
-        energy_breakdown_pj=energy, name=name, note="; ".join(notes),
+        energy_breakdown_pj=energy, name=name, note="; ".join(notes), mapping=mapping,
     )
 
 

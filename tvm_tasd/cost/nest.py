@@ -1,0 +1,244 @@
+"""Loop-nest traffic of one GEMM through a target's memory hierarchy, and the mapper that tiles it.
+
+For targets whose ``[compute]`` table has an ``array`` (docs/cost_model.md, "Loop-nest
+targets").  The model is Timeloop's (Parashar et al., ISPASS 2019) at the scale of one GEMM
+``out(m, n) = x(m, k) · W(k, n)`` and a handful of levels:
+
+* Each memory level below the outermost holds a tile ``(m, k, n)`` of the problem (k in
+  reduction positions) and runs loops over its child's tiles, in an order; the innermost level's
+  child is the MAC array, which does ``array = (m, k values, n)`` MACs per step.
+* A level keeps some dataspaces (weight, activation, output); the others pass through it.
+  Between two consecutive keepers of a dataspace, the inner one is refilled each time a loop
+  above it that indexes the dataspace moves: ``fills = |tile| · Π trips of the loops above it, out
+  to the innermost one that indexes it`` (loops inside that one reuse the tile).  Outputs go the
+  other way: partial sums written up when a reduction loop above them moves on, read back
+  (``writes − m·n``) to continue.
+* The array reads its operands from their innermost keepers every step (a weight value per MAC
+  column group, the activation once per position and output group — terms of a series share it,
+  paper Fig. 11) and sends ``m·n`` partial sums per step to the output keeper.
+* The mapper enumerates tiles (powers of two of the child's extent, or the whole dimension,
+  within each level's ``max_factors`` and ``capacity_bytes``), the loop orders and the allowed
+  bypasses, and keeps the mapping of least energy × cycles.  Milliseconds per shape, cached.
+
+What it leaves out: spatial multicast and reduction networks (free, as in the Sparseloop
+artifact's runs), halos of conv tiles (the activation tile is its share of the input tensor),
+double buffering (a tile must fit the whole capacity), and pipeline fill.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..hardware import DATASPACES, GEMM_DIMS, HardwareTarget
+
+#: The GEMM dimensions each dataspace is indexed by.
+INDEXED_BY = {"activation": "mk", "weight": "kn", "output": "mn"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One GEMM as the nest sees it: extents in positions, and bytes per position per dataspace."""
+
+    m: int
+    k: int
+    n: int
+    steps: int  # array steps over all terms
+    weight_bytes: float  # per (k, n) position: values and metadata of every term
+    activation_bytes_offchip: float  # per (m, k) position at the outermost level (as the previous layer wrote it)
+    activation_bytes_onchip: float  # per (m, k) position on chip (compressed by TASD units when decomposed)
+    output_bytes: float
+    reuse_ratio: float = 1.0  # stored activation / (m·k): a conv's input tensor is smaller than its im2col view
+    weight_metadata_bytes: float = 0.0  # the part of weight_bytes that is metadata
+    activation_metadata_bytes: float = 0.0  # the part of activation_bytes_onchip that is metadata
+    streamed_k: int | None = None  # positions the array fetches per row: k padded to whole array windows
+
+    def dim(self, d: str) -> int:
+        return getattr(self, d)
+
+    def bytes_per_element(self, dataspace: str, outermost: bool, stored: bool = True) -> float:
+        """Bytes per position held in a level (``stored``) or streamed into the array."""
+        if dataspace == "weight":
+            return self.weight_bytes
+        if dataspace == "output":
+            return self.output_bytes
+        per = self.activation_bytes_offchip if outermost else self.activation_bytes_onchip
+        return per * self.reuse_ratio if stored else per
+
+    def array_step_tile(self, array: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Positions one array step covers: k values per row spread over the executed density."""
+        am, _, an = array
+        k_steps = self.steps / (-(-self.m // am) * -(-self.n // an))
+        return min(am, self.m), max(1, min(self.k, round(self.k / k_steps))), min(an, self.n)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Tiles of the levels below the outermost (outermost first), each level's loop order, what each level keeps."""
+
+    tiles: tuple[tuple[int, int, int], ...]
+    orders: tuple[str, ...]
+    keeps: tuple[frozenset[str], ...]
+
+    def describe(self, hw: HardwareTarget) -> str:
+        parts = []
+        for level, tile, order, keeps in zip(hw.memory[1:], self.tiles, self.orders[1:], self.keeps[1:]):
+            shape = "x".join(str(t) for t in tile)
+            parts.append(f"{level.name}[{shape} {'+'.join(sorted(keeps)) or '-'}; {order or '-'}]")
+        return f"{hw.memory[0].name}[{self.orders[0] or '-'}] " + " ".join(parts)
+
+
+@dataclass(frozen=True)
+class LevelTraffic:
+    reads: float  # bytes
+    writes: float
+
+    def energy_pj(self, level) -> float:
+        return self.reads * level.energy_pj_per_byte + self.writes * level.write_energy
+
+    def cycles(self, level) -> float:
+        if level.write_bandwidth_bytes_per_cycle is None:
+            return (self.reads + self.writes) / level.bandwidth_bytes_per_cycle
+        return max(self.reads / level.bandwidth_bytes_per_cycle, self.writes / level.write_bandwidth_bytes_per_cycle)
+
+
+def _loops(prob: Problem, mapping: Mapping) -> list[tuple[int, str, int]]:
+    """(level, dim, trips) of every loop, outermost first; level i's loops walk level i+1's tiles."""
+    full = (prob.m, prob.k, prob.n)
+    tiles = (full,) + mapping.tiles
+    loops = []
+    for i, order in enumerate(mapping.orders[: len(mapping.tiles)]):
+        for d in order:
+            j = GEMM_DIMS.index(d)
+            loops.append((i, d, -(-tiles[i][j] // tiles[i + 1][j])))
+    return loops
+
+
+def _refetches(loops, below_level: int, dims: str) -> int:
+    """How many times a tile held at ``below_level`` is (re)filled: trips of the loops above it,
+    out to the innermost one that indexes ``dims``."""
+    above = [(d, t) for i, d, t in loops if i < below_level and t > 1]
+    innermost = max((p for p, (d, _) in enumerate(above) if d in dims), default=-1)
+    return math.prod(t for _, t in above[: innermost + 1])
+
+
+def traffic(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> list[LevelTraffic]:
+    """Bytes read and written at each level of ``hw.memory`` under ``mapping``."""
+    levels = len(hw.memory)
+    tiles = ((prob.m, prob.k, prob.n),) + mapping.tiles
+    loops = _loops(prob, mapping)
+    reads, writes = [0.0] * levels, [0.0] * levels
+    am, _, an = hw.array
+    for space in DATASPACES:
+        keepers = [i for i in range(levels) if space in mapping.keeps[i]]
+        dims = INDEXED_BY[space]
+        per = {i: prob.bytes_per_element(space, i == 0) for i in keepers}
+        count = prob.m * prob.n  # outputs leaving the innermost keeper (no keeper above it)
+        for parent, child in zip(keepers, keepers[1:]):
+            count = _refetches(loops, child, dims) * math.prod(tiles[child][GEMM_DIMS.index(d)] for d in dims)
+            if space == "output":  # partial sums written up; all but the first arrival read back
+                back = max(count - prob.m * prob.n, 0)
+                writes[parent] += count * per[parent]
+                reads[parent] += back * per[parent]
+                writes[child] += back * per[child]
+                reads[child] += count * per[child]
+            else:
+                reads[parent] += count * per[parent]
+                writes[child] += count * per[child]
+        inner = keepers[-1]
+        streamed = prob.bytes_per_element(space, inner == 0, stored=False)
+        if space == "weight":  # the array's k×n values each step, once per m-group of the array
+            reads[inner] += -(-prob.m // am) * prob.k * prob.n * streamed
+        elif space == "activation":  # each position once per n-group; the terms of a series share it
+            reads[inner] += prob.m * (prob.streamed_k or prob.k) * -(-prob.n // an) * streamed
+        else:  # m·n partial sums per step; all but the first of each residency are read to accumulate
+            updates = prob.steps * am * an
+            writes[inner] += updates * streamed
+            reads[inner] += max(updates - count, 0) * streamed
+    return [LevelTraffic(r, w) for r, w in zip(reads, writes)]
+
+
+def _fits(level, prob: Problem, tile, keeps) -> bool:
+    """Whether the tile's data (and metadata, in its own store when the level has one) fits the level."""
+    size = {s: math.prod(tile[GEMM_DIMS.index(d)] for d in INDEXED_BY[s]) for s in keeps}
+    total = sum(n * prob.bytes_per_element(s, False) for s, n in size.items())
+    metadata = (size.get("weight", 0) * prob.weight_metadata_bytes
+                + size.get("activation", 0) * prob.activation_metadata_bytes * prob.reuse_ratio)
+    if level.metadata_capacity_bytes is None:
+        return total <= level.capacity_bytes
+    return total - metadata <= level.capacity_bytes and metadata <= level.metadata_capacity_bytes
+
+
+def _extents(child: int, full: int, bound: int | None) -> list[int]:
+    """Tile extents over a child extent: powers-of-two multiples and the whole dimension, within ``bound``."""
+    limit = full if bound is None else min(full, child * bound)
+    out, e = {min(child, full)}, child
+    while e * 2 <= limit:
+        e *= 2
+        out.add(e)
+    if bound is None or -(-full // child) <= bound:
+        out.add(full)
+    return sorted(out)
+
+
+def _tilings(hw: HardwareTarget, prob: Problem, keeps):
+    """Every nest of tiles (outermost first, below the outermost level) that fits the capacities."""
+    full = (prob.m, prob.k, prob.n)
+    array = prob.array_step_tile(hw.array)
+
+    def build(level: int, child: tuple[int, int, int]):
+        if level == 0:
+            bound = {d: hw.memory[0].max_factor(d) for d in GEMM_DIMS}
+            if all(b is None or -(-f // c) <= b for b, f, c in zip(bound.values(), full, child)):
+                yield ()
+            return
+        spec = hw.memory[level]
+        options = [_extents(c, f, spec.max_factor(d)) for c, f, d in zip(child, full, GEMM_DIMS)]
+        for tile in itertools.product(*options):
+            if _fits(spec, prob, tile, keeps[level]):
+                for outer in build(level - 1, tile):
+                    yield outer + (tile,)
+
+    yield from build(len(hw.memory) - 1, array)
+
+
+def _keep_choices(hw: HardwareTarget):
+    per_level = []
+    for level in hw.memory:
+        optional = sorted(level.bypass)
+        per_level.append([level.keeps - frozenset(drop) for r in range(len(optional) + 1)
+                          for drop in itertools.combinations(optional, r)])
+    return itertools.product(*per_level)
+
+
+def _orders(parent, child) -> list[str]:
+    moving = [d for p, c, d in zip(parent, child, GEMM_DIMS) if -(-p // c) > 1]
+    return ["".join(o) for o in itertools.permutations(moving)] or [""]
+
+
+def evaluate(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> tuple[dict, dict]:
+    """(energy pJ, cycles) per level name under ``mapping``."""
+    moved = traffic(hw, prob, mapping)
+    return ({lv.name: t.energy_pj(lv) for lv, t in zip(hw.memory, moved)},
+            {lv.name: t.cycles(lv) for lv, t in zip(hw.memory, moved)})
+
+
+@lru_cache(maxsize=4096)
+def best_mapping(hw: HardwareTarget, prob: Problem) -> Mapping:
+    """The mapping of least energy × cycles (compute cycles included), ties to less energy."""
+    best, best_key = None, None
+    for keeps in _keep_choices(hw):
+        for tiles in _tilings(hw, prob, keeps):
+            chain = ((prob.m, prob.k, prob.n),) + tiles
+            for orders in itertools.product(*(_orders(p, c) for p, c in zip(chain, chain[1:]))):
+                mapping = Mapping(tiles, tuple(orders) + ("",), keeps)
+                energy, cycles = evaluate(hw, prob, mapping)
+                e, c = sum(energy.values()), max(max(cycles.values()), prob.steps)
+                if best_key is None or (e * c, e) < best_key:
+                    best, best_key = mapping, (e * c, e)
+    if best is None:
+        raise ValueError(f"target {hw.name!r}: no tiling of the {prob.m}x{prob.k}x{prob.n} GEMM fits its memory "
+                         f"levels' capacities and max_factors ({hw.source_file}); raise a capacity or a factor bound")
+    return best
