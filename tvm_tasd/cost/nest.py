@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from ..hardware import DATASPACES, GEMM_DIMS, HardwareTarget
 
 #: The GEMM dimensions each dataspace is indexed by.
@@ -104,60 +106,73 @@ class LevelTraffic:
         return max(self.reads / level.bandwidth_bytes_per_cycle, self.writes / level.write_bandwidth_bytes_per_cycle)
 
 
-def _loops(prob: Problem, mapping: Mapping) -> list[tuple[int, str, int]]:
-    """(level, dim, trips) of every loop, outermost first; level i's loops walk level i+1's tiles."""
-    full = (prob.m, prob.k, prob.n)
-    tiles = (full,) + mapping.tiles
-    loops = []
-    for i, order in enumerate(mapping.orders[: len(mapping.tiles)]):
-        for d in order:
-            j = GEMM_DIMS.index(d)
-            loops.append((i, d, -(-tiles[i][j] // tiles[i + 1][j])))
-    return loops
+def _traffic(hw: HardwareTarget, prob: Problem, tiles: np.ndarray, orders, keeps) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes (reads, writes), shape (candidates, levels), of candidate tile nests ``tiles``
+    (candidates × levels below the outermost × 3) under one loop order per level (``orders``)."""
+    levels = len(hw.memory)
+    full = np.array([prob.m, prob.k, prob.n], dtype=np.float64)
+    chain = np.concatenate([np.broadcast_to(full, (len(tiles), 1, 3)), tiles.astype(np.float64)], axis=1)
+    loops = [(i, d, np.ceil(chain[:, i, GEMM_DIMS.index(d)] / chain[:, i + 1, GEMM_DIMS.index(d)]))
+             for i, order in enumerate(orders[: levels - 1]) for d in order]
+
+    def refills(level: int, dims: str) -> np.ndarray:
+        # trips of the loops above ``level``, out to the innermost one indexing ``dims`` that moves
+        running, count = np.ones(len(tiles)), np.ones(len(tiles))
+        for i, d, trips in loops:
+            if i >= level:
+                break
+            running = running * trips
+            if d in dims:
+                count = np.where(trips > 1, running, count)
+        return count
+
+    reads, writes = np.zeros((len(tiles), levels)), np.zeros((len(tiles), levels))
+    am, _, an = hw.array
+    for space in DATASPACES:
+        keepers = [i for i in range(levels) if space in keeps[i]]
+        dims = INDEXED_BY[space]
+        per = {i: prob.bytes_per_element(space, i == 0) for i in keepers}
+        count = np.full(len(tiles), float(prob.m * prob.n))  # outputs leaving the innermost keeper
+        for parent, child in zip(keepers, keepers[1:]):
+            size = np.prod([chain[:, child, GEMM_DIMS.index(d)] for d in dims], axis=0)
+            count = refills(child, dims) * size
+            if space == "output":  # partial sums written up; all but the first arrival read back
+                back = np.maximum(count - prob.m * prob.n, 0)
+                writes[:, parent] += count * per[parent]
+                reads[:, parent] += back * per[parent]
+                writes[:, child] += back * per[child]
+                reads[:, child] += count * per[child]
+            else:
+                reads[:, parent] += count * per[parent]
+                writes[:, child] += count * per[child]
+        inner = keepers[-1]
+        streamed = prob.bytes_per_element(space, inner == 0, stored=False)
+        if space == "weight":  # the array's k×n values each step, once per m-group of the array
+            reads[:, inner] += -(-prob.m // am) * prob.k * prob.n * streamed
+        elif space == "activation":  # each position once per n-group; the terms of a series share it
+            reads[:, inner] += prob.m * (prob.streamed_k or prob.k) * -(-prob.n // an) * streamed
+        else:  # m·n partial sums per step; all but the first of each residency are read to accumulate
+            updates = prob.steps * am * an
+            writes[:, inner] += updates * streamed
+            reads[:, inner] += np.maximum(updates - count, 0) * streamed
+    return reads, writes
 
 
-def _refetches(loops, below_level: int, dims: str) -> int:
-    """How many times a tile held at ``below_level`` is (re)filled: trips of the loops above it,
-    out to the innermost one that indexes ``dims``."""
-    above = [(d, t) for i, d, t in loops if i < below_level and t > 1]
-    innermost = max((p for p, (d, _) in enumerate(above) if d in dims), default=-1)
-    return math.prod(t for _, t in above[: innermost + 1])
+def _energy_and_cycles(hw: HardwareTarget, reads: np.ndarray, writes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate and level: energy in pJ and cycles."""
+    read_e = np.array([lv.energy_pj_per_byte for lv in hw.memory])
+    write_e = np.array([lv.write_energy for lv in hw.memory])
+    read_bw = np.array([lv.bandwidth_bytes_per_cycle for lv in hw.memory])
+    shared = np.array([lv.write_bandwidth_bytes_per_cycle is None for lv in hw.memory])
+    write_bw = np.array([lv.write_bandwidth_bytes_per_cycle or 1.0 for lv in hw.memory])
+    cycles = np.where(shared, (reads + writes) / read_bw, np.maximum(reads / read_bw, writes / write_bw))
+    return reads * read_e + writes * write_e, cycles
 
 
 def traffic(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> list[LevelTraffic]:
     """Bytes read and written at each level of ``hw.memory`` under ``mapping``."""
-    levels = len(hw.memory)
-    tiles = ((prob.m, prob.k, prob.n),) + mapping.tiles
-    loops = _loops(prob, mapping)
-    reads, writes = [0.0] * levels, [0.0] * levels
-    am, _, an = hw.array
-    for space in DATASPACES:
-        keepers = [i for i in range(levels) if space in mapping.keeps[i]]
-        dims = INDEXED_BY[space]
-        per = {i: prob.bytes_per_element(space, i == 0) for i in keepers}
-        count = prob.m * prob.n  # outputs leaving the innermost keeper (no keeper above it)
-        for parent, child in zip(keepers, keepers[1:]):
-            count = _refetches(loops, child, dims) * math.prod(tiles[child][GEMM_DIMS.index(d)] for d in dims)
-            if space == "output":  # partial sums written up; all but the first arrival read back
-                back = max(count - prob.m * prob.n, 0)
-                writes[parent] += count * per[parent]
-                reads[parent] += back * per[parent]
-                writes[child] += back * per[child]
-                reads[child] += count * per[child]
-            else:
-                reads[parent] += count * per[parent]
-                writes[child] += count * per[child]
-        inner = keepers[-1]
-        streamed = prob.bytes_per_element(space, inner == 0, stored=False)
-        if space == "weight":  # the array's k×n values each step, once per m-group of the array
-            reads[inner] += -(-prob.m // am) * prob.k * prob.n * streamed
-        elif space == "activation":  # each position once per n-group; the terms of a series share it
-            reads[inner] += prob.m * (prob.streamed_k or prob.k) * -(-prob.n // an) * streamed
-        else:  # m·n partial sums per step; all but the first of each residency are read to accumulate
-            updates = prob.steps * am * an
-            writes[inner] += updates * streamed
-            reads[inner] += max(updates - count, 0) * streamed
-    return [LevelTraffic(r, w) for r, w in zip(reads, writes)]
+    reads, writes = _traffic(hw, prob, np.array([mapping.tiles]), mapping.orders, mapping.keeps)
+    return [LevelTraffic(float(r), float(w)) for r, w in zip(reads[0], writes[0])]
 
 
 def _fits(level, prob: Problem, tile, keeps) -> bool:
@@ -213,11 +228,6 @@ def _keep_choices(hw: HardwareTarget):
     return itertools.product(*per_level)
 
 
-def _orders(parent, child) -> list[str]:
-    moving = [d for p, c, d in zip(parent, child, GEMM_DIMS) if -(-p // c) > 1]
-    return ["".join(o) for o in itertools.permutations(moving)] or [""]
-
-
 def evaluate(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> tuple[dict, dict]:
     """(energy pJ, cycles) per level name under ``mapping``."""
     moved = traffic(hw, prob, mapping)
@@ -225,19 +235,34 @@ def evaluate(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> tuple[dict,
             {lv.name: t.cycles(lv) for lv, t in zip(hw.memory, moved)})
 
 
+def _moving(order: str, parent, child) -> str:
+    """The loops of ``order`` that run more than once."""
+    return "".join(d for d in order if -(-parent[GEMM_DIMS.index(d)] // child[GEMM_DIMS.index(d)]) > 1)
+
+
 @lru_cache(maxsize=4096)
 def best_mapping(hw: HardwareTarget, prob: Problem) -> Mapping:
     """The mapping of least energy × cycles (compute cycles included), ties to less energy."""
     best, best_key = None, None
     for keeps in _keep_choices(hw):
-        for tiles in _tilings(hw, prob, keeps):
-            chain = ((prob.m, prob.k, prob.n),) + tiles
-            for orders in itertools.product(*(_orders(p, c) for p, c in zip(chain, chain[1:]))):
-                mapping = Mapping(tiles, tuple(orders) + ("",), keeps)
-                energy, cycles = evaluate(hw, prob, mapping)
-                e, c = sum(energy.values()), max(max(cycles.values()), prob.steps)
-                if best_key is None or (e * c, e) < best_key:
-                    best, best_key = mapping, (e * c, e)
+        nests = list(_tilings(hw, prob, keeps))
+        if not nests:
+            continue
+        tiles = np.array(nests)
+        chains = np.concatenate([np.broadcast_to([prob.m, prob.k, prob.n], (len(tiles), 1, 3)), tiles], axis=1)
+        moves = np.ceil(chains[:, :-1] / chains[:, 1:]).max(axis=0) > 1  # (level, dim): a loop that ever runs
+        per_level = [["".join(p) for p in itertools.permutations(d for d, m in zip(GEMM_DIMS, row) if m)]
+                     for row in moves]
+        for combo in itertools.product(*per_level):
+            energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, tiles, combo, keeps))
+            total = energy.sum(axis=1)
+            edp = total * np.maximum(cycles.max(axis=1), prob.steps)
+            i = int(np.lexsort((total, edp))[0])
+            if best_key is None or (edp[i], total[i]) < best_key:
+                best_key = (edp[i], total[i])
+                chain = ((prob.m, prob.k, prob.n),) + nests[i]
+                best = Mapping(nests[i], tuple(_moving(o, p, c) for o, p, c in zip(combo, chain, chain[1:])) + ("",),
+                               keeps)
     if best is None:
         raise ValueError(f"target {hw.name!r}: no tiling of the {prob.m}x{prob.k}x{prob.n} GEMM fits its memory "
                          f"levels' capacities and max_factors ({hw.source_file}); raise a capacity or a factor bound")
