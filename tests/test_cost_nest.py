@@ -180,3 +180,36 @@ def test_validation_data_names_its_source():
     data = Path(sparseloop_validation.DATA).read_text()
     assert "micro22-sparseloop-artifact" in data and "timeloop-model.stats.txt" in data
     assert math.isclose(sum(r["cycles"] for r in sparseloop_validation.collect()["rows"][:1]), 73728)
+
+
+SM_LIKE = TINY.replace("array = { m = 1, k = 1, n = 1 }", "array = { m = 8, k = 16, n = 8 }").replace(
+    "dense_macs_per_cycle = 1", "dense_macs_per_cycle = 1024").replace("""[memory.buffer]
+capacity_bytes = 100
+bandwidth_bytes_per_cycle = 4
+energy_pj_per_byte = 1.0
+write_energy_pj_per_byte = 2.0
+""", """[memory.buffer]
+capacity_bytes = 196608
+bandwidth_bytes_per_cycle = 128
+energy_pj_per_byte = 6.1
+keeps = ["weight", "activation"]
+[memory.rf]
+capacity_bytes = 262144
+bandwidth_bytes_per_cycle = 2048
+energy_pj_per_byte = 1.25
+max_factors = { k = 1, m = 16, n = 16 }
+""")
+
+
+@pytest.mark.parametrize("shape", [(320, 1536, 384), (1024, 4096, 4096), (2048, 2048, 2048), (8, 768, 3072)])
+def test_the_beam_search_finds_the_exhaustive_optimum(tmp_path, monkeypatch, shape):
+    for hw in (_tiny(tmp_path, SM_LIKE), FLEX):
+        for config in ("dense", "2:4", "2:4+2:4"):
+            nest.best_mapping.cache_clear()
+            monkeypatch.setattr(nest, "EXHAUSTIVE_LIMIT", 10**12)
+            exhaustive = gemm_cost(hw, *shape, weight=config)
+            nest.best_mapping.cache_clear()
+            monkeypatch.setattr(nest, "EXHAUSTIVE_LIMIT", 0)
+            beam = gemm_cost(hw, *shape, weight=config)
+            assert beam.edp == pytest.approx(exhaustive.edp, rel=1e-9), (hw.name, config)
+    nest.best_mapping.cache_clear()

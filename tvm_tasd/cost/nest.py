@@ -18,7 +18,8 @@ targets").  The model is Timeloop's (Parashar et al., ISPASS 2019) at the scale 
   paper Fig. 11) and sends ``m·n`` partial sums per step to the output keeper.
 * The mapper enumerates tiles (powers of two of the child's extent, or the whole dimension,
   within each level's ``max_factors`` and ``capacity_bytes``), the loop orders and the allowed
-  bypasses, and keeps the mapping of least energy × cycles.  Milliseconds per shape, cached.
+  bypasses, and keeps the mapping of least energy × cycles; large spaces go through a beam
+  search, level by level.  Tens of milliseconds per shape, cached.
 
 What it leaves out: spatial multicast and reduction networks (free, as in the Sparseloop
 artifact's runs), halos of conv tiles (the activation tile is its share of the input tensor),
@@ -219,6 +220,75 @@ def _tilings(hw: HardwareTarget, prob: Problem, keeps):
     yield from build(len(hw.memory) - 1, array)
 
 
+#: Above this many tile nests (estimated) the mapper narrows the search level by level.
+EXHAUSTIVE_LIMIT = 20000
+BEAM_WIDTH = 24
+
+
+def _reach(hw: HardwareTarget, level: int, array) -> list[float]:
+    """The largest tile extent per dim a level can have: the array step times the bounds below it."""
+    reach = []
+    for d, a in zip(GEMM_DIMS, array):
+        bounds = [lv.max_factor(d) for lv in hw.memory[level:]]
+        reach.append(math.inf if None in bounds else a * math.prod(bounds))
+    return reach
+
+
+def _space_size(hw: HardwareTarget, prob: Problem) -> int:
+    """An upper bound of the tile nests the exhaustive search would enumerate."""
+    array = prob.array_step_tile(hw.array)
+    size = 1
+    for level in range(1, len(hw.memory)):
+        for f, a, r in zip((prob.m, prob.k, prob.n), array, _reach(hw, level, array)):
+            size *= math.ceil(math.log2(max(min(f, r) / a, 1))) + 2
+    return size
+
+
+def _order_combos(chains: np.ndarray) -> list[tuple[str, ...]]:
+    """Loop orders of the levels above the last: permutations of the loops that ever run."""
+    moves = np.ceil(chains[:, :-1] / chains[:, 1:]).max(axis=0) > 1  # (level, dim)
+    per_level = [["".join(p) for p in itertools.permutations(d for d, m in zip(GEMM_DIMS, row) if m)]
+                 for row in moves]
+    return list(itertools.product(*per_level))
+
+
+def _chains(prob: Problem, tiles: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.broadcast_to([prob.m, prob.k, prob.n], (len(tiles), 1, 3)), tiles], axis=1)
+
+
+def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, width: int = BEAM_WIDTH):
+    """Tile nests chosen level by level from the outermost: each level keeps the ``width`` partial
+    nests whose completion (inner levels holding as much of the tile as their bounds allow) has the
+    least energy × cycles."""
+    full, array, levels = (prob.m, prob.k, prob.n), prob.array_step_tile(hw.array), len(hw.memory)
+    partial: list[tuple] = [()]
+    for level in range(1, levels):
+        spec, outer = hw.memory[level], hw.memory[level - 1]
+        innermost, reach = level == levels - 1, _reach(hw, level, array)
+        found = []
+        for nest in partial:
+            parent = nest[-1] if nest else full
+            options = []
+            for d, p, a, r in zip(GEMM_DIMS, parent, array, reach):
+                extents = {p} | {a * 2 ** j for j in range(64) if a * 2 ** j < p}
+                options.append(sorted(
+                    e for e in extents if e <= r and (outer.max_factor(d) is None or -(-p // e) <= outer.max_factor(d))))
+            found += [nest + (tile,) for tile in itertools.product(*options) if _fits(spec, prob, tile, keeps[level])]
+        if not found or innermost:
+            return found
+        # complete each nest with the largest tiles the inner levels' bounds allow (capacities aside)
+        inner_reach = [_reach(hw, j, array) for j in range(level + 1, levels)]
+        completed = np.array([nest + tuple(tuple(min(t, r) for t, r in zip(nest[-1], reach)) for reach in inner_reach)
+                              for nest in found])
+        chains = _chains(prob, completed)
+        score = np.full(len(found), np.inf)
+        for combo in _order_combos(chains):
+            energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, completed, combo, keeps))
+            score = np.minimum(score, energy.sum(axis=1) * np.maximum(cycles.max(axis=1), prob.steps))
+        partial = [found[i] for i in np.argsort(score, kind="stable")[:width]]
+    return []
+
+
 def _keep_choices(hw: HardwareTarget):
     per_level = []
     for level in hw.memory:
@@ -242,18 +312,16 @@ def _moving(order: str, parent, child) -> str:
 
 @lru_cache(maxsize=4096)
 def best_mapping(hw: HardwareTarget, prob: Problem) -> Mapping:
-    """The mapping of least energy × cycles (compute cycles included), ties to less energy."""
+    """The mapping of least energy × cycles (compute cycles included), ties to less energy: over
+    every tile nest when there are at most ``EXHAUSTIVE_LIMIT``, else over a beam search's."""
     best, best_key = None, None
+    exhaustive = _space_size(hw, prob) <= EXHAUSTIVE_LIMIT
     for keeps in _keep_choices(hw):
-        nests = list(_tilings(hw, prob, keeps))
+        nests = list(_tilings(hw, prob, keeps) if exhaustive else _beam_tilings(hw, prob, keeps))
         if not nests:
             continue
         tiles = np.array(nests)
-        chains = np.concatenate([np.broadcast_to([prob.m, prob.k, prob.n], (len(tiles), 1, 3)), tiles], axis=1)
-        moves = np.ceil(chains[:, :-1] / chains[:, 1:]).max(axis=0) > 1  # (level, dim): a loop that ever runs
-        per_level = [["".join(p) for p in itertools.permutations(d for d, m in zip(GEMM_DIMS, row) if m)]
-                     for row in moves]
-        for combo in itertools.product(*per_level):
+        for combo in _order_combos(_chains(prob, tiles)):
             energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, tiles, combo, keeps))
             total = energy.sum(axis=1)
             edp = total * np.maximum(cycles.max(axis=1), prob.steps)
