@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..config import TASDConfig
 from ..hardware import Execution, HardwareTarget, MemoryLevel, load_target
 from ..layer import Layer
-from . import nest
+from .nest import Problem, best_mapping, evaluate, traffic
 
 
 def _pad(length: int, multiple: int) -> int:
@@ -243,16 +243,16 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
         passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k)
                   for w in w_runs for a in a_runs]  # (array steps along k, executed density) per pass
         steps = weight_reads * act_reads * sum(k_steps for k_steps, _ in passes)
-        prob = nest.Problem(
+        prob = Problem(
             m=m, k=k, n=n, steps=steps, weight_bytes=weight_bytes / (batch * k * n),
             activation_bytes_offchip=bits / 8, activation_bytes_onchip=act_onchip / (batch * m * k),
             output_bytes=bits / 8, reuse_ratio=act_elements / (m * k),
             weight_metadata_bytes=sum(r.metadata_bits for r in w_runs) / 8 / (batch * k * n),
             activation_metadata_bytes=sum(r.metadata_bits for r in a_runs) / 8 / (batch * m * k),
             streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density in passes)))
-        best = nest.best_mapping(hw, prob)
-        level_energy, level_cycles = nest.evaluate(hw, prob, best)
-        moved = nest.traffic(hw, prob, best)
+        best = best_mapping(hw, prob)
+        level_energy, level_cycles = evaluate(hw, prob, best)
+        moved = traffic(hw, prob, best)
         bytes_moved = {lv.name: batch * (t.reads + t.writes) for lv, t in zip(hw.memory, moved)}
         level_energy = {name: batch * e for name, e in level_energy.items()}
         cycles_by = {"compute": float(batch * steps)}
