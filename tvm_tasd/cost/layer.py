@@ -195,6 +195,43 @@ def _config(value, operand: str, seg_len: int, notes: list[str]) -> TASDConfig:
     return cfg
 
 
+def _fixed_tiles(hw: HardwareTarget, m, n, act_offchip, act_onchip, weight_bytes, out_bytes, executed):
+    """Bytes, cycles and energy per level of a target without an array: operands re-read per fixed
+    output tile (docs/cost_model.md "Memory"); metadata reaches the array with every innermost read."""
+    bytes_moved = {}
+    for i, level in enumerate(hw.memory):
+        act_reads, weight_reads = _reuse(level, m, n)
+        act = act_offchip if i == 0 else act_onchip
+        bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out_bytes
+    cycles_by = {"compute": executed / hw.dense_macs_per_cycle}
+    cycles_by.update({lv.name: bytes_moved[lv.name] / lv.bandwidth_bytes_per_cycle for lv in hw.memory})
+    level_energy = {lv.name: bytes_moved[lv.name] * lv.energy_pj_per_byte for lv in hw.memory}
+    return bytes_moved, cycles_by, level_energy, "", _reuse(hw.memory[-1], m, n)
+
+
+def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_elements):
+    """Bytes, cycles and energy per level of a loop-nest target, under the mapper's tiling (nest.py)."""
+    am, ak, an = hw.array
+    act_reads, weight_reads = -(-n // an), -(-m // am)  # the array streams each operand once per group
+    passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k)
+              for w in w_runs for a in a_runs]  # (array steps along k, executed density) per pass
+    steps = weight_reads * act_reads * sum(k_steps for k_steps, _ in passes)
+    per_weight, per_activation = batch * k * n, batch * m * k
+    prob = Problem(
+        m=m, k=k, n=n, steps=steps, weight_bytes=sum(r.stored_bytes for r in w_runs) / per_weight,
+        activation_bytes_offchip=bits / 8, activation_bytes_onchip=sum(r.stored_bytes for r in a_runs) / per_activation,
+        output_bytes=bits / 8, reuse_ratio=act_elements / (m * k),
+        weight_metadata_bytes=sum(r.metadata_bits for r in w_runs) / 8 / per_weight,
+        activation_metadata_bytes=sum(r.metadata_bits for r in a_runs) / 8 / per_activation,
+        streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density in passes)))
+    best = best_mapping(hw, prob)
+    level_energy, level_cycles = evaluate(hw, prob, best)
+    bytes_moved = {lv.name: batch * (t.reads + t.writes) for lv, t in zip(hw.memory, traffic(hw, prob, best))}
+    cycles_by = {"compute": float(batch * steps), **{name: batch * c for name, c in level_cycles.items()}}
+    return (bytes_moved, cycles_by, {name: batch * e for name, e in level_energy.items()}, best.describe(hw),
+            (act_reads, weight_reads))
+
+
 def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,
                 weight, activation, dtype_bits, name) -> LayerCost:
     k = segments * seg_len
@@ -226,38 +263,10 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
     tasd_elements = 0 if a_cfg.is_dense else batch * act_elements * len(a_cfg.terms)
     units = hw.tasd_units
     if hw.array is None:
-        bytes_moved = {}
-        for i, level in enumerate(hw.memory):
-            act_reads, weight_reads = _reuse(level, m, n)
-            act = act_offchip if i == 0 else act_onchip
-            bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out_bytes
-        # Metadata reaches the array with every read from the innermost level.
-        act_reads, weight_reads = _reuse(hw.memory[-1], m, n)
-        cycles_by = {"compute": executed / hw.dense_macs_per_cycle}
-        cycles_by.update({lv.name: bytes_moved[lv.name] / lv.bandwidth_bytes_per_cycle for lv in hw.memory})
-        level_energy = {lv.name: bytes_moved[lv.name] * lv.energy_pj_per_byte for lv in hw.memory}
-        mapping = ""
+        memory = _fixed_tiles(hw, m, n, act_offchip, act_onchip, weight_bytes, out_bytes, executed)
     else:
-        am, ak, an = hw.array
-        act_reads, weight_reads = -(-n // an), -(-m // am)  # the array streams each operand once per group
-        passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k)
-                  for w in w_runs for a in a_runs]  # (array steps along k, executed density) per pass
-        steps = weight_reads * act_reads * sum(k_steps for k_steps, _ in passes)
-        prob = Problem(
-            m=m, k=k, n=n, steps=steps, weight_bytes=weight_bytes / (batch * k * n),
-            activation_bytes_offchip=bits / 8, activation_bytes_onchip=act_onchip / (batch * m * k),
-            output_bytes=bits / 8, reuse_ratio=act_elements / (m * k),
-            weight_metadata_bytes=sum(r.metadata_bits for r in w_runs) / 8 / (batch * k * n),
-            activation_metadata_bytes=sum(r.metadata_bits for r in a_runs) / 8 / (batch * m * k),
-            streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density in passes)))
-        best = best_mapping(hw, prob)
-        level_energy, level_cycles = evaluate(hw, prob, best)
-        moved = traffic(hw, prob, best)
-        bytes_moved = {lv.name: batch * (t.reads + t.writes) for lv, t in zip(hw.memory, moved)}
-        level_energy = {name: batch * e for name, e in level_energy.items()}
-        cycles_by = {"compute": float(batch * steps)}
-        cycles_by.update({name: batch * c for name, c in level_cycles.items()})
-        mapping = best.describe(hw)
+        memory = _loop_nest(hw, m, k, n, batch, w_runs, a_runs, bits, act_elements)
+    bytes_moved, cycles_by, level_energy, mapping, (act_reads, weight_reads) = memory
     metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
                      + sum(r.metadata_bits for r in a_runs) * act_reads)
     cycles_by["tasd_units"] = tasd_elements / (units.count * units.elements_per_cycle) if units else 0.0
