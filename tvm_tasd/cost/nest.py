@@ -58,9 +58,6 @@ class Problem:
     activation_metadata_bytes: float = 0.0  # the part of activation_bytes_onchip that is metadata
     streamed_k: int | None = None  # positions the array fetches per row: k padded to whole array windows
 
-    def dim(self, d: str) -> int:
-        return getattr(self, d)
-
     def bytes_per_element(self, dataspace: str, outermost: bool, stored: bool = True) -> float:
         """Bytes per position held in a level (``stored``) or streamed into the array."""
         if dataspace == "weight":
@@ -97,14 +94,6 @@ class Mapping:
 class LevelTraffic:
     reads: float  # bytes
     writes: float
-
-    def energy_pj(self, level) -> float:
-        return self.reads * level.energy_pj_per_byte + self.writes * level.write_energy
-
-    def cycles(self, level) -> float:
-        if level.write_bandwidth_bytes_per_cycle is None:
-            return (self.reads + self.writes) / level.bandwidth_bytes_per_cycle
-        return max(self.reads / level.bandwidth_bytes_per_cycle, self.writes / level.write_bandwidth_bytes_per_cycle)
 
 
 def _traffic(hw: HardwareTarget, prob: Problem, tiles: np.ndarray, orders, keeps) -> tuple[np.ndarray, np.ndarray]:
@@ -300,9 +289,10 @@ def _keep_choices(hw: HardwareTarget):
 
 def evaluate(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> tuple[dict, dict]:
     """(energy pJ, cycles) per level name under ``mapping``."""
-    moved = traffic(hw, prob, mapping)
-    return ({lv.name: t.energy_pj(lv) for lv, t in zip(hw.memory, moved)},
-            {lv.name: t.cycles(lv) for lv, t in zip(hw.memory, moved)})
+    reads, writes = _traffic(hw, prob, np.array([mapping.tiles]), mapping.orders, mapping.keeps)
+    energy, cycles = _energy_and_cycles(hw, reads, writes)
+    names = [lv.name for lv in hw.memory]
+    return dict(zip(names, energy[0].tolist())), dict(zip(names, cycles[0].tolist()))
 
 
 def _moving(order: str, parent, child) -> str:
