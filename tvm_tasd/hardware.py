@@ -313,12 +313,19 @@ def _read_compute(t: _Table) -> dict:
     )
 
 
-def _read_memory(t: _Table) -> tuple[MemoryLevel, ...]:
+def _read_memory(t: _Table, loop_nest: bool) -> tuple[MemoryLevel, ...]:
+    """The levels, outermost first; ``loop_nest``: the target has an array (its mapper chooses the tiles)."""
     levels = []
     for name in t.data:  # TOML keeps the file's order: outermost first
         if name in NON_MEMORY_COMPONENTS:
             raise t.fail(name, "is a reserved cost component name", "call the level e.g. 'dram' or 'global_buffer'")
         level = t.sub(name, "memory.*")
+        for key in () if loop_nest else [k for k in _NEST_KEYS if k in level.data]:
+            raise level.fail(key, "needs a loop-nest target",
+                             "add `array = { m = …, k = …, n = … }` to [compute] (docs/cost_model.md)")
+        if loop_nest and "tile_m" in level.data:
+            raise level.fail("tile_m", "is for targets without [compute] array",
+                             "drop tile_m/tile_n: the mapper of a loop-nest target chooses the tiles")
         tile_m, tile_n = (level.number(k, integer=True, required=False, example="128") for k in ("tile_m", "tile_n"))
         if (tile_m is None) != (tile_n is None):
             raise level.fail("tile_m", "and tile_n must be given together", "give both or neither")
@@ -367,17 +374,7 @@ _NEST_KEYS = ("keeps", "bypass", "max_factors", "write_energy_pj_per_byte", "wri
 
 
 def _check_nest(memory_t: _Table, compute: dict, levels: tuple[MemoryLevel, ...]) -> None:
-    """A loop-nest target (``[compute] array``) tiles by its mapper; the others by fixed output tiles."""
-    for level in levels:
-        t = memory_t.sub(level.name, "memory.*")
-        if compute["array"] is None:
-            for key in _NEST_KEYS:
-                if key in t.data:
-                    raise t.fail(key, "needs a loop-nest target",
-                                 "add `array = { m = …, k = …, n = … }` to [compute] (docs/cost_model.md)")
-        elif level.tile_m is not None:
-            raise t.fail("tile_m", "is for targets without [compute] array",
-                         "drop tile_m/tile_n: the mapper of a loop-nest target chooses the tiles")
+    """A loop-nest target's array matches its MAC rate, and its outermost level keeps everything."""
     if compute["array"] is None:
         return
     if math.prod(compute["array"]) != compute["dense_macs_per_cycle"]:
@@ -419,7 +416,7 @@ def _parse(data: dict, file: str) -> HardwareTarget:
         raise compute_t.fail("sparse_operands", "lists 'activation' but the file has no [tasd_units] table",
                              "add [tasd_units] (count, elements_per_cycle, energy_pj_per_element, area_overhead)")
     memory_t = root.sub("memory")
-    memory = _read_memory(memory_t)
+    memory = _read_memory(memory_t, loop_nest=compute["array"] is not None)
     _check_nest(memory_t, compute, memory)
     return HardwareTarget(
         name=root.string("name", '"my-unit"'),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..config import TASDConfig
 from ..hardware import Execution, HardwareTarget, MemoryLevel, load_target
 from ..layer import Layer
-from .nest import Problem, best_mapping, evaluate, traffic
+from .nest import Problem, best_mapping, evaluate
 
 
 def _pad(length: int, multiple: int) -> int:
@@ -225,11 +225,10 @@ def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_ele
         activation_metadata_bytes=sum(r.metadata_bits for r in a_runs) / 8 / per_activation,
         streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density in passes)))
     best = best_mapping(hw, prob)
-    level_energy, level_cycles = evaluate(hw, prob, best)
-    bytes_moved = {lv.name: batch * (t.reads + t.writes) for lv, t in zip(hw.memory, traffic(hw, prob, best))}
-    cycles_by = {"compute": float(batch * steps), **{name: batch * c for name, c in level_cycles.items()}}
-    return (bytes_moved, cycles_by, {name: batch * e for name, e in level_energy.items()}, best.describe(hw),
-            (act_reads, weight_reads))
+    level_energy, level_cycles, level_bytes = ({name: batch * v for name, v in per_level.items()}
+                                               for per_level in evaluate(hw, prob, best))
+    cycles_by = {"compute": float(batch * steps), **level_cycles}
+    return level_bytes, cycles_by, level_energy, best.describe(hw), (act_reads, weight_reads)
 
 
 def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,

@@ -100,8 +100,7 @@ def _traffic(hw: HardwareTarget, prob: Problem, tiles: np.ndarray, orders, keeps
     """Bytes (reads, writes), shape (candidates, levels), of candidate tile nests ``tiles``
     (candidates × levels below the outermost × 3) under one loop order per level (``orders``)."""
     levels = len(hw.memory)
-    full = np.array([prob.m, prob.k, prob.n], dtype=np.float64)
-    chain = np.concatenate([np.broadcast_to(full, (len(tiles), 1, 3)), tiles.astype(np.float64)], axis=1)
+    chain = _chains(prob, tiles).astype(np.float64)
     loops = [(i, d, np.ceil(chain[:, i, GEMM_DIMS.index(d)] / chain[:, i + 1, GEMM_DIMS.index(d)]))
              for i, order in enumerate(orders[: levels - 1]) for d in order]
 
@@ -242,7 +241,15 @@ def _order_combos(chains: np.ndarray) -> list[tuple[str, ...]]:
 
 
 def _chains(prob: Problem, tiles: np.ndarray) -> np.ndarray:
+    """Each candidate's tiles with the whole problem on top: (candidates, levels, 3)."""
     return np.concatenate([np.broadcast_to([prob.m, prob.k, prob.n], (len(tiles), 1, 3)), tiles], axis=1)
+
+
+def _score(hw: HardwareTarget, prob: Problem, tiles: np.ndarray, orders, keeps) -> tuple[np.ndarray, np.ndarray]:
+    """(energy × cycles, energy) per candidate, compute cycles included."""
+    energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, tiles, orders, keeps))
+    total = energy.sum(axis=1)
+    return total * np.maximum(cycles.max(axis=1), prob.steps), total
 
 
 def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, width: int = BEAM_WIDTH):
@@ -272,8 +279,7 @@ def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, width: int = BEAM_WI
         chains = _chains(prob, completed)
         score = np.full(len(found), np.inf)
         for combo in _order_combos(chains):
-            energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, completed, combo, keeps))
-            score = np.minimum(score, energy.sum(axis=1) * np.maximum(cycles.max(axis=1), prob.steps))
+            score = np.minimum(score, _score(hw, prob, completed, combo, keeps)[0])
         partial = [found[i] for i in np.argsort(score, kind="stable")[:width]]
     return []
 
@@ -287,12 +293,12 @@ def _keep_choices(hw: HardwareTarget):
     return itertools.product(*per_level)
 
 
-def evaluate(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> tuple[dict, dict]:
-    """(energy pJ, cycles) per level name under ``mapping``."""
+def evaluate(hw: HardwareTarget, prob: Problem, mapping: Mapping) -> tuple[dict, dict, dict]:
+    """(energy pJ, cycles, bytes read + written) per level name under ``mapping``."""
     reads, writes = _traffic(hw, prob, np.array([mapping.tiles]), mapping.orders, mapping.keeps)
     energy, cycles = _energy_and_cycles(hw, reads, writes)
     names = [lv.name for lv in hw.memory]
-    return dict(zip(names, energy[0].tolist())), dict(zip(names, cycles[0].tolist()))
+    return tuple(dict(zip(names, values[0].tolist())) for values in (energy, cycles, reads + writes))
 
 
 def _moving(order: str, parent, child) -> str:
@@ -312,9 +318,7 @@ def best_mapping(hw: HardwareTarget, prob: Problem) -> Mapping:
             continue
         tiles = np.array(nests)
         for combo in _order_combos(_chains(prob, tiles)):
-            energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, tiles, combo, keeps))
-            total = energy.sum(axis=1)
-            edp = total * np.maximum(cycles.max(axis=1), prob.steps)
+            edp, total = _score(hw, prob, tiles, combo, keeps)
             i = int(np.lexsort((total, edp))[0])
             if best_key is None or (edp[i], total[i]) < best_key:
                 best_key = (edp[i], total[i])
