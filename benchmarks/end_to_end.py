@@ -14,12 +14,13 @@ taken within a round (the machine's load of that moment hits both) and
 reported as the median over rounds with their range. Ratios are what to
 quote: the same machine, the same run.
 
-    python benchmarks/end_to_end.py [--models minilm crepe-tiny ...] [--batches benchmark 1] [--quick]
+    python benchmarks/end_to_end.py [--models minilm crepe-tiny ...] [--batches benchmark 1] [--quick] [--tune S]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from tvm import relax
 from tvm_tasd import build
 from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write
 from tvm_tasd.frontend import from_onnx
+from tvm_tasd.tuning import Tuning
 
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
 #: Consecutive timed runs of one contender per round.
@@ -141,7 +143,7 @@ def _pytorch(factory, feed):
     return run
 
 
-def measure(name: str, batch: int, rounds: int) -> list[dict]:
+def measure(name: str, batch: int, rounds: int, tune_s: float | None = None) -> list[dict]:
     case = CASES[name]()
     path, feed = case.onnx_path(batch), case.feed(batch)
     imported = from_onnx(onnx.load(path), {k: list(v.shape) for k, v in feed.items()})
@@ -152,6 +154,12 @@ def measure(name: str, batch: int, rounds: int) -> list[dict]:
         builds["TASDER plan (vegeta-m8)"] = _timed_build(imported.mod, plan=plan)
     for config in case.configs:
         builds[config] = _timed_build(imported.mod, config=config)
+    if tune_s is not None:  # a fresh database per model: its build time includes tuning from scratch
+        with tempfile.TemporaryDirectory() as records:
+            builds[f"dense, tuned {tune_s:g} s"] = _timed_build(imported.mod, config="dense",
+                                                                tuning=Tuning(tune_s, records))
+            if plan.exists():  # the operators outside the layers are the dense build's: already tuned
+                builds["TASDER plan, tuned"] = _timed_build(imported.mod, plan=plan, tuning=Tuning(tune_s, records))
     runners = {"onnxruntime": _onnxruntime(path, feed)}
     if case.torch_runner is not None:
         runners["pytorch"] = _pytorch(case.torch_runner, feed)
@@ -209,6 +217,8 @@ def main(argv=None) -> None:
                         help="the model's benchmark batch, batch 1, or both")
     parser.add_argument("--rounds", type=int, default=6, help=f"interleaved rounds of {BLOCK} runs per contender")
     parser.add_argument("--quick", action="store_true", help="CREPE tiny at its benchmark batch, 2 rounds")
+    parser.add_argument("--tune", type=float, metavar="SECONDS",
+                        help="also time the dense build and the plan with MetaSchedule tuning of the other ops")
     parser.add_argument("--name", default="end_to_end", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
     if args.quick:
@@ -217,13 +227,15 @@ def main(argv=None) -> None:
     for model in args.models:
         for batch in dict.fromkeys(CASES[model]().batch if b == "benchmark" else 1 for b in args.batches):
             print(f"{model} batch {batch}…", flush=True)
-            rows += measure(model, batch, args.rounds)
+            rows += measure(model, batch, args.rounds, args.tune)
     meta = stamp("end-to-end latency and build time on this CPU (measured)")
     lines = ["# End to end on this CPU (measured)", "", *stamp_markdown(meta), "",
              "onnxruntime = the original ONNX model; pytorch = the PyTorch module it was exported from (eager, "
              "inference mode); both on TVM's thread count. dense = the TVM build with every matmul/conv through the "
              "scheduled dense kernel; TASD = the fused N:M kernels (the committed TASDER plan for vegeta-m8, or a "
-             "uniform config); every other op through the default CPU schedules in all TVM builds. Each round times "
+             "uniform config); every other op through the default CPU schedules in all TVM builds (\"tuned\": "
+             "or MetaSchedule's schedule where it timed faster, `--tune`; its build time includes the tuning). "
+             "Each round times "
              f"a block of {BLOCK} runs per contender (its median), each block after ≥ {SETTLE_S * 1e3:.0f} ms of "
              f"untimed runs; ratios are taken within a round, then the median over {args.rounds} rounds (in "
              "brackets: the lowest and highest round); ms is the median block. Quote the ratios.",

@@ -284,6 +284,20 @@ class Fallback(_Rule):
         return sch
 
 
+#: In order of preference: the first that fits a function schedules it.
+RULES = (Contraction(), Window(), Reduction(), Injective(), Fallback())
+
+
 def default_cpu_schedule() -> tvm.transform.Pass:
     """Schedules every not-yet-scheduled PrimFunc of a module for an LLVM target (run after ``FuseTIR``)."""
-    return dlight.ApplyDefaultSchedule(Contraction(), Window(), Reduction(), Injective(), Fallback())
+    return dlight.ApplyDefaultSchedule(*RULES)
+
+
+def default_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule:
+    """The schedule :func:`default_cpu_schedule` gives ``func``, as a ``Schedule`` whose trace replays it
+    (``func`` unchanged where no rule fits)."""
+    for rule in RULES:
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return sch
+    return s_tir.Schedule(func)

@@ -157,6 +157,8 @@ def _flag_cases(a: Path) -> list[tuple[str, ...]]:
                "input:[8,64] input:[8,64]", "input:[8]", "input:[8,64,1]", "input:[8,32]", "input:[4000000000,64]",
                ":[8]", "input:[]")]
     cases += [(*compile_, "--pass", "tasd", "--tasd-config", "2:4", "--tasd-hw", v) for v in ("tpu9", "nofile.toml")]
+    cases += [(*compile_, "--tune", v) for v in ("-1", "nan", "inf", "x", "")]
+    cases += [(*compile_, "--tune-dir", "db"), (*compile_, "--tune", "1", "--tune-dir", mlp)]
     cases += [(*compile_, "--tasd-config", "2:4"), (*compile_, "--pass", "tasd"), (*compile_, "--pass", "sparse"),
               (*compile_, "--model-format", "tflite"), (*compile_, "--pass", "tasd", "--tasd-config", "2:4",
                                                          "--tasd-report", "report.pdf")]

@@ -46,6 +46,7 @@ from .matcher import find_layers
 from .pipeline import build, target_spec
 from .plan import Plan
 from .report import Report, plan_source
+from .tuning import Tuning
 
 ARTIFACT_FORMAT = "tvm_tasd.tvmc/1"
 LIBRARY, METADATA, PLAN, REPORT = "mod.so", "metadata.json", "plan.json", "report.json"
@@ -126,7 +127,7 @@ def render_report(report: Report, path) -> str:
 
 def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
                   hw=None, config=None, plan=None, error_threshold: float | None = None, report=None,
-                  fmt: str | None = None) -> Report:
+                  fmt: str | None = None, tuning: Tuning | None = None) -> Report:
     """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.
 
     ``tasd=True`` takes exactly one of ``config`` (one series for every
@@ -136,7 +137,8 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     modelled costs (default: the ``target`` hardware, else the plan's, else
     ``cpu-emulated``). ``report``: also write the report there (.html, .json
     or .txt). ``fmt``: ``"onnx"`` or ``"pt2"`` (default: from the suffix).
-    Nothing is written unless everything succeeds.
+    ``tuning``: MetaSchedule-tune the ops the rewrite leaves to TVM first (:mod:`~tvm_tasd.tuning`).
+    Nothing is written unless everything succeeds (the tuning database keeps what it measured).
     """
     chosen = sum(x is not None for x in (config, plan, error_threshold))
     if chosen and not tasd:
@@ -164,12 +166,12 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
                 warnings.warn(f"the plan was searched for {plan.hardware}; checking and costing it on {hardware.name}")
         imported = import_model(model, input_shapes, fmt)
         executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target,
-                           error_threshold=error_threshold)
+                           error_threshold=error_threshold, tuning=tuning)
         errors = {entry["name"]: entry["weight_error"] for entry in executable.layers}
         result = Report.from_choices(hardware, find_layers(imported.mod), executable.choices, plan,
                                      weight_errors=errors, model=Path(model).name, mode="tasd" if tasd else "dense",
                                      source=_how_chosen(tasd, config, plan, error_threshold))
-        members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan),
+        members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan, tuning),
                    REPORT: result.to_json()}
         if plan is not None:
             members[PLAN] = plan.to_json()
@@ -197,7 +199,8 @@ def _tensor_specs(ty, names: list[str]) -> list[dict]:
             for name, t in zip(names, types)]
 
 
-def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarget, tasd: bool, config, plan) -> dict:
+def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarget, tasd: bool, config, plan,
+              tuning: Tuning | None) -> dict:
     """What ``tvmc run`` and ``tasd report`` need, and where the artifact came from."""
     return {
         "format": ARTIFACT_FORMAT,
@@ -210,6 +213,7 @@ def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarg
         "pass": "tasd" if tasd else None,
         "config": None if config is None else str(config),
         "plan": PLAN if plan is not None else None,
+        "tuning": None if tuning is None else {"seconds": tuning.seconds, "database": str(tuning.work_dir)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in imported.inputs.items()],
         "outputs": _tensor_specs(imported.mod["main"].ret_ty, imported.outputs),
         "library": LIBRARY,

@@ -23,6 +23,8 @@ decisions as :class:`~tvm_tasd.policy.Choice` values.
 
 from __future__ import annotations
 
+import contextlib
+
 import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -32,6 +34,7 @@ from .policy import Choice
 from .schedules.llvm_default import default_cpu_schedule
 from .schedules.llvm_fast_math import fast_math_legalizations
 from .transform import LAYERS_ATTR, TASDRewrite
+from .tuning import Tuning, tune
 
 
 class TASDExecutable(relax.VMExecutable):
@@ -97,54 +100,65 @@ def as_tvm_target(target) -> tvm.target.Target:
     return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
 
 
-def scheduling_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """TVM's CPU passes up to fused, scheduled TIR: library dispatch, legalization (GELU and softmax with fast
-    ``erf``/``exp``: :mod:`~schedules.llvm_fast_math`), fusion, then
-    :func:`~schedules.llvm_default.default_cpu_schedule` for every op the rewrite left to TVM."""
+def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """TVM's CPU passes up to fused, still unscheduled TIR: library dispatch, legalization (GELU and softmax
+    with fast ``erf``/``exp``: :mod:`~schedules.llvm_fast_math`), fusion."""
     # TVM's legalize passes start with a plain LegalizeOps, which finds nothing left after this one.
     return [*cpu.library_dispatch_passes(target),
             relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalizations()),
-            *cpu.legalize_passes(target), default_cpu_schedule()]
+            *cpu.legalize_passes(target)]
 
 
-def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass | str:
+def scheduling_passes(target: tvm.target.Target, tuned: bool = False) -> list[tvm.transform.Pass]:
+    """:func:`fusion_passes`, then :func:`~schedules.llvm_default.default_cpu_schedule` for every op the
+    rewrite left to TVM; ``tuned``: the tuning database's best schedules first (:mod:`~tvm_tasd.tuning`)."""
+    tuned_passes = [relax.transform.MetaScheduleApplyDatabase()] if tuned else []
+    return [*fusion_passes(target), *tuned_passes, default_cpu_schedule()]
+
+
+def relax_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass | str:
     """What ``tvm.compile`` takes as ``relax_pipeline``: for an LLVM target, TVM's CPU pipeline with
     :func:`scheduling_passes` in place of its legalization, so attention, norms and elementwise ops run in
     parallel and vectorised rather than as TVM's plain loop nests; for any other target ``"default"``
-    (``tvm.compile`` picks the target's own pipeline, e.g. dlight's GPU rules for CUDA).
+    (``tvm.compile`` picks the target's own pipeline, e.g. dlight's GPU rules for CUDA). ``database``: a
+    MetaSchedule database from :func:`tvm_tasd.tuning.tune`, whose records win over the default schedules.
 
     ``tvm.compile``'s default CPU pipeline leaves fusion out because it can drop a ``call_pure_packed`` whose
     result is unused but whose side effect is relied on; imported models and the rewrite emit no such call."""
     if target.kind.name != "llvm":
         return "default"
-    passes = [*scheduling_passes(target), *cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
+    passes = [*scheduling_passes(target, tuned=database is not None), *cpu.dataflow_lower_passes(target),
+              *cpu.finalize_passes(target)]
 
     @tvm.transform.module_pass(opt_level=0, name="TASDCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
+        with target, database or contextlib.nullcontext():
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> relax.VMExecutable:
     """``tvm.compile`` of an already rewritten module through :func:`relax_pipeline`."""
-    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, database))
 
 
-def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=None, **rewrite_options) -> TASDExecutable:
+def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=None, tuning: Tuning | None = None,
+          **rewrite_options) -> TASDExecutable:
     """Rewrite ``mod`` for hardware ``hw`` and compile it.
 
     ``config``/``plan``/``params`` and the other options are those of
     :class:`TASDRewrite` (one of ``config``, ``plan`` and ``error_threshold``;
     ``config="dense"`` builds the dense baseline through the same kernels).
     ``target`` overrides the TVM target the hardware file names (see
-    :func:`as_tvm_target`); the rewrite picks its kernels for it.
+    :func:`as_tvm_target`); the rewrite picks its kernels for it. ``tuning``: tune the ops the rewrite
+    leaves to TVM with MetaSchedule first (:class:`~tvm_tasd.tuning.Tuning`; CPU targets only).
     """
     hardware = load_target(hw)
     rewrite_options.setdefault("dense_kernels", True)
     tvm_target = hardware.tvm_target() if target is None else as_tvm_target(target)
     with tvm_target:
         rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)
-        executable = compile_module(rewritten, tvm_target)
+        database = None if tuning is None else tune(rewritten, tvm_target, tuning, fusion_passes(tvm_target))
+        executable = compile_module(rewritten, tvm_target, database)
     return TASDExecutable(executable, rewritten, hardware.name)

@@ -19,6 +19,7 @@ import sys
 
 from ..artifact import compile_model, run_artifact
 from ..io import check_not_inputs, load_npz, save_npz
+from ..tuning import Tuning
 from .common import new_parser, parse_input_shapes, run_command
 
 
@@ -27,12 +28,20 @@ def cmd_compile(args) -> None:
     report = compile_model(args.model, args.output, args.target, shapes, tasd=args.tasd_pass == "tasd",
                            hw=args.tasd_hw, config=args.tasd_config, plan=args.tasd_plan,
                            error_threshold=args.tasd_error_threshold, report=args.tasd_report,
-                           fmt=args.model_format)
+                           fmt=args.model_format, tuning=_tuning(args))
     if report.data["mode"] == "tasd":
         print(report.text())
     extra = f", report → {args.tasd_report}" if args.tasd_report else ""
     print(f"compiled {args.model} ({report.data['mode']}, {len(report.data['layers'])} layers, modelled EDP "
           f"{report.edp_ratio:.2f}× dense on {report.data['hardware']}) → {args.output}{extra}")
+
+
+def _tuning(args) -> Tuning | None:
+    if args.tune is None:
+        if args.tune_dir is not None:
+            raise ValueError("--tune-dir needs --tune SECONDS (0: only apply what the database holds)")
+        return None
+    return Tuning(args.tune) if args.tune_dir is None else Tuning(args.tune, args.tune_dir)
 
 
 def cmd_run(args) -> None:
@@ -58,9 +67,12 @@ examples:
   tvmc compile model.onnx --target "llvm -mcpu=znver3" --pass tasd --tasd-plan plan.json \\
       --tasd-report report.html -o tasd.tar       # plan from: tasd search
   tvmc compile program.pt2 --target vegeta-m8 --pass tasd --tasd-config 2:4 -o tasd.tar   # torch.export.save output
+  tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --tune 600 -o tuned.tar
 
 Without --pass tasd the build is dense (the same scheduled dense kernels), so the
-two artifacts compare directly. Modelled hardware runs emulated on this CPU."""
+two artifacts compare directly. Modelled hardware runs emulated on this CPU.
+--tune measures each remaining operator's default schedule, searches for SECONDS,
+and builds with the faster of the two per operator."""
 
 RUN_EPILOG = """\
 examples:
@@ -89,6 +101,10 @@ def build_parser():
                         help="per layer, the cheapest series whose relative weight error is ≤ E "
                              "(nothing checks the model's quality)")
     p.add_argument("--tasd-report", help="also write the per-layer report (.html, .json or .txt)")
+    p.add_argument("--tune", type=float, metavar="SECONDS",
+                   help="MetaSchedule-tune the ops TASD leaves to TVM (attention, norms, elementwise) for SECONDS "
+                        "of search; operators already in the database are not re-tuned; CPU targets only")
+    p.add_argument("--tune-dir", help="the tuning database (default ~/.cache/tvm_tasd/tuning)")
 
     p = add("run", "run a compiled artifact on this CPU", cmd_run, RUN_EPILOG)
     p.add_argument("artifact", help="a .tar from tvmc compile")
