@@ -346,6 +346,20 @@ def nm_conv2d(
     return NMKernel(func, pack, macs, "x (B, C, H, W) NCHW", g.out_shape, tiling)
 
 
+#: Convolutions that reduce over fewer values than this (C·kh·kw) run faster as TVM's own conv under the default
+#: CPU rules: the kernel's tile set-up (offset table, accumulators) is amortised over too few FMAs. Measured in
+#: one process, the model with and without the kernel for that layer: the digits CNN's first conv (1×3×3 = 9)
+#: made the model 1.04× faster at batch 120 and 1.21× at batch 1 when left to TVM; PP-OCR's first convs (3×3×3 =
+#: 27) broke even; CREPE's first (1×512×1) ran the model 3–11× slower without the kernel.
+MIN_DENSE_REDUCTION = 16
+
+
+def dense_conv2d_pays(w_shape: Sequence[int]) -> bool:
+    """Whether :func:`dense_conv2d` beats TVM's conv for an OIHW weight of this shape (:data:`MIN_DENSE_REDUCTION`)."""
+    _, channels, kh, kw = w_shape
+    return channels * kh * kw >= MIN_DENSE_REDUCTION
+
+
 def dense_conv2d(
     x_shape: Sequence[int],
     w_shape: Sequence[int],

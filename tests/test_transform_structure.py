@@ -132,3 +132,32 @@ def test_layers_of_one_shape_and_series_share_one_kernel():
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, w, v))).numpy()
     approx = [approximate(a, "2:8+1:8", axis=0) for a in (w, v)]
     np.testing.assert_allclose(got, np.maximum(x @ approx[0], 0) @ approx[1], rtol=1e-5, atol=1e-5)
+
+
+@I.ir_module
+class TwoConvs:
+    @R.function
+    def main(x: R.Tensor((2, 1, 8, 8), "float32"), w1: R.Tensor((16, 1, 3, 3), "float32"),
+             w2: R.Tensor((32, 16, 3, 3), "float32")) -> R.Tensor((2, 32, 8, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w1, padding=(1, 1, 1, 1))
+            z = R.nn.conv2d(y, w2, padding=(1, 1, 1, 1))
+            R.output(z)
+        return z
+
+
+def test_dense_kernels_take_every_conv_except_those_with_too_short_a_reduction():
+    """1×3×3 = 9 values per output stays TVM's conv (the kernel loses there: llvm_conv2d.MIN_DENSE_REDUCTION);
+    16×3×3 goes through the scheduled dense kernel."""
+    rng = np.random.default_rng(0)
+    params = {"w1": rng.standard_normal((16, 1, 3, 3)).astype(np.float32),
+              "w2": rng.standard_normal((32, 16, 3, 3)).astype(np.float32)}
+    mod = relax.transform.BindParams("main", params)(TwoConvs)
+    hw = load_target("cpu-emulated")
+    with hw.tvm_target():
+        out = TASDRewrite(hw, config="dense", dense_kernels=True)(mod)
+    kernels = [gv.name_hint for gv in out.functions if gv.name_hint.startswith("tasd_")]
+    assert kernels == ["tasd_conv2d_128x144x32_dense"]
+    ops = [b.value.op.name for b in out["main"].body.blocks[0].bindings if isinstance(b.value, relax.Call)
+           and isinstance(b.value.op, tvm.ir.Op)]
+    assert ops.count("relax.nn.conv2d") == 1 and "relax.call_tir" in ops

@@ -90,7 +90,8 @@ class TASDRewrite:
     dense_kernels : bool
         Also route the layers left dense through the scheduled dense kernel
         of ``tvm_tasd.schedules`` (what :func:`tvm_tasd.build` does, so dense
-        and TASD builds compare fairly); otherwise they stay ``relax`` ops.
+        and TASD builds compare fairly) — except convs that reduce over too few
+        values for it (``llvm.dense_conv2d_pays``); otherwise they stay ``relax`` ops.
     """
 
     def __init__(
@@ -141,16 +142,20 @@ class LayerHook:
 
 
 def rewrite_layers(mod: tvm.IRModule, choices: Mapping[str, Choice], kernels: Kernels, params=None,
-                   dense_kernels: bool = False, hook: LayerHook | None = None) -> tuple[tvm.IRModule, list[dict]]:
+                   dense_kernels: bool = False, hook: LayerHook | None = None,
+                   every_dense_layer: bool = False) -> tuple[tvm.IRModule, list[dict]]:
     """``mod`` with every chosen layer of ``main`` replaced by its kernel call, and the layer table.
 
     A layer is rewritten when its choice runs anything but dense, or with
     ``dense_kernels`` (where the kernel family has scheduled dense kernels)
-    also when it stays dense. The table has one entry per layer of
+    also when it stays dense and the dense kernel beats TVM's op there — with
+    ``every_dense_layer`` always (a ``hook`` that feeds weights per run needs
+    every layer in a kernel). The table has one entry per layer of
     ``choices``: the choice (:meth:`Choice.to_json`), the GEMM shape, and
     what the kernel measured (``executed_macs``, ``weight_error``).
     """
-    rewriter = _Rewriter(mod, params, choices, dense_kernels and kernels.dense_kernels, kernels, hook or LayerHook())
+    rewriter = _Rewriter(mod, params, choices, dense_kernels and kernels.dense_kernels, kernels, hook or LayerHook(),
+                         every_dense_layer)
     rewritten = relax.transform.DeadCodeElimination(["main"])(rewriter.rewrite())
     return rewritten, [_table_entry(layer, choices[layer.name], rewriter.measured) for layer in rewriter.matched]
 
@@ -178,12 +183,13 @@ class _Rewriter(relax.PyExprMutator):
     """Replaces the chosen matmul/conv2d bindings with fused N:M kernel calls."""
 
     def __init__(self, mod: tvm.IRModule, params, choices: Mapping[str, Choice], dense_kernels: bool,
-                 kernels: Kernels, hook: LayerHook):
+                 kernels: Kernels, hook: LayerHook, every_dense_layer: bool):
         super().__init__(mod)
         self.mod = mod
         self.matcher = LayerMatcher(mod, params)
         self.choices = choices
         self.dense_kernels = dense_kernels
+        self.every_dense_layer = every_dense_layer
         self.kernels = kernels
         self.hook = hook
         self.matched: list[Layer] = []
@@ -207,11 +213,16 @@ class _Rewriter(relax.PyExprMutator):
         if choice is None:
             return super().visit_var_binding_(binding)
         self.matched.append(layer)
-        if layer.ineligible or not (choice.rewrites or self.dense_kernels):
+        if layer.ineligible or not (choice.rewrites or self._dense_kernel(layer)):
             return super().visit_var_binding_(binding)
         activation = self.hook.layer_input(layer, self.visit_expr(binding.value.args[0]), self.builder_)
         new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, new_value))
+
+    def _dense_kernel(self, layer: Layer) -> bool:
+        """A dense layer runs the scheduled dense kernel where there is one and it beats TVM's own op."""
+        return self.dense_kernels and (self.every_dense_layer or layer.op != "conv2d"
+                                       or llvm.dense_conv2d_pays(layer.weight.shape))
 
     def _kernel_var(self, func: tvm.tirx.PrimFunc, name: str, layer: Layer) -> relax.GlobalVar:
         """The module's function for ``func``: added once per distinct kernel and shared by every layer that runs

@@ -150,7 +150,8 @@ class RelaxWeightFedModel(WeightFedModel):
         hook = _FeedHook(self._groups)
         choices = {name: Choice(name, reason="fed per run") for name in weights}
         kernels = kernels_for(load_target("cpu-emulated"), host_target())
-        rewritten, _ = rewrite_layers(mod, choices, kernels, self.params, dense_kernels=True, hook=hook)
+        rewritten, _ = rewrite_layers(mod, choices, kernels, self.params, dense_kernels=True, hook=hook,
+                                      every_dense_layer=True)
         target = host_target()
         with target:
             self._vm = relax.VirtualMachine(compile_module(rewritten, target), tvm.cpu())
