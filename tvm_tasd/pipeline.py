@@ -1,7 +1,8 @@
 """``tvm_tasd.build``: rewrite with TASD, lower and compile for the target.
 
 The flow: :class:`~tvm_tasd.transform.TASDRewrite` (a no-op on an already
-rewritten module) → a Relax pipeline (on the CPU TVM's CPU pipeline:
+rewritten module) → optionally MetaSchedule tuning of the ops it left to TVM
+(``tuning=``, :mod:`~tvm_tasd.tuning`) → a Relax pipeline (on the CPU TVM's CPU pipeline:
 ``LegalizeOps``, fusion, every op the rewrite left to TVM scheduled right
 after fusion, VM lowering; :func:`relax_pipeline`) → ``tvm.compile`` for the target's TVM target: the host CPU for
 every modelled target, CUDA for ``stc-2of4``; ``target=`` overrides it
