@@ -99,7 +99,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning, fused_pas
     lines = ["operator                          default µs   tuned µs   (side by side)"]
     for task, default in zip(tasks, defaults):
         # The database skips records with empty traces: a default no rule fits leaves none behind it.
-        best = next(iter(search.get_top_k(search.commit_workload(task.dispatched[0]), 1)), default)
+        best = next(iter(search.get_top_k(default.workload, 1)), default)
         candidates = [default] if str(best.trace) == str(default.trace) else [default, best]
         seconds = _side_by_side(task.dispatched[0], [r.trace for r in candidates], target)
         winner = min(range(len(candidates)), key=seconds.__getitem__)
@@ -121,17 +121,15 @@ def _database(folder: Path) -> ms.database.JSONDatabase:
 def _side_by_side(workload: tvm.IRModule, traces, target: tvm.target.Target, rounds: int = 5) -> list[float]:
     """Seconds per call of ``workload`` under each trace: medians over interleaved rounds in this process, so
     the search's best of many noisy measurements is not compared with one measurement of the default."""
-    device = tvm.cpu()
-    timers, args = [], None
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.random([int(d) for d in arg.shape], dtype=np.float64).astype(arg.dtype))
+            for arg in ms.arg_info.ArgInfo.from_prim_func(workload["main"])]
+    timers = []
     for trace in traces:
         sch = s_tir.Schedule(workload)
         trace.apply_to_schedule(sch, remove_postproc=False)
         built = _build(sch.mod, target, None)
-        timers.append(built.time_evaluator(built.entry_name, device, number=10, repeat=1, min_repeat_ms=20))
-        if args is None:
-            rng = np.random.default_rng(0)
-            args = [tvm.runtime.tensor(rng.random([int(d) for d in arg.shape], dtype=np.float64).astype(arg.dtype))
-                    for arg in ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])]
+        timers.append(built.time_evaluator(built.entry_name, tvm.cpu(), number=10, repeat=1, min_repeat_ms=20))
     times = [[timer(*args).mean for timer in timers] for _ in range(rounds)]
     return [float(np.median(column)) for column in zip(*times)]
 
