@@ -214,3 +214,37 @@ def test_the_beam_search_finds_the_exhaustive_optimum(tmp_path, monkeypatch, sha
             beam = gemm_cost(hw, *shape, weight=config)
             assert beam.edp == pytest.approx(exhaustive.edp, rel=1e-9), (hw.name, config)
     nest.best_mapping.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(64, 256, 128), (100, 512, 96), (8, 1024, 64)])
+def test_pinning_a_second_level_that_holds_the_whole_layer_loses_nothing(tmp_path, monkeypatch, shape):
+    hw = _tiny(tmp_path, SM_LIKE)  # the buffer (192 KB) holds each of these layers whole
+    monkeypatch.setattr(nest, "EXHAUSTIVE_LIMIT", 10**12)
+    for config in ("dense", "2:4", "2:4+2:4"):
+        nest.best_mapping.cache_clear()
+        pinned = gemm_cost(hw, *shape, weight=config)
+        assert pinned.mapping.startswith("dram[-]")
+        nest.best_mapping.cache_clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(nest, "_whole_fits", lambda *args: False)
+            free = gemm_cost(hw, *shape, weight=config)
+        assert pinned.edp == pytest.approx(free.edp, rel=1e-9), config
+    nest.best_mapping.cache_clear()
+
+
+VEGETA = load_target("vegeta-m8")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.tuples(st.integers(1, 300), st.integers(1, 20).map(lambda k: 128 * k), st.integers(1, 600)))
+def test_on_the_sm_like_targets_patterns_never_cost_more_than_dense_nor_extra_terms_less(shape):
+    # K in whole windows of the sparsest mode (1:8: 128 positions per array step)
+    m, k, n = shape
+    dense = gemm_cost(VEGETA, m, k, n)
+    previous = dense
+    for config in ("4:8", "2:8", "1:8"):
+        sparse = gemm_cost(VEGETA, m, k, n, weight=config)
+        assert sparse.edp <= previous.edp * (1 + 1e-9) and sparse.cycles <= previous.cycles * (1 + 1e-9), config
+        previous = sparse
+    one, two = gemm_cost(VEGETA, m, k, n, weight="2:8"), gemm_cost(VEGETA, m, k, n, weight="2:8+1:8")
+    assert two.energy_pj >= one.energy_pj and two.cycles >= one.cycles

@@ -54,7 +54,7 @@ def test_every_number_carries_a_source_or_assumption(name):
             continue
         value, comment = match.group(1), match.group(2) or ""
         is_number = re.fullmatch(_NUMBER, value) or re.fullmatch(rf"\[\s*{_NUMBER}(\s*,\s*{_NUMBER})*\s*\]", value)
-        entry = rf"[\w-]+\s*=\s*{_NUMBER}"
+        entry = rf'(?:[\w-]+|"[^"]+")\s*=\s*{_NUMBER}'  # bare or quoted keys (speedup = {"2:8" = 3.43})
         numbers_table = re.fullmatch(rf"\{{\s*{entry}(\s*,\s*{entry})*\s*\}}", value)  # e.g. array = {m = 1, …}
         claims = line.split("=")[0].strip() in ("patterns", "sparse_operands")
         if is_number or numbers_table or claims:
@@ -96,9 +96,15 @@ BAD_FILES = [
     ("stc-2of4", "dtype_bits = 16", "dtype_bits = 16.5", ["[compute] dtype_bits", "integer"]),
     ("stc-2of4", 'sparse_operands = ["weight"]', 'sparse_operands = ["weight", "activation"]',
      ["[compute] sparse_operands", "[tasd_units]"]),
-    ("dense", "tile_n = 128", "", ["[memory.global_buffer] tile_m", "together"]),
+    ("cpu-emulated", "tile_n = 64", "", ["[memory.global_buffer] tile_m", "together"]),
+    ("dense", "max_factors = { k = 1, m = 16, n = 16 }", "tile_m = 128",
+     ["[memory.rf] tile_m", "mapper"]),
     ("dense", 'intrinsic = "nm_emulated"', "", ["[tvm] intrinsic", "missing"]),
-    ("dense", "[memory.global_buffer]", "[memory.compute]", ["[memory] compute", "reserved"]),
+    ("dense", "[memory.smem]", "[memory.compute]", ["[memory] compute", "reserved"]),
+    ("vegeta-m8", '"2:8" = 3.43', '"2:8" = 4.5', ['[compute.speedup] "2:8"', "outside [1, 4]"]),
+    ("vegeta-m8", '"2:8" = 3.43', '"2:4" = 1.9', ['[compute.speedup] "2:4"', "not one of [compute] patterns"]),
+    ("ttc-stc", "values_per_cycle = 1", "elements_per_cycle = 4",
+     ["[tasd_units] elements_per_cycle", "not a known key"]),
     ("dense", "energy_pj_per_bit = 0.0", "energy_pj_per_bit = zero", ["not valid TOML"]),
     ("stc-2of4", "clock_ghz = 1.41", "clock_ghz = nan", ["[compute] clock_ghz", "finite"]),
     ("stc-2of4", "clock_ghz = 1.41", "clock_ghz = inf", ["[compute] clock_ghz", "finite"]),
@@ -122,7 +128,7 @@ def test_bad_file_gives_one_line_error_naming_file_and_key(tmp_path, base, old, 
 def test_memory_needs_two_levels(tmp_path):
     text = _text("dense")
     path = tmp_path / "one_level.toml"
-    path.write_text(text[: text.index("[memory.global_buffer]")] + text[text.index("[tvm]"):])
+    path.write_text(text[: text.index("[memory.l2]")] + text[text.index("[tvm]"):])
     with pytest.raises(ValueError, match=r"\[memory\] has 1 level"):
         load_target(path)
 

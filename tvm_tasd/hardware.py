@@ -121,11 +121,16 @@ class MemoryLevel:
 
 @dataclass(frozen=True)
 class TASDUnits:
-    """Run-time decomposition units for activations (TASD paper, TTC)."""
+    """Run-time decomposition units for activations (TASD paper, TTC).
+
+    A unit takes one block of M activation values and extracts a term's kept values one
+    per cycle, each the largest remaining magnitude found by a comparator tree over the
+    block (M − 1 compares): an N:M term costs N cycles and N·(M − 1) compares per block,
+    a block up to M cycles (docs/cost_model.md, "TASD units")."""
 
     count: int
-    elements_per_cycle: float  # per unit
-    energy_pj_per_element: float
+    values_per_cycle: float  # kept values one unit extracts per cycle
+    compare_energy_pj: float  # one comparator of the tree, once
     area_overhead: float  # share of the base unit's area, informational
 
 
@@ -157,6 +162,15 @@ class HardwareTarget:
     source_file: str
     digest: str  # of the file's content as parsed: two files that say the same things share it
     array: tuple[int, int, int] | None = None  # MACs per step (m, k values, n): a loop-nest target
+    speedups: tuple[tuple[SupportedPattern, float], ...] = ()  # measured speed-up of a mode over dense; else 1/ρ
+    # Not from the file: a what-if switch (dataclasses.replace(hw, residency=True)); a layer's input and output
+    # that fit in half of the first on-chip level stay there between layers instead of going through DRAM.
+    residency: bool = False
+
+    def utilization(self, execution: Execution) -> float:
+        """Share of the ideal 1/ρ speed-up a mode reaches: [compute] speedup × ρ, 1 when not calibrated."""
+        measured = dict(self.speedups).get(execution.pattern)
+        return 1.0 if measured is None else measured * execution.density
 
     def runs(self, term: NMPattern | str | None, operand: str = "weight") -> Execution:
         """How ``term`` of ``operand`` runs here (module docstring); None = dense operand."""
@@ -205,14 +219,15 @@ class HardwareTarget:
 _SCHEMA = {
     "": {"name", "description", "compute", "metadata", "memory", "tasd_units", "tvm"},
     "compute": {"dense_macs_per_cycle", "clock_ghz", "dtype_bits", "mac_energy_pj", "patterns",
-                "any_pattern_max_m", "sparse_operands", "max_sparse_operands", "array"},
+                "any_pattern_max_m", "sparse_operands", "max_sparse_operands", "array", "speedup"},
     "compute.array": set(GEMM_DIMS),
+    "compute.speedup": None,
     "metadata": {"energy_pj_per_bit"},
     "memory": None,
     "memory.*": {"capacity_bytes", "bandwidth_bytes_per_cycle", "energy_pj_per_byte", "tile_m", "tile_n",
                  "write_energy_pj_per_byte", "write_bandwidth_bytes_per_cycle", "keeps", "bypass", "max_factors", "metadata_capacity_bytes"},
     "memory.*.max_factors": set(GEMM_DIMS),
-    "tasd_units": {"count", "elements_per_cycle", "energy_pj_per_element", "area_overhead"},
+    "tasd_units": {"count", "values_per_cycle", "compare_energy_pj", "area_overhead"},
     "tvm": None,
 }
 _TVM_FIELDS = ("kind", "keys", "intrinsic")
@@ -277,11 +292,11 @@ class _Table:
         return _Table(value, self.file, path, key if schema is None else schema)
 
 
-def _parse_pattern(text: str, table: _Table) -> SupportedPattern:
+def _parse_pattern(text: str, table: _Table, key: str = "patterns") -> SupportedPattern:
     try:
         return HierarchicalPattern.parse(text) if ">" in text else NMPattern.parse(text)
     except ValueError:
-        raise table.fail("patterns", f"has unknown pattern string {text!r}",
+        raise table.fail(key, f"has unknown pattern string {text!r}",
                          'write "N:M" (e.g. "2:4") or a hierarchical "U:Mu>L:Ml" (e.g. "2:4>2:4")') from None
 
 
@@ -303,6 +318,7 @@ def _read_compute(t: _Table) -> dict:
     array = None if array_t is None else tuple(array_t.number(d, integer=True, example="16") for d in GEMM_DIMS)
     return dict(
         array=array,
+        speedups=_read_speedups(t.sub("speedup", "compute.speedup", required=False), patterns),
         patterns=patterns,
         sparse_operands=frozenset(operands),
         max_sparse_operands=1 if max_sparse is None else max_sparse,
@@ -311,6 +327,25 @@ def _read_compute(t: _Table) -> dict:
         dtype_bits=t.number("dtype_bits", integer=True, example="16"),
         mac_energy_pj=t.number("mac_energy_pj", example="2.0"),
     )
+
+
+def _read_speedups(t: _Table | None, patterns) -> tuple[tuple[SupportedPattern, float], ...]:
+    """``speedup = { "2:4" = 2.02 }``: a listed pattern's measured speed-up over the unit's dense mode,
+    at most the ideal 1/ρ."""
+    if t is None:
+        return ()
+    out = []
+    for text in t.data:
+        pattern = _parse_pattern(text, t, f'"{text}"')
+        if pattern not in patterns:
+            raise t.fail(f'"{text}"', "is not one of [compute] patterns", "calibrate only patterns the unit runs")
+        ideal = 1 / pattern_shape(pattern)[0]
+        value = t.number(text, example="2.02")
+        if not 1 <= value <= ideal + 1e-9:
+            raise t.fail(f'"{text}"', f"is {value}, outside [1, {ideal:g}] (dense to the ideal 1/density)",
+                         "give the mode's measured speed-up over the unit's own dense mode")
+        out.append((pattern, float(value)))
+    return tuple(out)
 
 
 def _read_memory(t: _Table, loop_nest: bool) -> tuple[MemoryLevel, ...]:
@@ -391,8 +426,8 @@ def _read_tasd_units(t: _Table | None) -> TASDUnits | None:
         return None
     return TASDUnits(
         count=t.number("count", integer=True, example="16"),
-        elements_per_cycle=t.number("elements_per_cycle", example="8"),
-        energy_pj_per_element=t.number("energy_pj_per_element", example="1.2"),
+        values_per_cycle=t.number("values_per_cycle", example="1"),
+        compare_energy_pj=t.number("compare_energy_pj", example="0.4"),
         area_overhead=t.number("area_overhead", strict=False, example="0.02"),
     )
 
@@ -414,7 +449,7 @@ def _parse(data: dict, file: str) -> HardwareTarget:
     units = _read_tasd_units(root.sub("tasd_units", required=False))
     if "activation" in compute["sparse_operands"] and units is None:
         raise compute_t.fail("sparse_operands", "lists 'activation' but the file has no [tasd_units] table",
-                             "add [tasd_units] (count, elements_per_cycle, energy_pj_per_element, area_overhead)")
+                             "add [tasd_units] (count, values_per_cycle, compare_energy_pj, area_overhead)")
     memory_t = root.sub("memory")
     memory = _read_memory(memory_t, loop_nest=compute["array"] is not None)
     _check_nest(memory_t, compute, memory)

@@ -195,40 +195,75 @@ def _config(value, operand: str, seg_len: int, notes: list[str]) -> TASDConfig:
     return cfg
 
 
-def _fixed_tiles(hw: HardwareTarget, m, n, act_offchip, act_onchip, weight_bytes, out_bytes, executed):
+def _fixed_tiles(hw: HardwareTarget, m, n, act_offchip, act_onchip, weight_bytes, out_offchip, out_bytes, cycles):
     """Bytes, cycles and energy per level of a target without an array: operands re-read per fixed
     output tile (docs/cost_model.md "Memory"); metadata reaches the array with every innermost read."""
     bytes_moved = {}
     for i, level in enumerate(hw.memory):
         act_reads, weight_reads = _reuse(level, m, n)
-        act = act_offchip if i == 0 else act_onchip
-        bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out_bytes
-    cycles_by = {"compute": executed / hw.dense_macs_per_cycle}
+        act, out = (act_offchip, out_offchip) if i == 0 else (act_onchip, out_bytes)
+        bytes_moved[level.name] = act * act_reads + weight_bytes * weight_reads + out
+    cycles_by = {"compute": cycles}
     cycles_by.update({lv.name: bytes_moved[lv.name] / lv.bandwidth_bytes_per_cycle for lv in hw.memory})
     level_energy = {lv.name: bytes_moved[lv.name] * lv.energy_pj_per_byte for lv in hw.memory}
     return bytes_moved, cycles_by, level_energy, "", _reuse(hw.memory[-1], m, n)
 
 
-def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_elements):
+def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_elements, resident):
     """Bytes, cycles and energy per level of a loop-nest target, under the mapper's tiling (nest.py)."""
     am, ak, an = hw.array
     act_reads, weight_reads = -(-n // an), -(-m // am)  # the array streams each operand once per group
-    passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k)
-              for w in w_runs for a in a_runs]  # (array steps along k, executed density) per pass
-    steps = weight_reads * act_reads * sum(k_steps for k_steps, _ in passes)
+    passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k, _utilization(hw, w, a))
+              for w in w_runs for a in a_runs]  # (array steps along k, executed density, utilization) per pass
+    groups = weight_reads * act_reads
+    steps = groups * sum(k_steps for k_steps, _, _ in passes)
     per_weight, per_activation = batch * k * n, batch * m * k
     prob = Problem(
-        m=m, k=k, n=n, steps=steps, weight_bytes=sum(r.stored_bytes for r in w_runs) / per_weight,
-        activation_bytes_offchip=bits / 8, activation_bytes_onchip=sum(r.stored_bytes for r in a_runs) / per_activation,
-        output_bytes=bits / 8, reuse_ratio=act_elements / (m * k),
+        m=m, k=k, n=n, steps=steps, compute_cycles=groups * sum(s / u for s, _, u in passes),
+        weight_bytes=sum(r.stored_bytes for r in w_runs) / per_weight,
+        activation_bytes_offchip=0.0 if resident.input else bits / 8,
+        activation_bytes_onchip=sum(r.stored_bytes for r in a_runs) / per_activation,
+        output_bytes=bits / 8, output_bytes_offchip=0.0 if resident.output else bits / 8,
+        reuse_ratio=act_elements / (m * k),
         weight_metadata_bytes=sum(r.metadata_bits for r in w_runs) / 8 / per_weight,
         activation_metadata_bytes=sum(r.metadata_bits for r in a_runs) / 8 / per_activation,
-        streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density in passes)))
+        streamed_k=max(k, max(round(k_steps * ak / density) for k_steps, density, _ in passes)))
     best = best_mapping(hw, prob)
     level_energy, level_cycles, level_bytes = ({name: batch * v for name, v in per_level.items()}
                                                for per_level in evaluate(hw, prob, best))
-    cycles_by = {"compute": float(batch * steps), **level_cycles}
+    cycles_by = {"compute": batch * prob.compute_cycles, **level_cycles}
     return level_bytes, cycles_by, level_energy, best.describe(hw), (act_reads, weight_reads)
+
+
+def _utilization(hw: HardwareTarget, *runs: TermRun) -> float:
+    """Share of the ideal speed-up a pass reaches: the product over its operands' modes ([compute] speedup)."""
+    return math.prod(hw.utilization(r.execution) for r in runs)
+
+
+@dataclass(frozen=True)
+class _Residency:
+    """Which of a layer's input and output stay on chip between layers (``HardwareTarget.residency``)."""
+
+    input: bool = False
+    output: bool = False
+
+    @classmethod
+    def of(cls, hw: HardwareTarget, input_bytes: float, output_bytes: float) -> "_Residency":
+        if not hw.residency:
+            return cls()
+        room = hw.memory[1].capacity_bytes / 2  # the other half holds the layer's working tiles
+        return cls(input_bytes <= room, output_bytes <= room)
+
+
+def _tasd_unit_work(hw: HardwareTarget, config: TASDConfig, elements: float) -> tuple[float, float]:
+    """(cycles, compares) of decomposing ``elements`` activation values into ``config``'s terms:
+    per block of M, an N:M term takes N extraction cycles of one unit and N·(M − 1) compares."""
+    units = hw.tasd_units
+    if config.is_dense or units is None:
+        return 0.0, 0.0
+    kept_share = sum(t.n / t.m for t in config.terms)
+    compares = elements * sum(t.n * (t.m - 1) / t.m for t in config.terms)
+    return elements * kept_share / (units.count * units.values_per_cycle), compares
 
 
 def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,
@@ -258,22 +293,31 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
     act_onchip = sum(r.stored_bytes for r in a_runs)  # compressed once the TASD units have seen it
     act_offchip = batch * act_elements * bits / 8  # as the previous layer wrote it: dense
     out_bytes = batch * m * n * bits / 8
+    resident = _Residency.of(hw, act_offchip, out_bytes)
 
-    tasd_elements = 0 if a_cfg.is_dense else batch * act_elements * len(a_cfg.terms)
-    units = hw.tasd_units
     if hw.array is None:
-        memory = _fixed_tiles(hw, m, n, act_offchip, act_onchip, weight_bytes, out_bytes, executed)
+        cycles = batch * m * n * sum(w.reduction * a.reduction / k / _utilization(hw, w, a)
+                                     for w in w_runs for a in a_runs) / hw.dense_macs_per_cycle
+        memory = _fixed_tiles(hw, m, n, 0.0 if resident.input else act_offchip, act_onchip, weight_bytes,
+                              0.0 if resident.output else out_bytes, out_bytes, cycles)
     else:
-        memory = _loop_nest(hw, m, k, n, batch, w_runs, a_runs, bits, act_elements)
+        memory = _loop_nest(hw, m, k, n, batch, w_runs, a_runs, bits, act_elements, resident)
     bytes_moved, cycles_by, level_energy, mapping, (act_reads, weight_reads) = memory
+    if resident.output:  # the output lands in the first on-chip level instead of DRAM
+        landing = hw.memory[1]
+        bytes_moved[landing.name] += out_bytes
+        level_energy[landing.name] += out_bytes * landing.write_energy
     metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
                      + sum(r.metadata_bits for r in a_runs) * act_reads)
-    cycles_by["tasd_units"] = tasd_elements / (units.count * units.elements_per_cycle) if units else 0.0
+    tasd_cycles, compares = _tasd_unit_work(hw, a_cfg, batch * act_elements)
+    cycles_by["tasd_units"] = tasd_cycles
 
     energy = {"compute": executed * hw.mac_energy_pj}  # keys: hardware.NON_MEMORY_COMPONENTS + levels
     energy.update(level_energy)
     energy["metadata"] = metadata_bits * hw.metadata_energy_pj_per_bit
-    energy["tasd_units"] = tasd_elements * units.energy_pj_per_element if units else 0.0
+    energy["tasd_units"] = compares * hw.tasd_units.compare_energy_pj if compares else 0.0
+    notes += [f"{what} stays on chip" for what, kept in (("input", resident.input), ("output", resident.output))
+              if kept]
 
     return LayerCost(
         target=hw.name, m=m, k=k, n=n, batch=batch, weight=w_cfg, activation=a_cfg, dtype_bits=bits,

@@ -57,13 +57,19 @@ class Problem:
     weight_metadata_bytes: float = 0.0  # the part of weight_bytes that is metadata
     activation_metadata_bytes: float = 0.0  # the part of activation_bytes_onchip that is metadata
     streamed_k: int | None = None  # positions the array fetches per row: k padded to whole array windows
+    compute_cycles: float | None = None  # the array's cycles: steps over each mode's utilization (None: steps)
+    output_bytes_offchip: float | None = None  # per (m, n) position at the outermost level (None: output_bytes)
+
+    @property
+    def array_cycles(self) -> float:
+        return self.steps if self.compute_cycles is None else self.compute_cycles
 
     def bytes_per_element(self, dataspace: str, outermost: bool, stored: bool = True) -> float:
         """Bytes per position held in a level (``stored``) or streamed into the array."""
         if dataspace == "weight":
             return self.weight_bytes
         if dataspace == "output":
-            return self.output_bytes
+            return self.output_bytes if not outermost or self.output_bytes_offchip is None else self.output_bytes_offchip
         per = self.activation_bytes_offchip if outermost else self.activation_bytes_onchip
         return per * self.reuse_ratio if stored else per
 
@@ -187,8 +193,22 @@ def _extents(child: int, full: int, bound: int | None) -> list[int]:
     return sorted(out)
 
 
-def _tilings(hw: HardwareTarget, prob: Problem, keeps):
-    """Every nest of tiles (outermost first, below the outermost level) that fits the capacities."""
+def _whole_fits(hw: HardwareTarget, prob: Problem, keeps) -> bool:
+    """Whether the level below the outermost (not the innermost) can hold the whole problem.
+
+    Then it does in the best mapping: the outermost level's traffic is the compulsory minimum,
+    and any loop the outermost level would run counts the same for the inner levels' refills
+    when the level below runs it instead.  Pinning that tile makes a deep hierarchy with a large
+    second level (an L2) as cheap to map as one level fewer."""
+    full = (prob.m, prob.k, prob.n)
+    reach = _reach(hw, 1, prob.array_step_tile(hw.array))
+    return (len(hw.memory) > 2 and all(f <= r for f, r in zip(full, reach))
+            and _fits(hw.memory[1], prob, full, keeps[1]))
+
+
+def _tilings(hw: HardwareTarget, prob: Problem, keeps, pinned: bool = False):
+    """Every nest of tiles (outermost first, below the outermost level) that fits the capacities;
+    ``pinned``: the level below the outermost holds the whole problem."""
     full = (prob.m, prob.k, prob.n)
     array = prob.array_step_tile(hw.array)
 
@@ -200,6 +220,8 @@ def _tilings(hw: HardwareTarget, prob: Problem, keeps):
             return
         spec = hw.memory[level]
         options = [_extents(c, f, spec.max_factor(d)) for c, f, d in zip(child, full, GEMM_DIMS)]
+        if pinned and level == 1:
+            options = [[e for e in extents if e == f] for extents, f in zip(options, full)]
         for tile in itertools.product(*options):
             if _fits(spec, prob, tile, keeps[level]):
                 for outer in build(level - 1, tile):
@@ -222,11 +244,11 @@ def _reach(hw: HardwareTarget, level: int, array) -> list[float]:
     return reach
 
 
-def _space_size(hw: HardwareTarget, prob: Problem) -> int:
+def _space_size(hw: HardwareTarget, prob: Problem, pinned: bool) -> int:
     """An upper bound of the tile nests the exhaustive search would enumerate."""
     array = prob.array_step_tile(hw.array)
     size = 1
-    for level in range(1, len(hw.memory)):
+    for level in range(2 if pinned else 1, len(hw.memory)):
         for f, a, r in zip((prob.m, prob.k, prob.n), array, _reach(hw, level, array)):
             size *= math.ceil(math.log2(max(min(f, r) / a, 1))) + 2
     return size
@@ -249,10 +271,10 @@ def _score(hw: HardwareTarget, prob: Problem, tiles: np.ndarray, orders, keeps) 
     """(energy × cycles, energy) per candidate, compute cycles included."""
     energy, cycles = _energy_and_cycles(hw, *_traffic(hw, prob, tiles, orders, keeps))
     total = energy.sum(axis=1)
-    return total * np.maximum(cycles.max(axis=1), prob.steps), total
+    return total * np.maximum(cycles.max(axis=1), prob.array_cycles), total
 
 
-def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, width: int = BEAM_WIDTH):
+def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, pinned: bool = False, width: int = BEAM_WIDTH):
     """Tile nests chosen level by level from the outermost: each level keeps the ``width`` partial
     nests whose completion (inner levels holding as much of the tile as their bounds allow) has the
     least energy × cycles."""
@@ -266,7 +288,7 @@ def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, width: int = BEAM_WI
             parent = nest[-1] if nest else full
             options = []
             for d, p, a, r in zip(GEMM_DIMS, parent, array, reach):
-                extents = {p} | {a * 2 ** j for j in range(64) if a * 2 ** j < p}
+                extents = {p} | ({a * 2 ** j for j in range(64) if a * 2 ** j < p} if not (pinned and level == 1) else set())
                 options.append(sorted(
                     e for e in extents if e <= r and (outer.max_factor(d) is None or -(-p // e) <= outer.max_factor(d))))
             found += [nest + (tile,) for tile in itertools.product(*options) if _fits(spec, prob, tile, keeps[level])]
@@ -311,9 +333,10 @@ def best_mapping(hw: HardwareTarget, prob: Problem) -> Mapping:
     """The mapping of least energy × cycles (compute cycles included), ties to less energy: over
     every tile nest when there are at most ``EXHAUSTIVE_LIMIT``, else over a beam search's."""
     best, best_key = None, None
-    exhaustive = _space_size(hw, prob) <= EXHAUSTIVE_LIMIT
     for keeps in _keep_choices(hw):
-        nests = list(_tilings(hw, prob, keeps) if exhaustive else _beam_tilings(hw, prob, keeps))
+        pinned = _whole_fits(hw, prob, keeps)
+        exhaustive = _space_size(hw, prob, pinned) <= EXHAUSTIVE_LIMIT
+        nests = list(_tilings(hw, prob, keeps, pinned) if exhaustive else _beam_tilings(hw, prob, keeps, pinned))
         if not nests:
             continue
         tiles = np.array(nests)
