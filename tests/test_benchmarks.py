@@ -59,3 +59,22 @@ def test_a_sweep_resumes_from_its_checkpoint_without_rerunning_finished_jobs(tmp
     rows = sweep.run(record, jobs, workers=1, checkpoint=checkpoint)
     assert calls == ["b", "c"]  # "a" came from the checkpoint
     assert rows == [{"out": "aa"}, {"out": "bb"}, {"out": "cc"}]
+
+
+def test_tasd_unit_table_follows_the_closed_form_and_names_where_each_route_wins():
+    from tvm_tasd.benchmarks import tasd_units
+
+    rows = tasd_units.collect()["rows"]
+    utilization = {"4:8": 1.0, "2:8": 3.43 / 4}  # ttc-vegeta-m8's [compute] speedup
+    for row in rows:
+        kernel = 1 if row["kind"] == "gemm" else row["shape"][1][2] * row["shape"][1][3]
+        for units in row["units"]:
+            kept = row["k"] * {"4:8": 0.5, "2:8": 0.25}[row["config"]]
+            padding = (row["m"] / (-(-row["m"] // 8) * 8) * row["n"] / (-(-row["n"] // 8) * 8)
+                       * kept / (-(-kept // 16) * 16))  # the 8x16x8 array runs whole groups and steps
+            expected = 1024 * utilization[row["config"]] / (units["count"] * row["n"] * kernel) * padding
+            assert units["unit_cycles"] / units["array_cycles"] == pytest.approx(expected, rel=0.02), row["layer"]
+    by = {(r["layer"], r["config"]): r for r in rows}
+    head, ffn = by[("narrow head (n = 16)", "2:8")], by[("BERT-base FFN up (128 tokens)", "2:8")]
+    assert head["activation_route_edp"] < head["weight_route_edp"]  # the activation is the larger operand
+    assert ffn["weight_route_edp"] < ffn["activation_route_edp"]  # the weight is
