@@ -231,6 +231,12 @@ def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_ele
     best = best_mapping(hw, prob)
     level_energy, level_cycles, level_bytes = ({name: batch * v for name, v in per_level.items()}
                                                for per_level in evaluate(hw, prob, best))
+    if resident.output and "output" not in best.keeps[1]:  # it lands in the level below DRAM, not passing through
+        landing, out_bytes = hw.memory[1], batch * m * n * bits / 8
+        level_bytes[landing.name] += out_bytes
+        level_energy[landing.name] += out_bytes * landing.write_energy
+        level_cycles[landing.name] += out_bytes / (landing.write_bandwidth_bytes_per_cycle
+                                                  or landing.bandwidth_bytes_per_cycle)
     cycles_by = {"compute": batch * prob.compute_cycles, **level_cycles}
     return level_bytes, cycles_by, level_energy, best.describe(hw), (act_reads, weight_reads)
 
@@ -303,10 +309,6 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
     else:
         memory = _loop_nest(hw, m, k, n, batch, w_runs, a_runs, bits, act_elements, resident)
     bytes_moved, cycles_by, level_energy, mapping, (act_reads, weight_reads) = memory
-    if resident.output:  # the output lands in the first on-chip level instead of DRAM
-        landing = hw.memory[1]
-        bytes_moved[landing.name] += out_bytes
-        level_energy[landing.name] += out_bytes * landing.write_energy
     metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
                      + sum(r.metadata_bits for r in a_runs) * act_reads)
     tasd_cycles, compares = _tasd_unit_work(hw, a_cfg, batch * act_elements)
