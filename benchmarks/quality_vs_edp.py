@@ -41,7 +41,7 @@ from tvm_tasd.candidates import useful_terms
 from tvm_tasd.cost import layer_cost
 from tvm_tasd.config import TASDConfig
 from tvm_tasd.decompose import approximate
-from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
+from tvm_tasd.evaluation.onnx import OnnxWeightFedModel, run_plan
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
 from tvm_tasd.matcher import find_layers
@@ -186,12 +186,13 @@ def load_task(name: str, quick: bool) -> Task:
     return TASKS[name](quick)
 
 
-def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> float:
-    """Modelled model EDP (Σ energy × Σ latency over the layers) relative to dense."""
-    def total(choice):
+def _model_edp(target, layers, configs: dict, activations: dict | None = None) -> float:
+    """Modelled model EDP (Σ energy × Σ latency over the layers) relative to dense; ``activations``:
+    the run-time activation series of a plan's layers."""
+    def total(choice, activation):
         energy = latency = 0.0
         for layer in layers:
-            cost = layer_cost(target, layer, choice(layer))
+            cost = layer_cost(target, layer, choice(layer), activation=activation(layer))
             energy += cost.energy_pj
             latency += cost.latency_s
         return energy * latency
@@ -200,7 +201,8 @@ def _model_edp(target, layers, configs: dict, scores: dict | None = None) -> flo
         config = configs.get(layer.name, TASDConfig.dense())
         return config if layer.fits(config) else TASDConfig.dense()
 
-    return total(chosen) / total(lambda layer: TASDConfig.dense())
+    return (total(chosen, lambda layer: (activations or {}).get(layer.name))
+            / total(lambda layer: TASDConfig.dense(), lambda layer: None))
 
 
 def _uniform(layers, config, norms=None, hessians=None, damp=0.01):
@@ -229,8 +231,11 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
     norms, hessians = stats.norms, stats.hessians
     rows = []
 
-    def record(target, method, config, weights, edp, **extra):
-        quality = task.test_metric(test_model.run(weights)) if weights else dense_test
+    def record(target, method, config, weights, edp, plan=None, **extra):
+        if plan is not None and any(choice.activation is not None for choice in plan.layers):
+            quality = task.test_metric(run_plan(task.model, plan, task.test))  # with its activation series
+        else:
+            quality = task.test_metric(test_model.run(weights)) if weights else dense_test
         rows.append({"model": task.name, "target": target, "method": method, "config": config,
                      "edp_vs_dense": edp, "quality": quality, "relative_quality": quality / dense_test, **extra})
         log(f"{task.name:11s} {target:14s} {method:22s} {config:10s} EDP {edp:.3f}  quality {quality / dense_test:.4f}")
@@ -258,8 +263,9 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
                 layer.name: by_name[layer.name].approximated(layer.weight, layer.axis)
                 for layer in layers if layer.name in by_name and not by_name[layer.name].weight.is_dense
             }
-            edp = _model_edp(target, layers, {n: e.weight for n, e in by_name.items()})
-            record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, search_seconds=seconds,
+            edp = _model_edp(target, layers, {n: e.weight for n, e in by_name.items()},
+                             {n: e.activation for n, e in by_name.items()})
+            record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, plan=plan, search_seconds=seconds,
                    calibration_relative=plan.info["quality"]["relative"],
                    held_out_relative=plan.info["quality"]["held_out"]["relative"], search=plan.info["search"])
             if budget == 0.99 and out_plans is not None:
