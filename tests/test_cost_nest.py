@@ -116,20 +116,21 @@ shapes = st.tuples(st.integers(1, 300), st.integers(1, 80).map(lambda k: 16 * k)
 @given(shape=shapes, density=st.sampled_from([1.0, 0.5, 1 / 3, 0.25]), metadata_bits=st.sampled_from([0, 2, 3]))
 def test_chosen_tilings_respect_capacities_and_factor_bounds(shape, density, metadata_bits):
     m, k, n = shape
-    am, ak, an = FLEX.array
-    steps = -(-m // am) * -(-round(k * density) // ak) * -(-n // an)
-    prob = nest.Problem(m=m, k=k, n=n, steps=steps, weight_bytes=density * (8 + metadata_bits) / 8,
-                        activation_bytes_offchip=1, activation_bytes_onchip=1, output_bytes=1,
-                        weight_metadata_bytes=density * metadata_bits / 8)
-    mapping = nest.best_mapping(FLEX, prob)
-    chain = ((m, k, n),) + mapping.tiles + (prob.array_step_tile(FLEX.array),)
-    for i, level in enumerate(FLEX.memory):
-        if i:
-            assert nest._fits(level, prob, chain[i], mapping.keeps[i])
-            assert all(t <= p for t, p in zip(chain[i], chain[i - 1]))
-        for d, outer, inner in zip(GEMM_DIMS, chain[i], chain[i + 1]):
-            bound = level.max_factor(d)
-            assert bound is None or -(-outer // inner) <= bound
+    for hw in (FLEX, load_target("vegeta-m8")):  # the artifact's design; the A100-SM-like one with its L2
+        am, ak, an = hw.array
+        steps = -(-m // am) * -(-round(k * density) // ak) * -(-n // an)
+        prob = nest.Problem(m=m, k=k, n=n, steps=steps, weight_bytes=density * (8 + metadata_bits) / 8,
+                            activation_bytes_offchip=1, activation_bytes_onchip=1, output_bytes=1,
+                            weight_metadata_bytes=density * metadata_bits / 8)
+        mapping = nest.best_mapping(hw, prob)
+        chain = ((m, k, n),) + mapping.tiles + (prob.array_step_tile(hw.array),)
+        for i, level in enumerate(hw.memory):
+            if i:
+                assert nest._fits(level, prob, chain[i], mapping.keeps[i])
+                assert all(t <= p for t, p in zip(chain[i], chain[i - 1]))
+            for d, outer, inner in zip(GEMM_DIMS, chain[i], chain[i + 1]):
+                bound = level.max_factor(d)
+                assert bound is None or -(-outer // inner) <= bound
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
