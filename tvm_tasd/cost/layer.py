@@ -213,8 +213,9 @@ def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_ele
     """Bytes, cycles and energy per level of a loop-nest target, under the mapper's tiling (nest.py)."""
     am, ak, an = hw.array
     act_reads, weight_reads = -(-n // an), -(-m // am)  # the array streams each operand once per group
-    passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k, _utilization(hw, w, a))
-              for w in w_runs for a in a_runs]  # (array steps along k, executed density, utilization) per pass
+    # (array steps along k, executed density, utilization) per pass
+    passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k,
+               _utilization(hw, w, a)) for w in w_runs for a in a_runs]
     groups = weight_reads * act_reads
     steps = groups * sum(k_steps for k_steps, _, _ in passes)
     per_weight, per_activation = batch * k * n, batch * m * k

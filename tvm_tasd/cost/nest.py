@@ -69,7 +69,8 @@ class Problem:
         if dataspace == "weight":
             return self.weight_bytes
         if dataspace == "output":
-            return self.output_bytes if not outermost or self.output_bytes_offchip is None else self.output_bytes_offchip
+            offchip = outermost and self.output_bytes_offchip is not None
+            return self.output_bytes_offchip if offchip else self.output_bytes
         per = self.activation_bytes_offchip if outermost else self.activation_bytes_onchip
         return per * self.reuse_ratio if stored else per
 
@@ -288,7 +289,8 @@ def _beam_tilings(hw: HardwareTarget, prob: Problem, keeps, pinned: bool = False
             parent = nest[-1] if nest else full
             options = []
             for d, p, a, r in zip(GEMM_DIMS, parent, array, reach):
-                extents = {p} | ({a * 2 ** j for j in range(64) if a * 2 ** j < p} if not (pinned and level == 1) else set())
+                smaller = set() if pinned and level == 1 else {a * 2 ** j for j in range(64) if a * 2 ** j < p}
+                extents = {p} | smaller
                 options.append(sorted(
                     e for e in extents if e <= r and (outer.max_factor(d) is None or -(-p // e) <= outer.max_factor(d))))
             found += [nest + (tile,) for tile in itertools.product(*options) if _fits(spec, prob, tile, keeps[level])]
