@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tvm
@@ -109,6 +110,26 @@ def test_dense_compile_is_the_plain_baseline(work, tasd_in_process):
     assert filled["logits"].shape == (BATCH, 10) and np.isfinite(filled["logits"]).all()
 
 
+def test_compile_with_a_run_time_activation_series_matches_numpy(work):
+    from onnx import numpy_helper
+
+    from tvm_tasd import approximate
+
+    cli("tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd", "--tasd-hw",
+        "ttc-vegeta-m8", "--tasd-activation", "2:8", "-o", "act.tar", cwd=work)
+    meta = json.loads(members(work / "act.tar")["metadata.json"])
+    assert meta["activation"] == "2:8" and meta["config"] == "dense"
+    report = json.loads(members(work / "act.tar")["report.json"])
+    assert {(row["weight"], row["activation"]) for row in report["layers"]} == {("dense", "2:8")}
+    cli("tvmc", "run", "act.tar", "--inputs", "inputs.npz", "--outputs", "act.npz", cwd=work)
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(MLP).graph.initializer}
+    h = np.load(work / "inputs.npz")["input"]
+    for i in (1, 2, 3):  # numpy: each layer's input decomposed into 2:8 along K, dense weights
+        h = approximate(h, "2:8", axis=-1) @ weights[f"fc{i}.weight"] + weights[f"fc{i}.bias"]
+        h = np.maximum(h, 0) if i < 3 else h
+    np.testing.assert_allclose(np.load(work / "act.npz")["logits"], h, rtol=0, atol=1e-4)
+
+
 def test_search_report_and_compile_with_the_plan(work):
     search = cli("tasd", "search", MLP, "--hw", "vegeta-m8", "--calibration", "calib.npz", "--metric", "accuracy",
                  "--budget", "0.99", "--batch", "128", "-o", "plan.json", cwd=work)
@@ -177,6 +198,14 @@ BAD_INPUT = {
     "unwritable output": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "-o",
                            "no/such/dir/out.tar"], "cannot write"),
     "config without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-config", "2:4"], "--pass tasd"),
+    "activation series without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-activation", "2:8"],
+                                           "--pass tasd"),
+    "activation series beside a plan": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES,
+                                         "--pass", "tasd", "--tasd-plan", "other_plan.json", "--tasd-activation", "2:8"],
+                                        "carries its own activation series"),
+    "two sparse operands": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+                             "--tasd-hw", "ttc-vegeta-m8", "--tasd-config", "2:8", "--tasd-activation", "2:8"],
+                            "one sparse operand per layer"),
     "bad shape syntax": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:8,64"], "name:[d1,d2"),
     "run a non-artifact": (["tvmc", "run", "notes.onnx"], "not a tvmc artifact"),
     "calibration without labels": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--metric", "accuracy"],

@@ -149,6 +149,8 @@ def _flag_cases(a: Path) -> list[tuple[str, ...]]:
     cases += [(*compile_, "--pass", "tasd", "--tasd-config", v) for v in
               ("5:4", "", "+", "2:4+", "0:4", "2:300", "abc", "2:4+1:4+1:4+1:4+1:4", "dense+2:4", "2 4")]
     cases += [(*compile_, "--pass", "tasd", "--tasd-error-threshold", v) for v in ("-0.1", "1.5", "nan", "x")]
+    cases += [(*compile_, "--pass", "tasd", "--tasd-hw", "ttc-vegeta-m8", "--tasd-activation", v) for v in
+              ("5:4", "", "2:8+", "abc")]
     cases += [("tvmc", "compile", mlp, "--input-shapes", SHAPES, "--target", v) for v in
               ("tpu", "llvm -mcpu=notacpu", "{bad", "cuda", "llvm -foo", "", "llvm -mtriple=arm-none-eabi",
                '{"kind": 3}', "stc-2of4", "llvm mcpu=znver3")]

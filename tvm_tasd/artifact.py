@@ -126,13 +126,15 @@ def render_report(report: Report, path) -> str:
 
 
 def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
-                  hw=None, config=None, plan=None, error_threshold: float | None = None, report=None,
-                  fmt: str | None = None, tuning: Tuning | None = None) -> Report:
+                  hw=None, config=None, plan=None, error_threshold: float | None = None, activation=None,
+                  report=None, fmt: str | None = None, tuning: Tuning | None = None) -> Report:
     """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.
 
     ``tasd=True`` takes exactly one of ``config`` (one series for every
     layer), ``plan`` (a plan file or :class:`~tvm_tasd.plan.Plan`) and
     ``error_threshold`` (per layer by weight error; quality unchecked).
+    ``activation``: one run-time activation series for every matmul layer (alone: dense weights; a plan
+    carries its own per layer).
     ``hw``: the N:M hardware deciding the series and the
     modelled costs (default: the ``target`` hardware, else the plan's, else
     ``cpu-emulated``). ``report``: also write the report there (.html, .json
@@ -141,12 +143,18 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     Nothing is written unless everything succeeds (the tuning database keeps what it measured).
     """
     chosen = sum(x is not None for x in (config, plan, error_threshold))
-    if chosen and not tasd:
-        raise ValueError("--tasd-config, --tasd-plan and --tasd-error-threshold need --pass tasd")
+    if (chosen or activation is not None) and not tasd:
+        raise ValueError("--tasd-config, --tasd-plan, --tasd-error-threshold and --tasd-activation need --pass tasd")
+    if activation is not None and plan is not None:
+        raise ValueError("a plan carries its own activation series per layer; drop --tasd-activation")
+    if tasd and chosen == 0 and activation is not None:
+        config = "dense"  # the activation series alone: weights stay dense
+        chosen = 1
     if tasd and chosen != 1:
         raise ValueError("--pass tasd needs one of --tasd-config SERIES (everywhere), --tasd-plan PLAN (from tasd "
                          "search: quality checked) or --tasd-error-threshold E (per layer by weight error, unchecked)")
     config = None if config is None else TASDConfig.parse(config)
+    activation = None if activation is None else TASDConfig.parse(activation)
     check_not_inputs([output, report], [model, plan if isinstance(plan, (str, os.PathLike)) else None])
     plan = None if plan is None else Plan.coerce(plan)
     if report is not None:
@@ -164,14 +172,19 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
             hardware = plan.target(hw or target_hw)
             if plan.hardware not in (None, hardware.name):
                 warnings.warn(f"the plan was searched for {plan.hardware}; checking and costing it on {hardware.name}")
+        if (activation is not None and not activation.is_dense and config is not None and not config.is_dense
+                and hardware.max_sparse_operands < 2):
+            raise ValueError(f"{hardware.name} takes one sparse operand per layer: with --tasd-activation "
+                             f"{activation}, drop --tasd-config (the weights stay dense)")
         imported = import_model(model, input_shapes, fmt)
         executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target,
-                           error_threshold=error_threshold, tuning=tuning)
+                           error_threshold=error_threshold, activation=activation, tuning=tuning)
         errors = {entry["name"]: entry["weight_error"] for entry in executable.layers}
         result = Report.from_choices(hardware, find_layers(imported.mod), executable.choices, plan,
                                      weight_errors=errors, model=Path(model).name, mode="tasd" if tasd else "dense",
-                                     source=_how_chosen(tasd, config, plan, error_threshold))
-        members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan, tuning),
+                                     source=_how_chosen(tasd, config, plan, error_threshold, activation))
+        members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan, activation,
+                                       tuning),
                    REPORT: result.to_json()}
         if plan is not None:
             members[PLAN] = plan.to_json()
@@ -181,14 +194,15 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     return result
 
 
-def _how_chosen(tasd: bool, config, plan, error_threshold) -> str:
+def _how_chosen(tasd: bool, config, plan, error_threshold, activation=None) -> str:
     if not tasd:
         return "no --pass tasd"
     if plan is not None:
         return plan_source(plan)
+    extra = "" if activation is None else f", activation series {activation} at run time (matmul layers)"
     if config is not None:
-        return f"uniform config {config}"
-    return f"per layer: cheapest series with weight error ≤ {error_threshold:.0%} (quality unchecked)"
+        return f"uniform config {config}{extra}"
+    return f"per layer: cheapest series with weight error ≤ {error_threshold:.0%} (quality unchecked){extra}"
 
 
 def _tensor_specs(ty, names: list[str]) -> list[dict]:
@@ -200,7 +214,7 @@ def _tensor_specs(ty, names: list[str]) -> list[dict]:
 
 
 def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarget, tasd: bool, config, plan,
-              tuning: Tuning | None) -> dict:
+              activation, tuning: Tuning | None) -> dict:
     """What ``tvmc run`` and ``tasd report`` need, and where the artifact came from."""
     return {
         "format": ARTIFACT_FORMAT,
@@ -212,6 +226,7 @@ def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarg
         "hardware_digest": hardware.digest,
         "pass": "tasd" if tasd else None,
         "config": None if config is None else str(config),
+        "activation": None if activation is None else str(activation),
         "plan": PLAN if plan is not None else None,
         "tuning": None if tuning is None else {"seconds": tuning.seconds, "database": str(tuning.work_dir)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in imported.inputs.items()],

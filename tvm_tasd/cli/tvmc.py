@@ -27,7 +27,8 @@ def cmd_compile(args) -> None:
     shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
     report = compile_model(args.model, args.output, args.target, shapes, tasd=args.tasd_pass == "tasd",
                            hw=args.tasd_hw, config=args.tasd_config, plan=args.tasd_plan,
-                           error_threshold=args.tasd_error_threshold, report=args.tasd_report,
+                           error_threshold=args.tasd_error_threshold, activation=args.tasd_activation,
+                           report=args.tasd_report,
                            fmt=args.model_format, tuning=_tuning(args))
     if report.data["mode"] == "tasd":
         print(report.text())
@@ -67,6 +68,8 @@ examples:
   tvmc compile model.onnx --target "llvm -mcpu=znver3" --pass tasd --tasd-plan plan.json \\
       --tasd-report report.html -o tasd.tar       # plan from: tasd search
   tvmc compile program.pt2 --target vegeta-m8 --pass tasd --tasd-config 2:4 -o tasd.tar   # torch.export.save output
+  tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --pass tasd \\
+      --tasd-hw ttc-vegeta-m8 --tasd-activation 2:8 -o act.tar   # ReLU-fed matmuls: activation series
   tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --tune 600 -o tuned.tar
 
 Without --pass tasd the build is dense (the same scheduled dense kernels), so the
@@ -100,6 +103,9 @@ def build_parser():
     choice.add_argument("--tasd-error-threshold", type=float, metavar="E",
                         help="per layer, the cheapest series whose relative weight error is ≤ E "
                              "(nothing checks the model's quality)")
+    p.add_argument("--tasd-activation", metavar="SERIES",
+                   help="decompose every matmul layer's input into SERIES at run time (the TASD units; a target "
+                        "whose unit takes a sparse activation, e.g. ttc-vegeta-m8); alone, weights stay dense")
     p.add_argument("--tasd-report", help="also write the per-layer report (.html, .json or .txt)")
     p.add_argument("--tune", type=float, metavar="SECONDS",
                    help="MetaSchedule-tune the ops TASD leaves to TVM (attention, norms, elementwise) for SECONDS "
