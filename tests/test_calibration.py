@@ -159,3 +159,26 @@ def test_bad_calibration_sets(x):
         calibrate(model_path("digits-mlp"), [{"input": x}, {"pixels": x}])
     with pytest.raises(ValueError, match="not model inputs"):
         calibrate(model_path("digits-mlp"), [{"input": x, "extra": x}])
+
+
+@pytest.mark.parametrize("low, high, fed", [(0.0, 6.0, True), (0.0, None, True), (-1.0, 6.0, False), (None, 6.0, False)])
+def test_relu6_written_as_clip_counts_as_relu_fed(tmp_path, low, high, fed):
+    # MobileNet/EfficientNet-Lite export ReLU6 as Clip(x, 0, 6); a lower bound of 0 makes the zeros
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvm_tasd.frontend import from_onnx
+    from tvm_tasd.matcher import find_layers
+
+    bounds = [numpy_helper.from_array(np.array(v, "float32"), name) for v, name in ((low, "lo"), (high, "hi"))
+              if v is not None]
+    clip_inputs = ["x", "lo" if low is not None else "", "hi" if high is not None else ""]
+    nodes = [helper.make_node("Clip", clip_inputs, ["c"]), helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             helper.make_node("MatMul", ["r", "W"], ["y"])]
+    weight = numpy_helper.from_array(np.ones((16, 8), "float32"), "W")
+    shape = numpy_helper.from_array(np.array([4, 16], "int64"), "shape")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [weight, shape, *bounds])
+    path = tmp_path / "clip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    (layer,) = find_layers(from_onnx(path).mod)
+    assert layer.relu_fed is fed

@@ -14,9 +14,10 @@ parameter whose value the caller supplies in ``params``. Shapes must be
 static and dtypes float.
 
 A layer is *ReLU-fed* (``Layer.relu_fed``) when its input is a ReLU's
-output seen through ops that keep the ReLU's zeros (:data:`ZERO_PRESERVING`:
-layout changes, and max-pooling of non-negative values) — where run-time
-activation series pay (``docs/semantics.md`` §6).
+(or a ReLU6's: ONNX ``Clip(x, 0, 6)``) output seen through ops that keep the
+zeros (:data:`ZERO_PRESERVING`: layout changes, and max-pooling of
+non-negative values) — where run-time activation series pay
+(``docs/semantics.md`` §6).
 """
 
 from __future__ import annotations
@@ -92,10 +93,24 @@ class LayerMatcher:
         return None
 
     def fed_by_relu(self, expr) -> bool:
-        """Whether ``expr`` is a ReLU's output, seen through :data:`ZERO_PRESERVING` ops."""
+        """Whether ``expr`` is a ReLU's output, seen through :data:`ZERO_PRESERVING` ops.
+
+        ReLU6 counts (ONNX ``Clip(x, 0, 6)``, imported as ``maximum(x, 0)`` then ``minimum(·, 6)``
+        TE kernels): a lower clip at 0 makes the zeros, an upper clip above 0 keeps them."""
         while isinstance(expr, relax.Var) and expr in self.bindings:
             value = self.bindings[expr]
-            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+            if not isinstance(value, relax.Call):
+                return False
+            clip = self._clip(value)
+            if clip is not None:
+                bound_kind, bound, source = clip
+                if bound_kind == "max":
+                    return bound == 0
+                if not bound > 0:
+                    return False
+                expr = source
+                continue
+            if not isinstance(value.op, tvm.ir.Op):
                 return False
             if value.op.name == "relax.nn.relu":
                 return True
@@ -103,6 +118,32 @@ class LayerMatcher:
                 return False
             expr = value.args[0]
         return False
+
+    def _clip(self, call):
+        """("max", lower bound, x) for ``maximum(x, c)``, ("min", upper bound, x) for ``minimum(x, c)`` with a
+        constant scalar c, as the ONNX importer emits Clip; else None."""
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
+            return None
+        name = call.args[0].name_hint if isinstance(call.args[0], tvm.ir.GlobalVar) else ""
+        kind = "max" if name.startswith("maximum") else "min" if name.startswith("minimum") else None
+        args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else ()
+        if kind is None or len(args) != 2:
+            return None
+        bound = self._scalar(args[1])
+        return None if bound is None else (kind, bound, args[0])
+
+    def _scalar(self, expr) -> float | None:
+        """The value of a constant scalar, seen through ``where(isnan(c), ±inf, c)`` as Clip's import writes it."""
+        expr = self._resolve(expr)
+        if isinstance(expr, tvm.ir.Constant) and expr.value.numpy().size == 1:
+            return float(expr.value.numpy().reshape(()))
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.where":
+            cond = self._resolve(expr.args[0])
+            if isinstance(cond, relax.Call) and isinstance(cond.op, tvm.ir.Op) and cond.op.name == "relax.isnan":
+                tested = self._scalar(cond.args[0])
+                if tested is not None:
+                    return self._scalar(expr.args[1] if np.isnan(tested) else expr.args[2])
+        return None
 
     def _source_name(self, key: str) -> str | None:
         """The next name recorded for this content: equal-valued weights are named in order of use."""
