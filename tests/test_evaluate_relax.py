@@ -48,6 +48,16 @@ def test_activation_keep_counts_match_onnxruntime(keep, feeds):
     assert not np.allclose(got, relax_model.run()[1][0])
 
 
+@pytest.mark.parametrize("keep", [1, 3])
+def test_conv_activation_keep_counts_match_onnxruntime(keep, feeds):
+    groups = {"conv2.weight": 8}  # 16 input channels: two groups at every position
+    relax_model = RelaxWeightFedModel(_imported("digits-cnn", feeds).mod, feeds, activation_groups=groups)
+    ort_model = OnnxWeightFedModel(model_path("digits-cnn"), feeds, activation_groups=groups)
+    got = relax_model.run(keeps={"conv2.weight": keep})[0][0]
+    np.testing.assert_allclose(got, ort_model.run(keeps={"conv2.weight": keep})[0][0], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(got, relax_model.run()[0][0])
+
+
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
 def test_calibration_statistics_match_the_onnx_path(name, feeds):
     ours = calibrate(_imported(name, feeds).mod, feeds, progress=False, hessians=True)
@@ -71,5 +81,5 @@ def test_bad_feeds_and_names_are_reported(feeds):
         model.run({"fc9.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="has shape"):
         model.run({"fc1.weight": np.zeros(3)})
-    with pytest.raises(ValueError, match="activation series need eligible matmul layers"):
+    with pytest.raises(ValueError, match="activation series need eligible matmul or ungrouped conv layers"):
         RelaxWeightFedModel(imported.mod, feeds, activation_groups={"nope": 8})

@@ -23,3 +23,13 @@ def test_keeping_the_top_k_of_each_group_is_the_greedy_series_of_that_m(m, data)
         np.testing.assert_array_equal(keep_top(x, keep, m, NumpyOps(x.dtype)), expected)
     if m <= 4:
         np.testing.assert_array_equal(keep_top(x, 2, m, NumpyOps(x.dtype)), approximate(x, f"1:{m}+1:{m}", axis=-1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.sampled_from([2, 4, 8]), data=st.data())
+def test_channels_first_groups_run_along_the_channels_of_an_nchw_tensor(m, data):
+    channels = m * data.draw(st.integers(1, 3))
+    x = data.draw(hnp.arrays(np.float32, (2, channels, 3, 2), elements=st.integers(-3, 3).map(float)))
+    keep = data.draw(st.integers(1, m))
+    np.testing.assert_array_equal(keep_top(x, keep, m, NumpyOps(x.dtype), channels_first=True),
+                                  approximate(x, f"{keep}:{m}", axis=1))

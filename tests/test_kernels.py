@@ -149,3 +149,29 @@ def test_conv_padding_forms_and_dense_conv():
     assert nm_conv2d(x_shape, w_shape, "2:4", padding=1).out_shape == (1, 4, 6, 5)
     with pytest.raises(ValueError, match="input channels"):
         nm_conv2d(x_shape, (4, 6, 3, 3), "2:4")
+
+
+@pytest.mark.parametrize(
+    "shape, config, channels_first",
+    [
+        ((6, 20), "2:8+1:8", False),  # K % 8 ≠ 0: the short last group is zero padded
+        ((2, 3, 16), "1:4", False),  # leading axes flattened into rows
+        ((2, 16, 5, 7), "2:8+1:8", True),  # a conv input: groups along channels at every position
+        ((1, 12, 4, 4), "1:8", True),  # 12 channels: a short last group of channels
+    ],
+)
+def test_nm_activation_is_the_greedy_series_along_its_axis(shape, config, channels_first):
+    from tvm_tasd.schedules.llvm_activation import nm_activation
+
+    # small integers: ties and exact zeros, where the rank rule matters
+    x = np.random.default_rng(len(shape)).integers(-3, 4, size=shape).astype(np.float32)
+    kernel = nm_activation(shape, config, channels_first=channels_first)
+    out = build(kernel)(x if channels_first else x.reshape(-1, shape[-1]))
+    np.testing.assert_array_equal(out.reshape(shape), approximate(x, config, axis=1 if channels_first else -1))
+
+
+def test_nm_activation_channels_first_needs_nchw():
+    from tvm_tasd.schedules.llvm_activation import nm_activation
+
+    with pytest.raises(ValueError, match="NCHW"):
+        nm_activation((4, 16), "2:8", channels_first=True)

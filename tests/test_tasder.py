@@ -329,3 +329,21 @@ def test_a_version_1_plan_still_loads():
     old = {"version": 1, "layers": [{"name": "fc1.weight", "weight": "2:8", "score": "activation", "s": [1.0] * 64}]}
     (choice,) = Plan.from_json(old).layers
     assert choice.method == "activation" and choice.s.shape == (64,)
+
+
+def test_a_frozen_layer_keeps_its_option_while_the_others_go_on():
+    from tvm_tasd.config import TASDConfig
+    from tvm_tasd.tasder.frontier import Candidate, LayerSearch
+    from tvm_tasd.tasder.paths import blocking_layer, greedy_path
+
+    def layer(edps, alpha):  # options dense → cheap, EDP falling, proxy rising
+        options = [Candidate(TASDConfig.dense(), "magnitude", e, 1.0, p) for p, e in enumerate(edps)]
+        return LayerSearch(None, None, options, alpha=alpha)
+
+    layers = [layer([10, 4, 1], 0.1), layer([10, 8, 7], 1.0)]  # layer 0's steps buy the most per damage
+    path = greedy_path(layers)
+    assert path[:3] == [(0, 0), (1, 0), (2, 0)] and path[-1] == (2, 2)
+    # say (1, 0) passes and (2, 0) does not: layer 0 broke the budget, so layer 1 goes on without it
+    assert blocking_layer(path, (1, 0)) == 0
+    assert greedy_path(layers, (1, 0), frozenset({0})) == [(1, 0), (1, 1), (1, 2)]
+    assert blocking_layer(path, path[-1]) is None

@@ -131,6 +131,23 @@ def test_activation_series_runs_the_decomposed_activation(digits_x):
     assert {layer["activation"] for layer in ex.layers} == {"2:8+1:8"}
 
 
+def test_conv_activation_series_runs_along_input_channels(digits_x):
+    from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
+
+    mod = from_onnx(model_path("digits-cnn"), {"input": [BATCH, 64]}).mod
+    with pytest.warns(TASDWarning, match="'conv1.weight': input channels 1 < M=8"):
+        ex = build(mod, "ttc-vegeta-m8", config="4:8", activation="2:8")
+    assert {layer["name"]: layer["activation"] for layer in ex.layers} == {
+        "conv1.weight": None, "conv2.weight": "2:8", "fc.weight": "2:8"}
+    # onnxruntime, with the keep-top subgraph before conv2 and fc (held to the decomposition in test_keep_top)
+    groups = {"conv2.weight": 8, "fc.weight": 8}
+    reference = OnnxWeightFedModel(approximate_onnx(onnx.load(model_path("digits-cnn")), config="4:8"),
+                                   [{"input": digits_x}], activation_groups=groups)
+    expected = reference.run(keeps=dict.fromkeys(groups, 2))[0][0]
+    np.testing.assert_allclose(run_vm(ex, digits_x), expected, atol=1e-4, rtol=0)
+    assert not np.allclose(expected, reference.run()[0][0])
+
+
 def test_activation_series_on_a_target_without_tasd_units_warns_and_is_dropped():
     mod = from_onnx(model_path("digits-mlp"), {"input": [BATCH, 64]}).mod
     with pytest.warns(TASDWarning, match="cannot run activation series"):

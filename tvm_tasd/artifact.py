@@ -133,7 +133,7 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     ``tasd=True`` takes exactly one of ``config`` (one series for every
     layer), ``plan`` (a plan file or :class:`~tvm_tasd.plan.Plan`) and
     ``error_threshold`` (per layer by weight error; quality unchecked).
-    ``activation``: one run-time activation series for every matmul layer (alone: dense weights; a plan
+    ``activation``: one run-time activation series for every matmul and ungrouped conv layer (alone: dense weights; a plan
     carries its own per layer).
     ``hw``: the N:M hardware deciding the series and the
     modelled costs (default: the ``target`` hardware, else the plan's, else
@@ -199,7 +199,7 @@ def _how_chosen(tasd: bool, config, plan, error_threshold, activation=None) -> s
         return "no --pass tasd"
     if plan is not None:
         return plan_source(plan)
-    extra = "" if activation is None else f", activation series {activation} at run time (matmul layers)"
+    extra = "" if activation is None else f", activation series {activation} at run time"
     if config is not None:
         return f"uniform config {config}{extra}"
     return f"per layer: cheapest series with weight error ≤ {error_threshold:.0%} (quality unchecked){extra}"

@@ -46,9 +46,12 @@ class Layer:
         return self.op == "matmul" or self.grouped_length % config.period == 0
 
     def takes_activation_groups(self, m: int) -> bool:
-        """Whether an activation series with groups of ``m`` can run on this layer's input:
-        emulated for eligible matmuls, along K (``relu_fed`` says whether it pays)."""
-        return self.op == "matmul" and not self.ineligible and self.k % m == 0
+        """Whether an activation series with groups of ``m`` can run on this layer's input: along K of an
+        eligible matmul, or the input channels of an eligible ungrouped conv (``relu_fed`` says whether it
+        pays)."""
+        if self.ineligible or self.conv.get("groups", 1) != 1:
+            return False
+        return (self.k if self.op == "matmul" else self.activation_shape[1]) % m == 0
 
     @property
     def conv_window(self) -> dict:

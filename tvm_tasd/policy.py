@@ -270,11 +270,13 @@ class Policy:
         return wanted
 
     def _checked_activation(self, layer: Layer, config: TASDConfig) -> TASDConfig | None:
+        """``config`` if the layer (eligible: a matmul or an ungrouped conv) and the target can run it on the
+        layer's input, else None with a warning."""
         problem = None
-        if layer.op != "matmul":
-            problem = "activation series are inserted for matmul layers only"
-        elif not config.fits(layer.k):
-            problem = f"reduction length {layer.k} < M={config.max_m}"
+        length = layer.k if layer.op == "matmul" else layer.activation_shape[1]
+        if not config.fits(length):
+            what = "reduction length" if layer.op == "matmul" else "input channels"
+            problem = f"{what} {length} < M={config.max_m}"
         elif not all(self.target.accelerates(t, "activation") for t in config.terms):
             problem = f"{self.target.name} cannot run activation series {config} faster than dense"
         if problem:

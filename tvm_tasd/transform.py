@@ -83,10 +83,11 @@ class TASDRewrite:
         most this (warned: nothing checks the model's quality). Exactly one
         of ``config``, ``plan`` and ``error_threshold`` is given.
     activation : str | TASDConfig, optional
-        One run-time activation series for every matmul layer (plans carry
-        theirs per layer). Needs a target whose unit takes the activation as
-        its sparse operand (``ttc-*``); the emulated kernel computes exactly
-        the decomposed activation.
+        One run-time activation series for every matmul and ungrouped conv
+        layer (along K, or the conv's input channels; plans carry theirs per
+        layer). Needs a target whose unit takes the activation as its sparse
+        operand (``ttc-*``); the emulated kernel computes exactly the
+        decomposed activation.
     dense_kernels : bool
         Also route the layers left dense through the scheduled dense kernel
         of ``tvm_tasd.schedules`` (what :func:`tvm_tasd.build` does, so dense
@@ -274,20 +275,23 @@ class _Rewriter(relax.PyExprMutator):
         return self.scheduled[key]
 
     def _activation_call(self, layer: Layer, choice: Choice, x):
-        """call_tir of the run-time activation decomposition (the TASD units) on x (m, k)."""
-        kernel = nm_activation((layer.m, layer.k), choice.activation, dtype=layer.dtype)
+        """call_tir of the run-time activation decomposition (the TASD units) on the layer's input: x (m, k)
+        of a matmul, or a conv's NCHW input (groups along its channels)."""
+        conv = layer.op == "conv2d"
+        shape = tuple(layer.activation_shape) if conv else (layer.m, layer.k)
+        kernel = nm_activation(shape, choice.activation, dtype=layer.dtype, channels_first=conv)
         func = kernel.func.with_attrs({"tasd.activation": str(choice.activation), **KERNEL_ATTRS})
-        gvar = self._kernel_var(func, f"act_{layer.m}x{layer.k}_{choice.activation}", layer)
-        return relax.call_tir(gvar, [x], relax.TensorType((layer.m, layer.k), layer.dtype))
+        gvar = self._kernel_var(func, f"act_{'x'.join(map(str, shape))}_{choice.activation}", layer)
+        return relax.call_tir(gvar, [x], relax.TensorType(shape, layer.dtype))
 
     def _emit_layer(self, layer: Layer, choice: Choice, activation):
         kernel, packed, error = self._kernel(layer, choice)
         x = activation
+        if layer.op == "matmul" and len(layer.activation_shape) != 2:
+            x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
+        if choice.activation is not None:
+            x = self.builder_.emit(self._activation_call(layer, choice, x))
         if layer.op == "matmul":
-            if len(layer.activation_shape) != 2:
-                x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
-            if choice.activation is not None:
-                x = self.builder_.emit(self._activation_call(layer, choice, x))
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:
             out_shape = call_shape = tuple(int(d) for d in kernel.out_shape)

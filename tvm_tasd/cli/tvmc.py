@@ -69,7 +69,7 @@ examples:
       --tasd-report report.html -o tasd.tar       # plan from: tasd search
   tvmc compile program.pt2 --target vegeta-m8 --pass tasd --tasd-config 2:4 -o tasd.tar   # torch.export.save output
   tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --pass tasd \\
-      --tasd-hw ttc-vegeta-m8 --tasd-activation 2:8 -o act.tar   # ReLU-fed matmuls: activation series
+      --tasd-hw ttc-vegeta-m8 --tasd-activation 2:8 -o act.tar   # ReLU-fed layers: activation series
   tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --tune 600 -o tuned.tar
 
 Without --pass tasd the build is dense (the same scheduled dense kernels), so the
@@ -104,7 +104,7 @@ def build_parser():
                         help="per layer, the cheapest series whose relative weight error is ≤ E "
                              "(nothing checks the model's quality)")
     p.add_argument("--tasd-activation", metavar="SERIES",
-                   help="decompose every matmul layer's input into SERIES at run time (the TASD units; a target "
+                   help="decompose every matmul and conv layer's input into SERIES at run time (the TASD units; a target "
                         "whose unit takes a sparse activation, e.g. ttc-vegeta-m8); alone, weights stay dense")
     p.add_argument("--tasd-report", help="also write the per-layer report (.html, .json or .txt)")
     p.add_argument("--tune", type=float, metavar="SECONDS",

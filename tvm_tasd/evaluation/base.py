@@ -6,7 +6,8 @@ would dominate its time. A :class:`WeightFedModel` builds its model once
 with every replaceable layer weight as an *input*, and :meth:`run` feeds
 the original weights or replacements. It also:
 
-* emulates activation series (``docs/semantics.md`` §6): a layer named in
+* emulates activation series (``docs/semantics.md`` §6; along K, or a
+  conv's input channels): a layer named in
   ``activation_groups`` (layer → M) — or, with ``relu_fed_groups=M``, every
   ReLU-fed layer that takes groups of M — gets a keep-count input
   (:func:`~tvm_tasd.evaluation.keep_top.keep_top` before the layer), fed per
@@ -62,10 +63,10 @@ class WeightFedModel(ABC):
         for value in self._weights.values():
             value.flags.writeable = False  # handed to callers; the reference must stay intact
         groups = {name: int(m) for name, m in (activation_groups or {}).items()}
-        takes = {layer.name for layer in layers if layer.name in self._weights and layer.op == "matmul"}
+        takes = {layer.name for layer in layers if layer.name in self._weights and layer.takes_activation_groups(1)}
         unknown = sorted(set(groups) - takes)
         if unknown:
-            raise ValueError(f"activation series need eligible matmul layers; not such layers: {unknown}")
+            raise ValueError(f"activation series need eligible matmul or ungrouped conv layers; not such layers: {unknown}")
         if relu_fed_groups:
             for layer in layers:
                 if layer.name in takes and layer.relu_fed and layer.takes_activation_groups(relu_fed_groups):

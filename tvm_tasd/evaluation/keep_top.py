@@ -1,7 +1,8 @@
 """The run-time activation rule the evaluators emulate, written once for every backend.
 
-In each group of ``m`` entries along the last axis, keep the ``keep``
-entries of largest |x|, ties to the lower index, zeros last
+In each group of ``m`` entries along the last axis (a conv's NCHW input:
+along channels, at every position), keep the ``keep`` entries of largest
+|x|, ties to the lower index, zeros last
 (``docs/semantics.md`` §6): with one M, this is exactly a greedy activation
 series whose N's sum to ``keep``, so one keep count, fed per run, emulates
 every series of that M. :func:`keep_top` states the rule once over a small
@@ -15,8 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def keep_top(x, keep, m: int, ops):
-    """``x`` with only the ``keep`` best entries of each group of ``m`` along its last axis."""
+#: NCHW → NHWC and back: a conv's activation series runs along its input channels.
+TO_CHANNELS_LAST, FROM_CHANNELS_LAST = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def keep_top(x, keep, m: int, ops, channels_first: bool = False):
+    """``x`` with only the ``keep`` best entries of each group of ``m`` along its last axis
+    (``channels_first``: along axis 1 of an NCHW tensor)."""
+    if channels_first:
+        kept = _keep_top_last(ops.transpose(x, TO_CHANNELS_LAST), keep, m, ops)
+        return ops.transpose(kept, FROM_CHANNELS_LAST)
+    return _keep_top_last(x, keep, m, ops)
+
+
+def _keep_top_last(x, keep, m: int, ops):
     groups = ops.reshape(x, [-1, m])
     values = ops.cast(groups, "float32")
     key = ops.where(ops.equal(values, ops.constant(np.float32(0))), ops.constant(np.float32(-1)), ops.abs(values))
@@ -52,6 +65,10 @@ class NumpyOps:
     @staticmethod
     def sum(x, axis: int):
         return np.sum(x, axis=axis)
+
+    @staticmethod
+    def transpose(x, perm):
+        return np.transpose(x, perm)
 
     @staticmethod
     def reshape_as(x, like):

@@ -93,6 +93,9 @@ class OnnxOps:
     def abs(self, x):
         return self._node("Abs", [x])
 
+    def transpose(self, x, perm):
+        return self._node("Transpose", [x], perm=list(perm))
+
     def where(self, condition, a, b):
         return self._node("Where", [condition, a, b])
 
@@ -113,22 +116,23 @@ class OnnxOps:
 
 
 def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str, int]) -> None:
-    """Route each named MatMul layer's activation through its keep-count subgraph."""
+    """Route each named MatMul or Conv layer's activation through its keep-count subgraph."""
     graph = graph_model.graph
     elem = {v.name: v.type.tensor_type.elem_type for v in graph.input}
     nodes = []
     for node in graph.node:
-        layer = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
+        layer = node.input[1] if node.op_type in ("MatMul", "Conv") and len(node.input) > 1 else None
         if layer in groups:
             ops = OnnxOps(f"tasd_act::{layer}::", helper.tensor_dtype_to_np_dtype(elem[layer]))
-            node.input[0] = keep_top(node.input[0], keep_input(layer), groups[layer], ops)
+            node.input[0] = keep_top(node.input[0], keep_input(layer), groups[layer], ops,
+                                     channels_first=node.op_type == "Conv")
             nodes += ops.nodes
             graph.initializer.extend(ops.initializers)
             graph.input.append(helper.make_tensor_value_info(keep_input(layer), onnx.TensorProto.INT64, []))
         nodes.append(node)
-    missing = set(groups) - {n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    missing = set(groups) - {n.input[1] for n in graph.node if n.op_type in ("MatMul", "Conv") and len(n.input) > 1}
     if missing:
-        raise ValueError(f"activation series need MatMul layers; not MatMul weights: {sorted(missing)}")
+        raise ValueError(f"activation series need MatMul or Conv layers; not such weights: {sorted(missing)}")
     del graph.node[:]
     graph.node.extend(nodes)
 

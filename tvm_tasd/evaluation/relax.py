@@ -40,14 +40,15 @@ from ..schedules.selection import kernels_for
 from ..transform import LayerHook, rewrite_layers
 from .base import WeightFedModel
 from .calibration import CalibrationStats, Feed, StatsAccumulator, check_feeds, takes_hessian
-from .keep_top import keep_top
+from .keep_top import TO_CHANNELS_LAST, keep_top
 
 
 class RelaxOps:
-    """:func:`~tvm_tasd.evaluation.keep_top.keep_top` as Relax ops on a tensor of static ``shape``."""
+    """:func:`~tvm_tasd.evaluation.keep_top.keep_top` as Relax ops; ``shape`` is the static shape of the
+    tensor it groups (a conv's input channels last)."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: str):
-        self.shape, self.dtype = shape, np.dtype(dtype)
+    def __init__(self, shape: tuple[int, ...], dtype: str, builder: relax.BlockBuilder):
+        self.shape, self.dtype, self.builder = shape, np.dtype(dtype), builder
 
     @staticmethod
     def constant(value):
@@ -67,6 +68,9 @@ class RelaxOps:
     @staticmethod
     def sum(x, axis: int):
         return relax.op.sum(x, axis=[axis])
+
+    def transpose(self, x, perm):  # bound, so that the reshape after it sees its type
+        return self.builder.emit(relax.op.permute_dims(x, list(perm)))
 
     abs = staticmethod(relax.op.abs)
     where = staticmethod(relax.op.where)
@@ -94,7 +98,10 @@ class _FeedHook(LayerHook):
             return x
         keep = relax.Var(f"{layer.name}::keep", relax.TensorType((), "int64"))
         self.keep_inputs[layer.name] = keep
-        return builder.emit(keep_top(x, keep, self.groups[layer.name], RelaxOps(layer.activation_shape, layer.dtype)))
+        conv = layer.op == "conv2d"
+        shape = tuple(layer.activation_shape[i] for i in TO_CHANNELS_LAST) if conv else layer.activation_shape
+        return builder.emit(keep_top(x, keep, self.groups[layer.name], RelaxOps(shape, layer.dtype, builder),
+                                     channels_first=conv))
 
     def weight_operands(self, layer: Layer, kernel, packed):
         self.packers[layer.name] = lambda w: kernel.pack(np.ascontiguousarray(w.T if layer.axis == 1 and layer.op == "matmul" else w))

@@ -54,8 +54,12 @@ from ..plan import Plan, weights_path
 from ..policy import METHODS, TASDWarning
 from .frontier import LayerSearch, activation_series, layer_options
 from .options import STRATEGIES, SearchOptions, sample_count
-from .paths import greedy_path, uniform_path
+from .paths import blocking_layer, greedy_path, uniform_path
 from .state import Search
+
+#: How many times the refine path restarts with one more layer frozen (each costs one bracketing, ~log2 of
+#: the path's length in evaluations).
+FROZEN_RETRIES = 3
 
 
 def search(
@@ -155,8 +159,15 @@ def search(
     state.measure_sensitivities(reference)
     paths = {"uniform": uniform_path(layers, target, candidate_configs(target, max_terms)), "greedy": greedy_path(layers)}
     winners = [state.verified(path) for path in paths.values()]
-    paths["refine"] = greedy_path(layers, min(winners, key=state.edp_ratio))
-    state.verified(paths["refine"])
+    path = paths["refine"] = greedy_path(layers, min(winners, key=state.edp_ratio))
+    winner, frozen = state.verified(path), frozenset()
+    for attempt in range(1, FROZEN_RETRIES + 1):  # go on past the layer whose step broke the budget
+        blocked = blocking_layer(path, winner)
+        if blocked is None:
+            break
+        frozen |= {blocked}
+        path = paths[f"refine-{attempt}"] = greedy_path(layers, winner, frozen)
+        winner = state.verified(path)
     lengths = {name: len(path) for name, path in paths.items()}
     if not held_out:
         return state.plan(state.passing()[0], target, metric_name, calibration, lengths, None)

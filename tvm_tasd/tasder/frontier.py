@@ -117,8 +117,10 @@ def frontier(options: list[Candidate]) -> list[Candidate]:
 
 
 def _activation_options(layer: Layer, target: HardwareTarget, configs, sample: np.ndarray) -> list[Candidate]:
-    """Weight dense, the input decomposed at run time; proxy = relative output error on a sample."""
-    weight_kn = layer.weight_kn
+    """Weight dense, the input decomposed at run time; proxy = relative output error on a sample (rows of
+    the input's channels; a conv's error counted per kernel tap, as if each were a 1×1 conv)."""
+    weight = layer.weight_kn if layer.op == "matmul" else np.moveaxis(layer.weight, 1, 0)  # channels first
+    weight_kn = weight.reshape(weight.shape[0], -1)
     reference = sample @ weight_kn
     norm = np.linalg.norm(reference)
     options = []

@@ -10,7 +10,11 @@ the furthest state that keeps the budget with real evaluations
   proxy-optimal mixes lose to uniform configs at equal EDP.
 * :func:`greedy_path` from all-dense — repeatedly move the layer whose next
   frontier step buys the most model EDP per unit of predicted damage α·e².
-* the greedy path again from the cheaper of the first two winners (refine).
+* the greedy path again from the cheaper of the first two winners (refine),
+  then again from each new winner with the layer whose step broke the
+  budget frozen (:func:`blocking_layer`), a few times: one bad step (an
+  activation series a layer cannot take, say) no longer hides the cheaper
+  steps of other layers behind it.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ def uniform_path(layers: Sequence[LayerSearch], target: HardwareTarget, configs:
     return sorted(states, key=lambda state: (-model_edp(layers, state), state))  # ties: a fixed order
 
 
-def greedy_path(layers: Sequence[LayerSearch], start: State | None = None) -> list[State]:
-    """Greedy states from ``start`` (default all-dense) to all-cheapest."""
+def greedy_path(layers: Sequence[LayerSearch], start: State | None = None, frozen: frozenset[int] = frozenset()
+                ) -> list[State]:
+    """Greedy states from ``start`` (default all-dense) to all-cheapest; layers in ``frozen`` keep their
+    start option."""
     state = list(start or (0,) * len(layers))
     energy = sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
     latency = sum(layer.options[i].latency_s for layer, i in zip(layers, state))
@@ -58,7 +64,7 @@ def greedy_path(layers: Sequence[LayerSearch], start: State | None = None) -> li
     while True:
         best, best_gain = None, -math.inf
         for i, layer in enumerate(layers):
-            if state[i] + 1 >= len(layer.options):
+            if state[i] + 1 >= len(layer.options) or i in frozen:
                 continue
             now, nxt = layer.options[state[i]], layer.options[state[i] + 1]
             new_edp = (energy - now.energy_pj + nxt.energy_pj) * (latency - now.latency_s + nxt.latency_s)
@@ -74,3 +80,11 @@ def greedy_path(layers: Sequence[LayerSearch], start: State | None = None) -> li
         latency += nxt.latency_s - now.latency_s
         state[best] += 1
         path.append(tuple(state))
+
+
+def blocking_layer(path: Sequence[State], winner: State) -> int | None:
+    """The layer whose step right after ``winner`` on ``path`` broke the budget (None at the path's end)."""
+    index = path.index(winner)
+    if index + 1 == len(path):
+        return None
+    return next(i for i, (a, b) in enumerate(zip(path[index], path[index + 1])) if a != b)
