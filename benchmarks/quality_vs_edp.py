@@ -169,6 +169,28 @@ def _ppocr(kind: str, quick: bool) -> Task:
                 test_metric)
 
 
+def _efficientnet(quick: bool) -> Task:
+    """EfficientNet-Lite0: top-1 agreement with the dense network on crops of images no other split uses."""
+    from tvm_tasd.benchmarks.models import efficientnet
+    from tvm_tasd.evaluation.onnx import inference_session
+
+    batch = 16
+    model = onnx.load(efficientnet.onnx_path(batch))
+    dense = inference_session(model)
+
+    def crops(split, count, seed):
+        images = efficientnet.crops(split, count, seed)
+        feeds = [{"images": images[i : i + batch]} for i in range(0, count, batch)]
+        reference = np.concatenate([dense.run(None, feed)[0] for feed in feeds])
+        return feeds, lambda outputs: efficientnet.top1_agreement(np.concatenate([o[0] for o in outputs]), reference)
+
+    calibration, calibration_metric = crops("calibration", 128 if quick else 256, seed=1)
+    validation, validation_metric = crops("validation", 64, seed=3)
+    test, test_metric = crops("test", 128 if quick else 384, seed=2)
+    return Task("efficientnet-lite0", model, calibration, calibration_metric, validation, validation_metric, test,
+                test_metric)
+
+
 TASKS = {
     "minilm": _minilm,
     "crepe-tiny": lambda quick: _crepe("tiny", quick),
@@ -177,6 +199,7 @@ TASKS = {
     "digits-cnn": lambda quick: _digits("digits-cnn", quick),
     "ppocr-rec": lambda quick: _ppocr("rec", quick),
     "ppocr-cls": lambda quick: _ppocr("cls", quick),
+    "efficientnet-lite0": _efficientnet,
 }
 
 

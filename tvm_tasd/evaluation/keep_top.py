@@ -6,7 +6,9 @@ along channels, at every position), keep the ``keep`` entries of largest
 (``docs/semantics.md`` §6): with one M, this is exactly a greedy activation
 series whose N's sum to ``keep``, so one keep count, fed per run, emulates
 every series of that M. :func:`keep_top` states the rule once over a small
-set of tensor operations; a backend supplies them — :class:`NumpyOps` here
+set of tensor operations (the rank of an entry is its position in its
+group's stable descending order: a sort of M, not M² comparisons, which
+matters on a conv's large inputs); a backend supplies them — :class:`NumpyOps` here
 (the reference the tests hold the others to), ONNX nodes in
 :mod:`tvm_tasd.evaluation.onnx`, Relax ops in :mod:`tvm_tasd.evaluation.relax`.
 """
@@ -33,10 +35,8 @@ def _keep_top_last(x, keep, m: int, ops):
     groups = ops.reshape(x, [-1, m])
     values = ops.cast(groups, "float32")
     key = ops.where(ops.equal(values, ops.constant(np.float32(0))), ops.constant(np.float32(-1)), ops.abs(values))
-    rival, entry = ops.expand_dims(key, 2), ops.expand_dims(key, 1)  # (g, m, 1) against (g, 1, m)
-    earlier = ops.constant((np.arange(m)[:, None] < np.arange(m)[None, :])[None])  # rival i sits before entry j
-    beats = ops.logical_or(ops.greater(rival, entry), ops.logical_and(ops.equal(rival, entry), earlier))
-    rank = ops.sum(ops.cast(beats, "int64"), 1)  # how many entries of its group beat each entry
+    order = ops.descending_order(key, m)  # per group, its entries best first, ties to the lower index
+    rank = ops.positions(order, m)  # how many entries of its group beat each entry
     kept = ops.where(ops.less(rank, keep), groups, ops.constant(np.zeros((1, 1), ops.dtype)))
     return ops.reshape_as(kept, x)
 
@@ -52,19 +52,21 @@ class NumpyOps:
     abs = staticmethod(np.abs)
     where = staticmethod(np.where)
     equal = staticmethod(np.equal)
-    greater = staticmethod(np.greater)
     less = staticmethod(np.less)
-    logical_or = staticmethod(np.logical_or)
-    logical_and = staticmethod(np.logical_and)
-    expand_dims = staticmethod(np.expand_dims)
 
     @staticmethod
     def cast(x, dtype: str):
         return np.asarray(x).astype(dtype)
 
     @staticmethod
-    def sum(x, axis: int):
-        return np.sum(x, axis=axis)
+    def descending_order(key, _m: int):
+        return np.argsort(-key, axis=1, kind="stable")
+
+    @staticmethod
+    def positions(order, m: int):
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(m), order.shape), axis=1)
+        return rank
 
     @staticmethod
     def transpose(x, perm):

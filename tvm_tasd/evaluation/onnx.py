@@ -84,12 +84,6 @@ class OnnxOps:
     def cast(self, x, dtype: str):
         return self._node("Cast", [x], to=self._DTYPES[dtype])
 
-    def expand_dims(self, x, axis: int):
-        return self._node("Unsqueeze", [x, self.constant(np.array([axis], np.int64))])
-
-    def sum(self, x, axis: int):
-        return self._node("ReduceSum", [x, self.constant(np.array([axis], np.int64))], keepdims=0)
-
     def abs(self, x):
         return self._node("Abs", [x])
 
@@ -102,26 +96,28 @@ class OnnxOps:
     def equal(self, a, b):
         return self._node("Equal", [a, b])
 
-    def greater(self, a, b):
-        return self._node("Greater", [a, b])
-
     def less(self, a, b):
         return self._node("Less", [a, b])
 
-    def logical_or(self, a, b):
-        return self._node("Or", [a, b])
+    def descending_order(self, key, m: int):
+        """TopK of all M: onnxruntime breaks ties to the lower index, as the rule does."""
+        values, order = self._name(), self._name()
+        self.nodes.append(helper.make_node("TopK", [key, self.constant(np.array([m], np.int64))], [values, order],
+                                           axis=-1, largest=1, sorted=1))
+        return order
 
-    def logical_and(self, a, b):
-        return self._node("And", [a, b])
+    def positions(self, order, m: int):
+        updates = self._node("Expand", [self.constant(np.arange(m, dtype=np.int64)[None]), self._node("Shape", [order])])
+        return self._node("ScatterElements", [order, order, updates], axis=1)
 
 
 def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str, int]) -> None:
-    """Route each named MatMul or Conv layer's activation through its keep-count subgraph."""
+    """Route each named MatMul, Gemm or Conv layer's activation through its keep-count subgraph."""
     graph = graph_model.graph
     elem = {v.name: v.type.tensor_type.elem_type for v in graph.input}
     nodes = []
     for node in graph.node:
-        layer = node.input[1] if node.op_type in ("MatMul", "Conv") and len(node.input) > 1 else None
+        layer = node.input[1] if _takes_activation_series(node) else None
         if layer in groups:
             ops = OnnxOps(f"tasd_act::{layer}::", helper.tensor_dtype_to_np_dtype(elem[layer]))
             node.input[0] = keep_top(node.input[0], keep_input(layer), groups[layer], ops,
@@ -130,11 +126,20 @@ def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str,
             graph.initializer.extend(ops.initializers)
             graph.input.append(helper.make_tensor_value_info(keep_input(layer), onnx.TensorProto.INT64, []))
         nodes.append(node)
-    missing = set(groups) - {n.input[1] for n in graph.node if n.op_type in ("MatMul", "Conv") and len(n.input) > 1}
+    missing = set(groups) - {n.input[1] for n in graph.node if _takes_activation_series(n)}
     if missing:
-        raise ValueError(f"activation series need MatMul or Conv layers; not such weights: {sorted(missing)}")
+        raise ValueError(f"activation series need MatMul, Gemm (transA = 0) or Conv layers; not such weights: "
+                         f"{sorted(missing)}")
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _takes_activation_series(node: onnx.NodeProto) -> bool:
+    """A layer node whose first input is its activation, channels along the last axis (Conv: axis 1)."""
+    if len(node.input) < 2:
+        return False
+    trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+    return node.op_type in ("MatMul", "Conv") or (node.op_type == "Gemm" and not trans_a)
 
 
 @dataclass(frozen=True)

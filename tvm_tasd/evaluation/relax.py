@@ -65,9 +65,13 @@ class RelaxOps:
     def cast(x, dtype: str):
         return relax.op.astype(x, dtype)
 
-    @staticmethod
-    def sum(x, axis: int):
-        return relax.op.sum(x, axis=[axis])
+    def descending_order(self, key, _m: int):
+        return relax.op.argsort(key, axis=1, descending=True, dtype="int64")
+
+    def positions(self, order, m: int):
+        groups = int(np.prod(self.shape, dtype=np.int64)) // m
+        updates = relax.op.broadcast_to(relax.const(np.arange(m)[None], "int64"), (groups, m))
+        return relax.op.scatter_elements(order, order, updates, axis=1)
 
     def transpose(self, x, perm):  # bound, so that the reshape after it sees its type
         return self.builder.emit(relax.op.permute_dims(x, list(perm)))
@@ -75,11 +79,7 @@ class RelaxOps:
     abs = staticmethod(relax.op.abs)
     where = staticmethod(relax.op.where)
     equal = staticmethod(relax.op.equal)
-    greater = staticmethod(relax.op.greater)
     less = staticmethod(relax.op.less)
-    logical_or = staticmethod(relax.op.logical_or)
-    logical_and = staticmethod(relax.op.logical_and)
-    expand_dims = staticmethod(relax.op.expand_dims)
 
 
 class _FeedHook(LayerHook):
