@@ -19,7 +19,7 @@ import dataclasses
 
 from tvm_tasd.benchmarks.common import RESULTS, run_table, stamp, stamp_markdown
 from tvm_tasd.config import TASDConfig
-from tvm_tasd.cost import ModelCost, layer_cost
+from tvm_tasd.cost import model_cost
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
 from tvm_tasd.matcher import find_layers
@@ -41,15 +41,6 @@ def _variant(hw, dram_pj: float, residency: bool):
     return dataclasses.replace(hw, memory=(dram, *hw.memory[1:]), residency=residency)
 
 
-def _model_cost(hw, layers, entries, dense: bool) -> ModelCost:
-    costs = []
-    for layer in layers:
-        entry = None if dense else entries.get(layer.name)
-        weight = TASDConfig.dense() if entry is None else entry.weight
-        costs.append(layer_cost(hw, layer, weight, None if entry is None else entry.activation))
-    return ModelCost(tuple(costs))
-
-
 def collect() -> dict:
     hw = load_target(TARGET)
     rows, plans = [], {}
@@ -64,7 +55,7 @@ def collect() -> dict:
         for dram_pj in DRAM_PJ_PER_BYTE:
             for residency in (False, True):
                 variant = _variant(hw, dram_pj, residency)
-                dense, tasd = (_model_cost(variant, layers, plan.by_name(), d) for d in (True, False))
+                dense, tasd = model_cost(variant, layers), model_cost(variant, layers, plan.series())
                 dram_share = dense.energy_breakdown_pj[hw.memory[0].name] / dense.energy_pj
                 layer_edp = sum(c.edp for c in tasd.layers) / sum(c.edp for c in dense.layers)
                 rows.append({"model": model, "dram_pj_per_byte": dram_pj, "residency": residency,

@@ -15,8 +15,7 @@ import argparse
 from pathlib import Path
 
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
-from tvm_tasd.cost import layer_cost
-from tvm_tasd.config import TASDConfig
+from tvm_tasd.cost import model_cost
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
 from tvm_tasd.matcher import find_layers
@@ -33,16 +32,12 @@ def _minilm_layers():
 
 def breakdown(plan: Plan, layers) -> list[dict]:
     target = load_target(plan.hardware)
-    entries = plan.by_name()
+    series = plan.series()
     rows = []
-    for layer in layers:
-        entry = entries.get(layer.name)
-        weight = entry.weight if entry is not None else TASDConfig.dense()
-        activation = entry.activation if entry is not None else None
-        dense = layer_cost(target, layer, TASDConfig.dense())
-        cost = layer_cost(target, layer, weight, activation)
+    for layer, dense, cost in zip(layers, model_cost(target, layers).layers, model_cost(target, layers, series).layers):
         rows.append({
-            "layer": layer.name, "weight": str(weight), "activation": None if activation is None else str(activation),
+            "layer": layer.name, "weight": str(cost.weight),
+            "activation": None if cost.activation.is_dense else str(cost.activation),
             "m": layer.m, "k": layer.k, "n": layer.n,
             "energy_pj": cost.energy_breakdown_pj, "dense_energy_pj": dense.energy_breakdown_pj,
             "latency_s": cost.latency_s, "dense_latency_s": dense.latency_s,

@@ -38,7 +38,7 @@ from tvm_tasd import tasder
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
 from tvm_tasd.evaluation import calibrate
 from tvm_tasd.candidates import useful_terms
-from tvm_tasd.cost import layer_cost
+from tvm_tasd.cost import model_cost
 from tvm_tasd.config import TASDConfig
 from tvm_tasd.decompose import approximate
 from tvm_tasd.evaluation.onnx import OnnxWeightFedModel, run_plan
@@ -212,20 +212,12 @@ def load_task(name: str, quick: bool) -> Task:
 def _model_edp(target, layers, configs: dict, activations: dict | None = None) -> float:
     """Modelled model EDP (Σ energy × Σ latency over the layers) relative to dense; ``activations``:
     the run-time activation series of a plan's layers."""
-    def total(choice, activation):
-        energy = latency = 0.0
-        for layer in layers:
-            cost = layer_cost(target, layer, choice(layer), activation=activation(layer))
-            energy += cost.energy_pj
-            latency += cost.latency_s
-        return energy * latency
-
-    def chosen(layer):
+    def fitting(layer):
         config = configs.get(layer.name, TASDConfig.dense())
         return config if layer.fits(config) else TASDConfig.dense()
 
-    return (total(chosen, lambda layer: (activations or {}).get(layer.name))
-            / total(lambda layer: TASDConfig.dense(), lambda layer: None))
+    series = {layer.name: (fitting(layer), (activations or {}).get(layer.name)) for layer in layers}
+    return model_cost(target, layers, series).edp / model_cost(target, layers).edp
 
 
 def _uniform(layers, config, norms=None, hessians=None, damp=0.01):

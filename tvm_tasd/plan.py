@@ -59,6 +59,10 @@ class Plan:
     def by_name(self) -> dict[str, Choice]:
         return {layer.name: layer for layer in self.layers}
 
+    def series(self) -> dict[str, tuple]:
+        """Layer name → its (weight, activation) series, as :func:`tvm_tasd.cost.model_cost` takes them."""
+        return {layer.name: (layer.weight, layer.activation) for layer in self.layers}
+
     def target(self, hw=None, default: str = "cpu-emulated") -> HardwareTarget:
         """The target to apply the plan on: ``hw`` when given, else the one it was searched for, else ``default``.
 

@@ -17,6 +17,6 @@ loop-nest model with a mapper that tiles each layer into the levels' capacities
 (:mod:`.nest`); the others re-read operands per fixed output tile (:mod:`.layer`).
 """
 
-from .layer import LayerCost, ModelCost, TermRun, conv2d_cost, gemm_cost, layer_cost
+from .layer import LayerCost, ModelCost, TermRun, conv2d_cost, gemm_cost, layer_cost, model_cost
 
-__all__ = ["LayerCost", "ModelCost", "TermRun", "conv2d_cost", "gemm_cost", "layer_cost"]
+__all__ = ["LayerCost", "ModelCost", "TermRun", "conv2d_cost", "gemm_cost", "layer_cost", "model_cost"]

@@ -209,13 +209,13 @@ def _fixed_tiles(hw: HardwareTarget, m, n, act_offchip, act_onchip, weight_bytes
     return bytes_moved, cycles_by, level_energy, "", _reuse(hw.memory[-1], m, n)
 
 
-def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_elements, resident):
-    """Bytes, cycles and energy per level of a loop-nest target, under the mapper's tiling (nest.py)."""
+def _loop_nest(hw: HardwareTarget, m, k, n, batch, passes, w_runs, a_runs, bits, act_elements, resident):
+    """Bytes, cycles and energy per level of a loop-nest target, under the mapper's tiling (nest.py);
+    ``passes``: (reduction length executed, utilization) per pass (:func:`_passes`)."""
     am, ak, an = hw.array
     act_reads, weight_reads = -(-n // an), -(-m // am)  # the array streams each operand once per group
     # (array steps along k, executed density, utilization) per pass
-    passes = [(-(-round(w.reduction * a.reduction / k) // ak), w.reduction * a.reduction / k / k,
-               _utilization(hw, w, a)) for w in w_runs for a in a_runs]
+    passes = [(-(-round(length) // ak), length / k, u) for length, u in passes]
     groups = weight_reads * act_reads
     steps = groups * sum(k_steps for k_steps, _, _ in passes)
     per_weight, per_activation = batch * k * n, batch * m * k
@@ -242,9 +242,14 @@ def _loop_nest(hw: HardwareTarget, m, k, n, batch, w_runs, a_runs, bits, act_ele
     return level_bytes, cycles_by, level_energy, best.describe(hw), (act_reads, weight_reads)
 
 
-def _utilization(hw: HardwareTarget, *runs: TermRun) -> float:
-    """Share of the ideal speed-up a pass reaches: the product over its operands' modes ([compute] speedup)."""
-    return math.prod(hw.utilization(r.execution) for r in runs)
+def _passes(hw: HardwareTarget, k: int, w_runs, a_runs) -> list[tuple[float, float]]:
+    """(reduction length executed, utilization) of each (weight term, activation term) pass over the unit.
+
+    The reduction shares multiply because each operand skips its own zeros; the utilization is the share
+    of the ideal speed-up the pass reaches, the product over its operands' modes ([compute] speedup).
+    """
+    return [(w.reduction * a.reduction / k, math.prod(hw.utilization(r.execution) for r in (w, a)))
+            for w in w_runs for a in a_runs]
 
 
 @dataclass(frozen=True)
@@ -263,14 +268,14 @@ class _Residency:
 
 
 def _tasd_unit_work(hw: HardwareTarget, config: TASDConfig, elements: float) -> tuple[float, float]:
-    """(cycles, compares) of decomposing ``elements`` activation values into ``config``'s terms:
+    """(cycles, energy in pJ) of decomposing ``elements`` activation values into ``config``'s terms:
     per block of M, an N:M term takes N extraction cycles of one unit and N·(M − 1) compares."""
     units = hw.tasd_units
     if config.is_dense or units is None:
         return 0.0, 0.0
     kept_share = sum(t.n / t.m for t in config.terms)
     compares = elements * sum(t.n * (t.m - 1) / t.m for t in config.terms)
-    return elements * kept_share / (units.count * units.values_per_cycle), compares
+    return elements * kept_share / (units.count * units.values_per_cycle), compares * units.compare_energy_pj
 
 
 def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int, batch: int, act_elements: int,
@@ -293,9 +298,8 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
     w_runs = _operand_runs(hw, w_cfg, "weight", n, segments, seg_len, batch, bits)
     a_runs = _operand_runs(hw, a_cfg, "activation", m, segments, seg_len, batch, bits)
 
-    # Each (weight term, activation term) pair is one pass over the unit; the
-    # reduction shares multiply because each operand skips its own zeros.
-    executed = batch * m * n * sum(w.reduction * a.reduction / k for w in w_runs for a in a_runs)
+    passes = _passes(hw, k, w_runs, a_runs)
+    executed = batch * m * n * sum(length for length, _ in passes)
     weight_bytes = sum(r.stored_bytes for r in w_runs)
     act_onchip = sum(r.stored_bytes for r in a_runs)  # compressed once the TASD units have seen it
     act_offchip = batch * act_elements * bits / 8  # as the previous layer wrote it: dense
@@ -303,22 +307,21 @@ def _layer_cost(hw: HardwareTarget, m: int, n: int, segments: int, seg_len: int,
     resident = _Residency.of(hw, act_offchip, out_bytes)
 
     if hw.array is None:
-        cycles = batch * m * n * sum(w.reduction * a.reduction / k / _utilization(hw, w, a)
-                                     for w in w_runs for a in a_runs) / hw.dense_macs_per_cycle
+        cycles = batch * m * n * sum(length / u for length, u in passes) / hw.dense_macs_per_cycle
         memory = _fixed_tiles(hw, m, n, 0.0 if resident.input else act_offchip, act_onchip, weight_bytes,
                               0.0 if resident.output else out_bytes, out_bytes, cycles)
     else:
-        memory = _loop_nest(hw, m, k, n, batch, w_runs, a_runs, bits, act_elements, resident)
+        memory = _loop_nest(hw, m, k, n, batch, passes, w_runs, a_runs, bits, act_elements, resident)
     bytes_moved, cycles_by, level_energy, mapping, (act_reads, weight_reads) = memory
     metadata_bits = (sum(r.metadata_bits for r in w_runs) * weight_reads
                      + sum(r.metadata_bits for r in a_runs) * act_reads)
-    tasd_cycles, compares = _tasd_unit_work(hw, a_cfg, batch * act_elements)
+    tasd_cycles, tasd_energy = _tasd_unit_work(hw, a_cfg, batch * act_elements)
     cycles_by["tasd_units"] = tasd_cycles
 
     energy = {"compute": executed * hw.mac_energy_pj}  # keys: hardware.NON_MEMORY_COMPONENTS + levels
     energy.update(level_energy)
     energy["metadata"] = metadata_bits * hw.metadata_energy_pj_per_bit
-    energy["tasd_units"] = compares * hw.tasd_units.compare_energy_pj if compares else 0.0
+    energy["tasd_units"] = tasd_energy
     notes += [f"{what} stays on chip" for what, kept in (("input", resident.input), ("output", resident.output))
               if kept]
 
@@ -383,3 +386,10 @@ def layer_cost(target: "str | HardwareTarget", layer: Layer, weight="dense", act
             layer.conv["dilation"], layer.conv.get("groups", 1), weight=weight, activation=activation, name=layer.name,
         )
     return gemm_cost(target, layer.m, layer.k, layer.n, weight=weight, activation=activation, name=layer.name)
+
+
+def model_cost(target: "str | HardwareTarget", layers, series: dict | None = None) -> ModelCost:
+    """Modelled cost of ``layers`` run one after another; ``series`` maps a layer's name to its (weight,
+    activation) series (a :meth:`~tvm_tasd.plan.Plan.series`), layers it does not name run dense."""
+    hw = load_target(target)
+    return ModelCost(tuple(layer_cost(hw, layer, *(series or {}).get(layer.name, ("dense", None))) for layer in layers))
