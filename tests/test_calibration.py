@@ -182,3 +182,27 @@ def test_relu6_written_as_clip_counts_as_relu_fed(tmp_path, low, high, fed):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     (layer,) = find_layers(from_onnx(path).mod)
     assert layer.relu_fed is fed
+
+
+@pytest.mark.parametrize("activation, smooth", [("gelu", True), ("swish", True), ("relu", False), ("none", False)])
+def test_gelu_and_swish_fed_layers_take_pseudo_density_series(tmp_path, activation, smooth):
+    from tvm_tasd.matcher import find_layers
+
+    nodes = {
+        "gelu": [helper.make_node("Gelu", ["x"], ["a"])],
+        "swish": [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["a"])],
+        "relu": [helper.make_node("Relu", ["x"], ["a"])],
+        "none": [helper.make_node("Neg", ["x"], ["a"])],
+    }[activation]
+    nodes += [helper.make_node("Reshape", ["a", "shape"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones((16, 8), "float32"), "W"),
+             numpy_helper.from_array(np.array([4, 16], "int64"), "shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)
+    path = tmp_path / f"{activation}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), path)
+    (layer,) = find_layers(from_onnx(path).mod)
+    assert (layer.smooth_fed, layer.relu_fed) == (smooth, activation == "relu")
+    assert layer.activation_fed is (activation != "none")
+    groups = OnnxWeightFedModel(path, [{"x": np.ones((2, 2, 16), np.float32)}], activation_fed_groups=8).activation_groups
+    assert groups == ({"W": 8} if activation != "none" else {})

@@ -30,6 +30,7 @@ class Layer:
     ineligible: str | None = None  # why the layer must stay dense, if it must
     conv: dict = field(default_factory=dict)  # strides/padding/dilation/groups for conv2d
     relu_fed: bool = False  # its input is a ReLU's output, zeros kept (docs/semantics.md §6)
+    smooth_fed: bool = False  # its input is a GELU's or Swish's output: series by pseudo-density (§6)
 
     @property
     def grouped_length(self) -> int:
@@ -47,11 +48,17 @@ class Layer:
 
     def takes_activation_groups(self, m: int) -> bool:
         """Whether an activation series with groups of ``m`` can run on this layer's input: along K of an
-        eligible matmul, or the input channels of an eligible ungrouped conv (``relu_fed`` says whether it
-        pays)."""
+        eligible matmul, or the input channels of an eligible ungrouped conv (:attr:`activation_fed` says
+        whether it may pay)."""
         if self.ineligible or self.conv.get("groups", 1) != 1:
             return False
         return (self.k if self.op == "matmul" else self.activation_shape[1]) % m == 0
+
+    @property
+    def activation_fed(self) -> bool:
+        """Whether an activation function feeds it (ReLU zeros, or GELU/Swish pseudo-density): where the search
+        tries run-time activation series."""
+        return self.relu_fed or self.smooth_fed
 
     @property
     def conv_window(self) -> dict:

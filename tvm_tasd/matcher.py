@@ -17,7 +17,11 @@ A layer is *ReLU-fed* (``Layer.relu_fed``) when its input is a ReLU's
 (or a ReLU6's: ONNX ``Clip(x, 0, 6)``) output seen through ops that keep the
 zeros (:data:`ZERO_PRESERVING`: layout changes, and max-pooling of
 non-negative values) — where run-time activation series pay
-(``docs/semantics.md`` §6).
+(``docs/semantics.md`` §6). It is *smooth-fed* (``Layer.smooth_fed``) when
+its input is a GELU's or a Swish's (``silu``, or ``x · sigmoid(x)``) output
+seen through layout changes: few exact zeros, so an activation series there
+drops small values (the paper's pseudo-density heuristic), which the search
+must measure.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ LAYER_OPS = ("relax.matmul", "relax.nn.conv2d")
 ZERO_PRESERVING = frozenset(
     {"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.nn.max_pool2d"}
 )
+#: Smooth activations whose outputs take activation series by pseudo-density (``Layer.smooth_fed``).
+SMOOTH_ACTIVATIONS = frozenset({"relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu"})
 
 
 def _static_shape(expr) -> tuple[int, ...] | None:
@@ -117,6 +123,30 @@ class LayerMatcher:
             if value.op.name not in ZERO_PRESERVING:
                 return False
             expr = value.args[0]
+        return False
+
+    def fed_by_smooth(self, expr) -> bool:
+        """Whether ``expr`` is a GELU's or a Swish's output, seen through layout changes."""
+        while isinstance(expr, relax.Var) and expr in self.bindings:
+            value = self.bindings[expr]
+            if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+                return False
+            if value.op.name in SMOOTH_ACTIVATIONS or self._is_swish(value):
+                return True
+            if value.op.name not in ZERO_PRESERVING:
+                return False
+            expr = value.args[0]
+        return False
+
+    def _is_swish(self, call) -> bool:
+        """``multiply(x, sigmoid(x))`` in either order."""
+        if call.op.name != "relax.multiply":
+            return False
+        for x, gate in (call.args, call.args[::-1]):
+            gate = self._resolve(gate)
+            if (isinstance(gate, relax.Call) and isinstance(gate.op, tvm.ir.Op) and gate.op.name == "relax.sigmoid"
+                    and gate.args[0].same_as(x)):
+                return True
         return False
 
     def _clip(self, call):
@@ -199,7 +229,7 @@ class LayerMatcher:
         problem = _problem(x_shape, dtype, value)
         m = int(np.prod(x_shape[:-1], dtype=np.int64)) if x_shape else 0
         return Layer(name, "matmul", value, axis, m, k, n, x_shape or (), dtype, problem,
-                     relu_fed=self.fed_by_relu(call.args[0]))
+                     relu_fed=self.fed_by_relu(call.args[0]), smooth_fed=self.fed_by_smooth(call.args[0]))
 
     def _conv2d(self, call) -> Layer | None:
         found = self._constant(call.args[1])
@@ -226,7 +256,7 @@ class LayerMatcher:
         o, i, kh, kw = value.shape
         m = out_shape[0] * out_shape[2] * out_shape[3] if out_shape else 0
         return Layer(name, "conv2d", value, 1, m, i * kh * kw, o, x_shape or (), dtype, problem, conv,
-                     self.fed_by_relu(call.args[0]))
+                     self.fed_by_relu(call.args[0]), self.fed_by_smooth(call.args[0]))
 
 
 def _problem(x_shape, dtype, weight) -> str | None:

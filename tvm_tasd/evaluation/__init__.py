@@ -24,14 +24,14 @@ from .relax import RelaxWeightFedModel
 
 def open_model(model, calibration: Iterable[Feed], *, params: Mapping[str, np.ndarray] | None = None,
                activation_groups: Mapping[str, int] | None = None,
-               relu_fed_groups: int | None = None) -> WeightFedModel:
+               activation_fed_groups: int | None = None) -> WeightFedModel:
     """The evaluator for ``model``: a Relax ``IRModule`` (weights bound, or named in ``params``)
     or an ONNX model (a path or ``ModelProto``)."""
     if isinstance(model, tvm.IRModule):
-        return RelaxWeightFedModel(model, calibration, params, activation_groups, relu_fed_groups)
+        return RelaxWeightFedModel(model, calibration, params, activation_groups, activation_fed_groups)
     if params is not None:
         raise ValueError("params= gives the weights of an IRModule that takes them as inputs; an ONNX model carries its own")
-    return OnnxWeightFedModel(model, calibration, activation_groups, relu_fed_groups)
+    return OnnxWeightFedModel(model, calibration, activation_groups, activation_fed_groups)
 
 
 def calibrate(model, calibration: Iterable[Feed], *, params: Mapping[str, np.ndarray] | None = None,

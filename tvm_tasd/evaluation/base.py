@@ -8,8 +8,9 @@ the original weights or replacements. It also:
 
 * emulates activation series (``docs/semantics.md`` §6; along K, or a
   conv's input channels): a layer named in
-  ``activation_groups`` (layer → M) — or, with ``relu_fed_groups=M``, every
-  ReLU-fed layer that takes groups of M — gets a keep-count input
+  ``activation_groups`` (layer → M) — or, with ``activation_fed_groups=M``, every
+  layer fed by a ReLU, GELU or Swish (``Layer.activation_fed``) that takes
+  groups of M — gets a keep-count input
   (:func:`~tvm_tasd.evaluation.keep_top.keep_top` before the layer), fed per
   run; M means "keep everything";
 * measures :class:`~tvm_tasd.evaluation.calibration.CalibrationStats` of
@@ -55,7 +56,7 @@ class WeightFedModel(ABC):
     """
 
     def __init__(self, calibration: list[Feed], layers: list[Layer], weights: Mapping[str, tuple[np.ndarray, int]],
-                 activation_groups: Mapping[str, int] | None, relu_fed_groups: int | None):
+                 activation_groups: Mapping[str, int] | None, activation_fed_groups: int | None):
         self.calibration = calibration
         self.layers = layers
         self._weights = {name: value for name, (value, _) in weights.items()}
@@ -67,10 +68,10 @@ class WeightFedModel(ABC):
         unknown = sorted(set(groups) - takes)
         if unknown:
             raise ValueError(f"activation series need eligible matmul or ungrouped conv layers; not such layers: {unknown}")
-        if relu_fed_groups:
+        if activation_fed_groups:
             for layer in layers:
-                if layer.name in takes and layer.relu_fed and layer.takes_activation_groups(relu_fed_groups):
-                    groups.setdefault(layer.name, relu_fed_groups)
+                if layer.name in takes and layer.activation_fed and layer.takes_activation_groups(activation_fed_groups):
+                    groups.setdefault(layer.name, activation_fed_groups)
         self._groups = groups
         self.evaluations = 0
 

@@ -219,7 +219,7 @@ class OnnxWeightFedModel(WeightFedModel):
         model: "onnx.ModelProto | str | os.PathLike",
         calibration: Iterable[Feed],
         activation_groups: Mapping[str, int] | None = None,
-        relu_fed_groups: int | None = None,
+        activation_fed_groups: int | None = None,
     ):
         self.model = load_onnx(model)
         feeds = _typed_feeds(self.model, check_feeds(calibration, list(declared_inputs(self.model))))
@@ -227,7 +227,7 @@ class OnnxWeightFedModel(WeightFedModel):
         layers = find_layers(from_onnx(self.model, shapes).mod)
         inits = {init.name: init for init in self.model.graph.initializer}
         weights = {name: (numpy_helper.to_array(inits[name]), axis) for name, axis in weight_axes(self.model).items()}
-        super().__init__(feeds, layers, weights, activation_groups, relu_fed_groups)
+        super().__init__(feeds, layers, weights, activation_groups, activation_fed_groups)
 
     @property
     def output_names(self) -> list[str]:

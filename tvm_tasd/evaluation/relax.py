@@ -142,7 +142,7 @@ class RelaxWeightFedModel(WeightFedModel):
         calibration: Iterable[Feed],
         params: Mapping[str, np.ndarray] | None = None,
         activation_groups: Mapping[str, int] | None = None,
-        relu_fed_groups: int | None = None,
+        activation_fed_groups: int | None = None,
     ):
         self.params = {name: np.asarray(value) for name, value in (params or {}).items()}
         feeds = check_feeds(
@@ -153,7 +153,7 @@ class RelaxWeightFedModel(WeightFedModel):
         mod = relax.transform.ToNonDataflow()(mod)  # layer inputs must be visible outside dataflow blocks to expose them
         layers = find_layers(mod, self.params)
         weights = {layer.name: (layer.weight, layer.axis) for layer in layers if not layer.ineligible}
-        super().__init__(feeds, layers, weights, activation_groups, relu_fed_groups)
+        super().__init__(feeds, layers, weights, activation_groups, activation_fed_groups)
         hook = _FeedHook(self._groups)
         choices = {name: Choice(name, reason="fed per run") for name in weights}
         kernels = kernels_for(load_target("cpu-emulated"), host_target())

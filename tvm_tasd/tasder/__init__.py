@@ -127,7 +127,7 @@ def search(
     held_out_count, labels, held_out_labels, unchecked = _held_out(calibration, labels, holdout, metric, validation)
     act_configs = activation_series(target, max_terms)
     fed = open_model(model, [*calibration, *(validation[0] if validation else ())], params=params,
-                     relu_fed_groups=act_configs[0].max_m if act_configs else None)
+                     activation_fed_groups=act_configs[0].max_m if act_configs else None)
     held_out = fed.hold_out(held_out_count)
     if not fed.layer_names:
         raise _nothing_to_search(fed)

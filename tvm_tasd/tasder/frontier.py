@@ -8,7 +8,8 @@ method needs it — matmul and ungrouped conv layers — and then every method
 of the layer is measured on it),
 else ``e = ‖Δ·s‖ / ‖W·s‖`` with s the input channel norms (1 without
 data) — H's diagonal alone. A
-ReLU-fed layer on a target with TASD units also gets activation candidates
+layer fed by a ReLU (exact zeros) or a GELU/Swish (pseudo-density: the
+smallest values dropped) on a target with TASD units also gets activation candidates
 (weight dense, input decomposed at run time), whose proxy is the relative
 output error on a sample of real inputs. Candidates dominated in both cost
 and proxy are dropped, leaving a frontier from dense (proxy 0) to cheapest.
