@@ -211,15 +211,15 @@ def load_task(name: str, quick: bool) -> Task:
     return TASKS[name](quick)
 
 
-def _model_edp(target, layers, configs: dict, activations: dict | None = None) -> float:
-    """Modelled model EDP (Σ energy × Σ latency over the layers) relative to dense; ``activations``:
+def _model_edp(target, layers, dense_edp: float, configs: dict, activations: dict | None = None) -> float:
+    """Modelled model EDP (Σ energy × Σ latency over the layers) relative to ``dense_edp``; ``activations``:
     the run-time activation series of a plan's layers."""
     def fitting(layer):
         config = configs.get(layer.name, TASDConfig.dense())
         return config if layer.fits(config) else TASDConfig.dense()
 
     series = {layer.name: (fitting(layer), (activations or {}).get(layer.name)) for layer in layers}
-    return model_cost(target, layers, series).edp / model_cost(target, layers).edp
+    return model_cost(target, layers, series).edp / dense_edp
 
 
 def _uniform(layers, config, norms=None, hessians=None, damp=0.01):
@@ -259,15 +259,16 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
 
     for target_name in targets:
         target = load_target(target_name)
+        dense_edp = model_cost(target, layers).edp
         singles = [TASDConfig((t,)) for t in useful_terms(target)]
         series = [TASDConfig.parse(s) for s in TASD_SERIES.get(target_name, [])]
         for config in singles:
-            edp = _model_edp(target, layers, {l.name: config for l in layers})
+            edp = _model_edp(target, layers, dense_edp, {l.name: config for l in layers})
             record(target_name, "magnitude N:M", str(config), _uniform(layers, config), edp)
             record(target_name, "Wanda N:M", str(config), _uniform(layers, config, norms), edp)
             record(target_name, "SparseGPT N:M", str(config), _uniform(layers, config, norms, hessians, damp), edp)
         for config in series:
-            edp = _model_edp(target, layers, {l.name: config for l in layers})
+            edp = _model_edp(target, layers, dense_edp, {l.name: config for l in layers})
             record(target_name, "magnitude TASD", str(config), _uniform(layers, config), edp)
             record(target_name, "activation-aware TASD", str(config), _uniform(layers, config, norms), edp)
             record(target_name, "OBS TASD", str(config), _uniform(layers, config, norms, hessians, damp), edp)
@@ -280,7 +281,7 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
                 layer.name: by_name[layer.name].approximated(layer.weight, layer.axis)
                 for layer in layers if layer.name in by_name and not by_name[layer.name].weight.is_dense
             }
-            edp = _model_edp(target, layers, {n: e.weight for n, e in by_name.items()},
+            edp = _model_edp(target, layers, dense_edp, {n: e.weight for n, e in by_name.items()},
                              {n: e.activation for n, e in by_name.items()})
             record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, plan=plan, search_seconds=seconds,
                    calibration_relative=plan.info["quality"]["relative"],

@@ -98,45 +98,41 @@ class LayerMatcher:
             return value, expr.name
         return None
 
+    def _producers(self, expr):
+        """The calls that produce ``expr``, newest first: seen back through :data:`ZERO_PRESERVING` ops and
+        clips, the walk ends with the first other call."""
+        while isinstance(expr, relax.Var) and expr in self.bindings:
+            value = self.bindings[expr]
+            if not isinstance(value, relax.Call):
+                return
+            if isinstance(value.op, tvm.ir.Op) and value.op.name in ZERO_PRESERVING:
+                expr = value.args[0]
+                continue
+            yield value
+            clip = self._clip(value)
+            if clip is None:
+                return
+            expr = clip[2]
+
     def fed_by_relu(self, expr) -> bool:
         """Whether ``expr`` is a ReLU's output, seen through :data:`ZERO_PRESERVING` ops.
 
         ReLU6 counts (ONNX ``Clip(x, 0, 6)``, imported as ``maximum(x, 0)`` then ``minimum(·, 6)``
         TE kernels): a lower clip at 0 makes the zeros, an upper clip above 0 keeps them."""
-        while isinstance(expr, relax.Var) and expr in self.bindings:
-            value = self.bindings[expr]
-            if not isinstance(value, relax.Call):
-                return False
-            clip = self._clip(value)
-            if clip is not None:
-                bound_kind, bound, source = clip
-                if bound_kind == "max":
-                    return bound == 0
-                if not bound > 0:
-                    return False
-                expr = source
-                continue
-            if not isinstance(value.op, tvm.ir.Op):
-                return False
-            if value.op.name == "relax.nn.relu":
-                return True
-            if value.op.name not in ZERO_PRESERVING:
-                return False
-            expr = value.args[0]
+        for call in self._producers(expr):
+            clip = self._clip(call)
+            if clip is None:
+                return isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.relu"
+            bound_kind, bound, _ = clip
+            if bound_kind == "max" or not bound > 0:
+                return bound_kind == "max" and bound == 0
         return False
 
     def fed_by_smooth(self, expr) -> bool:
         """Whether ``expr`` is a GELU's or a Swish's output, seen through layout changes."""
-        while isinstance(expr, relax.Var) and expr in self.bindings:
-            value = self.bindings[expr]
-            if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
-                return False
-            if value.op.name in SMOOTH_ACTIVATIONS or self._is_swish(value):
-                return True
-            if value.op.name not in ZERO_PRESERVING:
-                return False
-            expr = value.args[0]
-        return False
+        call = next(self._producers(expr), None)
+        return (call is not None and isinstance(call.op, tvm.ir.Op)
+                and (call.op.name in SMOOTH_ACTIVATIONS or self._is_swish(call)))
 
     def _is_swish(self, call) -> bool:
         """``multiply(x, sigmoid(x))`` in either order."""
