@@ -201,6 +201,7 @@ PLANS = {
     "s_not_numbers": {"layers": [{**GOOD_LAYER, "method": "activation", "s": "big"}]},
     "duplicate": {"layers": [GOOD_LAYER, GOOD_LAYER]},
     "other_model": {"layers": [{"name": "encoder.layer.0.weight", "weight": "2:4"}]},
+    "other_weights": {"layers": [{**GOOD_LAYER, "source": "0" * 20}]},
     "unknown_hardware": {"hardware": "tpu9", "layers": [GOOD_LAYER]},
     "other_numbers": {"hardware": "vegeta-m8", "hardware_digest": "0" * 16, "layers": [GOOD_LAYER]},
     "budget_text": {"budget": "high", "layers": [GOOD_LAYER]},

@@ -11,6 +11,7 @@ import pytest
 
 from tvm_tasd import tasder
 from tvm_tasd.evaluation.onnx import OnnxWeightFedModel, run_plan
+from tvm_tasd.io import fingerprint
 from tvm_tasd.models.digits import load_data, model_path
 from tvm_tasd.plan import Plan
 from tvm_tasd.reference import approximate_onnx
@@ -229,8 +230,14 @@ def test_a_model_without_a_layer_to_search_is_refused(calibration):
         tasder.search(model, "vegeta-m8", feeds[:1], progress=False)
 
 
-def test_the_plan_records_its_target_by_content(mlp_plan):
+def test_the_plan_records_its_target_and_weights_by_content(mlp_plan):
     assert mlp_plan.info["hardware_digest"] == tasder.load_target("vegeta-m8").digest
+    weights = {init.name: onnx.numpy_helper.to_array(init) for init in onnx.load(model_path("digits-mlp")).graph.initializer}
+    assert {choice.name: choice.source for choice in mlp_plan.layers} == {
+        choice.name: fingerprint(weights[choice.name]) for choice in mlp_plan.layers}
+    sparse = next(choice for choice in mlp_plan.layers if not choice.weight.is_dense)
+    with pytest.raises(ValueError, match="other weight values"):
+        sparse.approximated(weights[sparse.name] * 2, 0)  # the same shape, other values: another model
 
 
 def test_a_saved_plan_is_an_ordinary_file_under_the_umask(mlp_plan, tmp_path):

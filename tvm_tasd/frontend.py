@@ -15,7 +15,6 @@ needs torch) names its layers by their PyTorch parameter names the same way.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import zipfile
@@ -29,7 +28,8 @@ from onnx import helper, numpy_helper
 from tvm import relax
 from tvm.relax.frontend import onnx as onnx_frontend
 
-from .reference import fold_weights
+from .io import fingerprint
+from .reference import canonical
 
 WEIGHT_NAMES_ATTR = "tasd_weight_names"
 MAX_ELEMENTS = 2**31 - 1  # per input tensor
@@ -37,14 +37,6 @@ MAX_ELEMENTS = 2**31 - 1  # per input tensor
 
 class ModelImportError(ValueError):
     """The model cannot be imported; the message says why and what to do."""
-
-
-def fingerprint(array: np.ndarray) -> str:
-    """Content hash of a tensor (shape, dtype and bytes)."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha1(f"{array.shape}{array.dtype}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()[:20]
 
 
 @dataclass
@@ -59,9 +51,10 @@ class ImportedModel:
 
 def load_onnx(model) -> onnx.ModelProto:
     """A ModelProto from a ModelProto or a path, with one-line errors for missing or non-ONNX files,
-    its computed layer weights folded into initializers (:func:`~tvm_tasd.reference.fold_weights`)."""
+    in canonical form (:func:`~tvm_tasd.reference.canonical`: computed weights folded into initializers, batch
+    norms after ReLUs into the next layer)."""
     if isinstance(model, onnx.ModelProto):
-        return fold_weights(model)
+        return canonical(model)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"expected an ONNX model (path or ModelProto), got {type(model).__name__}")
     path = os.fspath(model)
@@ -71,7 +64,7 @@ def load_onnx(model) -> onnx.ModelProto:
         proto = onnx.load(path)
     except Exception as err:  # onnx raises DecodeError/ValueError/… for non-ONNX bytes
         raise ModelImportError(f"{path!r} is not an ONNX model ({type(err).__name__}); export it with torch.onnx.export") from None
-    return fold_weights(proto)
+    return canonical(proto)
 
 
 def check_input_shape(name: str, declared: list, given, what: str = "the shape given") -> None:

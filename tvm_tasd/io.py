@@ -11,6 +11,7 @@ keeps an output from overwriting what the same command reads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -122,3 +123,11 @@ def _numpy_file(path, what: str, expected: str):
         raise ValueError(f"{what} file {path} does not exist") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         raise ValueError(f"{what} file {path} is not {expected}") from None
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """Content hash of a tensor (shape, dtype and bytes)."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha1(f"{array.shape}{array.dtype}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:20]

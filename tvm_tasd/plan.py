@@ -11,9 +11,12 @@ parameter name), so the same file can drive another toolchain. Schema
      "quality": {...}, "edp_vs_dense": 0.42, "seed": 0, "inputs": {...},
      "weights": {"file": "plan.weights.npz", "sha256": "..."},
      "layers": [{"name": "fc1.weight", "weight": "2:8+1:8",
-                 "activation": null, "method": "magnitude", "s": null, ...}]}
+                 "activation": null, "method": "magnitude", "s": null,
+                 "source": "3f2a…", ...}]}
 
-``method`` is ``"magnitude"``, ``"activation"`` or ``"obs"``
+``source`` is the fingerprint of the dense weight the layer's choice was
+made for (searches record it; a plan applied to other weight values is
+refused). ``method`` is ``"magnitude"``, ``"activation"`` or ``"obs"``
 (:data:`~tvm_tasd.policy.METHODS`); for ``activation`` the per-channel
 vector ``s`` is stored so applying the plan needs no data. An ``obs``
 layer's terms were fitted to calibration data the plan does not hold, so

@@ -32,6 +32,7 @@ from .candidates import cheapest_within_error
 from .config import TASDConfig
 from .decompose import NMTerm, approximate, decompose, relative_error
 from .hardware import HardwareTarget
+from .io import fingerprint
 from .layer import Layer
 
 if TYPE_CHECKING:
@@ -74,7 +75,10 @@ class Choice:
     ``terms`` already made (compressed, in the weight's own layout, values
     re-fitted to the calibration Hessian with damping ``damp``), because
     they cannot be remade without that data. ``stats`` are TASDER's numbers
-    when a search chose it.
+    when a search chose it. ``source`` is the content fingerprint of the
+    dense weight the choice was made for (:func:`tvm_tasd.io.fingerprint`;
+    searches record it): applying the choice to other weight values is an
+    error, since masks, scales and OBS terms were fitted to those values.
     """
 
     name: str
@@ -86,6 +90,7 @@ class Choice:
     stats: SearchStats | None = None
     damp: float | None = None
     terms: tuple[NMTerm, ...] | None = field(default=None, repr=False)
+    source: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -129,6 +134,7 @@ class Choice:
 
     def decomposed(self, weight: np.ndarray, axis: int) -> list[NMTerm]:
         """The compressed terms this choice runs for ``weight`` (reduction axis ``axis``)."""
+        self.check_source(weight)
         if self.method != "obs":
             return decompose(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
         self.check_applicable()
@@ -150,7 +156,16 @@ class Choice:
             return weight
         if self.method == "obs":
             return sum(t.dense() for t in self.decomposed(weight, axis)).astype(weight.dtype, copy=False)
+        self.check_source(weight)
         return approximate(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
+
+    def check_source(self, weight: np.ndarray) -> None:
+        """Raise unless ``weight`` has the values the choice was made for (when it records them)."""
+        if self.source is not None and fingerprint(weight) != self.source:
+            raise ValueError(f"layer {self.name!r}: the plan was made for other weight values (fingerprint "
+                             f"{self.source}, the model's is {fingerprint(weight)}): a plan for another model, or "
+                             "searched before a change to the model's weights (tvm_tasd folds a batch norm after a "
+                             "ReLU into the next layer); search this model again")
 
     def to_json(self) -> dict:
         """The plan-file form (also each entry of the pass's layer table); OBS terms are not in it (Plan.save
@@ -166,6 +181,8 @@ class Choice:
             out["damp"] = float(self.damp)
         if self.terms:
             out["shape"], out["axis"] = list(self.terms[0].shape), int(self.terms[0].axis)
+        if self.source is not None:
+            out["source"] = self.source
         if self.reason:
             out["reason"] = self.reason
         if self.stats is not None:
@@ -181,7 +198,7 @@ class Choice:
         stats = SearchStats(**{k: float(entry[k]) for k in _STATS_FIELDS}) if set(_STATS_FIELDS) <= set(entry) else None
         return cls(entry["name"], entry["weight"], entry.get("activation"),
                    entry.get("method", entry.get("score", "magnitude")), entry.get("s"), entry.get("reason", ""), stats,
-                   entry.get("damp"), terms)
+                   entry.get("damp"), terms, entry.get("source"))
 
 
 def weight_error(layer: Layer, choice: Choice) -> float:
@@ -241,6 +258,8 @@ class Policy:
             entry = self.entries.get(layer.name)
             if entry is None:
                 return Choice(layer.name, reason="not in the plan: left dense")
+            if not entry.weight.is_dense:
+                entry.check_source(layer.weight)
             return self._checked(layer, entry.replace(reason="from the plan"))
         if self.config is not None:
             return self._checked(layer, Choice(layer.name, self.config, reason="uniform config"))

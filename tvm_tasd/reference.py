@@ -8,11 +8,13 @@ consumes it (``docs/semantics.md`` §1): ``MatMul`` (K, N) → axis 0, ``Gemm``
 → axis 0, or 1 with ``transB=1``, ``Conv`` OIHW → axis 1. A series that
 does not fit its weight's grouped axis leaves it dense, as in the pass.
 
-Layer weights are ONNX initializers: :func:`fold_weights` turns weights
-computed from constants (``Constant`` nodes, a ``Transpose`` of an
-initializer, …) into initializers first, which every path does
-(:func:`tvm_tasd.frontend.load_onnx` too), so all of them name such layers
-alike.
+Every path (this one, :func:`tvm_tasd.frontend.load_onnx` and with it the
+pass, the evaluators and the search) first puts the model in one
+:func:`canonical` form, so all of them name and approximate the same
+weights: :func:`fold_weights` turns weights computed from constants
+(``Constant`` nodes, a ``Transpose`` of an initializer, …) into initializers,
+and :func:`~tvm_tasd.batchnorm_fold.fold_batchnorm_after_relu` folds a batch
+norm that follows a ReLU into the next layer, so it sees the ReLU's zeros.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .batchnorm_fold import fold_batchnorm_after_relu
 from .config import TASDConfig
 from .plan import Plan
 from .policy import Choice
@@ -79,6 +82,11 @@ def fold_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
+def canonical(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The form every path works on: computed weights folded, then batch norms after ReLUs."""
+    return fold_batchnorm_after_relu(fold_weights(model))
+
+
 def weight_axes(model: onnx.ModelProto) -> dict[str, int]:
     """Initializer name → reduction axis, for initializers used as layer weights."""
     inits = {i.name for i in model.graph.initializer}
@@ -99,12 +107,12 @@ def weight_axes(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def approximate_onnx(model: onnx.ModelProto, config=None, plan=None) -> onnx.ModelProto:
-    """A copy of ``model`` (computed weights folded) with each layer weight replaced by its TASD approximation."""
+    """A copy of ``model`` in :func:`canonical` form with each layer weight replaced by its TASD approximation."""
     if (config is None) == (plan is None):
         raise ValueError("give exactly one of config= or plan=")
     choices = Plan.coerce(plan).by_name() if plan is not None else None
     uniform = TASDConfig.parse(config) if config is not None else None
-    model = fold_weights(model)
+    model = canonical(model)
     axes = weight_axes(model)
     out = copy.deepcopy(model)
     for init in out.graph.initializer:

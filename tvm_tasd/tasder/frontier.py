@@ -17,6 +17,7 @@ and proxy are dropped, leaving a frontier from dense (proxy 0) to cheapest.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..config import TASDConfig
 from ..cost import layer_cost
 from ..decompose import NMTerm, approximate, decompose, output_error
 from ..hardware import HardwareTarget
+from ..io import fingerprint
 from ..layer import Layer
 from ..policy import Choice, SearchStats
 
@@ -66,6 +68,11 @@ class LayerSearch:
     def name(self) -> str:
         return self.layer.name
 
+    @functools.cached_property
+    def source(self) -> str:
+        """The weight's fingerprint, which every choice records."""
+        return fingerprint(self.layer.weight)
+
     def feeds(self, option: Candidate) -> tuple[dict, dict]:
         """(weights, activation keep counts) to run this option with."""
         weights = {} if option.config.is_dense else {self.name: self.choice(option).approximated(
@@ -79,7 +86,8 @@ class LayerSearch:
                             option.edp / dense.edp if dense.edp else 1.0)
         return Choice(self.name, option.config, option.activation, option.method,
                       self.scale if option.method == "activation" else None, stats=stats,
-                      damp=self.damp if option.method == "obs" else None, terms=option.terms)
+                      damp=self.damp if option.method == "obs" else None, terms=option.terms,
+                      source=self.source)
 
 
 def activation_series(target: HardwareTarget, max_terms: int) -> list[TASDConfig]:

@@ -1,0 +1,123 @@
+"""Folding a batch norm after a ReLU into the next layer: exact on onnxruntime, and only where it is."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from tvm_tasd.batchnorm_fold import fold_batchnorm_after_relu
+from tvm_tasd.frontend import from_onnx
+from tvm_tasd.io import fingerprint
+from tvm_tasd.matcher import find_layers
+from tvm_tasd.policy import Choice
+from tvm_tasd.reference import approximate_onnx
+
+C = 16  # channels into the layer: two groups of 8
+
+
+def _model(after_bn, layer, x_shape, out_shape, initializers, scale=None, relu="Relu", extra_readers=()):
+    """x → Relu → BatchNormalization → after_bn nodes → layer, as a model (initializers: name → array)."""
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.5, 2.0, C) if scale is None else scale
+    bn = {"bn.scale": scale, "bn.bias": rng.normal(size=C), "bn.mean": rng.normal(size=C),
+          "bn.var": rng.uniform(0.5, 2.0, C)}
+    relu_nodes = [helper.make_node("Relu", ["x"], ["r"])] if relu == "Relu" else [
+        helper.make_node("Clip", ["x", "zero", "six"], ["r"])]
+    inits = {**bn, "zero": np.float32(0), "six": np.float32(6), **initializers}
+    nodes = [*relu_nodes, helper.make_node("BatchNormalization", ["r", *bn], ["b"], epsilon=1e-3), *after_bn, layer,
+             *extra_readers]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in out_shape],
+        [numpy_helper.from_array(v if isinstance(v, np.ndarray) and v.dtype == np.int64 else np.asarray(v, np.float32), k)
+         for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def _conv_model(kernel, stride, pads, dilation, bias=True, pool=True, scale=None, relu="Relu", width_pad=1):
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(8, C, kernel, 3)).astype(np.float32)
+    inits = {"w": weight, **({"cb": rng.normal(size=8)} if bias else {})}
+    after = [helper.make_node("MaxPool", ["b"], ["p"], kernel_shape=[2, 2], strides=[2, 2])] if pool else []
+    conv = helper.make_node("Conv", ["p" if pool else "b", "w", *(["cb"] if bias else [])], ["y"],
+                            kernel_shape=[kernel, 3], strides=[stride, 1], dilations=[dilation, 1],
+                            pads=[pads[0], width_pad, pads[1], width_pad])
+    return _model(after, conv, [2, C, 20, 12], [("y", None)], inits, scale=scale, relu=relu)
+
+
+@settings(max_examples=20, deadline=None)
+@given(kernel=st.integers(1, 4), stride=st.integers(1, 2), top=st.integers(0, 3), bottom=st.integers(0, 3),
+       dilation=st.integers(1, 2), bias=st.booleans(), pool=st.booleans(), relu=st.sampled_from(["Relu", "Clip"]))
+def test_conv_fold_is_exact_with_any_padding(kernel, stride, top, bottom, dilation, bias, pool, relu):
+    model = _conv_model(kernel, stride, (top, bottom), dilation, bias, pool, relu=relu)
+    folded = fold_batchnorm_after_relu(model)
+    assert "BatchNormalization" not in [node.op_type for node in folded.graph.node]
+    layer = next(node for node in folded.graph.node if node.op_type == "Conv")
+    assert layer.input[0] in ("r", "p")  # the ReLU's output (through the pooling)
+    x = np.random.default_rng(2).normal(size=(2, C, 20, 12)).astype(np.float32)
+    (expected,), (got,) = _run(model, x), _run(folded, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_border_free_conv_takes_the_shift_into_its_bias():
+    folded = fold_batchnorm_after_relu(_conv_model(3, 1, (0, 0), 1, pool=False, width_pad=0))
+    assert [node.op_type for node in folded.graph.node] == ["Relu", "Conv"]  # no Add: the shift is uniform
+
+
+def test_gemm_after_pooling_and_layout_ops_and_matmul():
+    rng = np.random.default_rng(3)
+    after = [helper.make_node("MaxPool", ["b"], ["p"], kernel_shape=[2, 1], strides=[2, 1]),
+             helper.make_node("Transpose", ["p"], ["t"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["t", "shape"], ["f"])]
+    gemm = helper.make_node("Gemm", ["f", "w", "gb"], ["y"], transB=1)
+    inits = {"shape": np.array([2, -1], np.int64), "w": rng.normal(size=(5, 4 * C)), "gb": rng.normal(size=5)}
+    model = _model(after, gemm, [2, C, 8, 1], [("y", [2, 5])], inits)
+    matmul = _model([], helper.make_node("MatMul", ["b", "w"], ["y"]), [4, C], [("y", None)],
+                    {"w": rng.normal(size=(C, 6))})
+    for model, shape in ((model, (2, C, 8, 1)), (matmul, (4, C))):
+        folded = fold_batchnorm_after_relu(model)
+        assert "BatchNormalization" not in [node.op_type for node in folded.graph.node]
+        x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+        (expected,), (got,) = _run(model, x), _run(folded, x)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", ["negative scale before max-pooling", "two readers", "weight used twice",
+                                  "no relu"])
+def test_what_is_not_folded_stays_as_it_was(case):
+    scale = np.where(np.arange(C) == 3, -1.0, 1.0) if case.startswith("negative") else None
+    model = _conv_model(3, 1, (1, 1), 1, scale=scale)
+    graph = model.graph
+    if case == "two readers":
+        graph.node.append(helper.make_node("Identity", ["b"], ["b2"]))
+        graph.output.append(helper.make_tensor_value_info("b2", TensorProto.FLOAT, None))
+    elif case == "weight used twice":
+        graph.node.append(helper.make_node("Identity", ["w"], ["w2"]))
+        graph.output.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT, None))
+    elif case == "no relu":
+        graph.node[0].op_type = "Sigmoid"
+    assert fold_batchnorm_after_relu(model) is model
+
+
+def test_every_path_sees_the_folded_relu_fed_layer_and_plans_know_their_weights():
+    model = _conv_model(3, 1, (1, 1), 1)
+    (layer,) = find_layers(from_onnx(model).mod)
+    assert layer.name == "w" and layer.relu_fed  # the import folds as the ONNX reference does
+    folded_weight = numpy_helper.to_array(next(i for i in fold_batchnorm_after_relu(model).graph.initializer
+                                               if i.name == "w"))
+    np.testing.assert_array_equal(layer.weight, folded_weight)
+    choice = Choice("w", "2:8", source=fingerprint(layer.weight))
+    approximated = approximate_onnx(model, plan={"layers": [choice.to_json()]})
+    weight = numpy_helper.to_array(next(i for i in approximated.graph.initializer if i.name == "w"))
+    np.testing.assert_array_equal(weight, choice.approximated(layer.weight, 1))
+    original = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
+    with pytest.raises(ValueError, match="other weight values.*search this model again"):
+        choice.approximated(original, 1)  # a plan made before the fold

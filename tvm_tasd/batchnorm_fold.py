@@ -1,0 +1,259 @@
+"""Fold a batch norm that follows a ReLU into the next layer, so that layer sees the ReLU's zeros.
+
+Where it belongs: an ONNX → ONNX normalisation applied when a model is
+loaded (:func:`tvm_tasd.reference.canonical`, after computed weights are
+folded), so the pass, the evaluators, the search and the ONNX reference all
+see, name and approximate the same weights. Models such as CREPE put a
+``BatchNormalization`` after every ReLU: the next layer's input is then
+``a·relu(x) + b``, dense, and run-time activation series have no zeros to
+use. After the fold the layer reads the ReLU's output itself.
+
+Pattern: ``Relu`` (or ``Clip`` with a lower bound of 0) → inference
+``BatchNormalization`` → any ``MaxPool`` and layout ops (``Transpose``,
+``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Identity``) → an
+ungrouped ``Conv``, a ``Gemm`` (``transA = 0``, ``alpha = beta = 1``) or a
+``MatMul`` whose weight is an initializer used once; every value on the way
+read by the next node only. With ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per
+channel:
+
+* ``Conv``: ``conv(a·x + b; W) = conv(x; W·a) + conv(b; W)``; the second term
+  is a constant (it varies near the borders when the conv pads), computed in
+  float64 from the dense ``W``: it goes into the bias when it does not vary,
+  else into an ``Add`` after the conv;
+* ``Gemm``/``MatMul``: the layout ops carry ``a`` and ``b`` to per-feature
+  vectors ``s`` and ``t``: ``W`` is scaled by ``s`` along its reduction axis
+  and ``t·W`` joins the bias.
+
+``MaxPool`` commutes with ``x ↦ a·x + b`` only when every ``a ≥ 0``; else the
+batch norm stays. Exact up to float rounding. The layer's weight keeps its
+initializer name with new values: plans searched before the fold do not
+apply to the folded model (:attr:`~tvm_tasd.policy.Choice.source` tells).
+Not handled (left as they are): a batch norm before its ReLU (a conv–BN fold,
+which exporters already do), grouped convs, average pooling on the way,
+``auto_pad`` convs and shapes shape inference cannot fix.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every foldable batch norm after a ReLU folded into the next layer (module docstring);
+    ``model`` itself when there is none."""
+    shapes = functools.cache(lambda: _static_shapes(model))  # shape inference only where a pattern starts
+    folds = [fold for fold in (_Fold.find(model, node, shapes) for node in model.graph.node) if fold is not None]
+    if not folds:
+        return model
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    for fold in folds:
+        fold.apply(folded.graph)
+    read = {name for node in folded.graph.node for name in node.input}
+    kept = [init for init in folded.graph.initializer if init.name in read]  # the folded batch norms' parameters go
+    del folded.graph.initializer[:]
+    folded.graph.initializer.extend(kept)
+    return folded
+
+
+class _Fold:
+    """One batch norm, the path after it and the layer it folds into (nodes of the model it was found in:
+    :meth:`apply` edits a copy, finding its nodes by output name)."""
+
+    def __init__(self, bn, path, layer, shapes, values):
+        self.bn, self.path, self.layer = bn, path, layer
+        self.shapes, self.values = shapes, values
+
+    @classmethod
+    def find(cls, model: onnx.ModelProto, bn: onnx.NodeProto, static_shapes) -> "_Fold | None":
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or _attr(bn, "training_mode", 0):
+            return None
+        graph = model.graph
+        values = {init.name: init for init in graph.initializer}
+        if any(name not in values for name in bn.input[1:5]):
+            return None
+        producers = {out: node for node in graph.node for out in node.output}
+        if not _relu_output(producers.get(bn.input[0]), values):
+            return None
+        readers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        outputs = {out.name for out in graph.output}
+        path, value = [], bn.output[0]
+        while True:
+            nexts = readers.get(value, [])
+            if value in outputs or len(nexts) != 1:
+                return None
+            node = nexts[0]
+            if node.op_type in ("Conv", "Gemm", "MatMul"):
+                break
+            if (node.op_type not in LAYOUT_OPS | {"MaxPool"} or node.input[0] != value or len(node.output) != 1
+                    or any(name and name not in values for name in node.input[1:])):
+                return None
+            path.append(node)
+            value = node.output[0]
+        layer = node
+        weight = layer.input[1] if len(layer.input) > 1 else ""
+        if layer.input[0] != value or weight not in values or len(readers.get(weight, ())) != 1:
+            return None
+        shapes = static_shapes()
+        if any(name not in shapes for name in [bn.input[0], value, *(n.output[0] for n in path)]):
+            return None
+        if layer.op_type == "Conv" and (_attr(layer, "group", 1) != 1 or _attr(layer, "auto_pad", b"NOTSET") != b"NOTSET"
+                                        or len(shapes[value]) not in (3, 4)):
+            return None
+        if layer.op_type == "MatMul" and len(values[weight].dims) != 2:
+            return None
+        if layer.op_type == "Gemm" and (_attr(layer, "transA", 0) or _attr(layer, "alpha", 1.0) != 1.0
+                                        or _attr(layer, "beta", 1.0) != 1.0):
+            return None
+        scale, _ = _affine(bn, values)
+        if any(node.op_type == "MaxPool" for node in path) and (scale < 0).any():
+            return None
+        return cls(bn, path, layer, shapes, values)
+
+    def apply(self, graph: onnx.GraphProto) -> None:
+        scale, shift = (self._carry(vector) for vector in _affine(self.bn, self.values))
+        if scale is None or shift is None:
+            return  # the layout ops mix channels into features unevenly: leave the batch norm
+        layer = _node(graph, self.layer.output[0])
+        weight = numpy_helper.to_array(self.values[self.layer.input[1]]).astype(np.float64)
+        if self.layer.op_type == "Conv":
+            constant = _conv_of_constant(self.layer, weight, shift, self.shapes[self.layer.input[0]])
+            weight = weight * scale.reshape(1, -1, *[1] * (weight.ndim - 2))
+        else:
+            trans_b = self.layer.op_type == "Gemm" and _attr(self.layer, "transB", 0)
+            reduction_first = weight.T if trans_b else weight  # (K, N)
+            constant = shift @ reduction_first
+            weight = weight * (scale[None, :] if trans_b else scale[:, None])
+        dtype = numpy_helper.to_array(self.values[self.layer.input[1]]).dtype
+        _replace_initializer(graph, self.layer.input[1], weight.astype(dtype))
+        _add_constant(graph, layer, constant.astype(dtype))
+        for node in graph.node:  # the path now reads the ReLU's output
+            node.input[:] = [self.bn.input[0] if name == self.bn.output[0] else name for name in node.input]
+        graph.node.remove(_node(graph, self.bn.output[0]))
+
+    def _carry(self, per_channel: np.ndarray) -> np.ndarray | None:
+        """The per-channel vector carried through the path to the layer's input: per input channel of a
+        conv, per feature of a matmul; None when positions of one channel or feature disagree."""
+        shape = self.shapes[self.bn.input[0]]
+        tensor = np.broadcast_to(per_channel.reshape([1, -1] + [1] * (len(shape) - 2)), shape).astype(np.float32)
+        for node in self.path:
+            if node.op_type == "MaxPool":  # of a constant per channel: the same constants, pooled shape
+                tensor = np.broadcast_to(tensor.reshape(*tensor.shape[:2], -1)[:, :, :1].reshape(
+                    tensor.shape[:2] + (1,) * (tensor.ndim - 2)), self.shapes[node.output[0]])
+                continue
+            feeds = {name: numpy_helper.to_array(self.values[name]) for name in node.input[1:] if name}
+            tensor = ReferenceEvaluator(node).run(None, {node.input[0]: np.ascontiguousarray(tensor), **feeds})[0]
+        if self.layer.op_type == "Conv":
+            rows = np.moveaxis(tensor, 1, -1).reshape(-1, tensor.shape[1])
+        else:
+            rows = tensor.reshape(-1, tensor.shape[-1])
+        return rows[0].astype(np.float64) if (rows == rows[:1]).all() else None
+
+
+def _add_constant(graph: onnx.GraphProto, layer: onnx.NodeProto, constant: np.ndarray) -> None:
+    """Add ``constant`` (per output channel, or per output channel and position) to the layer's output: into
+    its bias when it is one vector and the layer has a bias slot, else by an Add node after it."""
+    channels = constant.shape[0]
+    if constant.ndim > 1 and (constant.reshape(channels, -1) == constant.reshape(channels, -1)[:, :1]).all():
+        constant = constant.reshape(channels, -1)[:, 0]
+    if constant.ndim == 1 and layer.op_type in ("Conv", "Gemm"):
+        if len(layer.input) > 2 and layer.input[2]:
+            bias = next(init for init in graph.initializer if init.name == layer.input[2])
+            _replace_initializer(graph, bias.name, numpy_helper.to_array(bias) + constant)
+        else:
+            name = _unique(graph, layer.input[1] + "_folded_bias")
+            graph.initializer.append(numpy_helper.from_array(constant, name))
+            layer.input.extend([""] * (2 - len(layer.input)) + [name])
+        return
+    name = _unique(graph, layer.input[1] + "_folded_shift")
+    graph.initializer.append(numpy_helper.from_array(constant[None] if constant.ndim > 1 else constant, name))
+    output = layer.output[0]
+    layer.output[0] = _unique(graph, output + "_before_shift")
+    graph.node.insert(list(graph.node).index(layer) + 1, helper.make_node("Add", [layer.output[0], name], [output]))
+
+
+def _affine(bn: onnx.NodeProto, values: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) with BN(x) = a·x + b per channel, in float64."""
+    gamma, beta, mean, var = (numpy_helper.to_array(values[name]).astype(np.float64) for name in bn.input[1:5])
+    scale = gamma / np.sqrt(var + _attr(bn, "epsilon", 1e-5))
+    return scale, beta - scale * mean
+
+
+def _conv_of_constant(conv: onnx.NodeProto, weight: np.ndarray, shift: np.ndarray, in_shape) -> np.ndarray:
+    """conv(b; W) for an input equal to b[c] everywhere, zero-padded as the conv pads: (C_out, H_out, W_out).
+
+    Per kernel tap the sum over input channels is one number per output channel; a tap contributes at the
+    output positions where it reads inside the input.
+    """
+    spatial = list(in_shape[2:])
+    kernel = weight.shape[2:]
+    strides = _attr(conv, "strides", [1] * len(spatial))
+    dilations = _attr(conv, "dilations", [1] * len(spatial))
+    pads = _attr(conv, "pads", [0] * 2 * len(spatial))
+    per_tap = np.einsum("oc...,c->o...", weight, shift)  # (C_out, *kernel)
+    masks = []
+    for axis, size in enumerate(spatial):
+        begin, end = pads[axis], pads[axis + len(spatial)]
+        out = (size + begin + end - dilations[axis] * (kernel[axis] - 1) - 1) // strides[axis] + 1
+        read = np.arange(out)[:, None] * strides[axis] - begin + np.arange(kernel[axis])[None, :] * dilations[axis]
+        masks.append(((read >= 0) & (read < size)).astype(np.float64))  # (out, taps)
+    if len(spatial) == 1:
+        return np.einsum("ok,hk->oh", per_tap, masks[0])
+    if len(spatial) == 2:
+        return np.einsum("okl,hk,wl->ohw", per_tap, *masks)
+    raise NotImplementedError  # _Fold.find admits only convs whose input shape is known; 1-D and 2-D here
+
+
+def _relu_output(node, values: dict) -> bool:
+    """A ReLU, or a Clip whose lower bound is the constant 0 (ReLU6)."""
+    if node is None:
+        return False
+    if node.op_type == "Relu":
+        return True
+    if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] in values:
+        return float(numpy_helper.to_array(values[node.input[1]]).reshape(())) == 0.0
+    return False
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Value name → static shape, as ONNX shape inference finds them."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def _node(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
+    return next(node for node in graph.node if output in node.output)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    found = next((a for a in node.attribute if a.name == name), None)
+    return default if found is None else helper.get_attribute_value(found)
+
+
+def _replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    init = next(init for init in graph.initializer if init.name == name)
+    init.CopyFrom(numpy_helper.from_array(value, name))
+
+
+def _unique(graph: onnx.GraphProto, name: str) -> str:
+    taken = {init.name for init in graph.initializer} | {out for node in graph.node for out in node.output}
+    candidate, index = name, 1
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}_{index}"
+    return candidate
