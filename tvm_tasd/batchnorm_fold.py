@@ -1,36 +1,38 @@
-"""Fold a batch norm that follows a ReLU into the next layer, so that layer sees the ReLU's zeros.
+"""Fold a batch norm that follows a ReLU into the ops around it, so the next layer sees the ReLU's zeros.
 
 Where it belongs: an ONNX → ONNX normalisation applied when a model is
 loaded (:func:`tvm_tasd.reference.canonical`, after computed weights are
 folded), so the pass, the evaluators, the search and the ONNX reference all
-see, name and approximate the same weights. Models such as CREPE put a
-``BatchNormalization`` after every ReLU: the next layer's input is then
-``a·relu(x) + b``, dense, and run-time activation series have no zeros to
-use. After the fold the layer reads the ReLU's output itself.
+see the same graph. Models such as CREPE put a ``BatchNormalization`` after
+every ReLU: the next layer's input is then ``a·relu(x) + b``, dense, and
+run-time activation series have no zeros to use.
 
 Pattern: ``Relu`` (or ``Clip`` with a lower bound of 0) → inference
 ``BatchNormalization`` → any ``MaxPool`` and layout ops (``Transpose``,
 ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Identity``) → an
 ungrouped ``Conv``, a ``Gemm`` (``transA = 0``, ``alpha = beta = 1``) or a
-``MatMul`` whose weight is an initializer used once; every value on the way
-read by the next node only. With ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per
-channel:
+2-D ``MatMul`` whose weight is an initializer; every value on the way read by
+the next node only. With ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per channel,
+the batch norm becomes a ``Mul`` by ``a`` (which keeps the zeros), and the
+shift ``b`` moves past the path (a max-pooling commutes with adding a
+per-channel constant) into the layer as a constant:
 
-* ``Conv``: ``conv(a·x + b; W) = conv(x; W·a) + conv(b; W)``; the second term
-  is a constant (it varies near the borders when the conv pads), computed in
-  float64 from the dense ``W``: it goes into the bias when it does not vary,
-  else into an ``Add`` after the conv;
-* ``Gemm``/``MatMul``: the layout ops carry ``a`` and ``b`` to per-feature
-  vectors ``s`` and ``t``: ``W`` is scaled by ``s`` along its reduction axis
-  and ``t·W`` joins the bias.
+* ``Conv``: ``conv(y + b; W) = conv(y; W) + conv(b; W)``, the second term
+  computed in float64 from the dense ``W`` (it varies near the borders when
+  the conv pads): a new bias when it does not vary, else an ``Add`` after
+  the conv;
+* ``Gemm``/``MatMul``: the layout ops carry ``b`` to a per-feature vector
+  ``t``; ``t·W`` joins the bias.
 
-``MaxPool`` commutes with ``x ↦ a·x + b`` only when every ``a ≥ 0``; else the
-batch norm stays. Exact up to float rounding. The layer's weight keeps its
-initializer name with new values: plans searched before the fold do not
-apply to the folded model (:attr:`~tvm_tasd.policy.Choice.source` tells).
-Not handled (left as they are): a batch norm before its ReLU (a conv–BN fold,
-which exporters already do), grouped convs, average pooling on the way,
-``auto_pad`` convs and shapes shape inference cannot fix.
+The layer's weight is unchanged — the weight TASD approximates still
+multiplies the batch norm's scaled output, as in the source model, and plans
+keep applying — while the shift's share, a compile-time constant, is exact.
+Exact up to float rounding. Not handled (left as they are): a batch norm
+before its ReLU (a conv–BN fold, which exporters already do), grouped convs,
+average pooling on the way, ``auto_pad`` convs and shapes shape inference
+cannot fix. The next layer is ReLU-fed when every ``a ≥ 0``
+(:mod:`tvm_tasd.matcher` sees through a multiply by a non-negative
+constant).
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze
 
 
 def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every foldable batch norm after a ReLU folded into the next layer (module docstring);
-    ``model`` itself when there is none."""
+    """``model`` with every foldable batch norm after a ReLU folded (module docstring); ``model`` itself when
+    there is none."""
     shapes = functools.cache(lambda: _static_shapes(model))  # shape inference only where a pattern starts
     folds = [fold for fold in (_Fold.find(model, node, shapes) for node in model.graph.node) if fold is not None]
     if not folds:
@@ -102,7 +104,7 @@ class _Fold:
             value = node.output[0]
         layer = node
         weight = layer.input[1] if len(layer.input) > 1 else ""
-        if layer.input[0] != value or weight not in values or len(readers.get(weight, ())) != 1:
+        if layer.input[0] != value or weight not in values:
             return None
         shapes = static_shapes()
         if any(name not in shapes for name in [bn.input[0], value, *(n.output[0] for n in path)]):
@@ -115,37 +117,33 @@ class _Fold:
         if layer.op_type == "Gemm" and (_attr(layer, "transA", 0) or _attr(layer, "alpha", 1.0) != 1.0
                                         or _attr(layer, "beta", 1.0) != 1.0):
             return None
-        scale, _ = _affine(bn, values)
-        if any(node.op_type == "MaxPool" for node in path) and (scale < 0).any():
-            return None
         return cls(bn, path, layer, shapes, values)
 
     def apply(self, graph: onnx.GraphProto) -> None:
-        scale, shift = (self._carry(vector) for vector in _affine(self.bn, self.values))
-        if scale is None or shift is None:
+        scale, per_channel_shift = _affine(self.bn, self.values)
+        shift = self._carry(per_channel_shift)
+        if shift is None:
             return  # the layout ops mix channels into features unevenly: leave the batch norm
-        layer = _node(graph, self.layer.output[0])
-        weight = numpy_helper.to_array(self.values[self.layer.input[1]]).astype(np.float64)
+        weight = numpy_helper.to_array(self.values[self.layer.input[1]])
+        dense = weight.astype(np.float64)
         if self.layer.op_type == "Conv":
-            constant = _conv_of_constant(self.layer, weight, shift, self.shapes[self.layer.input[0]])
-            weight = weight * scale.reshape(1, -1, *[1] * (weight.ndim - 2))
+            constant = _conv_of_constant(self.layer, dense, shift, self.shapes[self.layer.input[0]])
         else:
             trans_b = self.layer.op_type == "Gemm" and _attr(self.layer, "transB", 0)
-            reduction_first = weight.T if trans_b else weight  # (K, N)
-            constant = shift @ reduction_first
-            weight = weight * (scale[None, :] if trans_b else scale[:, None])
-        dtype = numpy_helper.to_array(self.values[self.layer.input[1]]).dtype
-        _replace_initializer(graph, self.layer.input[1], weight.astype(dtype))
-        _add_constant(graph, layer, constant.astype(dtype))
-        for node in graph.node:  # the path now reads the ReLU's output
-            node.input[:] = [self.bn.input[0] if name == self.bn.output[0] else name for name in node.input]
-        graph.node.remove(_node(graph, self.bn.output[0]))
+            constant = shift @ (dense.T if trans_b else dense)  # (K,) @ (K, N)
+        _add_constant(graph, _node(graph, self.layer.output[0]), self.values, constant.astype(weight.dtype))
+        rank = len(self.shapes[self.bn.input[0]])
+        scale_name = _unique(graph, self.bn.output[0] + "_scale")
+        graph.initializer.append(numpy_helper.from_array(
+            scale.reshape(-1, *[1] * (rank - 2)).astype(weight.dtype), scale_name))
+        bn = _node(graph, self.bn.output[0])
+        bn.CopyFrom(helper.make_node("Mul", [self.bn.input[0], scale_name], list(self.bn.output), name=bn.name))
 
     def _carry(self, per_channel: np.ndarray) -> np.ndarray | None:
         """The per-channel vector carried through the path to the layer's input: per input channel of a
         conv, per feature of a matmul; None when positions of one channel or feature disagree."""
         shape = self.shapes[self.bn.input[0]]
-        tensor = np.broadcast_to(per_channel.reshape([1, -1] + [1] * (len(shape) - 2)), shape).astype(np.float32)
+        tensor = np.broadcast_to(per_channel.reshape([1, -1] + [1] * (len(shape) - 2)), shape)
         for node in self.path:
             if node.op_type == "MaxPool":  # of a constant per channel: the same constants, pooled shape
                 tensor = np.broadcast_to(tensor.reshape(*tensor.shape[:2], -1)[:, :, :1].reshape(
@@ -160,20 +158,20 @@ class _Fold:
         return rows[0].astype(np.float64) if (rows == rows[:1]).all() else None
 
 
-def _add_constant(graph: onnx.GraphProto, layer: onnx.NodeProto, constant: np.ndarray) -> None:
-    """Add ``constant`` (per output channel, or per output channel and position) to the layer's output: into
-    its bias when it is one vector and the layer has a bias slot, else by an Add node after it."""
+def _add_constant(graph: onnx.GraphProto, layer: onnx.NodeProto, values: dict, constant: np.ndarray) -> None:
+    """Add ``constant`` (per output channel, or per output channel and position) to the layer's output: as a
+    new bias when it is one vector and the layer has a bias slot (a shared bias stays as it is), else by an
+    Add node after the layer."""
     channels = constant.shape[0]
     if constant.ndim > 1 and (constant.reshape(channels, -1) == constant.reshape(channels, -1)[:, :1]).all():
         constant = constant.reshape(channels, -1)[:, 0]
-    if constant.ndim == 1 and layer.op_type in ("Conv", "Gemm"):
-        if len(layer.input) > 2 and layer.input[2]:
-            bias = next(init for init in graph.initializer if init.name == layer.input[2])
-            _replace_initializer(graph, bias.name, numpy_helper.to_array(bias) + constant)
-        else:
-            name = _unique(graph, layer.input[1] + "_folded_bias")
-            graph.initializer.append(numpy_helper.from_array(constant, name))
-            layer.input.extend([""] * (2 - len(layer.input)) + [name])
+    bias = layer.input[2] if len(layer.input) > 2 else ""
+    if constant.ndim == 1 and layer.op_type in ("Conv", "Gemm") and (not bias or bias in values):
+        if bias:
+            constant = numpy_helper.to_array(values[bias]) + constant
+        name = _unique(graph, layer.input[1] + "_folded_bias")
+        graph.initializer.append(numpy_helper.from_array(constant, name))
+        layer.input[:] = [*layer.input[:2], name]
         return
     name = _unique(graph, layer.input[1] + "_folded_shift")
     graph.initializer.append(numpy_helper.from_array(constant[None] if constant.ndim > 1 else constant, name))
@@ -243,11 +241,6 @@ def _node(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
 def _attr(node: onnx.NodeProto, name: str, default):
     found = next((a for a in node.attribute if a.name == name), None)
     return default if found is None else helper.get_attribute_value(found)
-
-
-def _replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
-    init = next(init for init in graph.initializer if init.name == name)
-    init.CopyFrom(numpy_helper.from_array(value, name))
 
 
 def _unique(graph: onnx.GraphProto, name: str) -> str:

@@ -16,7 +16,8 @@ static and dtypes float.
 A layer is *ReLU-fed* (``Layer.relu_fed``) when its input is a ReLU's
 (or a ReLU6's: ONNX ``Clip(x, 0, 6)``) output seen through ops that keep the
 zeros (:data:`ZERO_PRESERVING`: layout changes, and max-pooling of
-non-negative values) — where run-time activation series pay
+non-negative values; a multiply by a non-negative constant, as a folded
+batch norm leaves) — where run-time activation series pay
 (``docs/semantics.md`` §6). It is *smooth-fed* (``Layer.smooth_fed``) when
 its input is a GELU's or a Swish's (``silu``, or ``x · sigmoid(x)``) output
 seen through layout changes: few exact zeros, so an activation series there
@@ -108,6 +109,10 @@ class LayerMatcher:
             if isinstance(value.op, tvm.ir.Op) and value.op.name in ZERO_PRESERVING:
                 expr = value.args[0]
                 continue
+            scaled = self._scaled_by_nonnegative(value)
+            if scaled is not None:
+                expr = scaled
+                continue
             yield value
             clip = self._clip(value)
             if clip is None:
@@ -133,6 +138,19 @@ class LayerMatcher:
         call = next(self._producers(expr), None)
         return (call is not None and isinstance(call.op, tvm.ir.Op)
                 and (call.op.name in SMOOTH_ACTIVATIONS or self._is_swish(call)))
+
+    def _scaled_by_nonnegative(self, call):
+        """x for ``multiply(x, c)`` (either order) with a constant c ≥ 0 — a folded batch norm's scale
+        (:mod:`tvm_tasd.batchnorm_fold`) keeps zeros and signs; else None."""
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.multiply"):
+            return None
+        for x, c in (call.args, call.args[::-1]):
+            c = self._resolve(c)
+            value = (c.value.numpy() if isinstance(c, tvm.ir.Constant)
+                     else self.params.get(c.name) if isinstance(c, relax.Var) else None)
+            if value is not None and (np.asarray(value) >= 0).all():
+                return x
+        return None
 
     def _is_swish(self, call) -> bool:
         """``multiply(x, sigmoid(x))`` in either order."""

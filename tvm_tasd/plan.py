@@ -15,8 +15,8 @@ parameter name), so the same file can drive another toolchain. Schema
                  "source": "3f2a…", ...}]}
 
 ``source`` is the fingerprint of the dense weight the layer's choice was
-made for (searches record it; a plan applied to other weight values is
-refused). ``method`` is ``"magnitude"``, ``"activation"`` or ``"obs"``
+made for (searches record it; a plan applied to other weight values, e.g.
+another version of the model, is refused). ``method`` is ``"magnitude"``, ``"activation"`` or ``"obs"``
 (:data:`~tvm_tasd.policy.METHODS`); for ``activation`` the per-channel
 vector ``s`` is stored so applying the plan needs no data. An ``obs``
 layer's terms were fitted to calibration data the plan does not hold, so

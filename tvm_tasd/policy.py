@@ -163,9 +163,8 @@ class Choice:
         """Raise unless ``weight`` has the values the choice was made for (when it records them)."""
         if self.source is not None and fingerprint(weight) != self.source:
             raise ValueError(f"layer {self.name!r}: the plan was made for other weight values (fingerprint "
-                             f"{self.source}, the model's is {fingerprint(weight)}): a plan for another model, or "
-                             "searched before a change to the model's weights (tvm_tasd folds a batch norm after a "
-                             "ReLU into the next layer); search this model again")
+                             f"{self.source}, the model's is {fingerprint(weight)}): a plan for another model or "
+                             "another version of it; search this model again")
 
     def to_json(self) -> dict:
         """The plan-file form (also each entry of the pass's layer table); OBS terms are not in it (Plan.save
