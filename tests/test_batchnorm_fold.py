@@ -4,9 +4,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
 
 from tvm_tasd.batchnorm_fold import fold_batchnorm_after_relu
 from tvm_tasd.frontend import from_onnx
@@ -70,9 +72,9 @@ def _initializer(model, name):
     return numpy_helper.to_array(next(init for init in model.graph.initializer if init.name == name))
 
 
-def test_a_border_free_conv_takes_the_shift_into_its_bias():
-    folded = fold_batchnorm_after_relu(_conv_model(3, 1, (0, 0), 1, pool=False, width_pad=0))
-    assert [node.op_type for node in folded.graph.node] == ["Relu", "Mul", "Conv"]  # no Add: the shift is uniform
+def test_the_scale_stays_before_the_pooling_and_the_shift_moves_to_the_layer():
+    folded = fold_batchnorm_after_relu(_conv_model(3, 1, (1, 1), 1))
+    assert [node.op_type for node in folded.graph.node] == ["Relu", "Mul", "MaxPool", "Add", "Conv"]
 
 
 def test_a_negative_scale_folds_too_but_hides_the_zeros_from_the_search():
@@ -120,12 +122,43 @@ def test_what_is_not_folded_stays_as_it_was(case):
     assert fold_batchnorm_after_relu(model) is model
 
 
-def test_every_path_sees_the_relu_fed_layer_with_its_own_weight():
+def test_every_path_decomposes_the_relu_fed_part_and_adds_the_shift_back():
+    """A 2:8 activation series on the folded conv: the TVM build and the onnxruntime evaluator both keep the
+    top 2 of 8 of y = maxpool(a·relu(x)) per position, then add b back — checked against numpy."""
+    from tvm_tasd import build
+    from tvm_tasd.evaluation.keep_top import NumpyOps, keep_top
+    from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
+
     model = _conv_model(3, 1, (1, 1), 1)
     (layer,) = find_layers(from_onnx(model).mod)
     assert layer.name == "w" and layer.relu_fed  # the import folds as the ONNX reference does
     np.testing.assert_array_equal(layer.weight, _initializer(model, "w"))
-    choice = Choice("w", "2:8", source=fingerprint(layer.weight))
+    scale = _initializer(model, "bn.scale") / np.sqrt(_initializer(model, "bn.var") + 1e-3)
+    shift = _initializer(model, "bn.bias") - scale * _initializer(model, "bn.mean")
+    np.testing.assert_allclose(layer.input_shift.reshape(-1), shift, rtol=1e-6)
+
+    x = np.random.default_rng(6).normal(size=(2, C, 20, 12)).astype(np.float32)
+    relu = np.maximum(x, 0) * scale[None, :, None, None].astype(np.float32)
+    pooled = relu.reshape(2, C, 10, 2, 6, 2).max(axis=(3, 5))
+    kept = keep_top(pooled, 2, 8, NumpyOps(np.float32), channels_first=True) + shift[None, :, None, None]
+    conv = helper.make_graph([helper.make_node("Conv", ["x", "w", "cb"], ["y"], pads=[1, 1, 1, 1])], "c",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                             [numpy_helper.from_array(_initializer(model, n), n) for n in ("w", "cb")])
+    expected = _run(helper.make_model(conv, opset_imports=[helper.make_opsetid("", 17)]), kept.astype(np.float32))[0]
+    assert (pooled == 0).mean() > 0.03  # the ReLU's zeros survive the scale and the pooling
+
+    evaluator = OnnxWeightFedModel(model, [{"x": x}], activation_groups={"w": 8})
+    np.testing.assert_allclose(evaluator.run(keeps={"w": 2})[0][0], expected, rtol=1e-4, atol=1e-4)
+    executable = build(from_onnx(model).mod, "ttc-vegeta-m8", plan={"layers": [
+        {"name": "w", "weight": "dense", "activation": "2:8"}]})
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_plans_apply_to_the_folded_model_as_to_the_source():
+    model = _conv_model(3, 1, (1, 1), 1)
+    choice = Choice("w", "2:8", source=fingerprint(_initializer(model, "w")))
     approximated = approximate_onnx(model, plan={"layers": [choice.to_json()]})
     assert "BatchNormalization" not in [node.op_type for node in approximated.graph.node]
-    np.testing.assert_array_equal(_initializer(approximated, "w"), choice.approximated(layer.weight, 1))
+    np.testing.assert_array_equal(_initializer(approximated, "w"), choice.approximated(_initializer(model, "w"), 1))

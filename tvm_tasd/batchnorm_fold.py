@@ -1,38 +1,33 @@
-"""Fold a batch norm that follows a ReLU into the ops around it, so the next layer sees the ReLU's zeros.
+"""Normalise a batch norm that follows a ReLU so the next layer's input shows the ReLU's zeros.
 
 Where it belongs: an ONNX → ONNX normalisation applied when a model is
 loaded (:func:`tvm_tasd.reference.canonical`, after computed weights are
 folded), so the pass, the evaluators, the search and the ONNX reference all
 see the same graph. Models such as CREPE put a ``BatchNormalization`` after
 every ReLU: the next layer's input is then ``a·relu(x) + b``, dense, and
-run-time activation series have no zeros to use.
+run-time activation series would find no zeros.
 
 Pattern: ``Relu`` (or ``Clip`` with a lower bound of 0) → inference
 ``BatchNormalization`` → any ``MaxPool`` and layout ops (``Transpose``,
 ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Identity``) → an
-ungrouped ``Conv``, a ``Gemm`` (``transA = 0``, ``alpha = beta = 1``) or a
-2-D ``MatMul`` whose weight is an initializer; every value on the way read by
-the next node only. With ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per channel,
-the batch norm becomes a ``Mul`` by ``a`` (which keeps the zeros), and the
-shift ``b`` moves past the path (a max-pooling commutes with adding a
-per-channel constant) into the layer as a constant:
+ungrouped ``Conv``, a ``Gemm`` (``transA = 0``) or a 2-D ``MatMul`` whose
+weight is an initializer; every value on the way read by the next node
+only. With ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per channel, the batch norm
+becomes a ``Mul`` by ``a`` (which keeps the zeros) and an ``Add`` of ``b``
+right before the layer (a max-pooling commutes with adding a per-channel
+constant; layout ops carry ``b`` to the layer's input channels or features).
+The layer's input is then ``y + b`` with ``y`` ReLU-fed: an activation
+series decomposes ``y`` and adds ``b`` back (:attr:`~tvm_tasd.layer.Layer.input_shift`),
+which is what a TASD unit would run — the sparse ``y`` through the unit, the
+constant ``W·b`` precomputed with the layer's (approximated) weight.
 
-* ``Conv``: ``conv(y + b; W) = conv(y; W) + conv(b; W)``, the second term
-  computed in float64 from the dense ``W`` (it varies near the borders when
-  the conv pads): a new bias when it does not vary, else an ``Add`` after
-  the conv;
-* ``Gemm``/``MatMul``: the layout ops carry ``b`` to a per-feature vector
-  ``t``; ``t·W`` joins the bias.
-
-The layer's weight is unchanged — the weight TASD approximates still
-multiplies the batch norm's scaled output, as in the source model, and plans
-keep applying — while the shift's share, a compile-time constant, is exact.
-Exact up to float rounding. Not handled (left as they are): a batch norm
-before its ReLU (a conv–BN fold, which exporters already do), grouped convs,
-average pooling on the way, ``auto_pad`` convs and shapes shape inference
-cannot fix. The next layer is ReLU-fed when every ``a ≥ 0``
-(:mod:`tvm_tasd.matcher` sees through a multiply by a non-negative
-constant).
+Nothing else changes: the layer's weight, and so every plan, stay as they
+were, and the model computes the same function (up to float rounding). Not
+handled (left as they are): a batch norm before its ReLU (a conv–BN fold,
+which exporters already do), grouped convs, average pooling on the way and
+shapes shape inference cannot fix. The input counts as ReLU-fed only when
+every ``a ≥ 0`` (:mod:`tvm_tasd.matcher` sees through a multiply by a
+non-negative constant).
 """
 
 from __future__ import annotations
@@ -109,13 +104,11 @@ class _Fold:
         shapes = static_shapes()
         if any(name not in shapes for name in [bn.input[0], value, *(n.output[0] for n in path)]):
             return None
-        if layer.op_type == "Conv" and (_attr(layer, "group", 1) != 1 or _attr(layer, "auto_pad", b"NOTSET") != b"NOTSET"
-                                        or len(shapes[value]) not in (3, 4)):
+        if layer.op_type == "Conv" and _attr(layer, "group", 1) != 1:
             return None
         if layer.op_type == "MatMul" and len(values[weight].dims) != 2:
             return None
-        if layer.op_type == "Gemm" and (_attr(layer, "transA", 0) or _attr(layer, "alpha", 1.0) != 1.0
-                                        or _attr(layer, "beta", 1.0) != 1.0):
+        if layer.op_type == "Gemm" and _attr(layer, "transA", 0):
             return None
         return cls(bn, path, layer, shapes, values)
 
@@ -124,20 +117,20 @@ class _Fold:
         shift = self._carry(per_channel_shift)
         if shift is None:
             return  # the layout ops mix channels into features unevenly: leave the batch norm
-        weight = numpy_helper.to_array(self.values[self.layer.input[1]])
-        dense = weight.astype(np.float64)
-        if self.layer.op_type == "Conv":
-            constant = _conv_of_constant(self.layer, dense, shift, self.shapes[self.layer.input[0]])
-        else:
-            trans_b = self.layer.op_type == "Gemm" and _attr(self.layer, "transB", 0)
-            constant = shift @ (dense.T if trans_b else dense)  # (K,) @ (K, N)
-        _add_constant(graph, _node(graph, self.layer.output[0]), self.values, constant.astype(weight.dtype))
+        dtype = helper.tensor_dtype_to_np_dtype(self.values[self.bn.input[1]].data_type)
         rank = len(self.shapes[self.bn.input[0]])
         scale_name = _unique(graph, self.bn.output[0] + "_scale")
-        graph.initializer.append(numpy_helper.from_array(
-            scale.reshape(-1, *[1] * (rank - 2)).astype(weight.dtype), scale_name))
+        graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, *[1] * (rank - 2)).astype(dtype), scale_name))
         bn = _node(graph, self.bn.output[0])
         bn.CopyFrom(helper.make_node("Mul", [self.bn.input[0], scale_name], list(self.bn.output), name=bn.name))
+        layer = _node(graph, self.layer.output[0])
+        if layer.op_type == "Conv":  # per input channel, broadcast over the positions
+            shift = shift.reshape(-1, *[1] * (len(self.shapes[layer.input[0]]) - 2))
+        shift_name = _unique(graph, layer.input[0] + "_shift")
+        shifted = _unique(graph, layer.input[0] + "_shifted")
+        graph.initializer.append(numpy_helper.from_array(shift.astype(dtype), shift_name))
+        graph.node.insert(list(graph.node).index(layer), helper.make_node("Add", [layer.input[0], shift_name], [shifted]))
+        layer.input[0] = shifted
 
     def _carry(self, per_channel: np.ndarray) -> np.ndarray | None:
         """The per-channel vector carried through the path to the layer's input: per input channel of a
@@ -158,58 +151,11 @@ class _Fold:
         return rows[0].astype(np.float64) if (rows == rows[:1]).all() else None
 
 
-def _add_constant(graph: onnx.GraphProto, layer: onnx.NodeProto, values: dict, constant: np.ndarray) -> None:
-    """Add ``constant`` (per output channel, or per output channel and position) to the layer's output: as a
-    new bias when it is one vector and the layer has a bias slot (a shared bias stays as it is), else by an
-    Add node after the layer."""
-    channels = constant.shape[0]
-    if constant.ndim > 1 and (constant.reshape(channels, -1) == constant.reshape(channels, -1)[:, :1]).all():
-        constant = constant.reshape(channels, -1)[:, 0]
-    bias = layer.input[2] if len(layer.input) > 2 else ""
-    if constant.ndim == 1 and layer.op_type in ("Conv", "Gemm") and (not bias or bias in values):
-        if bias:
-            constant = numpy_helper.to_array(values[bias]) + constant
-        name = _unique(graph, layer.input[1] + "_folded_bias")
-        graph.initializer.append(numpy_helper.from_array(constant, name))
-        layer.input[:] = [*layer.input[:2], name]
-        return
-    name = _unique(graph, layer.input[1] + "_folded_shift")
-    graph.initializer.append(numpy_helper.from_array(constant[None] if constant.ndim > 1 else constant, name))
-    output = layer.output[0]
-    layer.output[0] = _unique(graph, output + "_before_shift")
-    graph.node.insert(list(graph.node).index(layer) + 1, helper.make_node("Add", [layer.output[0], name], [output]))
-
-
 def _affine(bn: onnx.NodeProto, values: dict) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) with BN(x) = a·x + b per channel, in float64."""
     gamma, beta, mean, var = (numpy_helper.to_array(values[name]).astype(np.float64) for name in bn.input[1:5])
     scale = gamma / np.sqrt(var + _attr(bn, "epsilon", 1e-5))
     return scale, beta - scale * mean
-
-
-def _conv_of_constant(conv: onnx.NodeProto, weight: np.ndarray, shift: np.ndarray, in_shape) -> np.ndarray:
-    """conv(b; W) for an input equal to b[c] everywhere, zero-padded as the conv pads: (C_out, H_out, W_out).
-
-    Per kernel tap the sum over input channels is one number per output channel; a tap contributes at the
-    output positions where it reads inside the input.
-    """
-    spatial = list(in_shape[2:])
-    kernel = weight.shape[2:]
-    strides = _attr(conv, "strides", [1] * len(spatial))
-    dilations = _attr(conv, "dilations", [1] * len(spatial))
-    pads = _attr(conv, "pads", [0] * 2 * len(spatial))
-    per_tap = np.einsum("oc...,c->o...", weight, shift)  # (C_out, *kernel)
-    masks = []
-    for axis, size in enumerate(spatial):
-        begin, end = pads[axis], pads[axis + len(spatial)]
-        out = (size + begin + end - dilations[axis] * (kernel[axis] - 1) - 1) // strides[axis] + 1
-        read = np.arange(out)[:, None] * strides[axis] - begin + np.arange(kernel[axis])[None, :] * dilations[axis]
-        masks.append(((read >= 0) & (read < size)).astype(np.float64))  # (out, taps)
-    if len(spatial) == 1:
-        return np.einsum("ok,hk->oh", per_tap, masks[0])
-    if len(spatial) == 2:
-        return np.einsum("okl,hk,wl->ohw", per_tap, *masks)
-    raise NotImplementedError  # _Fold.find admits only convs whose input shape is known; 1-D and 2-D here
 
 
 def _relu_output(node, values: dict) -> bool:

@@ -31,6 +31,9 @@ class Layer:
     conv: dict = field(default_factory=dict)  # strides/padding/dilation/groups for conv2d
     relu_fed: bool = False  # its input is a ReLU's output, zeros kept (docs/semantics.md §6)
     smooth_fed: bool = False  # its input is a GELU's or Swish's output: series by pseudo-density (§6)
+    #: a constant the input carries on top of its ReLU-fed part (a folded batch norm's shift, §6): (C, 1, 1) of a
+    #: conv's input, (K,) of a matmul's; an activation series decomposes input − shift and adds it back
+    input_shift: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def grouped_length(self) -> int:

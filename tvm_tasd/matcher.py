@@ -139,16 +139,36 @@ class LayerMatcher:
         return (call is not None and isinstance(call.op, tvm.ir.Op)
                 and (call.op.name in SMOOTH_ACTIVATIONS or self._is_swish(call)))
 
+    def _feeding(self, x, shift_shape: tuple[int, ...]) -> dict:
+        """Layer fields saying what feeds input ``x``: ``relu_fed``, ``smooth_fed``, ``input_shift``. An input
+        ``add(y, c)`` with y ReLU-fed and c one constant per channel (``shift_shape``, a folded batch norm's
+        shift: :mod:`tvm_tasd.batchnorm_fold`) is ReLU-fed with ``input_shift`` c."""
+        value = self._resolve(x)
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.add":
+            for y, c in (value.args, value.args[::-1]):
+                shift = self._constant_value(c)
+                if (shift is not None and shift.size == int(np.prod(shift_shape))
+                        and shift.shape[-len(shift_shape):] == shift_shape[-shift.ndim:] and self.fed_by_relu(y)):
+                    return {"relu_fed": True, "smooth_fed": False, "input_shift": shift.reshape(shift_shape)}
+        return {"relu_fed": self.fed_by_relu(x), "smooth_fed": self.fed_by_smooth(x)}
+
+    def _constant_value(self, expr) -> np.ndarray | None:
+        """The value of a bound constant or of a parameter the caller supplies, without naming it."""
+        expr = self._resolve(expr)
+        if isinstance(expr, tvm.ir.Constant):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Var) and expr.name in self.params:
+            return np.asarray(self.params[expr.name])
+        return None
+
     def _scaled_by_nonnegative(self, call):
         """x for ``multiply(x, c)`` (either order) with a constant c ≥ 0 — a folded batch norm's scale
         (:mod:`tvm_tasd.batchnorm_fold`) keeps zeros and signs; else None."""
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.multiply"):
             return None
         for x, c in (call.args, call.args[::-1]):
-            c = self._resolve(c)
-            value = (c.value.numpy() if isinstance(c, tvm.ir.Constant)
-                     else self.params.get(c.name) if isinstance(c, relax.Var) else None)
-            if value is not None and (np.asarray(value) >= 0).all():
+            value = self._constant_value(c)
+            if value is not None and (value >= 0).all():
                 return x
         return None
 
@@ -243,7 +263,7 @@ class LayerMatcher:
         problem = _problem(x_shape, dtype, value)
         m = int(np.prod(x_shape[:-1], dtype=np.int64)) if x_shape else 0
         return Layer(name, "matmul", value, axis, m, k, n, x_shape or (), dtype, problem,
-                     relu_fed=self.fed_by_relu(call.args[0]), smooth_fed=self.fed_by_smooth(call.args[0]))
+                     **self._feeding(call.args[0], (k,)))
 
     def _conv2d(self, call) -> Layer | None:
         found = self._constant(call.args[1])
@@ -270,7 +290,7 @@ class LayerMatcher:
         o, i, kh, kw = value.shape
         m = out_shape[0] * out_shape[2] * out_shape[3] if out_shape else 0
         return Layer(name, "conv2d", value, 1, m, i * kh * kw, o, x_shape or (), dtype, problem, conv,
-                     self.fed_by_relu(call.args[0]), self.fed_by_smooth(call.args[0]))
+                     **self._feeding(call.args[0], (i, 1, 1)))
 
 
 def _problem(x_shape, dtype, weight) -> str | None:

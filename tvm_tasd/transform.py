@@ -290,7 +290,12 @@ class _Rewriter(relax.PyExprMutator):
         if layer.op == "matmul" and len(layer.activation_shape) != 2:
             x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
         if choice.activation is not None:
+            shift = None if layer.input_shift is None else relax.const(layer.input_shift.astype(layer.dtype))
+            if shift is not None:  # the unit decomposes the ReLU-fed part; the shift's share is a constant
+                x = self.builder_.emit(relax.op.subtract(x, shift))
             x = self.builder_.emit(self._activation_call(layer, choice, x))
+            if shift is not None:
+                x = self.builder_.emit(relax.op.add(x, shift))
         if layer.op == "matmul":
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:

@@ -22,9 +22,13 @@ import numpy as np
 TO_CHANNELS_LAST, FROM_CHANNELS_LAST = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
-def keep_top(x, keep, m: int, ops, channels_first: bool = False):
+def keep_top(x, keep, m: int, ops, channels_first: bool = False, shift=None):
     """``x`` with only the ``keep`` best entries of each group of ``m`` along its last axis
-    (``channels_first``: along axis 1 of an NCHW tensor)."""
+    (``channels_first``: along axis 1 of an NCHW tensor). ``shift``: a constant ``x`` carries on top of
+    the decomposed part (:attr:`tvm_tasd.layer.Layer.input_shift`), taken off before and added back after."""
+    if shift is not None:
+        offset = ops.constant(np.asarray(shift, ops.dtype))
+        return ops.add(keep_top(ops.subtract(x, offset), keep, m, ops, channels_first), offset)
     if channels_first:
         kept = _keep_top_last(ops.transpose(x, TO_CHANNELS_LAST), keep, m, ops)
         return ops.transpose(kept, FROM_CHANNELS_LAST)
@@ -49,6 +53,8 @@ class NumpyOps:
 
     constant = staticmethod(np.asarray)
     reshape = staticmethod(np.reshape)
+    add = staticmethod(np.add)
+    subtract = staticmethod(np.subtract)
     abs = staticmethod(np.abs)
     where = staticmethod(np.where)
     equal = staticmethod(np.equal)

@@ -87,6 +87,12 @@ class OnnxOps:
     def abs(self, x):
         return self._node("Abs", [x])
 
+    def add(self, a, b):
+        return self._node("Add", [a, b])
+
+    def subtract(self, a, b):
+        return self._node("Sub", [a, b])
+
     def transpose(self, x, perm):
         return self._node("Transpose", [x], perm=list(perm))
 
@@ -111,8 +117,10 @@ class OnnxOps:
         return self._node("ScatterElements", [order, order, updates], axis=1)
 
 
-def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str, int]) -> None:
-    """Route each named MatMul, Gemm or Conv layer's activation through its keep-count subgraph."""
+def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str, int],
+                               shifts: Mapping[str, np.ndarray]) -> None:
+    """Route each named MatMul, Gemm or Conv layer's activation through its keep-count subgraph (``shifts``:
+    the layers' :attr:`~tvm_tasd.layer.Layer.input_shift`)."""
     graph = graph_model.graph
     elem = {v.name: v.type.tensor_type.elem_type for v in graph.input}
     nodes = []
@@ -121,7 +129,7 @@ def _insert_activation_series(graph_model: onnx.ModelProto, groups: Mapping[str,
         if layer in groups:
             ops = OnnxOps(f"tasd_act::{layer}::", helper.tensor_dtype_to_np_dtype(elem[layer]))
             node.input[0] = keep_top(node.input[0], keep_input(layer), groups[layer], ops,
-                                     channels_first=node.op_type == "Conv")
+                                     channels_first=node.op_type == "Conv", shift=shifts.get(layer))
             nodes += ops.nodes
             graph.initializer.extend(ops.initializers)
             graph.input.append(helper.make_tensor_value_info(keep_input(layer), onnx.TensorProto.INT64, []))
@@ -246,7 +254,8 @@ class OnnxWeightFedModel(WeightFedModel):
         del fed.graph.initializer[:]
         fed.graph.initializer.extend(kept)
         if self._groups:
-            _insert_activation_series(fed, self._groups)
+            shifts = {layer.name: layer.input_shift for layer in self.layers if layer.input_shift is not None}
+            _insert_activation_series(fed, self._groups, shifts)
         return inference_session(fed)
 
     def _inputs(self, weights, keeps) -> dict[str, np.ndarray]:

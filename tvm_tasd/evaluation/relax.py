@@ -76,6 +76,12 @@ class RelaxOps:
     def transpose(self, x, perm):  # bound, so that the reshape after it sees its type
         return self.builder.emit(relax.op.permute_dims(x, list(perm)))
 
+    def add(self, a, b):
+        return self.builder.emit(relax.op.add(a, b))
+
+    def subtract(self, a, b):
+        return self.builder.emit(relax.op.subtract(a, b))
+
     abs = staticmethod(relax.op.abs)
     where = staticmethod(relax.op.where)
     equal = staticmethod(relax.op.equal)
@@ -101,7 +107,7 @@ class _FeedHook(LayerHook):
         conv = layer.op == "conv2d"
         shape = tuple(layer.activation_shape[i] for i in TO_CHANNELS_LAST) if conv else layer.activation_shape
         return builder.emit(keep_top(x, keep, self.groups[layer.name], RelaxOps(shape, layer.dtype, builder),
-                                     channels_first=conv))
+                                     channels_first=conv, shift=layer.input_shift))
 
     def weight_operands(self, layer: Layer, kernel, packed):
         self.packers[layer.name] = lambda w: kernel.pack(np.ascontiguousarray(w.T if layer.axis == 1 and layer.op == "matmul" else w))

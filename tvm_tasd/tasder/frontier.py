@@ -130,8 +130,9 @@ def _activation_options(layer: Layer, target: HardwareTarget, configs, sample: n
     the input's channels; a conv's error counted per kernel tap, as if each were a 1×1 conv)."""
     weight = layer.weight_kn if layer.op == "matmul" else np.moveaxis(layer.weight, 1, 0)  # channels first
     weight_kn = weight.reshape(weight.shape[0], -1)
-    reference = sample @ weight_kn
-    norm = np.linalg.norm(reference)
+    norm = np.linalg.norm(sample @ weight_kn)
+    if layer.input_shift is not None:  # the series decomposes the ReLU-fed part; the shift's share is exact
+        sample = sample - layer.input_shift.reshape(-1)
     options = []
     for config in configs:
         error = sample - approximate(sample, config, axis=-1)
