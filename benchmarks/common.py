@@ -59,6 +59,7 @@ def stamp_markdown(meta: dict) -> list[str]:
         f"TVM_NUM_THREADS={machine['tvm_num_threads']}",
         f"- python {meta['python']}; " + ", ".join(f"{p} {v}" for p, v in meta["packages"].items()),
         f"- command: `{meta['command']}`",
+        *([f"- note: {meta['note']}"] if "note" in meta else []),
     ]
 
 
