@@ -43,8 +43,8 @@ LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze
 
 
 def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every foldable batch norm after a ReLU folded (module docstring); ``model`` itself when
-    there is none."""
+    """``model`` with every batch norm after a ReLU that the pattern admits split into a scale where it was and
+    a shift before the next layer (module docstring); ``model`` itself when there is none."""
     shapes = functools.cache(lambda: _static_shapes(model))  # shape inference only where a pattern starts
     folds = [fold for fold in (_Fold.find(model, node, shapes) for node in model.graph.node) if fold is not None]
     if not folds:
@@ -54,14 +54,15 @@ def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     for fold in folds:
         fold.apply(folded.graph)
     read = {name for node in folded.graph.node for name in node.input}
-    kept = [init for init in folded.graph.initializer if init.name in read]  # the folded batch norms' parameters go
+    parameters = {name for fold in folds for name in fold.bn.input[1:5]}
+    kept = [init for init in folded.graph.initializer if init.name in read or init.name not in parameters]
     del folded.graph.initializer[:]
     folded.graph.initializer.extend(kept)
     return folded
 
 
 class _Fold:
-    """One batch norm, the path after it and the layer it folds into (nodes of the model it was found in:
+    """One batch norm, the path after it and the layer its shift moves to (nodes of the model it was found in:
     :meth:`apply` edits a copy, finding its nodes by output name)."""
 
     def __init__(self, bn, path, layer, shapes, values):
