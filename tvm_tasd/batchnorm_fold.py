@@ -33,6 +33,7 @@ non-negative constant).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -46,7 +47,8 @@ def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every batch norm after a ReLU that the pattern admits split into a scale where it was and
     a shift before the next layer (module docstring); ``model`` itself when there is none."""
     shapes = functools.cache(lambda: _static_shapes(model))  # shape inference only where a pattern starts
-    folds = [fold for fold in (_Fold.find(model, node, shapes) for node in model.graph.node) if fold is not None]
+    index = _GraphIndex.of(model.graph)
+    folds = [fold for fold in (_Fold.find(index, node, shapes) for node in model.graph.node) if fold is not None]
     if not folds:
         return model
     folded = onnx.ModelProto()
@@ -61,6 +63,25 @@ def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
+class _GraphIndex(NamedTuple):
+    """Lookups over one graph, built once for every batch norm in it."""
+
+    values: dict  # initializer name → TensorProto
+    producers: dict  # value name → the node that writes it
+    readers: dict  # value name → the nodes that read it
+    outputs: frozenset
+
+    @classmethod
+    def of(cls, graph: onnx.GraphProto) -> "_GraphIndex":
+        readers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        return cls({init.name: init for init in graph.initializer},
+                   {out: node for node in graph.node for out in node.output}, readers,
+                   frozenset(out.name for out in graph.output))
+
+
 class _Fold:
     """One batch norm, the path after it and the layer its shift moves to (nodes of the model it was found in:
     :meth:`apply` edits a copy, finding its nodes by output name)."""
@@ -70,25 +91,18 @@ class _Fold:
         self.shapes, self.values = shapes, values
 
     @classmethod
-    def find(cls, model: onnx.ModelProto, bn: onnx.NodeProto, static_shapes) -> "_Fold | None":
+    def find(cls, index: _GraphIndex, bn: onnx.NodeProto, static_shapes) -> "_Fold | None":
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or _attr(bn, "training_mode", 0):
             return None
-        graph = model.graph
-        values = {init.name: init for init in graph.initializer}
+        values = index.values
         if any(name not in values for name in bn.input[1:5]):
             return None
-        producers = {out: node for node in graph.node for out in node.output}
-        if not _relu_output(producers.get(bn.input[0]), values):
+        if not _relu_output(index.producers.get(bn.input[0]), values):
             return None
-        readers: dict[str, list] = {}
-        for node in graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
-        outputs = {out.name for out in graph.output}
         path, value = [], bn.output[0]
         while True:
-            nexts = readers.get(value, [])
-            if value in outputs or len(nexts) != 1:
+            nexts = index.readers.get(value, [])
+            if value in index.outputs or len(nexts) != 1:
                 return None
             node = nexts[0]
             if node.op_type in ("Conv", "Gemm", "MatMul"):
