@@ -87,17 +87,16 @@ class LayerMatcher:
         return expr
 
     def _constant(self, expr) -> tuple[np.ndarray, str | None] | None:
+        value = self._constant_value(expr)
+        if value is None:
+            return None
         expr = self._resolve(expr)
         if isinstance(expr, tvm.ir.Constant):
-            value = expr.value.numpy()
             return value, self._source_name(fingerprint(value))
-        if isinstance(expr, relax.Var) and expr.name in self.params:
-            value = np.asarray(self.params[expr.name])
-            declared = _static_shape(expr)
-            if declared is not None and value.shape != declared:
-                raise ValueError(f"params[{expr.name!r}] has shape {value.shape}; the module's input has {declared}")
-            return value, expr.name
-        return None
+        declared = _static_shape(expr)
+        if declared is not None and value.shape != declared:
+            raise ValueError(f"params[{expr.name!r}] has shape {value.shape}; the module's input has {declared}")
+        return value, expr.name
 
     def _producers(self, expr):
         """The calls that produce ``expr``, newest first: seen back through :data:`ZERO_PRESERVING` ops and
