@@ -132,9 +132,11 @@ class Choice:
     def replace(self, **changes) -> "Choice":
         return dataclasses.replace(self, **changes)
 
-    def decomposed(self, weight: np.ndarray, axis: int) -> list[NMTerm]:
-        """The compressed terms this choice runs for ``weight`` (reduction axis ``axis``)."""
-        self.check_source(weight)
+    def decomposed(self, weight: np.ndarray, axis: int, *, verify: bool = True) -> list[NMTerm]:
+        """The compressed terms this choice runs for ``weight`` (reduction axis ``axis``); ``verify=False``
+        skips hashing ``weight`` against :attr:`source` where the caller has checked it."""
+        if verify:
+            self.check_source(weight)
         if self.method != "obs":
             return decompose(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
         self.check_applicable()
@@ -150,13 +152,14 @@ class Choice:
             raise ValueError(f"layer {self.name!r}: its OBS-reconstructed terms are not loaded (they are kept beside "
                              "the plan, in the .weights.npz that Plan.save writes; load the plan with Plan.load)")
 
-    def approximated(self, weight: np.ndarray, axis: int) -> np.ndarray:
-        """``weight`` as this choice runs it: the sum of its terms."""
+    def approximated(self, weight: np.ndarray, axis: int, *, verify: bool = True) -> np.ndarray:
+        """``weight`` as this choice runs it: the sum of its terms (``verify`` as in :meth:`decomposed`)."""
         if self.weight.is_dense:
             return weight
+        if verify:
+            self.check_source(weight)
         if self.method == "obs":
-            return sum(t.dense() for t in self.decomposed(weight, axis)).astype(weight.dtype, copy=False)
-        self.check_source(weight)
+            return sum(t.dense() for t in self.decomposed(weight, axis, verify=False)).astype(weight.dtype, copy=False)
         return approximate(weight, self.weight, axis=axis, score=self.selection_score, name=self.name)
 
     def check_source(self, weight: np.ndarray) -> None:

@@ -76,7 +76,7 @@ class LayerSearch:
     def feeds(self, option: Candidate) -> tuple[dict, dict]:
         """(weights, activation keep counts) to run this option with."""
         weights = {} if option.config.is_dense else {self.name: self.choice(option).approximated(
-            self.layer.weight, self.layer.axis)}
+            self.layer.weight, self.layer.axis, verify=False)}  # the choice's source is this weight's
         return weights, ({} if option.keep is None else {self.name: option.keep})
 
     def choice(self, option: "Candidate | int") -> Choice:
