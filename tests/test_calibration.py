@@ -206,3 +206,53 @@ def test_gelu_and_swish_fed_layers_take_pseudo_density_series(tmp_path, activati
     assert layer.activation_fed is (activation != "none")
     groups = OnnxWeightFedModel(path, [{"x": np.ones((2, 2, 16), np.float32)}], activation_fed_groups=8).activation_groups
     assert groups == ({"W": 8} if activation != "none" else {})
+
+
+@pytest.mark.parametrize("evaluator", ["onnx", "relax"])
+def test_padded_token_rows_count_in_no_statistic(tmp_path, evaluator):
+    """A model with an ``attention_mask`` input: norms, nonzero density, row sample and Hessian of its
+    layers come from the real tokens only (a reshaped 2-D input included); without the input, from all."""
+    rng = np.random.default_rng(3)
+    batch, tokens, width = 3, 6, 8
+    w1, w2 = rng.standard_normal((width, width)).astype(np.float32), rng.standard_normal((width, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Reshape", ["r", "flat"], ["rows"]), helper.make_node("MatMul", ["rows", "W2"], ["y"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["m", "column"], ["mc"]), helper.make_node("Mul", ["y", "mc"], ["out"])]
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
+             numpy_helper.from_array(np.array([-1, width], np.int64), "flat"),
+             numpy_helper.from_array(np.array([-1, 1], np.int64), "column")]
+    graph = helper.make_graph(nodes, "tokens", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, tokens, width]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, tokens])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch * tokens, 4])], inits)
+    path = tmp_path / "tokens.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = path if evaluator == "onnx" else from_onnx(path).mod
+    feeds = []
+    for _ in range(2):
+        lengths = rng.integers(1, tokens + 1, batch)
+        feeds.append({"x": rng.standard_normal((batch, tokens, width)).astype(np.float32),
+                      "attention_mask": (np.arange(tokens) < lengths[:, None]).astype(np.int64)})
+
+    def expected(real_only):
+        keep = [f["attention_mask"].reshape(-1) != 0 if real_only else np.ones(batch * tokens, bool) for f in feeds]
+        x = np.concatenate([f["x"].reshape(-1, width)[k] for f, k in zip(feeds, keep)]).astype(np.float64)
+        return {"W1": x, "W2": np.maximum(x @ w1, 0)}
+
+    stats = calibrate(model, feeds, progress=False, hessians=True)
+    for name, rows in expected(real_only=True).items():
+        np.testing.assert_allclose(stats.hessians[name], rows.T @ rows, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats.norms[name], np.linalg.norm(rows, axis=0), rtol=1e-5)
+        assert stats.nonzero_density[name] == pytest.approx(np.count_nonzero(rows) / rows.size, abs=1e-6)
+        assert len(stats.samples[name]) == int(feeds[0]["attention_mask"].sum())  # the sample: real rows
+    unmasked = [{"x": f["x"]} for f in feeds]  # the same tokens, no mask input: every row counts
+    graph.input.pop()
+    nodes_without_mask = [n for n in graph.node if n.output[0] in ("h", "r", "rows", "y")]
+    plain = helper.make_graph(nodes_without_mask, "plain", list(graph.input),
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch * tokens, 4])], inits)
+    onnx.save(helper.make_model(plain, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "plain.onnx")
+    model = tmp_path / "plain.onnx" if evaluator == "onnx" else from_onnx(tmp_path / "plain.onnx").mod
+    stats = calibrate(model, unmasked, progress=False, hessians=True)
+    rows = expected(real_only=False)["W1"]
+    np.testing.assert_allclose(stats.hessians["W1"], rows.T @ rows, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,8 @@ a matmul (token and batch pooled), the channel axis C of a conv input
 squares per channel, the share of exact nonzeros of its input, and a sample
 of input rows for estimating activation-series errors; every evaluator
 (:mod:`tvm_tasd.evaluation`) feeds its layer inputs to one
-:class:`StatsAccumulator`.
+:class:`StatsAccumulator`. Token rows a model's ``attention_mask`` input
+marks as padding count nowhere (:data:`PADDING_MASK_INPUT`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class CalibrationStats:
     hessians: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+#: A model input by this name (the Hugging Face convention: (batch, tokens), 0 at padding) marks token
+#: rows that every statistic skips: padded positions are computed but never reach a masked output, and
+#: short sentences padded to a fixed length would otherwise fill most rows with them.
+PADDING_MASK_INPUT = "attention_mask"
+
 #: Longest Hessian side gathered (K² · 8 bytes: 134 MB at 4096); longer layers get no ``obs`` option.
 MAX_HESSIAN_K = 4096
 #: Input rows (im2col patches for a conv) turned into float64 at once while a Gram accumulates.
@@ -106,7 +112,8 @@ def hessian_rows(layer, x: np.ndarray) -> np.ndarray:
 
 
 class StatsAccumulator:
-    """Per activation: float64 sum of squares per channel, nonzero count and a row sample, batch by batch."""
+    """Per activation: float64 sum of squares per channel, nonzero count and a row sample, batch by batch;
+    token rows the batch's :data:`PADDING_MASK_INPUT` marks as padding are left out."""
 
     def __init__(self):
         self.grams: dict = {}
@@ -115,22 +122,32 @@ class StatsAccumulator:
         self.nonzeros: dict = {}
         self.sizes: dict = {}
         self.batches = 0
+        self._real_tokens: np.ndarray | None = None  # of the current batch
 
     def add(self, key, x: np.ndarray, channel_axis: int) -> None:
         """One batch of an activation."""
-        x = np.asarray(x)
-        axis = channel_axis % x.ndim
-        pooled = tuple(a for a in range(x.ndim) if a != axis)
-        self.squares[key] = self.squares.get(key, 0.0) + np.square(x, dtype=np.float64).sum(axis=pooled)
-        if key not in self.samples:
-            self.samples[key] = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])[:SAMPLE_ROWS].copy()
-        self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(x))
-        self.sizes[key] = self.sizes.get(key, 0) + x.size
+        rows = self._rows(np.asarray(x), channel_axis)
+        self.squares[key] = self.squares.get(key, 0.0) + np.square(rows, dtype=np.float64).sum(axis=0)
+        if key not in self.samples and len(rows):
+            self.samples[key] = rows[:SAMPLE_ROWS].copy()
+        self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(rows))
+        self.sizes[key] = self.sizes.get(key, 0) + rows.size
+
+    def _rows(self, x: np.ndarray, channel_axis: int) -> np.ndarray:
+        """``x`` as (rows, channels), without the current batch's padded token rows: where the positions of
+        ``x`` are the mask's (batch, tokens), or those flattened."""
+        rows = np.moveaxis(x, channel_axis % x.ndim, -1)
+        real = self._real_tokens
+        if real is not None and rows.shape[:-1] in (real.shape, (real.size,)):
+            return rows[real.reshape(rows.shape[:-1])]
+        return rows.reshape(-1, rows.shape[-1])
 
     def add_gram(self, key, layer, x: np.ndarray) -> None:
         """One batch of XᵀX for ``layer`` on its input ``x``, pooled under ``(key, its signature)``;
         a few samples at a time, so a conv's im2col patches never all exist at once."""
         x = np.asarray(x)
+        if layer.op == "matmul":  # its rows are token rows: padding left out as in add
+            x = self._rows(x, -1)
         per_sample = max(1, hessian_rows(layer, x[:1]).shape[0])
         step = max(1, _GRAM_ROWS // per_sample)
         key = (key, hessian_signature(layer))
@@ -142,6 +159,8 @@ class StatsAccumulator:
         """The calibration batches, counted, with a progress bar when there are enough to wait for."""
         show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
         for feed in tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True):
+            mask = feed.get(PADDING_MASK_INPUT)
+            self._real_tokens = None if mask is None else np.asarray(mask) != 0
             yield feed
             self.batches += 1
 
@@ -158,7 +177,8 @@ class StatsAccumulator:
                 )
             norms[name] = norm
             density[name] = sum(self.nonzeros[key] for key in keys) / max(1, sum(self.sizes[key] for key in keys))
-        samples = {name: self.samples[keys[0]] for name, keys in uses.items()}
+        samples = {name: self.samples.get(keys[0], np.zeros((0, channels[name]), np.float32))
+                   for name, keys in uses.items()}
         hessians = {}
         for name, keys in uses.items():
             grams = [(key, hessian_signature(layers[name])) for key in keys] if layers and name in layers else []
