@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -285,11 +286,29 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
                              {n: e.activation for n, e in by_name.items()})
             record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, plan=plan, search_seconds=seconds,
                    calibration_relative=plan.info["quality"]["relative"],
-                   held_out_relative=plan.info["quality"]["held_out"]["relative"], search=plan.info["search"])
+                   held_out_relative=plan.info["quality"]["held_out"]["relative"], search=plan.info["search"],
+                   choices=plan_choices(plan))
             if budget == 0.99 and out_plans is not None:
                 out_plans.mkdir(parents=True, exist_ok=True)
                 plan.save(out_plans / f"{task.name}_{target_name}.json")
     return rows
+
+
+def plan_choices(plan) -> dict:
+    """What a plan chose, compactly: how many layers took each weight series and method, and which
+    layers took an activation series (the run-time route the weight-only twin lacks)."""
+    return {"weight": dict(Counter(str(c.weight) for c in plan.layers).most_common()),
+            "method": dict(Counter(c.method for c in plan.layers if not c.weight.is_dense).most_common()),
+            "activation": {c.name: str(c.activation) for c in plan.layers if c.activation is not None}}
+
+
+def _choices_line(row: dict) -> str:
+    choices = row["choices"]
+    weights = ", ".join(f"{config} ×{count}" for config, count in choices["weight"].items())
+    methods = ", ".join(f"{method} ×{count}" for method, count in choices["method"].items()) or "none"
+    acts = choices["activation"]
+    activation = (f"{len(acts)}: " + ", ".join(f"`{name}` {config}" for name, config in acts.items())) if acts else "none"
+    return f"- {row['method']}: weights {weights}; methods {methods}; activation series {activation}."
 
 
 def to_markdown(data: dict) -> str:
@@ -308,6 +327,9 @@ def to_markdown(data: dict) -> str:
             config = r["config"] + (f" (held out: {r['held_out_relative']:.4f})" if "held_out_relative" in r else "")
             lines.append(f"| {r['method']} | {config} | {r['edp_vs_dense']:.3f} | {r['relative_quality']:.4f} |")
         lines.append("")
+        chosen = [_choices_line(r) for r in data["rows"] if r["model"] == model and r["target"] == target
+                  and "choices" in r]
+        lines += [*chosen, ""] if chosen else []
     return "\n".join(lines)
 
 

@@ -78,3 +78,21 @@ def test_tasd_unit_table_follows_the_closed_form_and_names_where_each_route_wins
     head, ffn = by[("narrow head (n = 16)", "2:8")], by[("BERT-base FFN up (128 tokens)", "2:8")]
     assert head["activation_route_edp"] < head["weight_route_edp"]  # the activation is the larger operand
     assert ffn["weight_route_edp"] < ffn["activation_route_edp"]  # the weight is
+
+
+def test_quality_vs_edp_reports_what_each_tasder_plan_chose():
+    from tvm_tasd.benchmarks import quality_vs_edp
+    from tvm_tasd.benchmarks.common import stamp
+    from tvm_tasd.plan import Plan
+    from tvm_tasd.policy import Choice
+
+    plan = Plan([Choice("fc1.weight", "4:8", activation="4:8+2:8"), Choice("fc2.weight", "4:8"),
+                 Choice("fc3.weight", "dense")])
+    choices = quality_vs_edp.plan_choices(plan)
+    assert choices == {"weight": {"4:8": 2, "dense": 1}, "method": {"magnitude": 2},
+                       "activation": {"fc1.weight": "4:8+2:8"}}
+    row = {"model": "m", "target": "ttc-vegeta-m8", "method": "TASDER @ 0.99", "config": "per layer",
+           "edp_vs_dense": 0.5, "relative_quality": 0.99, "held_out_relative": 0.995, "choices": choices}
+    markdown = quality_vs_edp.to_markdown({"meta": stamp("t"), "rows": [row]})
+    assert "- TASDER @ 0.99: weights 4:8 ×2, dense ×1; methods magnitude ×2; activation series 1: " \
+           "`fc1.weight` 4:8+2:8." in markdown
