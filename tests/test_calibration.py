@@ -208,51 +208,78 @@ def test_gelu_and_swish_fed_layers_take_pseudo_density_series(tmp_path, activati
     assert groups == ({"W": 8} if activation != "none" else {})
 
 
+_BATCH, _TOKENS, _WIDTH = 3, 6, 8
+
+
+def _token_model(tmp_path, evaluator, weights, with_mask=True):
+    """x (batch, tokens, width) → MatMul W1 → Relu → reshape to (batch·tokens, width) → MatMul W2, the output
+    masked by ``attention_mask`` when the model takes one."""
+    w1, w2 = weights
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Reshape", ["r", "flat"], ["rows"]), helper.make_node("MatMul", ["rows", "W2"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [_BATCH, _TOKENS, _WIDTH])]
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
+             numpy_helper.from_array(np.array([-1, _WIDTH], np.int64), "flat")]
+    output = "y"
+    if with_mask:
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+                  helper.make_node("Reshape", ["m", "column"], ["mc"]), helper.make_node("Mul", ["y", "mc"], ["out"])]
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [_BATCH, _TOKENS]))
+        inits.append(numpy_helper.from_array(np.array([-1, 1], np.int64), "column"))
+        output = "out"
+    graph = helper.make_graph(nodes, "tokens", inputs,
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, [_BATCH * _TOKENS, 4])], inits)
+    path = tmp_path / f"tokens_{with_mask}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path if evaluator == "onnx" else from_onnx(path).mod
+
+
+def _assert_statistics_of(stats, rows_by_layer):
+    """Every statistic of every layer is that of exactly these input rows (the sample: the first rows)."""
+    from tvm_tasd.evaluation.calibration import SAMPLE_ROWS
+
+    for name, rows in rows_by_layer.items():
+        np.testing.assert_allclose(stats.hessians[name], rows.T @ rows, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats.norms[name], np.linalg.norm(rows, axis=0), rtol=1e-5)
+        assert stats.nonzero_density[name] == pytest.approx(np.count_nonzero(rows) / rows.size, abs=1e-6)
+        np.testing.assert_allclose(stats.samples[name], rows[:SAMPLE_ROWS], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("evaluator", ["onnx", "relax"])
 def test_padded_token_rows_count_in_no_statistic(tmp_path, evaluator):
     """A model with an ``attention_mask`` input: norms, nonzero density, row sample and Hessian of its
     layers come from the real tokens only (a reshaped 2-D input included); without the input, from all."""
     rng = np.random.default_rng(3)
-    batch, tokens, width = 3, 6, 8
-    w1, w2 = rng.standard_normal((width, width)).astype(np.float32), rng.standard_normal((width, 4)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Reshape", ["r", "flat"], ["rows"]), helper.make_node("MatMul", ["rows", "W2"], ["y"]),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Reshape", ["m", "column"], ["mc"]), helper.make_node("Mul", ["y", "mc"], ["out"])]
-    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
-             numpy_helper.from_array(np.array([-1, width], np.int64), "flat"),
-             numpy_helper.from_array(np.array([-1, 1], np.int64), "column")]
-    graph = helper.make_graph(nodes, "tokens", [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, tokens, width]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, tokens])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch * tokens, 4])], inits)
-    path = tmp_path / "tokens.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    model = path if evaluator == "onnx" else from_onnx(path).mod
+    weights = rng.standard_normal((_WIDTH, _WIDTH)).astype(np.float32), rng.standard_normal((_WIDTH, 4)).astype(np.float32)
     feeds = []
     for _ in range(2):
-        lengths = rng.integers(1, tokens + 1, batch)
-        feeds.append({"x": rng.standard_normal((batch, tokens, width)).astype(np.float32),
-                      "attention_mask": (np.arange(tokens) < lengths[:, None]).astype(np.int64)})
+        lengths = rng.integers(1, _TOKENS + 1, _BATCH)
+        feeds.append({"x": rng.standard_normal((_BATCH, _TOKENS, _WIDTH)).astype(np.float32),
+                      "attention_mask": (np.arange(_TOKENS) < lengths[:, None]).astype(np.int64)})
 
-    def expected(real_only):
-        keep = [f["attention_mask"].reshape(-1) != 0 if real_only else np.ones(batch * tokens, bool) for f in feeds]
-        x = np.concatenate([f["x"].reshape(-1, width)[k] for f, k in zip(feeds, keep)]).astype(np.float64)
-        return {"W1": x, "W2": np.maximum(x @ w1, 0)}
+    def rows_by_layer(real_only):
+        keep = [f["attention_mask"].reshape(-1) != 0 if real_only else slice(None) for f in feeds]
+        x = np.concatenate([f["x"].reshape(-1, _WIDTH)[k] for f, k in zip(feeds, keep)]).astype(np.float64)
+        return {"W1": x, "W2": np.maximum(x @ weights[0], 0)}
 
-    stats = calibrate(model, feeds, progress=False, hessians=True)
-    for name, rows in expected(real_only=True).items():
-        np.testing.assert_allclose(stats.hessians[name], rows.T @ rows, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(stats.norms[name], np.linalg.norm(rows, axis=0), rtol=1e-5)
-        assert stats.nonzero_density[name] == pytest.approx(np.count_nonzero(rows) / rows.size, abs=1e-6)
-        assert len(stats.samples[name]) == int(feeds[0]["attention_mask"].sum())  # the sample: real rows
+    _assert_statistics_of(calibrate(_token_model(tmp_path, evaluator, weights), feeds, progress=False, hessians=True),
+                          rows_by_layer(real_only=True))
     unmasked = [{"x": f["x"]} for f in feeds]  # the same tokens, no mask input: every row counts
-    graph.input.pop()
-    nodes_without_mask = [n for n in graph.node if n.output[0] in ("h", "r", "rows", "y")]
-    plain = helper.make_graph(nodes_without_mask, "plain", list(graph.input),
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch * tokens, 4])], inits)
-    onnx.save(helper.make_model(plain, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "plain.onnx")
-    model = tmp_path / "plain.onnx" if evaluator == "onnx" else from_onnx(tmp_path / "plain.onnx").mod
-    stats = calibrate(model, unmasked, progress=False, hessians=True)
-    rows = expected(real_only=False)["W1"]
-    np.testing.assert_allclose(stats.hessians["W1"], rows.T @ rows, rtol=1e-5, atol=1e-5)
+    plain = _token_model(tmp_path, evaluator, weights, with_mask=False)
+    _assert_statistics_of(calibrate(plain, unmasked, progress=False, hessians=True), rows_by_layer(real_only=False))
+
+
+def test_a_mask_that_is_not_one_zero_is_not_trusted(tmp_path):
+    """An additive mask (0 at real tokens, a large negative at padding) would select the padding if read as
+    1/0: calibration warns and counts every row."""
+    from tvm_tasd.policy import TASDWarning
+
+    rng = np.random.default_rng(4)
+    weights = rng.standard_normal((_WIDTH, _WIDTH)).astype(np.float32), rng.standard_normal((_WIDTH, 4)).astype(np.float32)
+    x = rng.standard_normal((_BATCH, _TOKENS, _WIDTH)).astype(np.float32)
+    additive = np.where(np.arange(_TOKENS) < np.array([[2], [4], [6]]), 0, -10000).astype(np.int64)
+    with pytest.warns(TASDWarning, match="values other than 1"):
+        stats = calibrate(_token_model(tmp_path, "onnx", weights), [{"x": x, "attention_mask": additive}],
+                          progress=False, hessians=True)
+    rows = x.reshape(-1, _WIDTH).astype(np.float64)
+    _assert_statistics_of(stats, {"W1": rows, "W2": np.maximum(rows @ weights[0], 0)})

@@ -354,3 +354,24 @@ def test_a_frozen_layer_keeps_its_option_while_the_others_go_on():
     assert blocking_layer(path, (1, 0)) == 0
     assert greedy_path(layers, (1, 0), frozenset({0})) == [(1, 0), (1, 1), (1, 2)]
     assert blocking_layer(path, path[-1]) is None
+
+
+def test_a_layer_without_sample_rows_gets_no_activation_series():
+    """No input rows (e.g. every calibration token was padding) means no error estimate: an activation
+    series must not look free, so none is offered."""
+    from tvm_tasd.config import TASDConfig
+    from tvm_tasd.hardware import load_target
+    from tvm_tasd.layer import Layer
+    from tvm_tasd.tasder.frontier import layer_options
+
+    weight = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    layer = Layer("fc.weight", "matmul", weight, 0, 4, 16, 8, (4, 16), "float32", relu_fed=True)
+    target, series = load_target("ttc-vegeta-m8"), [TASDConfig.parse("4:8")]
+
+    def activation_options(sample):
+        return [o for o in layer_options(layer, target, None, ("magnitude",), 1, series, sample)
+                if o.activation is not None]
+
+    relu_zeros = np.tile(np.repeat(np.eye(2, dtype=np.float32), 4, axis=1), (2, 2))  # 4 of each 8 are zero
+    assert activation_options(relu_zeros)  # with rows it is offered: exact here, so on the frontier
+    assert activation_options(np.zeros((0, 16), np.float32)) == []

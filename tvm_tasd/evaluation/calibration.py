@@ -15,11 +15,14 @@ marks as padding count nowhere (:data:`PADDING_MASK_INPUT`).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ..policy import TASDWarning
 
 Feed = Mapping[str, np.ndarray]
 
@@ -54,8 +57,9 @@ class CalibrationStats:
     ``norms[name]`` is s (float64, one entry per reduction-axis channel);
     ``nonzero_density[name]`` the share of exact nonzeros of the layer's
     input; ``relu_fed`` the layers whose input comes from a ReLU;
-    ``samples[name]`` up to ``SAMPLE_ROWS`` rows of that input from the first
-    batch, as (rows, channels) — enough to estimate activation-series errors.
+    ``samples[name]`` the first ``SAMPLE_ROWS`` rows of that input (padded
+    token rows left out), as (rows, channels) — enough to estimate
+    activation-series errors.
     ``hessians[name]``, when asked for, is H = XᵀX of the layer's input rows
     (:func:`hessian_rows`; K×K, float64: what :func:`tvm_tasd.decompose`
     takes as ``hessian``; K² · 8 bytes per layer, 19 MB at K = 1536).
@@ -69,9 +73,10 @@ class CalibrationStats:
     hessians: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-#: A model input by this name (the Hugging Face convention: (batch, tokens), 0 at padding) marks token
-#: rows that every statistic skips: padded positions are computed but never reach a masked output, and
-#: short sentences padded to a fixed length would otherwise fill most rows with them.
+#: A model input by this name (the Hugging Face convention: (batch, tokens), 1 at real tokens, 0 at padding)
+#: marks token rows that every statistic skips: padded positions are computed but never reach a masked
+#: output, and short sentences padded to a fixed length would otherwise fill most rows with them. Layer
+#: inputs are matched batch-major, (batch, tokens, …) or those flattened, as Hugging Face models lay them out.
 PADDING_MASK_INPUT = "attention_mask"
 
 #: Longest Hessian side gathered (K² · 8 bytes: 134 MB at 4096); longer layers get no ``obs`` option.
@@ -111,6 +116,19 @@ def hessian_rows(layer, x: np.ndarray) -> np.ndarray:
     return patches.transpose(0, 2, 3, 4, 5, 1).reshape(-1, kh * kw * channels)
 
 
+def _real_tokens(mask) -> np.ndarray | None:
+    """The real-token positions of a 1/0 padding mask; None (every row counts) without one, or for a mask of
+    other values (an additive mask, 0 at real tokens, would otherwise select the padding), with a warning."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if not np.isin(mask, (0, 1)).all():
+        warnings.warn(f"the {PADDING_MASK_INPUT!r} input holds values other than 1 (real token) and 0 (padding); "
+                      "calibration counts every token row, padding included", TASDWarning, stacklevel=4)
+        return None
+    return mask != 0
+
+
 class StatsAccumulator:
     """Per activation: float64 sum of squares per channel, nonzero count and a row sample, batch by batch;
     token rows the batch's :data:`PADDING_MASK_INPUT` marks as padding are left out."""
@@ -128,8 +146,9 @@ class StatsAccumulator:
         """One batch of an activation."""
         rows = self._rows(np.asarray(x), channel_axis)
         self.squares[key] = self.squares.get(key, 0.0) + np.square(rows, dtype=np.float64).sum(axis=0)
-        if key not in self.samples and len(rows):
-            self.samples[key] = rows[:SAMPLE_ROWS].copy()
+        sample = self.samples.get(key, rows[:0])
+        if len(sample) < SAMPLE_ROWS and len(rows):  # short sentences: the sample spans batches
+            self.samples[key] = np.concatenate([sample, rows[: SAMPLE_ROWS - len(sample)]])
         self.nonzeros[key] = self.nonzeros.get(key, 0) + int(np.count_nonzero(rows))
         self.sizes[key] = self.sizes.get(key, 0) + rows.size
 
@@ -158,11 +177,13 @@ class StatsAccumulator:
     def over(self, feeds: list, progress: bool):
         """The calibration batches, counted, with a progress bar when there are enough to wait for."""
         show = progress and len(feeds) >= _PROGRESS_MIN_BATCHES
-        for feed in tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True):
-            mask = feed.get(PADDING_MASK_INPUT)
-            self._real_tokens = None if mask is None else np.asarray(mask) != 0
-            yield feed
-            self.batches += 1
+        try:
+            for feed in tqdm(feeds, desc="calibration", unit="batch", file=sys.stderr, disable=None if show else True):
+                self._real_tokens = _real_tokens(feed.get(PADDING_MASK_INPUT))
+                yield feed
+                self.batches += 1
+        finally:  # a batch's mask never outlives it
+            self._real_tokens = None
 
     def stats(self, uses: dict[str, list], channels: dict[str, int], relu_fed: frozenset[str],
               layers: dict | None = None) -> CalibrationStats:

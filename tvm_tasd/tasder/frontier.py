@@ -147,7 +147,8 @@ def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None
                   damp: float = 0.01) -> list[Candidate]:
     """The layer's frontier: every fitting weight series × method, and the activation series given.
     ``obs`` is tried only where the layer has a ``hessian``."""
-    options = _activation_options(layer, target, activation_configs, sample) if activation_configs else []
+    measurable = activation_configs and sample is not None and len(sample)  # no rows: no error to estimate
+    options = _activation_options(layer, target, activation_configs, sample) if measurable else []
     methods = [m for m in methods if m != "obs" or hessian is not None]
     for config in candidate_configs(target, max_terms):
         if not layer.fits(config):
