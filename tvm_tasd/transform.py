@@ -154,6 +154,8 @@ def rewrite_layers(mod: tvm.IRModule, choices: Mapping[str, Choice], kernels: Ke
     every layer in a kernel). The table has one entry per layer of
     ``choices``: the choice (:meth:`Choice.to_json`), the GEMM shape, and
     what the kernel measured (``executed_macs``, ``weight_error``).
+    ``choices`` must have been checked against the layers' weights (as
+    :class:`~tvm_tasd.policy.Policy` does): their fingerprints are not checked again here.
     """
     rewriter = _Rewriter(mod, params, choices, dense_kernels and kernels.dense_kernels, kernels, hook or LayerHook(),
                          every_dense_layer)
