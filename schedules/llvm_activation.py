@@ -54,9 +54,11 @@ def _kept(residual, shape: tuple[int, ...], axis: int, pattern: NMPattern, dtype
     return rank, n
 
 
-def nm_activation(shape: Sequence[int], patterns, dtype: str = "float32", channels_first: bool = False) -> NMKernel:
+def nm_activation(shape: Sequence[int], patterns, dtype: str = "float32", channels_first: bool = False,
+                  target: tvm.target.Target | None = None) -> NMKernel:
     """Kernel ``func(x, out)``: out = the series' approximation of x along its last axis
-    (``channels_first``: along the channels of an NCHW tensor, at every position — a conv's input)."""
+    (``channels_first``: along the channels of an NCHW tensor, at every position — a conv's input);
+    vectorised for ``target`` (default: the host)."""
     patterns = as_patterns(patterns)
     dtype = float_dtype(dtype)
     shape = tuple(int(d) for d in shape)
@@ -78,7 +80,7 @@ def nm_activation(shape: Sequence[int], patterns, dtype: str = "float32", channe
         )
     out = te.compute(shape, lambda *idx: x[idx] - residual[idx], name="out")
     s = tvm.s_tir.Schedule(te.create_prim_func([x, out]).with_attr("tirx.noalias", True))
-    _schedule(s, len(shape), CPUShape.of().lanes(dtype))
+    _schedule(s, len(shape), CPUShape.of(target).lanes(dtype))
     layout = "NCHW, groups along C" if channels_first else "row-major (rows, k)"
     return NMKernel(s.mod["main"], lambda _terms: [], 0, layout, shape, {"patterns": list(map(str, patterns))})
 

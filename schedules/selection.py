@@ -15,7 +15,8 @@ rule             applies when                              N:M layers
                                                            emulated on the host: ``stc-2of4`` with ``llvm``)
 ===============  ========================================  ===================================================
 
-CPU kernels pick their tiles for the host CPU (``llvm_common.host_target``).
+CPU kernels pick their tiles (vector lanes, registers) for the TVM target they are compiled for, not the
+host: AVX-512-sized tiles compiled for AVX2 spill (MiniLM's dense matmuls ran 2–3× slower that way).
 Dense layers use the scheduled dense CPU kernels on ``llvm``; on ``cuda``
 they stay Relax operators, which TVM's default GPU schedules (dlight) lower.
 """
@@ -60,15 +61,16 @@ RULES = (
     KernelRule(
         NM_EMULATED,
         lambda hw, target: target.kind.name == "llvm" and hw.tvm.intrinsic == NM_EMULATED,
-        lambda target, m, k, n, patterns, dtype: nm_matmul_tensorized(m, k, n, patterns, dtype=dtype),
-        lambda target, x, w, patterns, dtype, **conv: nm_conv2d_tensorized(x, w, patterns, dtype=dtype, **conv),
+        lambda target, m, k, n, patterns, dtype: nm_matmul_tensorized(m, k, n, patterns, dtype=dtype, target=target),
+        lambda target, x, w, patterns, dtype, **conv: nm_conv2d_tensorized(x, w, patterns, dtype=dtype, target=target,
+                                                                           **conv),
         dense_kernels=True,
     ),
     KernelRule(
         "plain",
         lambda hw, target: target.kind.name == "llvm",
-        lambda target, m, k, n, patterns, dtype: llvm.nm_matmul(m, k, n, patterns, dtype=dtype),
-        lambda target, x, w, patterns, dtype, **conv: llvm.nm_conv2d(x, w, patterns, dtype=dtype, **conv),
+        lambda target, m, k, n, patterns, dtype: llvm.nm_matmul(m, k, n, patterns, dtype=dtype, target=target),
+        lambda target, x, w, patterns, dtype, **conv: llvm.nm_conv2d(x, w, patterns, dtype=dtype, target=target, **conv),
         dense_kernels=True,
     ),
 )

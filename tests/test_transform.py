@@ -1,5 +1,6 @@
 """TASDRewrite and build on the bundled digits models, against onnxruntime."""
 
+import re
 
 import numpy as np
 import onnx
@@ -312,3 +313,17 @@ def test_gelu_fed_activation_series_matches_numpy_away_from_near_ties(tmp_path):
     got = run_vm(ex, x)
     np.testing.assert_allclose(got[decisive], expected[decisive], rtol=1e-4, atol=1e-4)
     assert np.abs(expected - gelu.astype(np.float32) @ weight).max() > 1e-2  # the series dropped real values
+
+
+@pytest.mark.parametrize("target, lanes", [({"kind": "llvm", "mattr": ["+avx2", "+fma"]}, 8),
+                                           ({"kind": "llvm", "mcpu": "skylake-avx512"}, 16)])
+@pytest.mark.parametrize("config", ["dense", "2:4"])
+def test_kernels_are_tiled_for_the_target_they_are_compiled_for_not_the_host(target, lanes, config):
+    """AVX-512-wide tiles compiled for AVX2 spill registers (2–3× slower): whatever the host, the kernels of
+    a build vectorise at the width of the build's own target."""
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    with tvm.target.Target(target):
+        mod = TASDRewrite("cpu-emulated", config=config, dense_kernels=True)(_single_matmul([16, 64], "float32", weight))
+    widths = [int(width) for gvar, func in mod.functions.items() if gvar.name_hint.startswith("tasd_matmul")
+              for width in re.findall(r"T\.vectorized\((\d+)\)", func.script())]
+    assert widths and max(widths) == lanes

@@ -265,12 +265,14 @@ class _Rewriter(relax.PyExprMutator):
         key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window)
         if key not in self.scheduled:
             if layer.op == "matmul":
-                self.scheduled[key] = (llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype)
+                self.scheduled[key] = (llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype,
+                                                         target=self.kernels.target)
                                        if patterns is None else
                                        self.kernels.nm_matmul(layer.m, layer.k, layer.n, list(patterns), layer.dtype))
             elif patterns is None:
                 self.scheduled[key] = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape,
-                                                        dtype=layer.dtype, **layer.conv_window)
+                                                        dtype=layer.dtype, target=self.kernels.target,
+                                                        **layer.conv_window)
             else:
                 self.scheduled[key] = self.kernels.nm_conv2d(layer.activation_shape, layer.weight.shape,
                                                              list(patterns), layer.dtype, **layer.conv_window)
@@ -281,7 +283,8 @@ class _Rewriter(relax.PyExprMutator):
         of a matmul, or a conv's NCHW input (groups along its channels)."""
         conv = layer.op == "conv2d"
         shape = tuple(layer.activation_shape) if conv else (layer.m, layer.k)
-        kernel = nm_activation(shape, choice.activation, dtype=layer.dtype, channels_first=conv)
+        kernel = nm_activation(shape, choice.activation, dtype=layer.dtype, channels_first=conv,
+                               target=self.kernels.target)
         func = kernel.func.with_attrs({"tasd.activation": str(choice.activation), **KERNEL_ATTRS})
         gvar = self._kernel_var(func, f"act_{'x'.join(map(str, shape))}_{choice.activation}", layer)
         return relax.call_tir(gvar, [x], relax.TensorType(shape, layer.dtype))
