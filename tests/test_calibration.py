@@ -234,6 +234,16 @@ def _token_model(tmp_path, evaluator, weights, with_mask=True):
     return path if evaluator == "onnx" else from_onnx(path).mod
 
 
+def _token_weights(rng):
+    return rng.standard_normal((_WIDTH, _WIDTH)).astype(np.float32), rng.standard_normal((_WIDTH, 4)).astype(np.float32)
+
+
+def _layer_inputs(x, weights) -> dict:
+    """The rows each layer of :func:`_token_model` multiplies, for input rows ``x``."""
+    x = x.astype(np.float64)
+    return {"W1": x, "W2": np.maximum(x @ weights[0], 0)}
+
+
 def _assert_statistics_of(stats, rows_by_layer):
     """Every statistic of every layer is that of exactly these input rows (the sample: the first rows)."""
     from tvm_tasd.evaluation.calibration import SAMPLE_ROWS
@@ -250,7 +260,7 @@ def test_padded_token_rows_count_in_no_statistic(tmp_path, evaluator):
     """A model with an ``attention_mask`` input: norms, nonzero density, row sample and Hessian of its
     layers come from the real tokens only (a reshaped 2-D input included); without the input, from all."""
     rng = np.random.default_rng(3)
-    weights = rng.standard_normal((_WIDTH, _WIDTH)).astype(np.float32), rng.standard_normal((_WIDTH, 4)).astype(np.float32)
+    weights = _token_weights(rng)
     feeds = []
     for _ in range(2):
         lengths = rng.integers(1, _TOKENS + 1, _BATCH)
@@ -259,8 +269,7 @@ def test_padded_token_rows_count_in_no_statistic(tmp_path, evaluator):
 
     def rows_by_layer(real_only):
         keep = [f["attention_mask"].reshape(-1) != 0 if real_only else slice(None) for f in feeds]
-        x = np.concatenate([f["x"].reshape(-1, _WIDTH)[k] for f, k in zip(feeds, keep)]).astype(np.float64)
-        return {"W1": x, "W2": np.maximum(x @ weights[0], 0)}
+        return _layer_inputs(np.concatenate([f["x"].reshape(-1, _WIDTH)[k] for f, k in zip(feeds, keep)]), weights)
 
     _assert_statistics_of(calibrate(_token_model(tmp_path, evaluator, weights), feeds, progress=False, hessians=True),
                           rows_by_layer(real_only=True))
@@ -275,11 +284,10 @@ def test_a_mask_that_is_not_one_zero_is_not_trusted(tmp_path):
     from tvm_tasd.policy import TASDWarning
 
     rng = np.random.default_rng(4)
-    weights = rng.standard_normal((_WIDTH, _WIDTH)).astype(np.float32), rng.standard_normal((_WIDTH, 4)).astype(np.float32)
+    weights = _token_weights(rng)
     x = rng.standard_normal((_BATCH, _TOKENS, _WIDTH)).astype(np.float32)
     additive = np.where(np.arange(_TOKENS) < np.array([[2], [4], [6]]), 0, -10000).astype(np.int64)
     with pytest.warns(TASDWarning, match="values other than 1"):
         stats = calibrate(_token_model(tmp_path, "onnx", weights), [{"x": x, "attention_mask": additive}],
                           progress=False, hessians=True)
-    rows = x.reshape(-1, _WIDTH).astype(np.float64)
-    _assert_statistics_of(stats, {"W1": rows, "W2": np.maximum(rows @ weights[0], 0)})
+    _assert_statistics_of(stats, _layer_inputs(x.reshape(-1, _WIDTH), weights))
