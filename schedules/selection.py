@@ -98,6 +98,13 @@ class Kernels:
     def nm_conv2d(self, x_shape, w_shape, patterns, dtype: str, **conv):
         return self.rule.conv2d(self.target, x_shape, w_shape, patterns, dtype, **conv)
 
+    def dense_matmul(self, m: int, k: int, n: int, dtype: str):
+        """The scheduled dense CPU kernel (where :attr:`dense_kernels`), tiled for this target."""
+        return llvm.dense_matmul(m, k, n, dtype=dtype, target=self.target)
+
+    def dense_conv2d(self, x_shape, w_shape, dtype: str, **conv):
+        return llvm.dense_conv2d(x_shape, w_shape, dtype=dtype, target=self.target, **conv)
+
 
 def kernels_for(hardware, target: tvm.target.Target | None = None) -> Kernels:
     """The kernels for ``hardware`` compiled for ``target`` (default: the current, else the hardware's)."""

@@ -265,14 +265,12 @@ class _Rewriter(relax.PyExprMutator):
         key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window)
         if key not in self.scheduled:
             if layer.op == "matmul":
-                self.scheduled[key] = (llvm.dense_matmul(layer.m, layer.k, layer.n, dtype=layer.dtype,
-                                                         target=self.kernels.target)
+                self.scheduled[key] = (self.kernels.dense_matmul(layer.m, layer.k, layer.n, layer.dtype)
                                        if patterns is None else
                                        self.kernels.nm_matmul(layer.m, layer.k, layer.n, list(patterns), layer.dtype))
             elif patterns is None:
-                self.scheduled[key] = llvm.dense_conv2d(layer.activation_shape, layer.weight.shape,
-                                                        dtype=layer.dtype, target=self.kernels.target,
-                                                        **layer.conv_window)
+                self.scheduled[key] = self.kernels.dense_conv2d(layer.activation_shape, layer.weight.shape,
+                                                                layer.dtype, **layer.conv_window)
             else:
                 self.scheduled[key] = self.kernels.nm_conv2d(layer.activation_shape, layer.weight.shape,
                                                              list(patterns), layer.dtype, **layer.conv_window)
