@@ -64,15 +64,21 @@ class Task:
     validation_metric: Callable
     test: list[dict]
     test_metric: Callable
+    fit: list[dict] | None = None  # cross-fitting: the layer statistics come from these, the search scores on the rest
+
+    @property
+    def statistics_feeds(self) -> list[dict]:
+        """Every batch a one-shot baseline may calibrate on: the same data TASDER gets in all."""
+        return [*(self.fit or ()), *self.calibration]
 
     def search(self, target, budget: float, model=None, **options):
         """TASDER on the calibration data, the plan checked on the validation data."""
         return tasder.search(self.model if model is None else model, target, self.calibration,
                              metric=self.calibration_metric, budget=budget, progress=False,
-                             validation=(self.validation, self.validation_metric), **options)
+                             validation=(self.validation, self.validation_metric), fit=self.fit, **options)
 
 
-def _sentence_encoder(name: str, quick: bool) -> Task:
+def _sentence_encoder(name: str, quick: bool, cross_fit: bool) -> Task:
     """MiniLM or mpnet: STS Spearman of the mean-pooled embeddings; SICK_trial split for the search."""
     from tvm_tasd.benchmarks.models import minilm
 
@@ -102,15 +108,18 @@ def _sentence_encoder(name: str, quick: bool) -> Task:
         return feeds, metric
 
     sick = minilm.load_sts("sick")
+    part = lambda start, stop: minilm.STSPairs(sick.first[start:stop], sick.second[start:stop], sick.gold[start:stop])  # noqa: E731
     cut = len(sick.gold) * 3 // 4  # the last quarter of SICK_trial: the search's held-out check
-    calibration, calibration_metric = pairs_task([minilm.STSPairs(sick.first[:cut], sick.second[:cut], sick.gold[:cut])])
-    validation, validation_metric = pairs_task([minilm.STSPairs(sick.first[cut:], sick.second[cut:], sick.gold[cut:])])
+    start = cut // 2 if cross_fit else 0
+    calibration, calibration_metric = pairs_task([part(start, cut)])
+    validation, validation_metric = pairs_task([part(cut, len(sick.gold))])
     test, test_metric = pairs_task([minilm.load_sts(n) for n in (["sts16"] if quick else ["sts15", "sts16"])])
     model = onnx.load(minilm.onnx_path(batch, seq, name))
-    return Task(name, model, calibration, calibration_metric, validation, validation_metric, test, test_metric)
+    return Task(name, model, calibration, calibration_metric, validation, validation_metric, test, test_metric,
+                pairs_task([part(0, start)])[0] if cross_fit else None)
 
 
-def _crepe(capacity: str, quick: bool) -> Task:
+def _crepe(capacity: str, quick: bool, cross_fit: bool) -> Task:
     from tvm_tasd.benchmarks.models import crepe
 
     batch = 64
@@ -121,14 +130,16 @@ def _crepe(capacity: str, quick: bool) -> Task:
         feeds = [{"frames": frames[i : i + batch]} for i in range(0, count, batch)]
         return feeds, lambda outputs: crepe.raw_pitch_accuracy(np.concatenate([o[0] for o in outputs]), f0)
 
-    calibration, calibration_metric = tones(256 if quick else 512, seed=1)
+    count = 256 if quick else 512
+    fit = tones(count // 2, seed=4)[0] if cross_fit else None
+    calibration, calibration_metric = tones(count - (count // 2 if cross_fit else 0), seed=1)
     validation, validation_metric = tones(128, seed=3)
     test, test_metric = tones(256 if quick else 1024, seed=2)
     return Task(f"crepe-{capacity}", model, calibration, calibration_metric, validation, validation_metric, test,
-                test_metric)
+                test_metric, fit)
 
 
-def _digits(name: str, quick: bool) -> Task:
+def _digits(name: str, quick: bool, cross_fit: bool) -> Task:
     from tvm_tasd.models.digits import load_data, model_path
 
     data = load_data()
@@ -140,14 +151,16 @@ def _digits(name: str, quick: bool) -> Task:
         return feeds, tasder.accuracy_metric(labels)
 
     cut = len(data.train_x) * 3 // 4 // batch * batch  # the last quarter of the training set: held out
-    calibration, calibration_metric = feeds_and_metric(data.train_x[:cut], data.train_y[:cut])
+    start = cut // 2 // batch * batch if cross_fit else 0
+    calibration, calibration_metric = feeds_and_metric(data.train_x[start:cut], data.train_y[start:cut])
     validation, validation_metric = feeds_and_metric(data.train_x[cut:], data.train_y[cut:])
     test, test_metric = feeds_and_metric(data.test_x, data.test_y)
+    fit = feeds_and_metric(data.train_x[:start], data.train_y[:start])[0] if cross_fit else None
     return Task(name, onnx.load(model_path(name)), calibration, calibration_metric, validation, validation_metric,
-                test, test_metric)
+                test, test_metric, fit)
 
 
-def _ppocr(kind: str, quick: bool) -> Task:
+def _ppocr(kind: str, quick: bool, cross_fit: bool) -> Task:
     """PP-OCR rec (line accuracy of the CTC decoding) or cls (orientation accuracy) on rendered lines."""
     from tvm_tasd.benchmarks.models import ppocr
 
@@ -163,15 +176,17 @@ def _ppocr(kind: str, quick: bool) -> Task:
         feeds = [{"x": images[i : i + batch]} for i in range(0, count, batch)]
         return feeds, lambda outputs: score(np.concatenate([o[0] for o in outputs]))
 
-    calibration, calibration_metric = lines(128 if quick else 256, seed=1)
+    count = 128 if quick else 256
+    fit = lines(count // 2, seed=4)[0] if cross_fit else None
+    calibration, calibration_metric = lines(count - (count // 2 if cross_fit else 0), seed=1)
     validation, validation_metric = lines(64, seed=3)
     test, test_metric = lines(128 if quick else 512, seed=2)
     model = onnx.load(ppocr.onnx_path(kind, batch))
     return Task(f"ppocr-{kind}", model, calibration, calibration_metric, validation, validation_metric, test,
-                test_metric)
+                test_metric, fit)
 
 
-def _efficientnet(quick: bool) -> Task:
+def _efficientnet(quick: bool, cross_fit: bool) -> Task:
     """EfficientNet-Lite0: top-1 agreement with the dense network on crops of images no other split uses."""
     from tvm_tasd.benchmarks.models import efficientnet
     from tvm_tasd.evaluation.onnx import inference_session
@@ -186,30 +201,35 @@ def _efficientnet(quick: bool) -> Task:
         reference = np.concatenate([dense.run(None, feed)[0] for feed in feeds])
         return feeds, lambda outputs: efficientnet.top1_agreement(np.concatenate([o[0] for o in outputs]), reference)
 
-    calibration, calibration_metric = crops("calibration", 128 if quick else 256, seed=1)
+    count = 128 if quick else 256
+    fit = crops("calibration", count // 2, seed=4)[0] if cross_fit else None
+    calibration, calibration_metric = crops("calibration", count - (count // 2 if cross_fit else 0), seed=1)
     validation, validation_metric = crops("validation", 64, seed=3)
     test, test_metric = crops("test", 128 if quick else 384, seed=2)
     return Task("efficientnet-lite0", model, calibration, calibration_metric, validation, validation_metric, test,
-                test_metric)
+                test_metric, fit)
 
 
 TASKS = {
-    "minilm": lambda quick: _sentence_encoder("minilm", quick),
-    "mpnet": lambda quick: _sentence_encoder("mpnet", quick),
-    "crepe-tiny": lambda quick: _crepe("tiny", quick),
-    "crepe-full": lambda quick: _crepe("full", quick),
-    "digits-mlp": lambda quick: _digits("digits-mlp", quick),
-    "digits-cnn": lambda quick: _digits("digits-cnn", quick),
-    "ppocr-rec": lambda quick: _ppocr("rec", quick),
-    "ppocr-cls": lambda quick: _ppocr("cls", quick),
+    "minilm": lambda *args: _sentence_encoder("minilm", *args),
+    "mpnet": lambda *args: _sentence_encoder("mpnet", *args),
+    "crepe-tiny": lambda *args: _crepe("tiny", *args),
+    "crepe-full": lambda *args: _crepe("full", *args),
+    "digits-mlp": lambda *args: _digits("digits-mlp", *args),
+    "digits-cnn": lambda *args: _digits("digits-cnn", *args),
+    "ppocr-rec": lambda *args: _ppocr("rec", *args),
+    "ppocr-cls": lambda *args: _ppocr("cls", *args),
     "efficientnet-lite0": _efficientnet,
 }
 
 
-def load_task(name: str, quick: bool) -> Task:
+def load_task(name: str, quick: bool, cross_fit: bool = False) -> Task:
+    """A benchmark model's data; ``cross_fit`` gives half the calibration data to the layer statistics
+    alone (``Task.fit``; the synthetic and image sets draw that half afresh) and the search scores on the
+    other half."""
     if name not in TASKS:
         raise ValueError(f"unknown model {name!r}; benchmark models: {', '.join(TASKS)}")
-    return TASKS[name](quick)
+    return TASKS[name](quick, cross_fit)
 
 
 def _model_edp(target, layers, dense_edp: float, configs: dict, activations: dict | None = None) -> float:
@@ -245,7 +265,7 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
     layers = [layer for layer in find_layers(from_onnx(task.model, shapes).mod)]
     test_model = OnnxWeightFedModel(task.model, task.test)
     dense_test = task.test_metric(test_model.run())
-    stats = calibrate(task.model, task.calibration, progress=False, hessians=True)
+    stats = calibrate(task.model, task.statistics_feeds, progress=False, hessians=True)
     norms, hessians = stats.norms, stats.hessians
     rows = []
 
@@ -360,13 +380,15 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller data sets")
     parser.add_argument("--name", default="quality_vs_edp", help="results file name")
     parser.add_argument("--damp", type=float, default=0.01, help="OBS damping (SparseGPT's default 0.01)")
+    parser.add_argument("--cross-fit", action="store_true",
+                        help="TASDER fits its layer statistics on half the calibration data and scores on the other")
     args = parser.parse_args(argv)
     rows = []
     for model in args.models:
-        task = load_task(model, args.quick)
+        task = load_task(model, args.quick, args.cross_fit)
         rows += run_task(task, args.targets, args.budgets, None if args.quick else RESULTS / "plans", print, args.damp)
     data = {"meta": stamp("quality vs modelled EDP (quality measured, EDP modelled)", quick=args.quick,
-                          damp=args.damp), "rows": rows}
+                          damp=args.damp, cross_fit=args.cross_fit), "rows": rows}
     write(args.name, data, to_markdown(data))
     print("plots:", ", ".join(write_plots(rows, args.name)))
 

@@ -320,6 +320,33 @@ def test_a_plan_failing_on_held_out_data_is_never_returned(calibration):
     assert all(layer.weight.is_dense for layer in plan.layers) and plan.info["edp_vs_dense"] == 1.0
 
 
+def test_cross_fitted_statistics_come_from_the_fit_batches_alone(calibration):
+    from tvm_tasd.decompose import decompose
+    from tvm_tasd.evaluation import calibrate
+
+    feeds, labels = calibration
+    plan = tasder.search(model_path("digits-mlp"), "vegeta-m8", feeds[2:], metric="accuracy", labels=labels[256:],
+                         fit=feeds[:2], methods=("activation", "obs"), budget=0.95, progress=False)
+    assert plan.info["inputs"]["fit_batches"] == 2 and plan.info["quality"]["held_out"]["batches"] == 1
+    fitted, searched = (calibrate(model_path("digits-mlp"), part, progress=False, hessians=True)
+                        for part in (feeds[:2], feeds[2:3]))
+    model = OnnxWeightFedModel(model_path("digits-mlp"), feeds[:1])
+    chosen = [c for c in plan.layers if not c.weight.is_dense]
+    assert chosen, "the plan should approximate a layer at budget 0.95"
+    for choice in chosen:
+        weight, axis = model.original(choice.name), model.axis(choice.name)
+        if choice.method == "activation":
+            np.testing.assert_allclose(choice.s, fitted.norms[choice.name], rtol=1e-6)
+            assert not np.allclose(choice.s, searched.norms[choice.name], rtol=1e-3)
+        else:
+            expected, other = (sum(t.dense() for t in decompose(weight, choice.weight, axis=axis, damp=choice.damp,
+                                                                hessian=stats.hessians[choice.name]))
+                               for stats in (fitted, searched))
+            actual = sum(t.dense() for t in choice.terms)
+            np.testing.assert_array_equal(actual, expected)
+            assert not np.array_equal(actual, other)
+
+
 def test_holdout_and_validation_are_checked(calibration):
     feeds, _ = calibration
     with pytest.raises(ValueError, match="holdout is the share"):

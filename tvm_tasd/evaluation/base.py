@@ -84,10 +84,11 @@ class WeightFedModel(ABC):
         """The model's outputs on one batch, given :meth:`_inputs`."""
 
     @abstractmethod
-    def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
-        """Statistics of every layer input, original weights, one pass over the calibration batches;
-        ``hessians`` adds H = XᵀX of every layer input :func:`~tvm_tasd.evaluation.calibration.takes_hessian`
-        accepts (for OBS reconstruction)."""
+    def calibrate(self, progress: bool = True, hessians: bool = False,
+                  feeds: list[Feed] | None = None) -> CalibrationStats:
+        """Statistics of every layer input, original weights, one pass over the calibration batches (or
+        ``feeds``, e.g. those :meth:`hold_out` set aside for fitting); ``hessians`` adds H = XᵀX of every
+        layer input :func:`~tvm_tasd.evaluation.calibration.takes_hessian` accepts (for OBS reconstruction)."""
 
     @property
     @abstractmethod
@@ -153,12 +154,15 @@ class WeightFedModel(ABC):
         self.evaluations += 1
         return [self._run(batch, inputs) for batch in (self.calibration if feeds is None else feeds)[:batches]]
 
-    def hold_out(self, count: int) -> list[Feed]:
-        """Keep the last ``count`` calibration batches out of :meth:`run` and :meth:`calibrate` from now on;
-        returns them, checked like the rest, to run on with ``run(feeds=…)``."""
+    def hold_out(self, count: int, first: bool = False) -> list[Feed]:
+        """Keep the last ``count`` calibration batches (the first ones with ``first``) out of :meth:`run` and
+        :meth:`calibrate` from now on; returns them, checked like the rest, to run on with ``run(feeds=…)``
+        or to calibrate on with ``calibrate(feeds=…)``."""
         if count <= 0:
             return []
-        held_out, self.calibration = self.calibration[-count:], self.calibration[:-count]
+        cut = count if first else len(self.calibration) - count
+        kept, taken = self.calibration[cut:], self.calibration[:cut]
+        self.calibration, held_out = (kept, taken) if first else (taken, kept)
         return held_out
 
     def _known(self, name: str) -> str:

@@ -264,7 +264,8 @@ class OnnxWeightFedModel(WeightFedModel):
     def _run(self, batch, inputs) -> list[np.ndarray]:
         return self._session.run(self.output_names, {**batch, **inputs})
 
-    def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
+    def calibrate(self, progress: bool = True, hessians: bool = False,
+                  feeds: list[Feed] | None = None) -> CalibrationStats:
         sites = _activation_sites(self.model)
         layers = {layer.name: layer for layer in self.layers if layer.name in sites}
         gram_layers = {}  # site → the layers reading it whose Hessian is gathered
@@ -278,7 +279,7 @@ class OnnxWeightFedModel(WeightFedModel):
         exposed = [site for site in unique if site.tensor in fetched]
         session = inference_session(_with_outputs(self.model, exposed)) if fetched else None
         accumulator = StatsAccumulator()
-        for feed in accumulator.over(self.calibration, progress):
+        for feed in accumulator.over(self.calibration if feeds is None else feeds, progress):
             values = dict(zip(fetched, session.run(fetched, dict(feed)))) if session else {}
             for site in unique:
                 x = values.get(site.tensor, feed.get(site.tensor))

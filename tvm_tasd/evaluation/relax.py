@@ -198,11 +198,12 @@ class RelaxWeightFedModel(WeightFedModel):
     def _run(self, batch, inputs) -> list[np.ndarray]:
         return self._call(batch, inputs, exposed=False)
 
-    def calibrate(self, progress: bool = True, hessians: bool = False) -> CalibrationStats:
+    def calibrate(self, progress: bool = True, hessians: bool = False,
+                  feeds: list[Feed] | None = None) -> CalibrationStats:
         accumulator = StatsAccumulator()
         inputs = self._inputs(self._weights, self._groups)  # original weights, every activation whole
         layers = {layer.name: layer for layer in self.layers}
-        for batch in accumulator.over(self.calibration, progress):
+        for batch in accumulator.over(self.calibration if feeds is None else feeds, progress):
             for name, x in zip(self._exposed, self._call(batch, inputs, exposed=True)):
                 accumulator.add(name, x, -1 if layers[name].op == "matmul" else 1)
                 if hessians and takes_hessian(layers[name]):

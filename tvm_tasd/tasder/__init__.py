@@ -80,6 +80,7 @@ def search(
     holdout: float = 0.25,
     validation: "tuple[Sequence[dict], Metric] | None" = None,
     damp: float = 0.01,
+    fit: Sequence[dict] | None = None,
 ) -> Plan:
     """Search a plan for ``model`` on ``hw``.
 
@@ -119,6 +120,12 @@ def search(
     instead, with the callable that scores it (a callable ``metric`` is
     written for its own batches, so ``holdout`` cannot split it: without
     ``validation`` a warning says nothing unseen was checked).
+    ``fit``: batches (same inputs) the layer statistics — channel norms,
+    activation samples, OBS Hessians — are gathered from instead of the
+    calibration batches, which the search then only scores on (cross-fitting).
+    Scored on the batches their weights were fitted to, OBS states look better
+    than they are on any other data; scored on others, the search's numbers
+    are honest and its held-out check rejects less (``docs/tasder.md``).
     """
     options = SearchOptions(metric, budget, labels, max_terms, methods if isinstance(methods, str) else tuple(methods),
                             strategy, sensitivity_batches, seed, progress, damp)
@@ -126,15 +133,17 @@ def search(
     options.check(target, calibration)
     held_out_count, labels, held_out_labels, unchecked = _held_out(calibration, labels, holdout, metric, validation)
     act_configs = activation_series(target, max_terms)
-    fed = open_model(model, [*calibration, *(validation[0] if validation else ())], params=params,
+    fit = list(fit or ())
+    fed = open_model(model, [*fit, *calibration, *(validation[0] if validation else ())], params=params,
                      activation_fed_groups=act_configs[0].max_m if act_configs else None)
     held_out = fed.hold_out(held_out_count)
+    fit = fed.hold_out(len(fit), first=True)
     if not fed.layer_names:
         raise _nothing_to_search(fed)
     scored = scored_outputs(fed.outputs, outputs, metric)
     if unchecked:  # said once the model, its feeds and its outputs are known to be right
         warnings.warn(unchecked, TASDWarning, stacklevel=2)
-    stats = fed.calibrate(progress, hessians="obs" in options.methods)
+    stats = fed.calibrate(progress, hessians="obs" in options.methods, feeds=fit or None)
     reference = [[batch[i] for i in scored] for batch in fed.run()]
     metric_fn, metric_name = resolve_metric(metric, labels, reference)
     dense_quality = score(metric_fn, reference)
@@ -170,7 +179,7 @@ def search(
         winner = state.verified(path)
     lengths = {name: len(path) for name, path in paths.items()}
     if not held_out:
-        return state.plan(state.passing()[0], target, metric_name, calibration, lengths, None)
+        return state.plan(state.passing()[0], target, metric_name, calibration, fit, lengths, None)
     held_out_reference = state.run(feeds=held_out)
     held_out_metric = validation[1] if validation else resolve_metric(metric, held_out_labels, held_out_reference)[0]
     held_out_quality = score(held_out_metric, held_out_reference)
@@ -178,7 +187,7 @@ def search(
         raise ValueError(f"the original model scores {held_out_quality} on the held-out data; a positive quality is "
                          "needed to keep a share of it")
     chosen, check = state.validated(held_out, held_out_metric, held_out_quality)
-    return state.plan(chosen, target, metric_name, calibration, lengths, check)
+    return state.plan(chosen, target, metric_name, calibration, fit, lengths, check)
 
 
 def _held_out(calibration: list, labels, holdout: float, metric, validation):

@@ -186,7 +186,7 @@ class Search:
 
     # ---------------------------------------------------------------- the result
 
-    def plan(self, state: State, target: HardwareTarget, metric_name: str, calibration, path_lengths: dict,
+    def plan(self, state: State, target: HardwareTarget, metric_name: str, calibration, fit, path_lengths: dict,
              validation: dict | None) -> Plan:
         relative = self.relative_quality(state)
         info = {
@@ -196,7 +196,8 @@ class Search:
                         "predicted_drop": float(sum(self.features(state)[:-1])), "held_out": validation},
             "edp_vs_dense": float(self.edp_ratio(state)),
             "seed": self.options.seed,
-            "inputs": {"calibration_batches": len(calibration), "fingerprint": _fingerprint(calibration)},
+            "inputs": {"calibration_batches": len(calibration), "fingerprint": _fingerprint(calibration),
+                       **({"fit_batches": len(fit), "fit_fingerprint": _fingerprint(fit)} if fit else {})},
             "search": {
                 "strategy": self.options.strategy,
                 "full_evaluations": len(self.measured),  # the original model's run included
