@@ -339,7 +339,10 @@ def to_markdown(data: dict) -> str:
              "choose the mask by SparseGPT's OBS sweep on each layer's calibration Hessian, then re-fit "
              "every kept value to it by least squares (stronger than SparseGPT as published; matmul and "
              "ungrouped conv layers with K ≤ 4096, the others take the Wanda score). TASDER searches on the "
-             "calibration data and checks its plan on a held-out part; the test data is seen by neither.", ""]
+             "calibration data and checks its plan on a held-out part; the test data is seen by neither."
+             + (" Cross-fitted (`--cross-fit`): TASDER's layer statistics and OBS fits come from one half of "
+                "the calibration data and it scores states on the other; the baselines calibrate on both halves."
+                if data["meta"].get("cross_fit") else ""), ""]
     for (model, target) in dict.fromkeys((r["model"], r["target"]) for r in data["rows"]):
         lines += [f"## {model} on {target}", "", "| method | config | EDP vs dense | relative quality (unseen) |",
                   "|---|---|---:|---:|"]
