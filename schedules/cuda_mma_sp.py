@@ -42,7 +42,7 @@ from tvm_tasd.config import worst_case_nonzeros
 
 from .implicit_gemm import GemmView
 from .intrin_nm import frag_col, frag_lane, frag_reg, frag_row, mma_sp, mma_sp_term
-from .llvm_common import NMKernel, float_dtype
+from .llvm_common import NMKernel, float_dtype, parallel
 from .nm_pack import as_patterns, ceil_div, check_terms, group_lcm
 from .nvidia_metadata import mma_sp_operands, to_2of4
 
@@ -159,7 +159,7 @@ def _kernel(view: GemmView, patterns, axis, w_shape, dtype, target, warps, steps
     if target.kind.name == "cuda":
         _bind_warps(s, nt, mt, warps)
     else:
-        s.parallel(s.fuse(nt, mt))
+        parallel(s, s.fuse(nt, mt))
     init = s.decompose_reduction(block, cl)
     if target.kind.name == "cuda":  # every lane zero-fills its own accumulator fragment
         s.bind(s.get_loops(init)[-2], "threadIdx.x")
@@ -204,7 +204,7 @@ def _schedule_copies(s, target: tvm.target.Target) -> None:
             s.bind(bx, "blockIdx.x")
             s.bind(tx, "threadIdx.x")
         else:
-            s.parallel(fused)
+            parallel(s, fused)
 
 
 def cuda_source(kernel: NMKernel, target=None) -> str:

@@ -25,7 +25,7 @@ from tvm import te
 
 from tvm_tasd import NMPattern
 
-from .llvm_common import CPUShape, NMKernel, float_dtype
+from .llvm_common import CPUShape, NMKernel, float_dtype, parallel
 from .nm_pack import as_patterns
 
 
@@ -90,7 +90,7 @@ def _schedule(s, rank: int, lanes: int) -> None:
     elementwise stages (the rank stages reduce over the group innermost)."""
     for block in s.get_child_blocks(s.get_sblock("root")):
         loops = s.get_loops(block)
-        s.parallel(s.fuse(*loops[: rank - 1]) if rank > 2 else loops[0])
+        parallel(s, s.fuse(*loops[: rank - 1]) if rank > 2 else loops[0])
         if len(loops) == rank:
             _, inner = s.split(loops[rank - 1], [None, lanes])
             s.vectorize(inner)

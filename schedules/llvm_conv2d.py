@@ -42,6 +42,7 @@ from .llvm_common import (
     finish_nm_reduction,
     float_dtype,
     output_stage,
+    parallel,
     parallel_chunks,
     position_vectors,
     tile_nm_reduction,
@@ -192,7 +193,7 @@ def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int)
     for name in whole:
         flat = s.fuse(*s.get_loops(s.get_sblock(name)))
         outer, inner = s.split(flat, [None, lanes])
-        s.parallel(outer)
+        parallel(s, outer)
         s.vectorize(inner)
     for name, kind in per_channel.items():
         if kind == "run":
@@ -203,7 +204,7 @@ def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int)
     run = s.fuse(h, w) if (g.sh, g.sw, g.w2) == (1, 1, g.w) else w
     if g.sw == 1:
         s.vectorize(s.split(run, [None, lanes])[1])
-    s.parallel(s.fuse(b, c))
+    parallel(s, s.fuse(b, c))
 
 
 def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_rows, tile_unit, overrides):
@@ -268,7 +269,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
 
     epilogue = s.get_sblock("out")
     b, o, oh, ow = s.get_loops(epilogue)
-    s.parallel(s.fuse(b, o))
+    parallel(s, s.fuse(b, o))
     run = s.fuse(oh, ow) if g.ow == g.w2 else ow
     s.vectorize(s.split(run, [None, lanes])[1])
 

@@ -37,7 +37,7 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
-from .llvm_common import CPUShape
+from .llvm_common import CPUShape, parallel
 
 
 def _lanes(target: tvm.target.Target, dtype_bits: int) -> int:
@@ -71,7 +71,7 @@ def _parallel_spatial(sch: s_tir.Schedule, block, leading: int):
     """The first ``leading`` loops of ``block`` fused and run in parallel; the fused loop."""
     loops = sch.get_loops(block)[:leading]
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    sch.parallel(fused)
+    parallel(sch, fused)
     return fused
 
 

@@ -24,6 +24,7 @@ from .llvm_common import (
     accumulator_dtype,
     float_dtype,
     output_stage,
+    parallel,
     parallel_chunks,
 )
 from .nm_pack import ceil_div
@@ -91,7 +92,7 @@ def dense_matmul(
     ko, ki = s.split(kk, [None, kt])
     s.reorder(ic, jo, ko, io, ki, ii, jv, jl)
     task = s.fuse(ic, jo)
-    s.parallel(task)
+    parallel(s, task)
     if not direct:
         s.reverse_compute_at(s.get_sblock("out"), task)
         s.vectorize(s.get_loops(s.get_sblock("out"))[-1])
@@ -103,7 +104,7 @@ def dense_matmul(
     if xs is not x:
         xp = s.get_sblock("x_padded")
         rows, cols = s.get_loops(xp)
-        s.parallel(rows)
+        parallel(s, rows)
         s.vectorize(s.split(cols, [None, lanes])[1])
 
     def pack(w: np.ndarray) -> list[np.ndarray]:

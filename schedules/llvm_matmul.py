@@ -45,6 +45,7 @@ from .llvm_common import (
     finish_nm_reduction,
     float_dtype,
     output_stage,
+    parallel,
     parallel_chunks,
     position_vectors,
     schedule_transpose,
@@ -138,7 +139,7 @@ def nm_matmul(
     schedule_transpose(s, out_block, "accT", lanes)
     finish_nm_reduction(s, block, inner)
     x_loops = schedule_transpose(s, s.get_sblock("xT"), "x", lanes)
-    s.parallel(s.fuse(*x_loops[:-1]))
+    parallel(s, s.fuse(*x_loops[:-1]))
 
     def pack(terms: Sequence[NMTerm]) -> list[np.ndarray]:
         check_terms(terms, patterns, 0, (k, n))

@@ -48,6 +48,7 @@ from .llvm_common import (
     NMKernel,
     accumulator_dtype,
     float_dtype,
+    parallel,
     parallel_chunks,
     schedule_transpose,
 )
@@ -130,7 +131,7 @@ def _kernel(view: GemmView, patterns, axis, w_shape, dtype, target, cols, positi
     chunk, ct_in = s.split(ct, [chunks, None])
     s.reorder(pt, chunk, ct_in)
     task = s.fuse(pt, chunk)
-    s.parallel(task)
+    parallel(s, task)
     if len(accs) > 1:
         s.vectorize(s.get_loops(s.get_sblock("acc"))[-1])
     tile_rows = L1_BYTES // (positions * tvm.runtime.DataType(acc).bits // 8)
@@ -197,10 +198,10 @@ def _schedule_copies(s: tvm.s_tir.Schedule, view: GemmView, lanes: int) -> None:
     xt = s.get_sblock("xT")
     if view.op == "matmul":
         loops = schedule_transpose(s, xt, "x", lanes)
-        s.parallel(s.fuse(*loops[:-1]))
+        parallel(s, s.fuse(*loops[:-1]))
     else:
         o, r, p = s.get_loops(xt)
-        s.parallel(s.fuse(o, r))
+        parallel(s, s.fuse(o, r))
         s.vectorize(p)
     out_loops = s.get_loops(s.get_sblock("out"))
-    s.parallel(s.fuse(*out_loops[:2]) if view.op == "conv2d" else out_loops[0])
+    parallel(s, s.fuse(*out_loops[:2]) if view.op == "conv2d" else out_loops[0])

@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 
 from tvm_tasd.pipeline import relax_pipeline, scheduling_passes
+from tvm_tasd.schedules import llvm_common
 from tvm_tasd.schedules.llvm import host_target
 
 
@@ -127,8 +128,15 @@ def _inputs(shapes, rng):
     return arrays
 
 
+@pytest.fixture
+def parallel_at_any_size(monkeypatch):
+    """The cases are small enough to run on one thread; this makes their schedules show the parallel loop
+    they get at real sizes."""
+    monkeypatch.setattr(llvm_common, "PARALLEL_MIN_WORK", 0)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_every_op_gets_a_schedule(name):
+def test_every_op_gets_a_schedule(name, parallel_at_any_size):
     shapes, body, _ = CASES[name]
     target = host_target()
     with target:
@@ -172,7 +180,19 @@ def test_row_reductions_sum_in_vector_lanes(name):
 
 
 @pytest.mark.parametrize("name", ["depthwise_hardswish", "max_pool"])
-def test_window_reductions_run_per_channel_in_vectors(name):
+def test_window_reductions_run_per_channel_in_vectors(name, parallel_at_any_size):
     """Depthwise convs and pooling: channels in parallel, the taps summed into vectors along each output row."""
     scripts = _scheduled_scripts(name)
     assert any("T.parallel" in script and "T.vectorized" in script and "_update" in script for script in scripts)
+
+
+def test_only_functions_worth_a_fork_join_run_in_parallel():
+    """A small op stays on one thread (waking the pool costs more than it saves); the same op large does not."""
+    sizes = {"small": (4, 48), "large": (64, llvm_common.PARALLEL_MIN_WORK // 64 + 48)}
+    body = lambda x: relax.op.nn.softmax(x, axis=-1)  # noqa: E731
+    scripts = {}
+    for size, shape in sizes.items():
+        with host_target() as target:
+            mod = tvm.transform.Sequential(scheduling_passes(target))(_module([shape], body))
+        scripts[size] = "".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "T.parallel" not in scripts["small"] and "T.parallel" in scripts["large"]
