@@ -78,6 +78,14 @@ class Task:
                              validation=(self.validation, self.validation_metric), fit=self.fit, **options)
 
 
+def _drawn_calibration(draw: Callable, count: int, cross_fit: bool) -> tuple[list[dict] | None, list[dict], Callable]:
+    """(fit feeds, calibration feeds, their metric) from ``draw(count, seed)`` of a synthetic or image set:
+    ``count`` samples to calibrate on (seed 1), or with ``cross_fit`` half of them and the other half drawn
+    afresh (seed 4) for the layer statistics alone."""
+    fit = draw(count // 2, seed=4)[0] if cross_fit else None
+    return fit, *draw(count - count // 2 if cross_fit else count, seed=1)
+
+
 def _sentence_encoder(name: str, quick: bool, cross_fit: bool) -> Task:
     """MiniLM or mpnet: STS Spearman of the mean-pooled embeddings; SICK_trial split for the search."""
     from tvm_tasd.benchmarks.models import minilm
@@ -130,9 +138,7 @@ def _crepe(capacity: str, quick: bool, cross_fit: bool) -> Task:
         feeds = [{"frames": frames[i : i + batch]} for i in range(0, count, batch)]
         return feeds, lambda outputs: crepe.raw_pitch_accuracy(np.concatenate([o[0] for o in outputs]), f0)
 
-    count = 256 if quick else 512
-    fit = tones(count // 2, seed=4)[0] if cross_fit else None
-    calibration, calibration_metric = tones(count - (count // 2 if cross_fit else 0), seed=1)
+    fit, calibration, calibration_metric = _drawn_calibration(tones, 256 if quick else 512, cross_fit)
     validation, validation_metric = tones(128, seed=3)
     test, test_metric = tones(256 if quick else 1024, seed=2)
     return Task(f"crepe-{capacity}", model, calibration, calibration_metric, validation, validation_metric, test,
@@ -176,9 +182,7 @@ def _ppocr(kind: str, quick: bool, cross_fit: bool) -> Task:
         feeds = [{"x": images[i : i + batch]} for i in range(0, count, batch)]
         return feeds, lambda outputs: score(np.concatenate([o[0] for o in outputs]))
 
-    count = 128 if quick else 256
-    fit = lines(count // 2, seed=4)[0] if cross_fit else None
-    calibration, calibration_metric = lines(count - (count // 2 if cross_fit else 0), seed=1)
+    fit, calibration, calibration_metric = _drawn_calibration(lines, 128 if quick else 256, cross_fit)
     validation, validation_metric = lines(64, seed=3)
     test, test_metric = lines(128 if quick else 512, seed=2)
     model = onnx.load(ppocr.onnx_path(kind, batch))
@@ -201,9 +205,8 @@ def _efficientnet(quick: bool, cross_fit: bool) -> Task:
         reference = np.concatenate([dense.run(None, feed)[0] for feed in feeds])
         return feeds, lambda outputs: efficientnet.top1_agreement(np.concatenate([o[0] for o in outputs]), reference)
 
-    count = 128 if quick else 256
-    fit = crops("calibration", count // 2, seed=4)[0] if cross_fit else None
-    calibration, calibration_metric = crops("calibration", count - (count // 2 if cross_fit else 0), seed=1)
+    fit, calibration, calibration_metric = _drawn_calibration(
+        lambda count, seed: crops("calibration", count, seed), 128 if quick else 256, cross_fit)
     validation, validation_metric = crops("validation", 64, seed=3)
     test, test_metric = crops("test", 128 if quick else 384, seed=2)
     return Task("efficientnet-lite0", model, calibration, calibration_metric, validation, validation_metric, test,

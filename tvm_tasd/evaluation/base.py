@@ -160,9 +160,10 @@ class WeightFedModel(ABC):
         or to calibrate on with ``calibrate(feeds=…)``."""
         if count <= 0:
             return []
-        cut = count if first else len(self.calibration) - count
-        kept, taken = self.calibration[cut:], self.calibration[:cut]
-        self.calibration, held_out = (kept, taken) if first else (taken, kept)
+        if first:
+            held_out, self.calibration = self.calibration[:count], self.calibration[count:]
+        else:
+            held_out, self.calibration = self.calibration[-count:], self.calibration[:-count]
         return held_out
 
     def _known(self, name: str) -> str:
