@@ -164,6 +164,19 @@ def test_search_report_and_compile_with_the_plan(work):
     assert json.loads((work / "stc.json").read_text())["hardware"] == "stc-2of4"
 
 
+def test_search_cross_fits_on_the_first_share_of_the_batches(work):
+    search = cli("tasd", "search", MLP, "--calibration", "calib.npz", "--metric", "accuracy", "--batch", "64",
+                 "--fit-share", "0.5", "--damp", "0.1", "-o", "fitted.json", cwd=work)
+    assert "layer statistics from 2 batch(es) the search did not score on" in search.stdout
+    plan = json.loads((work / "fitted.json").read_text())
+    assert plan["inputs"]["fit_batches"] == 2 and plan["inputs"]["calibration_batches"] == 2  # searched + held out
+    data = np.load(work / "calib.npz")  # the labels travel with their batches: samples 128-191 are searched
+    logits = ort.InferenceSession(str(MLP)).run(None, {"input": data["input"]})[0]
+    correct = logits.argmax(axis=1) == data["labels"]
+    assert plan["quality"]["original"] == pytest.approx(correct[128:192].mean())
+    assert plan["quality"]["held_out"]["original"] == pytest.approx(correct[192:].mean())
+
+
 def test_bench_lists_and_forwards_arguments(tmp_path):
     listing = cli("tasd", "bench", cwd=tmp_path)
     for name in ("cost_table", "decompose_speed", "kernels", "quality_vs_edp"):
@@ -244,6 +257,11 @@ BAD_INPUT = {
     "apply a plan of another model": (["tasd", "apply", "other_plan.json", MLP, "-o", "applied.onnx"],
                                       "none of the layers"),
     "holdout of everything": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--holdout", "1"], "holdout"),
+    "fit share of everything": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--fit-share", "1"],
+                                "fit share"),
+    "fit share leaving one batch": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--batch", "8",
+                                     "--fit-share", "0.5"], "leaves 1 of 2"),
+    "damping out of range": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--damp", "-1"], "damping"),
 }
 
 

@@ -102,7 +102,7 @@ def cmd_search(args) -> None:
 
     plan = search_file(args.model, args.hw, args.calibration, args.output, metric=args.metric, budget=args.budget,
                        batch=args.batch, strategy=args.strategy, max_terms=args.max_terms, seed=args.seed,
-                       outputs=args.output_name, holdout=args.holdout)
+                       outputs=args.output_name, holdout=args.holdout, fit_share=args.fit_share, damp=args.damp)
     quality, search = plan.info["quality"], plan.info["search"]
     rewritten = sum(not layer.weight.is_dense for layer in plan.layers)
     print(f"plan → {args.output}: {rewritten} of {len(plan.layers)} layers rewritten for {plan.hardware}, "
@@ -111,6 +111,8 @@ def cmd_search(args) -> None:
           f"{quality['original']:.4f} → {quality['plan']:.4f} "
           f"({quality['relative']:.1%} of the original, budget {plan.budget:.1%}); "
           f"{search['full_evaluations']} full evaluations")
+    if fit := plan.info["inputs"].get("fit_batches"):
+        print(f"layer statistics from {fit} batch(es) the search did not score on (cross-fitting)")
     if held := quality["held_out"]:
         print(f"on the {held['batches']} held-out batch(es) the search never saw: {held['original']:.4f} → "
               f"{held['plan']:.4f} ({held['relative']:.1%}; {held['rejected']} cheaper plan(s) failed there)")
@@ -244,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.25,
                    help="share of the calibration batches kept out of the search; the plan must keep the budget "
                         "on them too (default 0.25; 0 checks nothing unseen)")
+    p.add_argument("--fit-share", type=float, default=0.0,
+                   help="share of the calibration batches (the first ones) that only feed the layer statistics and "
+                        "OBS fits, so the search scores on data they were not fitted to (default 0: no cross-fitting)")
+    p.add_argument("--damp", type=float, default=0.01,
+                   help="OBS damping, a share of the mean Hessian diagonal (default 0.01; more fits the calibration "
+                        "data less closely)")
     p.add_argument("--batch", type=int, help="samples per batch (default: the model's fixed batch, else 64)")
     p.add_argument("--strategy", default="surrogate", choices=["surrogate", "bisect", "walk"],
                    help="how the greedy path is verified (default surrogate)")

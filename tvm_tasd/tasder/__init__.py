@@ -218,6 +218,21 @@ def _held_out(calibration: list, labels, holdout: float, metric, validation):
     return count, labels[:cut], labels[cut:], None
 
 
+def _split_fit(feeds: list, labels, share: float):
+    """(fit batches, searched batches, their labels): the first ``share`` of the batches, at least one when
+    ``share`` is not 0, feed only the layer statistics."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ValueError(f"fit share is the share of calibration batches that only feed the layer statistics, in "
+                         f"[0, 1); got {share!r} (e.g. 0.5)")
+    count = max(1, round(share * len(feeds))) if share else 0
+    if count and len(feeds) - count < 2:
+        raise ValueError(f"a fit share of {share} leaves {len(feeds) - count} of {len(feeds)} calibration batch(es) to "
+                         "search and check on; give more samples, a smaller --batch or a smaller share")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)[sample_count(feeds[:count]):]
+    return feeds[:count], feeds[count:], labels
+
+
 def _nothing_to_search(fed) -> ValueError:
     return ValueError(f"no layer of this model can be searched: of its {len(fed.layers)} matmul/conv layers, none has "
                       "a constant weight the evaluator can replace and a non-constant input (ONNX weights must be "
@@ -225,10 +240,14 @@ def _nothing_to_search(fed) -> ValueError:
 
 
 def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99, batch=None, strategy="surrogate",
-                max_terms=2, seed=0, outputs: Sequence[str] | None = None, holdout: float = 0.25) -> Plan:
+                max_terms=2, seed=0, outputs: Sequence[str] | None = None, holdout: float = 0.25,
+                fit_share: float = 0.0, damp: float = 0.01) -> Plan:
     """TASDER on an ONNX model file with calibration data from an .npz (see
     :func:`~tvm_tasd.evaluation.onnx.calibration_from_npz`); the plan is written to ``output``.
 
+    ``fit_share``: the share of the batches (the first ones) that only feed the
+    layer statistics, :func:`search`'s ``fit``; the rest are searched and held
+    out as ``holdout`` says.
     The plan also records the model's path and the input shapes searched at
     (``info["model"]``), so a report of the plan finds the model again.
     """
@@ -238,9 +257,10 @@ def search_file(model, hw, calibration, output, *, metric="cosine", budget=0.99,
     feeds, labels = calibration_from_npz(calibration, proto, batch)
     if metric == "accuracy" and labels is None:
         raise ValueError(f"metric 'accuracy' needs a 'labels' array (one label per sample) in {calibration}")
+    fit, feeds, labels = _split_fit(feeds, labels, fit_share)
     with atomic_output(output) as tmp:
         plan = search(proto, target, feeds, metric=metric, budget=budget, labels=labels, max_terms=max_terms,
-                      strategy=strategy, seed=seed, outputs=outputs, holdout=holdout)
+                      strategy=strategy, seed=seed, outputs=outputs, holdout=holdout, fit=fit, damp=damp)
         plan.info["model"] = {"path": str(Path(model).resolve()),
                               "inputs": {name: list(value.shape) for name, value in feeds[0].items()}}
         plan.save(tmp, beside=output)
