@@ -6,7 +6,7 @@ metadata and TASD units, dense vs the plan, plus latency and its
 bottleneck. All numbers are **modelled** (``tvm_tasd.cost``, the plan's
 target file).
 
-    python benchmarks/layer_breakdown.py [--plan benchmarks/results/plans/minilm-l6_vegeta-m8.json]
+    python benchmarks/layer_breakdown.py [--plan benchmarks/results/plans/minilm_vegeta-m8.json]
 """
 
 from __future__ import annotations
