@@ -53,7 +53,7 @@ from ..io import atomic_output, check_not_inputs
 from ..plan import Plan, weights_path
 from ..policy import METHODS, TASDWarning
 from .frontier import LayerSearch, activation_series, layer_options
-from .options import STRATEGIES, SearchOptions, sample_count
+from .options import STRATEGIES, SearchOptions, is_share, sample_count
 from .paths import blocking_layer, greedy_path, uniform_path
 from .state import Search
 
@@ -194,7 +194,7 @@ def _held_out(calibration: list, labels, holdout: float, metric, validation):
     """(how many batches to hold out, the searched batches' labels, the held-out ones', why nothing is
     held out if nothing is): the ``validation`` feeds, else the last ``holdout`` share of the batches (at
     least one, never all)."""
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+    if not is_share(holdout):
         raise ValueError(f"holdout is the share of calibration batches kept out of the search, in [0, 1); got "
                          f"{holdout!r} (e.g. 0.25)")
     if validation is not None:
@@ -221,7 +221,7 @@ def _held_out(calibration: list, labels, holdout: float, metric, validation):
 def _split_fit(feeds: list, labels, share: float):
     """(fit batches, searched batches, their labels): the first ``share`` of the batches, at least one when
     ``share`` is not 0, feed only the layer statistics."""
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+    if not is_share(share):
         raise ValueError(f"fit share is the share of calibration batches that only feed the layer statistics, in "
                          f"[0, 1); got {share!r} (e.g. 0.5)")
     count = max(1, round(share * len(feeds))) if share else 0

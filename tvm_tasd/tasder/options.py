@@ -22,6 +22,11 @@ def sample_count(calibration: Sequence[dict]) -> int:
     return sum(len(next(iter(feed.values()))) for feed in calibration)
 
 
+def is_share(value) -> bool:
+    """Whether ``value`` is a number in [0, 1) (a bool is not)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """The knobs of :func:`tvm_tasd.tasder.search` (its docstring says what each does)."""
@@ -56,7 +61,7 @@ class SearchOptions:
             raise ValueError(f"methods is a non-empty list drawn from {list(METHODS)}, got {self.methods!r}")
         if unknown := [m for m in self.methods if m not in METHODS]:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 <= self.damp < 1:
+        if not is_share(self.damp):
             raise ValueError(f"damp is the OBS damping, a share of the mean Hessian diagonal in [0, 1); got {self.damp!r}")
         if not calibration:
             raise ValueError("calibration set is empty: give a list of input feeds (one dict per batch)")
