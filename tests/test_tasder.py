@@ -402,3 +402,32 @@ def test_a_layer_without_sample_rows_gets_no_activation_series():
     relu_zeros = np.tile(np.repeat(np.eye(2, dtype=np.float32), 4, axis=1), (2, 2))  # 4 of each 8 are zero
     assert activation_options(relu_zeros)  # with rows it is offered: exact here, so on the frontier
     assert activation_options(np.zeros((0, 16), np.float32)) == []
+
+
+def test_edp_counts_the_layers_no_state_moves(tmp_path):
+    """A depthwise conv runs dense in every plan, and its cost still counts in the plan's EDP, as in the model's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvm_tasd.cost import model_cost
+    from tvm_tasd.frontend import from_onnx
+    from tvm_tasd.matcher import find_layers
+
+    rng = np.random.default_rng(0)
+    inits = {"dw.weight": rng.standard_normal((32, 1, 3, 3)), "pw.weight": rng.standard_normal((64, 32, 1, 1)),
+             "fc.weight": rng.standard_normal((64, 16))}
+    nodes = [helper.make_node("Conv", ["x", "dw.weight"], ["d"], group=32, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "pw.weight"], ["p"]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc.weight"], ["y"])]
+    graph = helper.make_graph(nodes, "depthwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 16])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((8, 32, 12, 12)).astype(np.float32)} for _ in range(4)]
+    plan = tasder.search(model, "vegeta-m8", feeds, budget=0.9, progress=False)
+    assert "dw.weight" not in plan.by_name() and plan.info["edp_vs_dense"] < 1.0
+    layers = find_layers(from_onnx(model, {"x": [8, 32, 12, 12]}).mod)
+    assert "dw.weight" in {layer.name for layer in layers}
+    expected = model_cost("vegeta-m8", layers, plan.series()).edp / model_cost("vegeta-m8", layers).edp
+    assert plan.info["edp_vs_dense"] == pytest.approx(expected)

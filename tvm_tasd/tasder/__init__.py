@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..candidates import candidate_configs
+from ..cost import model_cost
 from ..evaluation import open_model
 from ..evaluation.metrics import (
     Metric,
@@ -164,18 +165,22 @@ def search(
 
     if not layers:
         raise _nothing_to_search(fed)
-    state = Search(layers, fed, scored, metric_fn, dense_quality, options)
+    searched = {layer.layer.name for layer in layers}
+    unsearched = model_cost(target, [layer for layer in fed.layers if layer.name not in searched])
+    fixed = (unsearched.energy_pj, unsearched.latency_s)
+    state = Search(layers, fed, scored, metric_fn, dense_quality, options, fixed)
     state.measure_sensitivities(reference)
-    paths = {"uniform": uniform_path(layers, target, candidate_configs(target, max_terms)), "greedy": greedy_path(layers)}
+    paths = {"uniform": uniform_path(layers, target, candidate_configs(target, max_terms), fixed),
+             "greedy": greedy_path(layers, fixed=fixed)}
     winners = [state.verified(path) for path in paths.values()]
-    path = paths["refine"] = greedy_path(layers, min(winners, key=state.edp_ratio))
+    path = paths["refine"] = greedy_path(layers, min(winners, key=state.edp_ratio), fixed=fixed)
     winner, frozen = state.verified(path), frozenset()
     for attempt in range(1, FROZEN_RETRIES + 1):  # go on past the layer whose step broke the budget
         blocked = blocking_layer(path, winner)
         if blocked is None:
             break
         frozen |= {blocked}
-        path = paths[f"refine-{attempt}"] = greedy_path(layers, winner, frozen)
+        path = paths[f"refine-{attempt}"] = greedy_path(layers, winner, frozen, fixed)
         winner = state.verified(path)
     lengths = {name: len(path) for name, path in paths.items()}
     if not held_out:

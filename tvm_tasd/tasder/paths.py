@@ -28,16 +28,20 @@ from ..hardware import HardwareTarget
 from .frontier import LayerSearch
 
 State = tuple[int, ...]
+#: (energy pJ, latency s) of the model's layers no search moves (depthwise convs, say): they run dense in every
+#: state, and count in its EDP as they do in the model's.
+Fixed = tuple[float, float]
 
 
-def model_edp(layers: Sequence[LayerSearch], state: State) -> float:
-    """Modelled model EDP of a state: (Σ energy) × (Σ latency) over the layers (pJ·s)."""
-    energy = sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
-    latency = sum(layer.options[i].latency_s for layer, i in zip(layers, state))
+def model_edp(layers: Sequence[LayerSearch], state: State, fixed: Fixed = (0.0, 0.0)) -> float:
+    """Modelled model EDP of a state: (Σ energy) × (Σ latency) over the layers and the ``fixed`` ones (pJ·s)."""
+    energy = fixed[0] + sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
+    latency = fixed[1] + sum(layer.options[i].latency_s for layer, i in zip(layers, state))
     return energy * latency
 
 
-def uniform_path(layers: Sequence[LayerSearch], target: HardwareTarget, configs: Sequence[TASDConfig]) -> list[State]:
+def uniform_path(layers: Sequence[LayerSearch], target: HardwareTarget, configs: Sequence[TASDConfig],
+                 fixed: Fixed = (0.0, 0.0)) -> list[State]:
     """One series for every layer, each config of ``configs`` in turn, from dense to cheapest.
 
     A layer takes the first frontier option (dense → cheapest) costing no more than the config
@@ -50,16 +54,16 @@ def uniform_path(layers: Sequence[LayerSearch], target: HardwareTarget, configs:
             state.append(next((i for i, o in enumerate(layer.options) if o.edp <= limit), len(layer.options) - 1))
         states.add(tuple(state))
     states.add((0,) * len(layers))
-    return sorted(states, key=lambda state: (-model_edp(layers, state), state))  # ties: a fixed order
+    return sorted(states, key=lambda state: (-model_edp(layers, state, fixed), state))  # ties: a fixed order
 
 
-def greedy_path(layers: Sequence[LayerSearch], start: State | None = None, frozen: frozenset[int] = frozenset()
-                ) -> list[State]:
+def greedy_path(layers: Sequence[LayerSearch], start: State | None = None, frozen: frozenset[int] = frozenset(),
+                fixed: Fixed = (0.0, 0.0)) -> list[State]:
     """Greedy states from ``start`` (default all-dense) to all-cheapest; layers in ``frozen`` keep their
     start option."""
     state = list(start or (0,) * len(layers))
-    energy = sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
-    latency = sum(layer.options[i].latency_s for layer, i in zip(layers, state))
+    energy = fixed[0] + sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
+    latency = fixed[1] + sum(layer.options[i].latency_s for layer, i in zip(layers, state))
     path = [tuple(state)]
     while True:
         best, best_gain = None, -math.inf

@@ -31,7 +31,7 @@ from ..hardware import HardwareTarget
 from ..plan import Plan
 from .frontier import LayerSearch
 from .options import SearchOptions
-from .paths import State, model_edp
+from .paths import Fixed, State, model_edp
 
 
 class _Surrogate:
@@ -61,8 +61,9 @@ class Search:
     """The state of one search over ``layers`` (each with its frontier) on ``model``."""
 
     def __init__(self, layers: list[LayerSearch], model: WeightFedModel, scored: list[int], metric: Metric,
-                 dense_quality: float, options: SearchOptions):
+                 dense_quality: float, options: SearchOptions, fixed: Fixed = (0.0, 0.0)):
         self.layers = layers
+        self.fixed = fixed  # the layers no state moves
         self.model = model
         self.scored = scored  # the outputs the metric reads
         self.metric = metric
@@ -70,7 +71,7 @@ class Search:
         self.options = options
         self.dense_state: State = (0,) * len(layers)
         self.measured: dict[State, float] = {self.dense_state: 1.0}  # relative quality of every state run
-        self.dense_edp = model_edp(layers, self.dense_state)
+        self.dense_edp = model_edp(layers, self.dense_state, fixed)
         self.surrogate = _Surrogate(options.seed)
 
     # ---------------------------------------------------------------- measuring
@@ -92,7 +93,7 @@ class Search:
 
     def edp_ratio(self, state: State) -> float:
         """Modelled EDP of ``state`` ÷ all-dense."""
-        return model_edp(self.layers, state) / self.dense_edp
+        return model_edp(self.layers, state, self.fixed) / self.dense_edp
 
     def features(self, state: State) -> np.ndarray:
         """Per-layer predicted damage α·e², then the EDP ratio: what the surrogate learns from."""
