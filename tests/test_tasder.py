@@ -404,7 +404,7 @@ def test_a_layer_without_sample_rows_gets_no_activation_series():
     assert activation_options(np.zeros((0, 16), np.float32)) == []
 
 
-def test_edp_counts_the_layers_no_state_moves(tmp_path):
+def test_edp_counts_the_layers_no_state_moves():
     """A depthwise conv runs dense in every plan, and its cost still counts in the plan's EDP, as in the model's."""
     from onnx import TensorProto, helper, numpy_helper
 

@@ -33,10 +33,15 @@ State = tuple[int, ...]
 Fixed = tuple[float, float]
 
 
+def _totals(layers: Sequence[LayerSearch], state: State, fixed: Fixed) -> tuple[float, float]:
+    """(Σ energy pJ, Σ latency s) of a state over the layers and the ``fixed`` ones."""
+    return (fixed[0] + sum(layer.options[i].energy_pj for layer, i in zip(layers, state)),
+            fixed[1] + sum(layer.options[i].latency_s for layer, i in zip(layers, state)))
+
+
 def model_edp(layers: Sequence[LayerSearch], state: State, fixed: Fixed = (0.0, 0.0)) -> float:
     """Modelled model EDP of a state: (Σ energy) × (Σ latency) over the layers and the ``fixed`` ones (pJ·s)."""
-    energy = fixed[0] + sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
-    latency = fixed[1] + sum(layer.options[i].latency_s for layer, i in zip(layers, state))
+    energy, latency = _totals(layers, state, fixed)
     return energy * latency
 
 
@@ -62,8 +67,7 @@ def greedy_path(layers: Sequence[LayerSearch], start: State | None = None, froze
     """Greedy states from ``start`` (default all-dense) to all-cheapest; layers in ``frozen`` keep their
     start option."""
     state = list(start or (0,) * len(layers))
-    energy = fixed[0] + sum(layer.options[i].energy_pj for layer, i in zip(layers, state))
-    latency = fixed[1] + sum(layer.options[i].latency_s for layer, i in zip(layers, state))
+    energy, latency = _totals(layers, state, fixed)
     path = [tuple(state)]
     while True:
         best, best_gain = None, -math.inf
