@@ -5,7 +5,8 @@
 * :func:`nm_conv2d` — NCHW/OIHW conv2d with the same fused reduction as an
   implicit GEMM (``llvm_conv2d``);
 * :func:`dense_matmul`, :func:`dense_conv2d` — equally scheduled dense
-  baselines (:func:`dense_conv2d_pays`: where the conv kernel beats TVM's own);
+  baselines (:func:`dense_conv2d_pays`: where the conv kernel beats TVM's own;
+  :func:`nm_kernel_pays`: where an N:M kernel beats the dense one);
 * :func:`build` — compile any of them for this CPU and call/time it.
 
 Every constructor returns an :class:`NMKernel`: ``func`` (scheduled
@@ -14,7 +15,7 @@ output), ``pack`` (weights → the constant arrays, in argument order),
 ``executed_macs``, ``x_layout``, ``out_shape``, ``params`` (tiles chosen).
 """
 
-from .llvm_common import CompiledKernel, NMKernel, build, host_target
+from .llvm_common import CompiledKernel, NMKernel, build, host_target, nm_kernel_pays
 from .llvm_conv2d import dense_conv2d, dense_conv2d_pays, nm_conv2d
 from .llvm_dense import dense_matmul
 from .llvm_matmul import nm_matmul
@@ -28,5 +29,6 @@ __all__ = [
     "dense_matmul",
     "host_target",
     "nm_conv2d",
+    "nm_kernel_pays",
     "nm_matmul",
 ]

@@ -40,8 +40,24 @@ TASKS_PER_CORE = 4
 #: at batch 1 1.7×, digits MLP at 120 1.6×, CREPE tiny at 1 1.1×, MiniLM 8 × 40 1.00× (at 2^17 it lost 5 %: its
 #: 320 × 384 residual adds want both cores).
 PARALLEL_MIN_WORK = 1 << 16
+#: The densest series (its share of the dense MACs) whose fused N:M kernel still beats the dense kernel of the same
+#: loop nest: an N:M entry costs a value and an index load beside its FMA, and at few activation rows the
+#: activation transpose and per-task set-up weigh more. Measured side by side (``benchmarks/kernel_choice.py``,
+#: ``results/kernel_choice.md``: AVX2 kernels on the 2-core VM): MiniLM's GEMMs at 320 rows ran 4:8 at 0.98–1.30×
+#: the dense kernel, 4:8+1:8 at 0.87–1.12×, 4:8+2:8 at 0.67–0.74×; convs of 576–2048 rows 4:8 at 0.87–1.11×,
+#: 4:8+1:8 at 0.80–0.96×; at 40 rows 2:8 at 1.24–1.38×, 2:8+1:8 at 0.74–1.03×, 4:8 at 0.71–0.75×. The row
+#: boundary between the two regimes is not measured more finely.
+NM_MAX_DENSITY = 0.5
+SMALL_ROWS = 128
+SMALL_ROWS_NM_MAX_DENSITY = 0.25
 #: Reduction steps per unit of work (one FMA vector of 16 fp32 lanes does this many at once).
 REDUCTION_STEPS_PER_UNIT = 16
+
+
+def nm_kernel_pays(op: str, density: float, rows: int) -> bool:
+    """Whether the N:M kernel of a series of ``density`` beats the dense kernel for a layer (``op``: ``matmul`` or
+    ``conv2d``, alike here; ``rows``: its activation rows, the GEMM's M) (:data:`NM_MAX_DENSITY`)."""
+    return density <= (SMALL_ROWS_NM_MAX_DENSITY if rows < SMALL_ROWS else NM_MAX_DENSITY)
 
 
 def output_stage(shape, value: Callable, channel: int, dtype: str, acc: str, bias: bool):

@@ -12,7 +12,8 @@ rule             applies when                              N:M layers
 ``mma_sp``       cuda, intrinsic ``mma_sp_m16n8k16``       ``cuda_mma_sp`` (PTX mma.sp; terms must be 2:4 tensors)
 ``nm_emulated``  llvm, intrinsic ``nm_emulated``           ``llvm_tensorized`` (tensorized onto the group tile)
 ``plain``        llvm, any other intrinsic                 the plain schedules of ``llvm`` (e.g. a GPU target
-                                                           emulated on the host: ``stc-2of4`` with ``llvm``)
+                                                           emulated on the host: ``stc-2of4`` with ``llvm``),
+                                                           or the dense kernel where a series is too dense to pay
 ===============  ========================================  ===================================================
 
 CPU kernels pick their tiles (vector lanes, registers) for the TVM target they are compiled for, not the
@@ -40,7 +41,9 @@ class KernelRule:
 
     ``matmul(target, m, k, n, patterns, dtype)`` and ``conv2d(target, x_shape,
     w_shape, patterns, dtype, **conv)`` build the scheduled kernels;
-    ``dense_kernels`` says whether the family also has scheduled dense ones.
+    ``dense_kernels`` says whether the family also has scheduled dense ones;
+    ``series_pays(op, density, rows)`` whether its N:M kernel beats them for
+    a layer (families that emulate a unit, or are one, always run the series).
     """
 
     family: str
@@ -48,6 +51,7 @@ class KernelRule:
     matmul: Callable
     conv2d: Callable
     dense_kernels: bool
+    series_pays: Callable[[str, float, int], bool] = lambda op, density, rows: True
 
 
 RULES = (
@@ -72,6 +76,7 @@ RULES = (
         lambda target, m, k, n, patterns, dtype: llvm.nm_matmul(m, k, n, patterns, dtype=dtype, target=target),
         lambda target, x, w, patterns, dtype, **conv: llvm.nm_conv2d(x, w, patterns, dtype=dtype, target=target, **conv),
         dense_kernels=True,
+        series_pays=llvm.nm_kernel_pays,
     ),
 )
 
@@ -91,6 +96,10 @@ class Kernels:
     def dense_kernels(self) -> bool:
         """Whether dense layers have a scheduled kernel here (the CPU ones)."""
         return self.rule.dense_kernels
+
+    def series_pays(self, op: str, density: float, rows: int) -> bool:
+        """Whether a layer's N:M kernel (``op``, series ``density``, ``rows`` activation rows) beats the dense one."""
+        return self.rule.series_pays(op, density, rows)
 
     def nm_matmul(self, m: int, k: int, n: int, patterns, dtype: str):
         return self.rule.matmul(self.target, m, k, n, patterns, dtype)

@@ -110,6 +110,24 @@ def test_dense_compile_is_the_plain_baseline(work, tasd_in_process):
     assert filled["logits"].shape == (BATCH, 10) and np.isfinite(filled["logits"]).all()
 
 
+def test_compile_runs_a_too_dense_series_on_the_dense_kernel_unless_told_otherwise(work):
+    common = ["compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd", "--tasd-hw",
+              "cpu-emulated", "--tasd-config", "4:8+2:8"]
+    auto = cli("tvmc", *common, "-o", "auto.tar", cwd=work).stdout
+    assert "3 layer(s) run the dense kernel on their approximated weights" in auto
+    always = cli("tvmc", *common, "--tasd-kernels", "always", "-o", "always.tar", cwd=work).stdout
+    assert "run the dense kernel" not in always
+    outputs = {}
+    for name, kernels, dense_run in (("auto", "auto", ["fc1.weight", "fc2.weight", "fc3.weight"]),
+                                     ("always", "always", [])):
+        files = members(work / f"{name}.tar")
+        assert json.loads(files["metadata.json"])["nm_kernels"] == kernels
+        assert json.loads(files["report.json"])["dense_kernel_layers"] == dense_run
+        cli("tvmc", "run", f"{name}.tar", "--inputs", "inputs.npz", "--outputs", f"{name}.npz", cwd=work)
+        outputs[name] = np.load(work / f"{name}.npz")["logits"]
+    np.testing.assert_allclose(outputs["auto"], outputs["always"], rtol=0, atol=1e-4)  # the same weights
+
+
 def test_compile_with_a_run_time_activation_series_matches_numpy(work):
     from onnx import numpy_helper
 

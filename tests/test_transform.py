@@ -39,7 +39,7 @@ def run_ort(model: onnx.ModelProto, x, name="input"):
 def test_rewritten_model_matches_onnxruntime_with_approximated_weights(name, config, digits_x):
     proto = onnx.load(model_path(name))
     imported = from_onnx(proto, {"input": [BATCH, 64]})
-    ex = build(imported.mod, "cpu-emulated", config=config)
+    ex = build(imported.mod, "cpu-emulated", config=config, nm_kernels="always")  # the N:M kernels, even at 8 rows
     expected = run_ort(approximate_onnx(proto, config=config), digits_x)
     np.testing.assert_allclose(run_vm(ex, digits_x), expected, atol=1e-4, rtol=0)
     dense_out = run_ort(proto, digits_x)
@@ -52,7 +52,7 @@ def test_rewritten_model_matches_onnxruntime_with_approximated_weights(name, con
 
 def test_exact_series_reproduces_dense_outputs(digits_x):
     proto = onnx.load(model_path("digits-cnn"))
-    ex = build(from_onnx(proto, {"input": [BATCH, 64]}).mod, "cpu-emulated", config="4:8+4:8")
+    ex = build(from_onnx(proto, {"input": [BATCH, 64]}).mod, "cpu-emulated", config="4:8+4:8", nm_kernels="always")
     np.testing.assert_allclose(run_vm(ex, digits_x), run_ort(proto, digits_x), atol=1e-4, rtol=0)
 
 
@@ -327,3 +327,12 @@ def test_kernels_are_tiled_for_the_target_they_are_compiled_for_not_the_host(tar
     widths = [int(width) for gvar, func in mod.functions.items() if gvar.name_hint.startswith("tasd_matmul")
               for width in re.findall(r"T\.vectorized\((\d+)\)", func.script())]
     assert widths and max(widths) == lanes
+
+
+@pytest.mark.parametrize("config, rows, kernel", [("2:8", 4, "nm"), ("2:8+1:8", 4, "dense"), ("4:8", 256, "nm"),
+                                                  ("4:8+1:8", 256, "dense"), ("4:8+2:8", 256, "dense")])
+def test_the_nm_kernel_runs_where_its_series_is_sparse_enough_for_the_rows(config, rows, kernel):
+    """``benchmarks/kernel_choice.py`` measures where the plain CPU N:M kernels stop beating the dense one."""
+    weight = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
+    out = TASDRewrite("cpu-emulated", config=config, dense_kernels=True)(_single_matmul([rows, 64], "float32", weight))
+    assert [e["kernel"] for e in out.attrs[LAYERS_ATTR]] == [kernel]

@@ -52,6 +52,7 @@ class IntegerLayer:
 
 
 def _rewritten(mod, **options):
+    options.setdefault("nm_kernels", "always")  # at 4 rows the dense kernel would run every series (below)
     out = TASDRewrite("cpu-emulated", params={"w": W.astype(str(mod["main"].params[1].ty.dtype))}, **options)(mod)
     return out, {str(e["name"]): e for e in out.attrs[LAYERS_ATTR]}
 
@@ -74,12 +75,19 @@ def _functions(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.IRModule(dict(mod.functions_items()))
 
 
-def _expected_linear(config: str) -> tvm.IRModule:
-    """What the pass must emit for ``Linear``: one fused N:M kernel reading the packed terms as constants."""
+def _expected_linear(config: str, dense_kernel: bool = False) -> tvm.IRModule:
+    """What the pass must emit for ``Linear``: one fused N:M kernel reading the packed terms as constants — or,
+    with ``dense_kernel``, the dense kernel reading the approximated weight."""
     terms = decompose(W, config, axis=0)
-    kernel = kernels_for(load_target("cpu-emulated")).nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32")
-    symbol = "tasd_matmul_4x16x8_" + config.replace(":", "_").replace("+", "_")
-    attrs = {"tasd.config": config, "tasd.density": float(sum(t.pattern.density for t in terms)),
+    kernels = kernels_for(load_target("cpu-emulated"))
+    if dense_kernel:
+        runs, kernel = "dense", kernels.dense_matmul(4, 16, 8, "float32")
+        packed, density = kernel.pack(approximate(W, config, axis=0)), 1.0
+    else:
+        runs, kernel = config, kernels.nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32")
+        packed, density = kernel.pack(terms), float(sum(t.pattern.density for t in terms))
+    symbol = "tasd_matmul_4x16x8_" + runs.replace(":", "_").replace("+", "_")
+    attrs = {"tasd.config": runs, "tasd.density": density,
              "tasd.executed_macs": int(kernel.executed_macs), "tirx.is_scheduled": True,
              "op_pattern": 8,  # scheduled already; never fused with neighbours
              "global_symbol": symbol, "tasd.layers": ["w"]}
@@ -89,7 +97,7 @@ def _expected_linear(config: str) -> tvm.IRModule:
     with bb.function("main", [x, w]):
         with bb.dataflow():
             kernel_var = bb.add_func(kernel.func.with_attrs(attrs), symbol)
-            operands = [relax.const(a) for a in kernel.pack(terms)]
+            operands = [relax.const(a) for a in packed]
             y = bb.emit(relax.call_tir(kernel_var, [x, *operands], relax.TensorType((4, 8), "float32")))
             z = bb.emit_output(relax.op.nn.relu(y))
         bb.emit_func_output(z)
@@ -100,7 +108,37 @@ def _expected_linear(config: str) -> tvm.IRModule:
 def test_a_layer_becomes_one_kernel_call_on_its_packed_terms(config):
     out, table = _rewritten(Linear, config=config)
     tvm.ir.assert_structural_equal(_functions(out), _expected_linear(config))
-    assert table["w"]["weight"] == config and table["w"]["executed_macs"] < table["w"]["dense_macs"]
+    assert table["w"]["weight"] == config and table["w"]["kernel"] == "nm"
+    assert table["w"]["executed_macs"] < table["w"]["dense_macs"]
+
+
+def test_a_series_too_dense_for_its_nm_kernel_runs_the_dense_kernel_on_the_approximated_weight():
+    """At 4 rows an N:M entry's index load and the kernel's set-up cost more than 2:8+1:8 saves: the plain CPU
+    kernels run it dense, on the same approximated values; ``nm_kernels="always"`` keeps the series' own kernel."""
+    config = "2:8+1:8"
+    auto, table = _rewritten(Linear, config=config, nm_kernels="auto")
+    tvm.ir.assert_structural_equal(_functions(auto), _expected_linear(config, dense_kernel=True))
+    assert table["w"]["weight"] == config and table["w"]["kernel"] == "dense"
+    assert table["w"]["executed_macs"] == table["w"]["dense_macs"] and table["w"]["weight_error"] > 0
+    always, table = _rewritten(Linear, config=config)
+    tvm.ir.assert_structural_equal(_functions(always), _expected_linear(config))
+    assert table["w"]["kernel"] == "nm"
+    x = np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32)
+    expected = np.maximum(x @ approximate(W, config, axis=0), 0)
+    for mod in (auto, always):
+        ex = tvm.compile(mod, target=load_target("cpu-emulated").tvm_target())
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(W)).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_that_emulate_a_unit_always_run_the_series():
+    out = TASDRewrite("vegeta-m8", config="4:8+2:8", params={"w": W}, dense_kernels=True)(Linear)  # 4 rows
+    assert [e["kernel"] for e in out.attrs[LAYERS_ATTR]] == ["nm"]
+
+
+def test_an_unknown_kernel_choice_is_a_clear_error():
+    with pytest.raises(ValueError, match="nm_kernels must be one of 'auto', 'always', not 'fastest'"):
+        TASDRewrite("cpu-emulated", config="2:4", nm_kernels="fastest")
 
 
 def test_the_pass_is_idempotent_on_its_own_output():

@@ -127,7 +127,7 @@ def render_report(report: Report, path) -> str:
 
 def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
                   hw=None, config=None, plan=None, error_threshold: float | None = None, activation=None,
-                  report=None, fmt: str | None = None, tuning: Tuning | None = None) -> Report:
+                  report=None, fmt: str | None = None, tuning: Tuning | None = None, nm_kernels: str = "auto") -> Report:
     """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.
 
     ``tasd=True`` takes exactly one of ``config`` (one series for every
@@ -140,6 +140,8 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     ``cpu-emulated``). ``report``: also write the report there (.html, .json
     or .txt). ``fmt``: ``"onnx"`` or ``"pt2"`` (default: from the suffix).
     ``tuning``: MetaSchedule-tune the ops the rewrite leaves to TVM first (:mod:`~tvm_tasd.tuning`).
+    ``nm_kernels``: as :class:`~tvm_tasd.transform.TASDRewrite` takes it; the layers whose series runs on the
+    dense kernel are listed in the report's ``dense_kernel_layers``.
     Nothing is written unless everything succeeds (the tuning database keeps what it measured).
     """
     chosen = sum(x is not None for x in (config, plan, error_threshold))
@@ -178,13 +180,16 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
                              f"{activation}, drop --tasd-config (the weights stay dense)")
         imported = import_model(model, input_shapes, fmt)
         executable = build(imported.mod, hardware, config=config if tasd else "dense", plan=plan, target=tvm_target,
-                           error_threshold=error_threshold, activation=activation, tuning=tuning)
+                           error_threshold=error_threshold, activation=activation, tuning=tuning,
+                           nm_kernels=nm_kernels)
         errors = {entry["name"]: entry["weight_error"] for entry in executable.layers}
         result = Report.from_choices(hardware, find_layers(imported.mod), executable.choices, plan,
                                      weight_errors=errors, model=Path(model).name, mode="tasd" if tasd else "dense",
                                      source=_how_chosen(tasd, config, plan, error_threshold, activation))
+        result.data["dense_kernel_layers"] = [entry["name"] for entry in executable.layers
+                                              if entry["kernel"] == "dense" and entry["weight"] != "dense"]
         members = {METADATA: _metadata(model, imported, tvm_target, hardware, tasd, config, plan, activation,
-                                       tuning),
+                                       tuning, nm_kernels),
                    REPORT: result.to_json()}
         if plan is not None:
             members[PLAN] = plan.to_json()
@@ -214,7 +219,7 @@ def _tensor_specs(ty, names: list[str]) -> list[dict]:
 
 
 def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarget, tasd: bool, config, plan,
-              activation, tuning: Tuning | None) -> dict:
+              activation, tuning: Tuning | None, nm_kernels: str) -> dict:
     """What ``tvmc run`` and ``tasd report`` need, and where the artifact came from."""
     return {
         "format": ARTIFACT_FORMAT,
@@ -228,6 +233,7 @@ def _metadata(model, imported: ImportedModel, tvm_target, hardware: HardwareTarg
         "config": None if config is None else str(config),
         "activation": None if activation is None else str(activation),
         "plan": PLAN if plan is not None else None,
+        "nm_kernels": nm_kernels,
         "tuning": None if tuning is None else {"seconds": tuning.seconds, "database": str(tuning.work_dir)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in imported.inputs.items()],
         "outputs": _tensor_specs(imported.mod["main"].ret_ty, imported.outputs),

@@ -15,7 +15,9 @@ series call one shared kernel function (attribute ``tasd.layers`` names
 them), each with its own packed terms as operands. Kernels come from
 ``tvm_tasd.schedules`` (``schedules.selection`` picks them for the current
 TVM target, ``Target.current()``, else the hardware's): mma.sp on CUDA,
-the tensorized N:M kernels on the CPU.
+the tensorized N:M kernels on the CPU. With the plain CPU kernels
+(``cpu-emulated``) a series too dense for its N:M kernel to beat the dense
+one runs the dense kernel on the approximated weight (``nm_kernels``).
 
 Upstream TVM has no Relay since 0.20: the ``relay.transform.TASDRewrite(hw)``
 of the paper's era is this Relax pass, a normal ``tvm.transform.Pass``.
@@ -47,6 +49,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from .config import TASDConfig
 from .decompose import relative_error
 from .hardware import load_target
 from .layer import Layer
@@ -62,6 +65,8 @@ LAYERS_ATTR = "tasd_layers"
 #: On every kernel the rewrite emits: it comes scheduled, so no default schedule rule may touch it, and
 #: ``FuseOps`` must not merge it with its neighbours (``FuseTIR`` cannot merge a scheduled kernel).
 KERNEL_ATTRS = {"tirx.is_scheduled": True, "op_pattern": 8}  # 8: kOpaque
+#: ``nm_kernels`` values: pick the faster of the N:M and dense kernel per layer, or always the N:M one.
+NM_KERNEL_CHOICES = ("auto", "always")
 
 
 @tvm.transform.module_pass(opt_level=0, name="TASDRewrite")
@@ -93,6 +98,16 @@ class TASDRewrite:
         of ``tvm_tasd.schedules`` (what :func:`tvm_tasd.build` does, so dense
         and TASD builds compare fairly) — except convs that reduce over too few
         values for it (``llvm.dense_conv2d_pays``); otherwise they stay ``relax`` ops.
+    nm_kernels : {"auto", "always"}
+        ``"auto"``: where the kernel family also has scheduled dense kernels
+        (the plain CPU kernels of ``cpu-emulated``), a layer whose series is
+        too dense for its N:M kernel to beat the dense one
+        (``llvm.nm_kernel_pays``) runs the dense kernel on its approximated
+        weight: the same values, so the same outputs up to rounding, and its
+        executed MACs are then the dense count. ``"always"``: every rewritten
+        layer runs its series' N:M kernel (to study the kernels themselves).
+        Kernels that emulate a unit (``vegeta-*``, ``ttc-*``) or are one
+        (mma.sp) always run the series.
     """
 
     def __init__(
@@ -104,12 +119,16 @@ class TASDRewrite:
         error_threshold=None,
         activation=None,
         dense_kernels=False,
+        nm_kernels="auto",
     ):
+        if nm_kernels not in NM_KERNEL_CHOICES:
+            raise ValueError(f"nm_kernels must be one of {', '.join(map(repr, NM_KERNEL_CHOICES))}, not {nm_kernels!r}")
         self.target = load_target(hw)
         self.policy = Policy(self.target, config, None if plan is None else Plan.coerce(plan), activation,
                              error_threshold)
         self.params = params
         self.dense_kernels = dense_kernels
+        self.nm_kernels = nm_kernels
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if mod.attrs is not None and REWRITTEN_ATTR in mod.attrs:
@@ -118,7 +137,8 @@ class TASDRewrite:
                                  f"original module for {self.target.name}")
             return mod  # idempotent: decisions were made once, by the first run
         choices = self.policy.decide(find_layers(mod, self.params))
-        rewritten, table = rewrite_layers(mod, choices, kernels_for(self.target), self.params, self.dense_kernels)
+        rewritten, table = rewrite_layers(mod, choices, kernels_for(self.target), self.params, self.dense_kernels,
+                                          nm_kernels=self.nm_kernels)
         return rewritten.with_attr(REWRITTEN_ATTR, self.target.name).with_attr(LAYERS_ATTR, table)
 
 
@@ -144,28 +164,30 @@ class LayerHook:
 
 def rewrite_layers(mod: tvm.IRModule, choices: Mapping[str, Choice], kernels: Kernels, params=None,
                    dense_kernels: bool = False, hook: LayerHook | None = None,
-                   every_dense_layer: bool = False) -> tuple[tvm.IRModule, list[dict]]:
+                   every_dense_layer: bool = False, nm_kernels: str = "auto") -> tuple[tvm.IRModule, list[dict]]:
     """``mod`` with every chosen layer of ``main`` replaced by its kernel call, and the layer table.
 
     A layer is rewritten when its choice runs anything but dense, or with
     ``dense_kernels`` (where the kernel family has scheduled dense kernels)
     also when it stays dense and the dense kernel beats TVM's op there — with
     ``every_dense_layer`` always (a ``hook`` that feeds weights per run needs
-    every layer in a kernel). The table has one entry per layer of
-    ``choices``: the choice (:meth:`Choice.to_json`), the GEMM shape, and
-    what the kernel measured (``executed_macs``, ``weight_error``).
+    every layer in a kernel); ``nm_kernels`` as :class:`TASDRewrite` takes it.
+    The table has one entry per layer of ``choices``: the choice
+    (:meth:`Choice.to_json`), the GEMM shape, which kernel runs it
+    (``kernel``: ``nm``, ``dense`` or ``relax``, TVM's own op) and what that
+    kernel measured (``executed_macs``, ``weight_error``).
     ``choices`` must have been checked against the layers' weights (as
     :class:`~tvm_tasd.policy.Policy` does): their fingerprints are not checked again here.
     """
     rewriter = _Rewriter(mod, params, choices, dense_kernels and kernels.dense_kernels, kernels, hook or LayerHook(),
-                         every_dense_layer)
+                         every_dense_layer, nm_kernels == "auto")
     rewritten = relax.transform.DeadCodeElimination(["main"])(rewriter.rewrite())
     return rewritten, [_table_entry(layer, choices[layer.name], rewriter.measured) for layer in rewriter.matched]
 
 
-def _table_entry(layer: Layer, choice: Choice, measured: dict[str, tuple[int, float]]) -> dict:
+def _table_entry(layer: Layer, choice: Choice, measured: dict[str, tuple[int, float, str]]) -> dict:
     """What reports read back from a rewritten module, per layer."""
-    executed, error = measured.get(layer.name, (layer.dense_macs, 0.0))
+    executed, error, kernel = measured.get(layer.name, (layer.dense_macs, 0.0, "relax"))
     return {
         **choice.to_json(),
         "op": layer.op,
@@ -174,6 +196,7 @@ def _table_entry(layer: Layer, choice: Choice, measured: dict[str, tuple[int, fl
         "n": layer.n,
         "density": choice.weight.density,
         "dense_macs": layer.dense_macs,
+        "kernel": kernel,
         "executed_macs": executed,
         "weight_error": error,
     }
@@ -186,17 +209,18 @@ class _Rewriter(relax.PyExprMutator):
     """Replaces the chosen matmul/conv2d bindings with fused N:M kernel calls."""
 
     def __init__(self, mod: tvm.IRModule, params, choices: Mapping[str, Choice], dense_kernels: bool,
-                 kernels: Kernels, hook: LayerHook, every_dense_layer: bool):
+                 kernels: Kernels, hook: LayerHook, every_dense_layer: bool, fastest_kernel: bool):
         super().__init__(mod)
         self.mod = mod
         self.matcher = LayerMatcher(mod, params)
         self.choices = choices
         self.dense_kernels = dense_kernels
         self.every_dense_layer = every_dense_layer
+        self.fastest_kernel = fastest_kernel and kernels.dense_kernels
         self.kernels = kernels
         self.hook = hook
         self.matched: list[Layer] = []
-        self.measured: dict[str, tuple[int, float]] = {}  # layer → (executed MACs, weight error)
+        self.measured: dict[str, tuple[int, float, str]] = {}  # layer → (executed MACs, weight error, kernel)
         self.symbols = {gv.name_hint for gv in mod.get_global_vars()}
         self.shared: dict[int, list[tuple[tvm.tirx.PrimFunc, relax.GlobalVar]]] = {}  # structural hash → kernels
         self.users: dict[relax.GlobalVar, list[str]] = {}  # kernel → the layers that call it
@@ -247,16 +271,28 @@ class _Rewriter(relax.PyExprMutator):
         return gvar
 
     def _kernel(self, layer: Layer, choice: Choice):
-        """The scheduled kernel for this layer, its packed constant arrays, and the weight error."""
+        """The scheduled kernel for this layer, its packed constant arrays, the weight error and the series the
+        kernel runs (dense where the dense kernel runs the approximated weight)."""
         if choice.weight.is_dense:
             kernel = self._scheduled(layer, None)
-            return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0
+            return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0, choice.weight
         weight = layer.weight_kn
         terms = choice.decomposed(layer.weight, layer.axis, verify=False)  # Policy checked it
         if layer.op == "matmul" and layer.axis == 1:  # a (N, K) weight: the kernels take (K, N)
             terms = [term.transposed() for term in terms]
+        approximated = sum(t.dense() for t in terms)
+        if self._dense_runs_faster(layer, choice):
+            kernel = self._scheduled(layer, None)
+            return (kernel, kernel.pack(np.ascontiguousarray(approximated)), relative_error(weight, approximated),
+                    TASDConfig.dense())
         kernel = self._scheduled(layer, tuple(t.pattern for t in terms))
-        return kernel, kernel.pack(terms), relative_error(weight, sum(t.dense() for t in terms))
+        return kernel, kernel.pack(terms), relative_error(weight, approximated), choice.weight
+
+    def _dense_runs_faster(self, layer: Layer, choice: Choice) -> bool:
+        """Whether the dense kernel beats the series' N:M kernel for this layer (never for kernels that emulate
+        a unit: :attr:`Kernels.series_pays` says so for them)."""
+        return (self.fastest_kernel and (layer.op != "conv2d" or llvm.dense_conv2d_pays(layer.weight.shape))
+                and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m))
 
     def _scheduled(self, layer: Layer, patterns: tuple | None):
         """The layer's scheduled kernel (dense when ``patterns`` is None), built once per distinct shape and
@@ -288,7 +324,7 @@ class _Rewriter(relax.PyExprMutator):
         return relax.call_tir(gvar, [x], relax.TensorType(shape, layer.dtype))
 
     def _emit_layer(self, layer: Layer, choice: Choice, activation):
-        kernel, packed, error = self._kernel(layer, choice)
+        kernel, packed, error, runs = self._kernel(layer, choice)
         x = activation
         if layer.op == "matmul" and len(layer.activation_shape) != 2:
             x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
@@ -305,14 +341,14 @@ class _Rewriter(relax.PyExprMutator):
             out_shape = call_shape = tuple(int(d) for d in kernel.out_shape)
         func = kernel.func.with_attrs(
             {
-                "tasd.config": str(choice.weight),
-                "tasd.density": float(choice.weight.density),
+                "tasd.config": str(runs),
+                "tasd.density": float(runs.density),
                 "tasd.executed_macs": int(kernel.executed_macs),
                 **KERNEL_ATTRS,
             }
         )
-        self.measured[layer.name] = (int(kernel.executed_macs), float(error))
-        gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{choice.weight}", layer)
+        self.measured[layer.name] = (int(kernel.executed_macs), float(error), "dense" if runs.is_dense else "nm")
+        gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{runs}", layer)
         operands = self.hook.weight_operands(layer, kernel, packed)
         out = relax.call_tir(gvar, [x, *operands], relax.TensorType(out_shape, layer.dtype))
         if tuple(out_shape) != tuple(call_shape):

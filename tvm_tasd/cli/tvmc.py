@@ -29,9 +29,13 @@ def cmd_compile(args) -> None:
                            hw=args.tasd_hw, config=args.tasd_config, plan=args.tasd_plan,
                            error_threshold=args.tasd_error_threshold, activation=args.tasd_activation,
                            report=args.tasd_report,
-                           fmt=args.model_format, tuning=_tuning(args))
+                           fmt=args.model_format, tuning=_tuning(args), nm_kernels=args.tasd_kernels)
     if report.data["mode"] == "tasd":
         print(report.text())
+        if dense_run := report.data["dense_kernel_layers"]:
+            print(f"{len(dense_run)} layer(s) run the dense kernel on their approximated weights, faster on this "
+                  f"CPU than their series' N:M kernel (same outputs; --tasd-kernels always keeps the N:M kernels): "
+                  f"{', '.join(dense_run)}")
     extra = f", report → {args.tasd_report}" if args.tasd_report else ""
     print(f"compiled {args.model} ({report.data['mode']}, {len(report.data['layers'])} layers, modelled EDP "
           f"{report.edp_ratio:.2f}× dense on {report.data['hardware']}) → {args.output}{extra}")
@@ -106,6 +110,10 @@ def build_parser():
     p.add_argument("--tasd-activation", metavar="SERIES",
                    help="decompose every matmul and conv layer's input into SERIES at run time (the TASD units; a target "
                         "whose unit takes a sparse activation, e.g. ttc-vegeta-m8); alone, weights stay dense")
+    p.add_argument("--tasd-kernels", choices=["auto", "always"], default="auto",
+                   help="auto (default): on cpu-emulated a layer whose series is too dense for its N:M kernel to "
+                        "beat the dense kernel runs the dense kernel on its approximated weights; always: every "
+                        "rewritten layer runs its N:M kernel")
     p.add_argument("--tasd-report", help="also write the per-layer report (.html, .json or .txt)")
     p.add_argument("--tune", type=float, metavar="SECONDS",
                    help="MetaSchedule-tune the ops TASD leaves to TVM (attention, norms, elementwise) for SECONDS "

@@ -1,0 +1,119 @@
+"""Where an N:M kernel stops paying on this CPU: the evidence behind ``schedules.llvm_common.nm_kernel_pays``.
+
+For each layer shape and series the fused N:M kernel and the dense kernel of
+the same loop nest (``tvm_tasd.schedules.llvm``), both compiled for the
+``cpu-emulated`` TVM target as a build would, are timed side by side in
+interleaved rounds (``benchmarks/kernels.py``'s timing: one sample of each per
+round, ratios within the round, the median over rounds). Shapes: MiniLM's
+three GEMMs (K × N = 384 × 384, 384 × 1536, 1536 × 384) at 40 activation rows
+(one sentence) and 320 (8 sentences); a CREPE-full-like 64 × 1 conv (16
+frames), a 3 × 3 conv and a 1 × 1 conv. The table marks each case with what
+``nm_kernel_pays`` decides for it, so a wrong threshold shows as an N:M
+kernel kept where it is slower (or dropped where it is faster).
+
+    python benchmarks/kernel_choice.py [--rounds R] [--max-wait S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))  # TVM defaults to 1 thread on these VMs
+
+import numpy as np  # noqa: E402
+
+from tvm_tasd import TASDConfig, decompose  # noqa: E402
+from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
+from tvm_tasd.benchmarks.kernels import interleave, tvm_timer  # noqa: E402
+from tvm_tasd.hardware import load_target  # noqa: E402
+from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_kernel_pays, nm_matmul  # noqa: E402
+
+CONFIGS = ("1:8", "2:8", "2:8+1:8", "4:8", "4:8+1:8", "4:8+2:8")
+GEMMS = [(m, k, n) for m in (40, 320) for k, n in ((384, 384), (384, 1536), (1536, 384))]
+CONVS = [  # (name, x NCHW, w OIHW, padding top/left/bottom/right)
+    ("conv 64×1, 256→256, 16 frames", (16, 256, 128, 1), (256, 256, 64, 1), (31, 0, 32, 0)),
+    ("conv 3×3, 128→128, 32×32", (1, 128, 32, 32), (128, 128, 3, 3), (1, 1, 1, 1)),
+    ("conv 1×1, 64→128, 24×24", (1, 64, 24, 24), (128, 64, 1, 1), (0, 0, 0, 0)),
+]
+
+
+def race(x, nm_kernel, w, axis, dense_kernel, config, rounds, max_wait) -> float:
+    """Median over interleaved rounds of t(dense kernel) / t(N:M kernel)."""
+    timers = {"nm": tvm_timer(build(nm_kernel), x, *nm_kernel.pack(decompose(w, config, axis=axis))),
+              "dense": tvm_timer(build(dense_kernel), x, *dense_kernel.pack(w))}
+    samples, _ = interleave(timers, rounds, max_wait)
+    return float(np.median(np.asarray(samples["dense"]) / np.asarray(samples["nm"])))
+
+
+def measure(rounds: int, max_wait: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, k, n in GEMMS:
+        x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        dense = dense_matmul(m, k, n)
+        for config in CONFIGS:
+            speedup = race(x, nm_matmul(m, k, n, config), w, 0, dense, config, rounds, max_wait)
+            rows.append(_row(f"GEMM {m}×{k}×{n}", "matmul", m, config, speedup))
+    for name, x_shape, w_shape, padding in CONVS:
+        x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+        dense = dense_conv2d(x_shape, w_shape, padding=padding)
+        rows_ = int(np.prod(dense.out_shape)) // w_shape[0]  # the implicit GEMM's M: batch × output positions
+        for config in CONFIGS:
+            speedup = race(x, nm_conv2d(x_shape, w_shape, config, padding=padding), w, 1, dense, config, rounds,
+                           max_wait)
+            rows.append(_row(name, "conv2d", rows_, config, speedup))
+    return rows
+
+
+def _row(layer: str, op: str, rows: int, config: str, speedup: float) -> dict:
+    density = TASDConfig.parse(config).density
+    row = {"layer": layer, "op": op, "rows": rows, "config": config, "density": density,
+           "nm_speedup_vs_dense_kernel": speedup, "nm_kernel_pays": nm_kernel_pays(op, density, rows)}
+    print(f"{layer} {config}: N:M {speedup:.2f}× the dense kernel; "
+          f"{'N:M' if row['nm_kernel_pays'] else 'dense'} kernel chosen", flush=True)
+    return row
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    lines = [
+        "# Kernel choice on this CPU: N:M kernel vs the dense kernel, per layer shape and series (measured)",
+        "",
+        *stamp_markdown(meta),
+        f"- LLVM target `{meta['llvm_target']}` (the `cpu-emulated` build's); {meta['rounds']} interleaved rounds "
+        "per case, the median ratio quoted",
+        "",
+        "Cell: the N:M kernel's speed-up over the dense kernel of the same loop nest (> 1: the series pays); in "
+        "brackets the kernel `nm_kernel_pays` picks for that case (`schedules/llvm_common.py`). A case where the "
+        "pick is the slower kernel by more than 10 % is marked **slower**.",
+        "",
+        "| layer | rows | " + " | ".join(CONFIGS) + " |",
+        "|---|---:|" + "---:|" * len(CONFIGS),
+    ]
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        cells = {r["config"]: r for r in rows if r["layer"] == layer}
+        first = next(iter(cells.values()))
+        lines.append(f"| {layer} | {first['rows']} | " + " | ".join(_cell(cells[c]) for c in CONFIGS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict) -> str:
+    speedup, pays = row["nm_speedup_vs_dense_kernel"], row["nm_kernel_pays"]
+    slower = (pays and speedup < 1 / 1.1) or (not pays and speedup > 1.1)
+    return f"{speedup:.2f}× ({'N:M' if pays else 'dense'}{', **slower**' if slower else ''})"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (default 7)")
+    parser.add_argument("--max-wait", type=float, default=1.0, help="seconds a round may wait for a quiet machine")
+    args = parser.parse_args(argv)
+    target = load_target("cpu-emulated").tvm_target()
+    with target:
+        rows = measure(args.rounds, args.max_wait)
+    meta = stamp("kernel choice (measured)", llvm_target=str(target), rounds=args.rounds)
+    write("kernel_choice", {"meta": meta, "rows": rows}, markdown(meta, rows))
+
+
+if __name__ == "__main__":
+    main()
