@@ -323,7 +323,8 @@ def test_kernels_are_tiled_for_the_target_they_are_compiled_for_not_the_host(tar
     a build vectorise at the width of the build's own target."""
     weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     with tvm.target.Target(target):
-        mod = TASDRewrite("cpu-emulated", config=config, dense_kernels=True)(_single_matmul([16, 64], "float32", weight))
+        mod = TASDRewrite("cpu-emulated", config=config, dense_kernels=True, nm_kernels="always")(
+            _single_matmul([16, 64], "float32", weight))
     widths = [int(width) for gvar, func in mod.functions.items() if gvar.name_hint.startswith("tasd_matmul")
               for width in re.findall(r"T\.vectorized\((\d+)\)", func.script())]
     assert widths and max(widths) == lanes
