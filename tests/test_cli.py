@@ -231,6 +231,8 @@ BAD_INPUT = {
     "config without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-config", "2:4"], "--pass tasd"),
     "activation series without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-activation", "2:8"],
                                            "--pass tasd"),
+    "kernel choice without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-kernels", "always"],
+                                       "--pass tasd"),
     "activation series beside a plan": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES,
                                          "--pass", "tasd", "--tasd-plan", "other_plan.json", "--tasd-activation", "2:8"],
                                         "carries its own activation series"),

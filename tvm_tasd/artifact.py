@@ -127,7 +127,7 @@ def render_report(report: Report, path) -> str:
 
 def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
                   hw=None, config=None, plan=None, error_threshold: float | None = None, activation=None,
-                  report=None, fmt: str | None = None, tuning: Tuning | None = None, nm_kernels: str = "auto") -> Report:
+                  report=None, fmt: str | None = None, tuning: Tuning | None = None, nm_kernels: str | None = None) -> Report:
     """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.
 
     ``tasd=True`` takes exactly one of ``config`` (one series for every
@@ -140,13 +140,15 @@ def compile_model(model, output, target="llvm", input_shapes: dict | None = None
     ``cpu-emulated``). ``report``: also write the report there (.html, .json
     or .txt). ``fmt``: ``"onnx"`` or ``"pt2"`` (default: from the suffix).
     ``tuning``: MetaSchedule-tune the ops the rewrite leaves to TVM first (:mod:`~tvm_tasd.tuning`).
-    ``nm_kernels``: as :class:`~tvm_tasd.transform.TASDRewrite` takes it; the layers whose series runs on the
-    dense kernel are listed in the report's ``dense_kernel_layers``.
+    ``nm_kernels``: as :class:`~tvm_tasd.transform.TASDRewrite` takes it (default ``"auto"``); the layers whose
+    series runs on the dense kernel are listed in the report's ``dense_kernel_layers``.
     Nothing is written unless everything succeeds (the tuning database keeps what it measured).
     """
     chosen = sum(x is not None for x in (config, plan, error_threshold))
-    if (chosen or activation is not None) and not tasd:
-        raise ValueError("--tasd-config, --tasd-plan, --tasd-error-threshold and --tasd-activation need --pass tasd")
+    if (chosen or activation is not None or nm_kernels is not None) and not tasd:
+        raise ValueError("--tasd-config, --tasd-plan, --tasd-error-threshold, --tasd-activation and --tasd-kernels "
+                         "need --pass tasd")
+    nm_kernels = nm_kernels or "auto"
     if activation is not None and plan is not None:
         raise ValueError("a plan carries its own activation series per layer; drop --tasd-activation")
     if tasd and chosen == 0 and activation is not None:

@@ -110,7 +110,7 @@ def build_parser():
     p.add_argument("--tasd-activation", metavar="SERIES",
                    help="decompose every matmul and conv layer's input into SERIES at run time (the TASD units; a target "
                         "whose unit takes a sparse activation, e.g. ttc-vegeta-m8); alone, weights stay dense")
-    p.add_argument("--tasd-kernels", choices=["auto", "always"], default="auto",
+    p.add_argument("--tasd-kernels", choices=["auto", "always"],
                    help="auto (default): on cpu-emulated a layer whose series is too dense for its N:M kernel to "
                         "beat the dense kernel runs the dense kernel on its approximated weights; always: every "
                         "rewritten layer runs its N:M kernel")
