@@ -204,6 +204,11 @@ def _table_entry(layer: Layer, choice: Choice, measured: dict[str, tuple[int, fl
 
 
 
+def _dense_kernel_beats_tvm(layer: Layer) -> bool:
+    """Whether the scheduled dense kernel suits the layer: every matmul, and convs reducing over enough values."""
+    return layer.op != "conv2d" or llvm.dense_conv2d_pays(layer.weight.shape)
+
+
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     """Replaces the chosen matmul/conv2d bindings with fused N:M kernel calls."""
@@ -248,8 +253,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _dense_kernel(self, layer: Layer) -> bool:
         """A dense layer runs the scheduled dense kernel where there is one and it beats TVM's own op."""
-        return self.dense_kernels and (self.every_dense_layer or layer.op != "conv2d"
-                                       or llvm.dense_conv2d_pays(layer.weight.shape))
+        return self.dense_kernels and (self.every_dense_layer or _dense_kernel_beats_tvm(layer))
 
     def _kernel_var(self, func: tvm.tirx.PrimFunc, name: str, layer: Layer) -> relax.GlobalVar:
         """The module's function for ``func``: added once per distinct kernel and shared by every layer that runs
@@ -276,22 +280,21 @@ class _Rewriter(relax.PyExprMutator):
         if choice.weight.is_dense:
             kernel = self._scheduled(layer, None)
             return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0, choice.weight
-        weight = layer.weight_kn
         terms = choice.decomposed(layer.weight, layer.axis, verify=False)  # Policy checked it
         if layer.op == "matmul" and layer.axis == 1:  # a (N, K) weight: the kernels take (K, N)
             terms = [term.transposed() for term in terms]
         approximated = sum(t.dense() for t in terms)
+        error = relative_error(layer.weight_kn, approximated)
         if self._dense_runs_faster(layer, choice):
             kernel = self._scheduled(layer, None)
-            return (kernel, kernel.pack(np.ascontiguousarray(approximated)), relative_error(weight, approximated),
-                    TASDConfig.dense())
+            return kernel, kernel.pack(np.ascontiguousarray(approximated)), error, TASDConfig.dense()
         kernel = self._scheduled(layer, tuple(t.pattern for t in terms))
-        return kernel, kernel.pack(terms), relative_error(weight, approximated), choice.weight
+        return kernel, kernel.pack(terms), error, choice.weight
 
     def _dense_runs_faster(self, layer: Layer, choice: Choice) -> bool:
         """Whether the dense kernel beats the series' N:M kernel for this layer (never for kernels that emulate
         a unit: :attr:`Kernels.series_pays` says so for them)."""
-        return (self.fastest_kernel and (layer.op != "conv2d" or llvm.dense_conv2d_pays(layer.weight.shape))
+        return (self.fastest_kernel and _dense_kernel_beats_tvm(layer)
                 and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m))
 
     def _scheduled(self, layer: Layer, patterns: tuple | None):
