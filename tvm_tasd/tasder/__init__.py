@@ -12,10 +12,11 @@ calibration data. The algorithm (``docs/tasder.md``):
 2. **Sensitivity** (:meth:`~tvm_tasd.tasder.state.Search.measure_sensitivities`):
    one real run per layer at its cheapest option gives α, and the predicted
    damage of any assignment is Σ α·e².
-3. **Three paths, each verified** (:mod:`~tvm_tasd.tasder.paths`,
-   :meth:`~tvm_tasd.tasder.state.Search.verified`): uniform, greedy, and
-   greedy again from the cheaper winner. The plan is the cheapest state any
-   of them measured to keep the budget.
+3. **Paths, each verified** (:mod:`~tvm_tasd.tasder.paths`,
+   :meth:`~tvm_tasd.tasder.state.Search.verified`): uniform and greedy —
+   over all options, and again over the weight series alone where layers
+   have activation series — then greedy again from the cheapest winner.
+   The plan is the cheapest state any of them measured to keep the budget.
 4. **Held out** (:meth:`~tvm_tasd.tasder.state.Search.validated`): the last
    ``holdout`` share of the calibration batches is never searched on (nor
    calibrated on); the plan is the cheapest measured state that keeps the
@@ -170,17 +171,21 @@ def search(
     fixed = (unsearched.energy_pj, unsearched.latency_s)
     state = Search(layers, fed, scored, metric_fn, dense_quality, options, fixed)
     state.measure_sensitivities(reference)
-    paths = {"uniform": uniform_path(layers, target, candidate_configs(target, max_terms), fixed),
-             "greedy": greedy_path(layers, fixed=fixed)}
-    winners = [state.verified(path) for path in paths.values()]
-    path = paths["refine"] = greedy_path(layers, min(winners, key=state.edp_ratio), fixed=fixed)
+    paths, winners = {}, {}
+    for route in _routes(layers):
+        suffix = "" if route == "all" else f"-{route}"
+        paths["uniform" + suffix] = uniform_path(layers, target, candidate_configs(target, max_terms), fixed, route)
+        paths["greedy" + suffix] = greedy_path(layers, fixed=fixed, route=route)
+        winners.update({name: (route, state.verified(paths[name])) for name in ("uniform" + suffix, "greedy" + suffix)})
+    route, winner = min(winners.values(), key=lambda found: state.edp_ratio(found[1]))
+    path = paths["refine"] = greedy_path(layers, winner, fixed=fixed, route=route)
     winner, frozen = state.verified(path), frozenset()
     for attempt in range(1, FROZEN_RETRIES + 1):  # go on past the layer whose step broke the budget
         blocked = blocking_layer(path, winner)
         if blocked is None:
             break
         frozen |= {blocked}
-        path = paths[f"refine-{attempt}"] = greedy_path(layers, winner, frozen, fixed)
+        path = paths[f"refine-{attempt}"] = greedy_path(layers, winner, frozen, fixed, route)
         winner = state.verified(path)
     lengths = {name: len(path) for name, path in paths.items()}
     if not held_out:
@@ -193,6 +198,13 @@ def search(
                          "needed to keep a share of it")
     chosen, check = state.validated(held_out, held_out_metric, held_out_quality)
     return state.plan(chosen, target, metric_name, calibration, fit, lengths, check)
+
+
+def _routes(layers: Sequence[LayerSearch]) -> list[str]:
+    """The routes the paths walk: every option's frontier, and the weight series' alone where some layer's
+    activation series make it differ (an activation series can dominate a weight series on its proxy and
+    still cost the model more, so the weight-only twin's plan stays within reach)."""
+    return ["all"] + (["weights"] if any(l.routes["weights"] != l.routes["all"] for l in layers) else [])
 
 
 def _held_out(calibration: list, labels, holdout: float, metric, validation):

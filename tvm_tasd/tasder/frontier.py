@@ -12,7 +12,12 @@ layer fed by a ReLU (exact zeros) or a GELU/Swish (pseudo-density: the
 smallest values dropped) on a target with TASD units also gets activation candidates
 (weight dense, input decomposed at run time), whose proxy is the relative
 output error on a sample of real inputs. Candidates dominated in both cost
-and proxy are dropped, leaving a frontier from dense (proxy 0) to cheapest.
+and proxy are dropped, leaving a frontier from dense (proxy 0) to cheapest —
+and, where activation candidates exist, a second one of the weight series
+alone (:attr:`LayerSearch.routes`): the proxies of the two kinds are
+measured differently, so an activation series that dominates a weight
+series on its proxy can still cost the model more, and the search walks
+both.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class Candidate:
 
 @dataclass
 class LayerSearch:
-    """A layer under search: its frontier (dense first, cheapest last) and measured sensitivity α."""
+    """A layer under search: its options (dense first, cheapest last) and measured sensitivity α."""
 
     layer: Layer
     scale: np.ndarray | None
@@ -67,6 +72,14 @@ class LayerSearch:
     @property
     def name(self) -> str:
         return self.layer.name
+
+    @functools.cached_property
+    def routes(self) -> dict[str, tuple[int, ...]]:
+        """Indices of the options on each frontier, dense → cheapest: ``"all"`` over every option,
+        ``"weights"`` over the weight series alone (the same where the layer has no activation series)."""
+        index = {id(option): i for i, option in enumerate(self.options)}
+        return {name: tuple(index[id(o)] for o in frontier([o for o in self.options if keep(o)]))
+                for name, keep in (("all", lambda o: True), ("weights", lambda o: o.activation is None))}
 
     @functools.cached_property
     def source(self) -> str:
@@ -145,8 +158,9 @@ def _activation_options(layer: Layer, target: HardwareTarget, configs, sample: n
 def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None, methods, max_terms: int,
                   activation_configs=(), sample: np.ndarray | None = None, hessian: np.ndarray | None = None,
                   damp: float = 0.01) -> list[Candidate]:
-    """The layer's frontier: every fitting weight series × method, and the activation series given.
-    ``obs`` is tried only where the layer has a ``hessian``."""
+    """The layer's options on either frontier (all options; the weight series alone), dense first, cheapest
+    last: every fitting weight series × method, and the activation series given. ``obs`` is tried only
+    where the layer has a ``hessian``."""
     measurable = activation_configs and sample is not None and len(sample)  # no rows: no error to estimate
     options = _activation_options(layer, target, activation_configs, sample) if measurable else []
     methods = [m for m in methods if m != "obs" or hessian is not None]
@@ -167,4 +181,5 @@ def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None
                                      score=scale if method == "activation" else "magnitude")
             options.append(Candidate(config, method, cost.energy_pj, cost.latency_s,
                                      _proxy(layer.weight, approx, layer.axis, scale, hessian), terms=terms))
-    return frontier(options)
+    on_either = {id(o): o for o in frontier(options) + frontier([o for o in options if o.activation is None])}
+    return sorted(on_either.values(), key=lambda o: (-o.edp, o.proxy))

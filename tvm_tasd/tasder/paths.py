@@ -1,8 +1,12 @@
-"""The search's paths: sequences of full assignments (one frontier index per layer), dense to cheap.
+"""The search's paths: sequences of full assignments (one option index per layer), dense to cheap.
 
 Quality falls (nearly) monotonically along a path, so the search brackets
 the furthest state that keeps the budget with real evaluations
-(:mod:`tvm_tasd.tasder.state`). Three paths are verified:
+(:mod:`tvm_tasd.tasder.state`). A path walks one route of each layer's
+options (:attr:`~tvm_tasd.tasder.frontier.LayerSearch.routes`): the frontier
+of them all, or of the weight series alone. Three paths are verified on
+each route that differs (the weight-only one only where a layer has
+activation series):
 
 * :func:`uniform_path` — one series for every layer, each candidate series
   in turn: one-shot pruning's sensitivity-blind allocation. It is kept
@@ -10,8 +14,8 @@ the furthest state that keeps the budget with real evaluations
   proxy-optimal mixes lose to uniform configs at equal EDP.
 * :func:`greedy_path` from all-dense — repeatedly move the layer whose next
   frontier step buys the most model EDP per unit of predicted damage α·e².
-* the greedy path again from the cheaper of the first two winners (refine),
-  then again from each new winner with the layer whose step broke the
+* the greedy path again from the cheapest of the winners so far, on its route
+  (refine), then again from each new winner with the layer whose step broke the
   budget frozen (:func:`blocking_layer`), a few times: one bad step (an
   activation series a layer cannot take, say) no longer hides the cheaper
   steps of other layers behind it.
@@ -46,47 +50,50 @@ def model_edp(layers: Sequence[LayerSearch], state: State, fixed: Fixed = (0.0, 
 
 
 def uniform_path(layers: Sequence[LayerSearch], target: HardwareTarget, configs: Sequence[TASDConfig],
-                 fixed: Fixed = (0.0, 0.0)) -> list[State]:
+                 fixed: Fixed = (0.0, 0.0), route: str = "all") -> list[State]:
     """One series for every layer, each config of ``configs`` in turn, from dense to cheapest.
 
-    A layer takes the first frontier option (dense → cheapest) costing no more than the config
+    A layer takes the first option of its ``route`` (dense → cheapest) costing no more than the config
     would on it: the config itself, or what dominated it."""
     states = set()
     for config in configs:
         state = []
         for layer in layers:
             limit = layer_cost(target, layer.layer, config).edp * (1 + 1e-9)
-            state.append(next((i for i, o in enumerate(layer.options) if o.edp <= limit), len(layer.options) - 1))
+            steps = layer.routes[route]
+            state.append(next((i for i in steps if layer.options[i].edp <= limit), steps[-1]))
         states.add(tuple(state))
     states.add((0,) * len(layers))
     return sorted(states, key=lambda state: (-model_edp(layers, state, fixed), state))  # ties: a fixed order
 
 
 def greedy_path(layers: Sequence[LayerSearch], start: State | None = None, frozen: frozenset[int] = frozenset(),
-                fixed: Fixed = (0.0, 0.0)) -> list[State]:
-    """Greedy states from ``start`` (default all-dense) to all-cheapest; layers in ``frozen`` keep their
+                fixed: Fixed = (0.0, 0.0), route: str = "all") -> list[State]:
+    """Greedy states from ``start`` (default all-dense) to all-cheapest along each layer's ``route``
+    (a start option off the route steps to the route's next cheaper one); layers in ``frozen`` keep their
     start option."""
     state = list(start or (0,) * len(layers))
     energy, latency = _totals(layers, state, fixed)
     path = [tuple(state)]
     while True:
-        best, best_gain = None, -math.inf
+        best, best_gain, best_step = None, -math.inf, None
         for i, layer in enumerate(layers):
-            if state[i] + 1 >= len(layer.options) or i in frozen:
+            step = next((j for j in layer.routes[route] if j > state[i]), None)
+            if step is None or i in frozen:
                 continue
-            now, nxt = layer.options[state[i]], layer.options[state[i] + 1]
+            now, nxt = layer.options[state[i]], layer.options[step]
             new_edp = (energy - now.energy_pj + nxt.energy_pj) * (latency - now.latency_s + nxt.latency_s)
             gain = energy * latency - new_edp
             cost = layer.alpha * (nxt.proxy**2 - now.proxy**2)
             ratio = gain / cost if cost > 0 else math.inf
             if ratio > best_gain:  # strict: the first layer wins ties, so the path is deterministic
-                best, best_gain = i, ratio
+                best, best_gain, best_step = i, ratio, step
         if best is None:
             return path
-        now, nxt = layers[best].options[state[best]], layers[best].options[state[best] + 1]
+        now, nxt = layers[best].options[state[best]], layers[best].options[best_step]
         energy += nxt.energy_pj - now.energy_pj
         latency += nxt.latency_s - now.latency_s
-        state[best] += 1
+        state[best] = best_step
         path.append(tuple(state))
 
 
