@@ -4,9 +4,9 @@ Quality falls (nearly) monotonically along a path, so the search brackets
 the furthest state that keeps the budget with real evaluations
 (:mod:`tvm_tasd.tasder.state`). A path walks one route of each layer's
 options (:attr:`~tvm_tasd.tasder.frontier.LayerSearch.routes`): the frontier
-of them all, or of the weight series alone. Three paths are verified on
-each route that differs (the weight-only one only where a layer has
-activation series):
+of them all, or of the weight series alone (walked only where a layer has
+activation series). The paths verified — the first two on each route, the
+third on one:
 
 * :func:`uniform_path` — one series for every layer, each candidate series
   in turn: one-shot pruning's sensitivity-blind allocation. It is kept
