@@ -59,6 +59,10 @@ class Candidate:
         return None if self.activation is None else sum(t.n for t in self.activation.terms)
 
 
+#: Which options each route of a layer walks: every one, or the weight series alone.
+ROUTES = {"all": lambda option: True, "weights": lambda option: option.activation is None}
+
+
 @dataclass
 class LayerSearch:
     """A layer under search: its options (dense first, cheapest last) and measured sensitivity α."""
@@ -79,7 +83,7 @@ class LayerSearch:
         ``"weights"`` over the weight series alone (the same where the layer has no activation series)."""
         index = {id(option): i for i, option in enumerate(self.options)}
         return {name: tuple(index[id(o)] for o in frontier([o for o in self.options if keep(o)]))
-                for name, keep in (("all", lambda o: True), ("weights", lambda o: o.activation is None))}
+                for name, keep in ROUTES.items()}
 
     @functools.cached_property
     def source(self) -> str:
@@ -181,5 +185,5 @@ def layer_options(layer: Layer, target: HardwareTarget, scale: np.ndarray | None
                                      score=scale if method == "activation" else "magnitude")
             options.append(Candidate(config, method, cost.energy_pj, cost.latency_s,
                                      _proxy(layer.weight, approx, layer.axis, scale, hessian), terms=terms))
-    on_either = {id(o): o for o in frontier(options) + frontier([o for o in options if o.activation is None])}
+    on_either = {id(o): o for keep in ROUTES.values() for o in frontier([o for o in options if keep(o)])}
     return sorted(on_either.values(), key=lambda o: (-o.edp, o.proxy))

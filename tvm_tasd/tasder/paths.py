@@ -78,8 +78,8 @@ def greedy_path(layers: Sequence[LayerSearch], start: State | None = None, froze
     while True:
         best, best_gain, best_step = None, -math.inf, None
         for i, layer in enumerate(layers):
-            step = next((j for j in layer.routes[route] if j > state[i]), None)
-            if step is None or i in frozen:
+            step = None if i in frozen else next((j for j in layer.routes[route] if j > state[i]), None)
+            if step is None:
                 continue
             now, nxt = layer.options[state[i]], layer.options[step]
             new_edp = (energy - now.energy_pj + nxt.energy_pj) * (latency - now.latency_s + nxt.latency_s)
