@@ -138,7 +138,8 @@ def test_tasd_units_do_not_cost_the_plan_of_the_weight_only_twin(calibration):
     plans = {hw: tasder.search(model_path("digits-mlp"), hw, feeds, metric="accuracy", labels=labels, budget=0.99,
                                progress=False, methods=("magnitude", "activation"))
              for hw in ("vegeta-m8", "ttc-vegeta-m8")}
-    assert {"uniform-weights", "greedy-weights"} <= set(plans["ttc-vegeta-m8"].info["search"]["path_lengths"])
+    walked = set(plans["ttc-vegeta-m8"].info["search"]["path_lengths"])
+    assert {"uniform", "greedy", "refine", "uniform-weights", "greedy-weights", "refine-weights"} <= walked
     assert "uniform-weights" not in plans["vegeta-m8"].info["search"]["path_lengths"]  # no activation series there
     assert plans["ttc-vegeta-m8"].info["edp_vs_dense"] <= plans["vegeta-m8"].info["edp_vs_dense"] + 1e-9
 

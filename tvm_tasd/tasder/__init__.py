@@ -15,7 +15,8 @@ calibration data. The algorithm (``docs/tasder.md``):
 3. **Paths, each verified** (:mod:`~tvm_tasd.tasder.paths`,
    :meth:`~tvm_tasd.tasder.state.Search.verified`): uniform and greedy —
    over all options, and again over the weight series alone where layers
-   have activation series — then greedy again from the cheapest winner.
+   have activation series — then, on each route, greedy again from its
+   cheapest winner (refine).
    The plan is the cheapest state any of them measured to keep the budget.
 4. **Held out** (:meth:`~tvm_tasd.tasder.state.Search.validated`): the last
    ``holdout`` share of the calibration batches is never searched on (nor
@@ -56,7 +57,7 @@ from ..plan import Plan, weights_path
 from ..policy import METHODS, TASDWarning
 from .frontier import LayerSearch, activation_series, layer_options
 from .options import STRATEGIES, SearchOptions, is_share, sample_count
-from .paths import blocking_layer, greedy_path, uniform_path
+from .paths import Fixed, State, blocking_layer, greedy_path, uniform_path
 from .state import Search
 
 #: How many times the refine path restarts with one more layer frozen (each costs one bracketing, ~log2 of
@@ -171,22 +172,13 @@ def search(
     fixed = (unsearched.energy_pj, unsearched.latency_s)
     state = Search(layers, fed, scored, metric_fn, dense_quality, options, fixed)
     state.measure_sensitivities(reference)
-    paths, winners = {}, {}
+    paths = {}
     for route in _routes(layers):
         suffix = "" if route == "all" else f"-{route}"
         paths["uniform" + suffix] = uniform_path(layers, target, candidate_configs(target, max_terms), fixed, route)
         paths["greedy" + suffix] = greedy_path(layers, fixed=fixed, route=route)
-        winners.update({name: (route, state.verified(paths[name])) for name in ("uniform" + suffix, "greedy" + suffix)})
-    route, winner = min(winners.values(), key=lambda found: state.edp_ratio(found[1]))
-    path = paths["refine"] = greedy_path(layers, winner, fixed=fixed, route=route)
-    winner, frozen = state.verified(path), frozenset()
-    for attempt in range(1, FROZEN_RETRIES + 1):  # go on past the layer whose step broke the budget
-        blocked = blocking_layer(path, winner)
-        if blocked is None:
-            break
-        frozen |= {blocked}
-        path = paths[f"refine-{attempt}"] = greedy_path(layers, winner, frozen, fixed, route)
-        winner = state.verified(path)
+        found = [state.verified(paths[name]) for name in ("uniform" + suffix, "greedy" + suffix)]
+        paths.update(_refined(state, layers, min(found, key=state.edp_ratio), fixed, route, "refine" + suffix))
     lengths = {name: len(path) for name, path in paths.items()}
     if not held_out:
         return state.plan(state.passing()[0], target, metric_name, calibration, fit, lengths, None)
@@ -198,6 +190,23 @@ def search(
                          "needed to keep a share of it")
     chosen, check = state.validated(held_out, held_out_metric, held_out_quality)
     return state.plan(chosen, target, metric_name, calibration, fit, lengths, check)
+
+
+def _refined(state: Search, layers: Sequence[LayerSearch], winner: State, fixed: Fixed, route: str,
+             name: str) -> dict[str, list[State]]:
+    """The refine paths on ``route`` from its cheapest winner: greedy from it, then again from each new winner
+    with the layer whose step broke the budget frozen, up to :data:`FROZEN_RETRIES` times."""
+    path = greedy_path(layers, winner, fixed=fixed, route=route)
+    paths, frozen = {name: path}, frozenset()
+    winner = state.verified(path)
+    for attempt in range(1, FROZEN_RETRIES + 1):  # go on past the layer whose step broke the budget
+        blocked = blocking_layer(path, winner)
+        if blocked is None:
+            break
+        frozen |= {blocked}
+        path = paths[f"{name}-{attempt}"] = greedy_path(layers, winner, frozen, fixed, route)
+        winner = state.verified(path)
+    return paths
 
 
 def _routes(layers: Sequence[LayerSearch]) -> list[str]:

@@ -5,8 +5,7 @@ the furthest state that keeps the budget with real evaluations
 (:mod:`tvm_tasd.tasder.state`). A path walks one route of each layer's
 options (:attr:`~tvm_tasd.tasder.frontier.LayerSearch.routes`): the frontier
 of them all, or of the weight series alone (walked only where a layer has
-activation series). The paths verified — the first two on each route, the
-third on one:
+activation series). The paths verified, each on every route:
 
 * :func:`uniform_path` — one series for every layer, each candidate series
   in turn: one-shot pruning's sensitivity-blind allocation. It is kept
@@ -14,8 +13,8 @@ third on one:
   proxy-optimal mixes lose to uniform configs at equal EDP.
 * :func:`greedy_path` from all-dense — repeatedly move the layer whose next
   frontier step buys the most model EDP per unit of predicted damage α·e².
-* the greedy path again from the cheapest of the winners so far, on its route
-  (refine), then again from each new winner with the layer whose step broke the
+* the greedy path again from the route's cheapest winner so far (refine),
+  then again from each new winner with the layer whose step broke the
   budget frozen (:func:`blocking_layer`), a few times: one bad step (an
   activation series a layer cannot take, say) no longer hides the cheaper
   steps of other layers behind it.
