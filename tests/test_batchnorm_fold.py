@@ -1,4 +1,5 @@
-"""Folding a batch norm after a ReLU: exact on onnxruntime, the layer ReLU-fed, its weight untouched."""
+"""Folding batch norms: into the conv before them (exact, the weight scaled per output channel), and after a
+ReLU (exact on onnxruntime, the layer ReLU-fed, its weight untouched)."""
 
 import numpy as np
 import onnx
@@ -10,12 +11,12 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from tvm_tasd.batchnorm_fold import fold_batchnorm_after_relu
+from tvm_tasd.batchnorm_fold import fold_batchnorm_after_relu, fold_batchnorm_into_conv
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.io import fingerprint
 from tvm_tasd.matcher import find_layers
 from tvm_tasd.policy import Choice
-from tvm_tasd.reference import approximate_onnx
+from tvm_tasd.reference import approximate_onnx, canonical
 
 C = 16  # channels into the layer: two groups of 8
 
@@ -162,3 +163,91 @@ def test_plans_apply_to_the_folded_model_as_to_the_source():
     approximated = approximate_onnx(model, plan={"layers": [choice.to_json()]})
     assert "BatchNormalization" not in [node.op_type for node in approximated.graph.node]
     np.testing.assert_array_equal(_initializer(approximated, "w"), choice.approximated(_initializer(model, "w"), 1))
+
+
+def _conv_bn_model(groups=1, bias=True, channels=16):
+    """x → Conv (``groups``) → BatchNormalization → Relu, as a model."""
+    rng = np.random.default_rng(7)
+    inits = {"w": rng.normal(size=(channels, C // groups, 3, 3)), **({"cb": rng.normal(size=channels)} if bias else {}),
+             "s": rng.uniform(-2.0, 2.0, channels), "t": rng.normal(size=channels), "m": rng.normal(size=channels),
+             "v": rng.uniform(0.5, 2.0, channels)}
+    nodes = [helper.make_node("Conv", ["x", "w", *(["cb"] if bias else [])], ["c"], pads=[1, 1, 1, 1], group=groups),
+             helper.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["b"], epsilon=1e-5),
+             helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@settings(max_examples=10, deadline=None)
+@given(groups=st.sampled_from([1, 2, C]), bias=st.booleans())
+def test_a_batch_norm_after_a_conv_folds_into_its_weight_and_bias(groups, bias):
+    model = _conv_bn_model(groups, bias)
+    folded = fold_batchnorm_into_conv(model)
+    assert [node.op_type for node in folded.graph.node] == ["Conv", "Relu"]
+    assert not {"s", "t", "m", "v"} & {init.name for init in folded.graph.initializer}
+    scale = _initializer(model, "s") / np.sqrt(_initializer(model, "v") + 1e-5)
+    np.testing.assert_allclose(_initializer(folded, "w"), _initializer(model, "w") * scale[:, None, None, None],
+                               rtol=1e-6)
+    x = np.random.default_rng(8).normal(size=(2, C, 6, 6)).astype(np.float32)
+    (expected,), (got,) = _run(model, x), _run(folded, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_per_output_channel_scale_keeps_the_magnitude_mask():
+    """Groups run along input channels, so scaling each output channel moves no group's ranking: a plan's
+    magnitude series on the folded weight is the series of the unfolded one, scaled."""
+    model = _conv_bn_model()
+    folded = fold_batchnorm_into_conv(model)
+    choice = Choice("w", "2:8")
+    original, scaled = _initializer(model, "w"), _initializer(folded, "w")
+    np.testing.assert_array_equal(choice.approximated(original, 1) != 0, choice.approximated(scaled, 1) != 0)
+
+
+@pytest.mark.parametrize("case", ["conv output read twice", "shared weight", "conv output is a model output",
+                                  "channels differ"])
+def test_a_batch_norm_the_conv_fold_cannot_take_stays(case):
+    model = _conv_bn_model()
+    graph = model.graph
+    if case == "conv output read twice":
+        graph.node.append(helper.make_node("Identity", ["c"], ["c2"]))
+        graph.output.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, None))
+    elif case == "shared weight":
+        graph.node.append(helper.make_node("Identity", ["w"], ["w2"]))
+        graph.output.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT, None))
+    elif case == "conv output is a model output":
+        graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    else:
+        for init in graph.initializer:
+            if init.name in "stmv":
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:1], init.name))
+    assert fold_batchnorm_into_conv(model) is model
+
+
+def test_canonical_folds_both_kinds_and_plans_name_the_folded_weight():
+    """Relu → BN → Conv → BN: the second batch norm goes into the conv, the first is split around it; a plan
+    searched on the loaded model carries the folded weight's fingerprint, and the ONNX reference applies it."""
+    rng = np.random.default_rng(9)
+
+    def bn(prefix):
+        return {f"{prefix}.{k}": v for k, v in zip("stmv", (rng.uniform(0.5, 2, C), rng.normal(size=C),
+                                                            rng.normal(size=C), rng.uniform(0.5, 2, C)))}
+    inits = {**bn("a"), **bn("b"), "w": rng.normal(size=(C, C, 3, 3))}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", *bn("a")], ["n"]),
+             helper.make_node("Conv", ["n", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", *bn("b")], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = canonical(model)
+    assert [node.op_type for node in loaded.graph.node] == ["Relu", "Mul", "Add", "Conv"]
+    x = np.random.default_rng(10).normal(size=(2, C, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(loaded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    (layer,) = find_layers(from_onnx(model).mod)
+    assert layer.relu_fed and fingerprint(layer.weight) == fingerprint(_initializer(loaded, "w"))
+    choice = Choice("w", "2:8", source=fingerprint(layer.weight))
+    approximated = approximate_onnx(model, plan={"layers": [choice.to_json()]})
+    np.testing.assert_array_equal(_initializer(approximated, "w"), choice.approximated(layer.weight, 1))

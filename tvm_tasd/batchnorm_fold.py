@@ -1,33 +1,45 @@
-"""Normalise a batch norm that follows a ReLU so the next layer's input shows the ReLU's zeros.
+"""Fold inference batch norms so that layers see what they compute: a conv's output, a ReLU's zeros.
 
-Where it belongs: an ONNX → ONNX normalisation applied when a model is
-loaded (:func:`tvm_tasd.reference.canonical`, after computed weights are
-folded), so the pass, the evaluators, the search and the ONNX reference all
-see the same graph. Models such as CREPE put a ``BatchNormalization`` after
-every ReLU: the next layer's input is then ``a·relu(x) + b``, dense, and
-run-time activation series would find no zeros.
+Where it belongs: ONNX → ONNX normalisations applied when a model is loaded
+(:func:`tvm_tasd.reference.canonical`, after computed weights are folded),
+so the pass, the evaluators, the search and the ONNX reference all see the
+same graph. Two patterns, with ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per
+channel (``BN(x) = a·x + b``):
 
-Pattern: ``Relu`` (or ``Clip`` with a lower bound of 0) → inference
-``BatchNormalization`` → any ``MaxPool`` and layout ops (``Transpose``,
-``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Identity``) → an
-ungrouped ``Conv``, a ``Gemm`` (``transA = 0``) or a 2-D ``MatMul`` whose
-weight is an initializer; every value on the way read by the next node
-only. With ``a = γ/√(σ²+ε)`` and ``b = β − a·μ`` per channel, the batch norm
-becomes a ``Mul`` by ``a`` (which keeps the zeros) and an ``Add`` of ``b``
-right before the layer (a max-pooling commutes with adding a per-channel
-constant; layout ops carry ``b`` to the layer's input channels or features).
-The layer's input is then ``y + b`` with ``y`` ReLU-fed: an activation
-series decomposes ``y`` and adds ``b`` back (:attr:`~tvm_tasd.layer.Layer.input_shift`),
-which is what a TASD unit would run — the sparse ``y`` through the unit, the
-constant ``W·b`` precomputed with the layer's (approximated) weight.
+* :func:`fold_batchnorm_into_conv` — ``Conv`` → ``BatchNormalization``, the
+  conv's output read by the batch norm only: the conv's weight is scaled by
+  ``a`` per output channel and its bias becomes ``a·bias + b``, the batch
+  norm goes (grouped and depthwise convs too). The weight a plan names is
+  then the folded one: its fingerprint is the folded weight's. Exporters
+  from PyTorch do this already; Paddle's (PP-OCR) do not, and an unfolded
+  batch norm runs as four elementwise ops after every conv. Per output
+  channel, the scale moves no N:M group boundary (groups run along input
+  channels), so a magnitude series keeps the same mask.
+* :func:`fold_batchnorm_after_relu` — ``Relu`` (or ``Clip`` with a lower
+  bound of 0) → ``BatchNormalization`` → any ``MaxPool`` and layout ops
+  (``Transpose``, ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``,
+  ``Identity``) → an ungrouped ``Conv``, a ``Gemm`` (``transA = 0``) or a
+  2-D ``MatMul`` whose weight is an initializer; every value on the way
+  read by the next node only. Models such as CREPE put a batch norm after
+  every ReLU: the next layer's input is then ``a·relu(x) + b``, dense, and
+  run-time activation series would find no zeros. The batch norm becomes a
+  ``Mul`` by ``a`` (which keeps the zeros) and an ``Add`` of ``b`` right
+  before the layer (a max-pooling commutes with adding a per-channel
+  constant; layout ops carry ``b`` to the layer's input channels or
+  features). The layer's input is then ``y + b`` with ``y`` ReLU-fed: an
+  activation series decomposes ``y`` and adds ``b`` back
+  (:attr:`~tvm_tasd.layer.Layer.input_shift`), which is what a TASD unit
+  would run — the sparse ``y`` through the unit, the constant ``W·b``
+  precomputed with the layer's (approximated) weight. The layer's weight
+  stays as it was. The input counts as ReLU-fed only when every ``a ≥ 0``
+  (:mod:`tvm_tasd.matcher` sees through a multiply by a non-negative
+  constant).
 
-Nothing else changes: the layer's weight, and so every plan, stay as they
-were, and the model computes the same function (up to float rounding). Not
-handled (left as they are): a batch norm before its ReLU (a conv–BN fold,
-which exporters already do), grouped convs, average pooling on the way and
-shapes shape inference cannot fix. The input counts as ReLU-fed only when
-every ``a ≥ 0`` (:mod:`tvm_tasd.matcher` sees through a multiply by a
-non-negative constant).
+Both keep the function the model computes (up to float rounding). Not
+handled (left as they are): a batch norm whose input has other readers,
+a weight or bias shared with another node, grouped convs after a ReLU's
+batch norm, average pooling on the way and shapes shape inference cannot
+fix.
 """
 
 from __future__ import annotations
@@ -43,6 +55,52 @@ from onnx.reference import ReferenceEvaluator
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 
 
+def fold_batchnorm_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every batch norm that directly follows a conv folded into the conv's weight and bias
+    (module docstring); ``model`` itself when there is none."""
+    index = _GraphIndex.of(model.graph)
+    pairs = [(index.producers[bn.input[0]], bn) for bn in model.graph.node if _folds_into_conv(index, bn)]
+    if not pairs:
+        return model
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    initializers = {init.name: init for init in folded.graph.initializer}
+    for conv, bn in pairs:
+        scale, shift = _affine(bn, index.values)
+        weight = numpy_helper.to_array(index.values[conv.input[1]])
+        bias = numpy_helper.to_array(index.values[conv.input[2]]) if len(conv.input) > 2 and conv.input[2] else 0.0
+        initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(
+            (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype), conv.input[1]))
+        new_bias = (scale * bias + shift).astype(weight.dtype)
+        layer = _node(folded.graph, conv.output[0])
+        if isinstance(bias, np.ndarray):
+            initializers[conv.input[2]].CopyFrom(numpy_helper.from_array(new_bias, conv.input[2]))
+        else:
+            name = _unique(folded.graph, conv.input[1] + "_bias")
+            folded.graph.initializer.append(numpy_helper.from_array(new_bias, name))
+            del layer.input[2:]
+            layer.input.append(name)
+        layer.output[0] = bn.output[0]
+        folded.graph.node.remove(_node(folded.graph, bn.output[0], op_type="BatchNormalization"))
+    _drop_unread(folded.graph, {name for _, bn in pairs for name in bn.input[1:5]})
+    return folded
+
+
+def _folds_into_conv(index: "_GraphIndex", bn: onnx.NodeProto) -> bool:
+    """Whether ``bn`` is an inference batch norm that :func:`fold_batchnorm_into_conv` folds into its conv."""
+    if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or _attr(bn, "training_mode", 0):
+        return False
+    conv = index.producers.get(bn.input[0])
+    if conv is None or conv.op_type != "Conv" or len(conv.output) != 1 or conv.output[0] in index.outputs:
+        return False
+    parameters = [name for name in conv.input[1:3] if name]
+    if len(index.readers[conv.output[0]]) != 1 or any(name not in index.values for name in [*parameters, *bn.input[1:5]]):
+        return False
+    if any(len(index.readers[name]) != 1 for name in parameters):  # shared with another node: leave it
+        return False
+    return index.values[conv.input[1]].dims[0] == index.values[bn.input[1]].dims[0]
+
+
 def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every batch norm after a ReLU that the pattern admits split into a scale where it was and
     a shift before the next layer (module docstring); ``model`` itself when there is none."""
@@ -55,12 +113,16 @@ def fold_batchnorm_after_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     folded.CopyFrom(model)
     for fold in folds:
         fold.apply(folded.graph)
-    read = {name for node in folded.graph.node for name in node.input}
-    parameters = {name for fold in folds for name in fold.bn.input[1:5]}
-    kept = [init for init in folded.graph.initializer if init.name in read or init.name not in parameters]
-    del folded.graph.initializer[:]
-    folded.graph.initializer.extend(kept)
+    _drop_unread(folded.graph, {name for fold in folds for name in fold.bn.input[1:5]})
     return folded
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the initializers in ``names`` that no node reads any more (a batch norm's parameters)."""
+    read = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in read or init.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 class _GraphIndex(NamedTuple):
@@ -195,8 +257,8 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _node(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
-    return next(node for node in graph.node if output in node.output)
+def _node(graph: onnx.GraphProto, output: str, op_type: str | None = None) -> onnx.NodeProto:
+    return next(node for node in graph.node if output in node.output and op_type in (None, node.op_type))
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

@@ -52,7 +52,7 @@ class ImportedModel:
 def load_onnx(model) -> onnx.ModelProto:
     """A ModelProto from a ModelProto or a path, with one-line errors for missing or non-ONNX files,
     in canonical form (:func:`~tvm_tasd.reference.canonical`: computed weights folded into initializers, batch
-    norms after ReLUs into the next layer)."""
+    norms after convs into their weights, batch norms after ReLUs into the next layer)."""
     if isinstance(model, onnx.ModelProto):
         return canonical(model)
     if not isinstance(model, (str, os.PathLike)):

@@ -13,8 +13,11 @@ pass, the evaluators and the search) first puts the model in one
 :func:`canonical` form, so all of them name and approximate the same
 weights: :func:`fold_weights` turns weights computed from constants
 (``Constant`` nodes, a ``Transpose`` of an initializer, …) into initializers,
-and :func:`~tvm_tasd.batchnorm_fold.fold_batchnorm_after_relu` folds a batch
-norm that follows a ReLU into the next layer, so it sees the ReLU's zeros.
+:func:`~tvm_tasd.batchnorm_fold.fold_batchnorm_into_conv` folds a batch norm
+that follows a conv into its weight and bias (so the weight a plan names is
+the folded one), and :func:`~tvm_tasd.batchnorm_fold.fold_batchnorm_after_relu`
+folds a batch norm that follows a ReLU into the next layer, so it sees the
+ReLU's zeros.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .batchnorm_fold import fold_batchnorm_after_relu
+from .batchnorm_fold import fold_batchnorm_after_relu, fold_batchnorm_into_conv
 from .config import TASDConfig
 from .plan import Plan
 from .policy import Choice
@@ -83,8 +86,9 @@ def fold_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def canonical(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The form every path works on: computed weights folded, then batch norms after ReLUs."""
-    return fold_batchnorm_after_relu(fold_weights(model))
+    """The form every path works on: computed weights folded, then batch norms into the convs before them,
+    then batch norms after ReLUs."""
+    return fold_batchnorm_after_relu(fold_batchnorm_into_conv(fold_weights(model)))
 
 
 def weight_axes(model: onnx.ModelProto) -> dict[str, int]:
