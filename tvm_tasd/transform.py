@@ -32,7 +32,7 @@ Not handled (left dense, with the reason recorded in the module attribute
 convolutions, non-NCHW/OIHW layouts, weights whose grouped axis is shorter
 than the series' largest M, configs the target cannot run faster than
 dense. Activation series (run-time decomposition) are inserted for matmul
-layers only.
+and ungrouped conv layers only.
 
 :func:`rewrite_layers` is the rewrite itself, with a :class:`LayerHook` for
 callers that emit layers differently (the Relax evaluator feeds packed
