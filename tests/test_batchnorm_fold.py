@@ -233,11 +233,12 @@ def test_canonical_folds_both_kinds_and_plans_name_the_folded_weight():
     def bn(prefix):
         return {f"{prefix}.{k}": v for k, v in zip("stmv", (rng.uniform(0.5, 2, C), rng.normal(size=C),
                                                             rng.normal(size=C), rng.uniform(0.5, 2, C)))}
-    inits = {**bn("a"), **bn("b"), "w": rng.normal(size=(C, C, 3, 3))}
+    first, second = bn("a"), bn("b")
+    inits = {**first, **second, "w": rng.normal(size=(C, C, 3, 3))}
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("BatchNormalization", ["r", *bn("a")], ["n"]),
+             helper.make_node("BatchNormalization", ["r", *first], ["n"]),
              helper.make_node("Conv", ["n", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", *bn("b")], ["y"])]
+             helper.make_node("BatchNormalization", ["c", *second], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])

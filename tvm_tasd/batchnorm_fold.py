@@ -68,20 +68,20 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     for conv, bn in pairs:
         scale, shift = _affine(bn, index.values)
         weight = numpy_helper.to_array(index.values[conv.input[1]])
-        bias = numpy_helper.to_array(index.values[conv.input[2]]) if len(conv.input) > 2 and conv.input[2] else 0.0
         initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(
             (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype), conv.input[1]))
-        new_bias = (scale * bias + shift).astype(weight.dtype)
-        layer = _node(folded.graph, conv.output[0])
-        if isinstance(bias, np.ndarray):
-            initializers[conv.input[2]].CopyFrom(numpy_helper.from_array(new_bias, conv.input[2]))
+        layer, batchnorm = _node(folded.graph, conv.output[0]), _node(folded.graph, bn.output[0])
+        if len(conv.input) > 2 and conv.input[2]:
+            bias = numpy_helper.to_array(index.values[conv.input[2]])
+            initializers[conv.input[2]].CopyFrom(numpy_helper.from_array(
+                (scale * bias + shift).astype(weight.dtype), conv.input[2]))
         else:
             name = _unique(folded.graph, conv.input[1] + "_bias")
-            folded.graph.initializer.append(numpy_helper.from_array(new_bias, name))
+            folded.graph.initializer.append(numpy_helper.from_array(shift.astype(weight.dtype), name))
             del layer.input[2:]
             layer.input.append(name)
         layer.output[0] = bn.output[0]
-        folded.graph.node.remove(_node(folded.graph, bn.output[0], op_type="BatchNormalization"))
+        folded.graph.node.remove(batchnorm)
     _drop_unread(folded.graph, {name for _, bn in pairs for name in bn.input[1:5]})
     return folded
 
@@ -257,8 +257,8 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _node(graph: onnx.GraphProto, output: str, op_type: str | None = None) -> onnx.NodeProto:
-    return next(node for node in graph.node if output in node.output and op_type in (None, node.op_type))
+def _node(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
+    return next(node for node in graph.node if output in node.output)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
