@@ -15,9 +15,9 @@ rule that applies wins; a function no rule fits stays as TVM lowered it.
   step is a vector FMA into the output row.
 * :class:`Window` — depthwise/grouped convolutions and pooling: channels in
   parallel, each output row in vectors summed over the window's taps.
-* :class:`Reduction` — softmax and norms: rows in parallel, each row's blocks
-  computed together, innermost reductions summed in vector lanes
-  (``rfactor``), injective steps vectorised.
+* :class:`Reduction` — softmax, norms, global pooling: rows in parallel,
+  each row's blocks computed together, innermost reductions summed in vector
+  lanes (``rfactor``), injective steps vectorised.
 * :class:`Injective` — elementwise chains, reshapes, transposes: producers
   inlined, the rest in parallel, the innermost axis vectorised when it fits
   one vector or the vector width divides it.
@@ -27,6 +27,8 @@ rule that applies wins; a function no rule fits stays as TVM lowered it.
 """
 
 from __future__ import annotations
+
+import math
 
 import tvm
 import tvm_ffi
@@ -141,15 +143,19 @@ class Reduction(_Rule):
 
     @staticmethod
     def _lane_partials(sch: s_tir.Schedule, info, lanes: int):
-        """``rfactor`` the block's single, innermost reduction into ``lanes`` partials; the partial block or None."""
+        """``rfactor`` the block's innermost reductions (several fused into one: a mean over an image's rows and
+        columns) into ``lanes`` partials; the partial block or None."""
         kind = info.dom_kind()
-        if not kind.endswith("R") or kind.count("R") != 1:
+        reductions = len(kind) - len(kind.rstrip("R"))
+        if not reductions or kind.count("R") != reductions:
             return None
-        extent = _extent(sch, sch.get_loops(info.block_rv)[-1])
-        if extent is None or extent <= lanes or extent % lanes:
+        loops = sch.get_loops(info.block_rv)[-reductions:]
+        extents = [_extent(sch, loop) for loop in loops]
+        if None in extents or math.prod(extents) <= lanes or math.prod(extents) % lanes:
             return None
-        _, lane = sch.split(sch.get_loops(info.block_rv)[-1], [None, lanes])
-        return sch.rfactor(lane, factor_axis=len(kind) - 1)
+        _, lane = sch.split(sch.fuse(*loops) if reductions > 1 else loops[0], [None, lanes])
+        written = sch.get(info.block_rv).writes[0].source
+        return sch.rfactor(lane, factor_axis=len(written.shape))
 
     @staticmethod
     def _vectorize_partials(sch: s_tir.Schedule, block, lanes: int) -> None:

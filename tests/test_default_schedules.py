@@ -77,6 +77,11 @@ CASES = {
         lambda x: relax.op.mean(x, axis=[2, 3], keepdims=True),
         lambda x: x.mean(axis=(2, 3), keepdims=True),
     ),
+    "mean_pool_lanes": (  # the same over 4 × 12 values a vector width divides: summed in vector lanes
+        [(2, 8, 4, 12)],
+        lambda x: relax.op.mean(x, axis=[2, 3], keepdims=True),
+        lambda x: x.mean(axis=(2, 3), keepdims=True),
+    ),
     "depthwise_hardswish": (  # a 3×3 depthwise conv, stride 2, padded, then bias and hardswish
         [(1, 6, 9, 20), (6, 1, 3, 3), (1, 6, 1, 1)],
         lambda x, w, b: _hardswish(relax.op.add(relax.op.nn.conv2d(x, w, strides=2, padding=1, groups=6), b)),
@@ -172,7 +177,7 @@ def test_gelu_and_softmax_lower_without_a_libm_call_per_element(name):
     assert "T.erf(" not in scripts and "T.exp(" not in scripts
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "softmax_rows"])
+@pytest.mark.parametrize("name", ["layer_norm", "softmax_rows", "mean_pool_lanes"])
 def test_row_reductions_sum_in_vector_lanes(name):
     """A reduction over rows the vector width divides becomes per-lane partials (``rfactor``) in a vector loop."""
     scripts = _scheduled_scripts(name)
