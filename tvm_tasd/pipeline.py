@@ -133,7 +133,7 @@ def relax_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pa
 
     @tvm.transform.module_pass(opt_level=0, name="TASDCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target, database or contextlib.nullcontext():
+        with target, database if database is not None else contextlib.nullcontext():  # an empty one is falsy
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
