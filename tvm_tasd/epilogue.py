@@ -23,7 +23,7 @@ output to the last op's variable and drops the ops in between.
 Not absorbed: activations outside that list (GELU, sigmoid, …), a bias
 with values along another axis, anything a kernel family cannot apply in
 its output stage (the tensorized ``nm_emulated`` and CUDA ``mma.sp`` N:M
-kernels: :attr:`~schedules.selection.Kernels.nm_epilogue`).
+kernels: :meth:`~schedules.selection.Kernels.takes_epilogue`).
 """
 
 from __future__ import annotations
