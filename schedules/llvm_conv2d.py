@@ -207,7 +207,7 @@ def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int)
     parallel(s, s.fuse(b, c))
 
 
-def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_per_channel, shared_rows, tile_unit, overrides):
+def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_rows, tile_unit, overrides):
     """The kernel both convolutions share.
 
     ``entries_per_channel(ct)`` — entries per column in a tile of ct input
@@ -256,8 +256,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
         lambda b, j, p: te.sum(vals[j // cols, e, j % cols] * tap(b, j, p), axis=e),
         name="acc",
     )
-    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow], 1, dtype, acc, bias,
-                               output_activation)
+    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow], 1, dtype, acc, bias)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
     _schedule_phase(s, per_channel, whole, g, lanes)
@@ -293,7 +292,6 @@ def nm_conv2d(
     padding=(0, 0, 0, 0),
     dilation=(1, 1),
     target: tvm.target.Target | None = None,
-    output_activation: str | None = None,
     *,
     rows_per_task: int | None = None,
     cols: int | None = None,
@@ -319,7 +317,7 @@ def nm_conv2d(
 
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, output_activation, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want), overrides
+        g, dtype, bias, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want), overrides
     )
     ct, cols = tiling["k_tile"], tiling["cols"]
 
@@ -372,7 +370,6 @@ def dense_conv2d(
     padding=(0, 0, 0, 0),
     dilation=(1, 1),
     target: tvm.target.Target | None = None,
-    output_activation: str | None = None,
     *,
     rows_per_task: int | None = None,
     cols: int | None = None,
@@ -387,7 +384,7 @@ def dense_conv2d(
     taps = g.kh * g.kw
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, output_activation, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
+        g, dtype, bias, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
     )
     ct, cols = tiling["k_tile"], tiling["cols"]
 
