@@ -151,7 +151,8 @@ class Reduction(_Rule):
             return None
         loops = sch.get_loops(info.block_rv)[-reductions:]
         extents = [_extent(sch, loop) for loop in loops]
-        if None in extents or math.prod(extents) <= lanes or math.prod(extents) % lanes:
+        values = None if None in extents else math.prod(extents)
+        if values is None or values <= lanes or values % lanes:
             return None
         _, lane = sch.split(sch.fuse(*loops) if reductions > 1 else loops[0], [None, lanes])
         written = sch.get(info.block_rv).writes[0].source

@@ -1,5 +1,6 @@
 """TASDER on the bundled digits models: budget kept, EDP reduced, plans reproducible."""
 
+import dataclasses
 import json
 import math
 import os
@@ -111,17 +112,15 @@ def test_bad_input_fails_early_and_clearly(kwargs, match, calibration):
 
 
 def test_activation_series_on_tasd_tensor_cores_and_the_pass_computes_them(calibration):
+    """The compiled model computes what the search's evaluator measures for a plan with activation series: the
+    same weights, the same activation keep counts. (Whether the search itself keeps an activation series here
+    turns on near ties — its two routes end within a point of quality of each other, and the host's BLAS
+    rounding picks the winner — so the series are set on the searched plan's ReLU-fed layers.)"""
     import tvm
     from tvm import relax
 
     from tvm_tasd import build
     from tvm_tasd.frontend import from_onnx
-
-    """The compiled model computes what the search's evaluator measures for a plan with activation series: the
-    same weights, the same activation keep counts. (Whether the search itself keeps an activation series here
-    turns on near ties — its two routes end within a point of quality of each other, and the host's BLAS
-    rounding picks the winner — so the series are set on the searched plan's ReLU-fed layers.)"""
-    import dataclasses
 
     feeds, labels = calibration
     searched = tasder.search(model_path("digits-mlp"), "ttc-vegeta-m8", feeds, metric="accuracy", labels=labels,

@@ -135,12 +135,11 @@ def test_an_empty_database_compiles_like_none(tmp_path):
     one), and compute what the untuned build does."""
     hw = load_target("cpu-emulated")
     target = hw.tvm_target()
-    with target:
-        rewritten = TASDRewrite(hw, config="2:8+1:8", dense_kernels=True)(from_onnx(MLP, {"input": [BATCH, 64]}).mod)
     empty = ms.database.JSONDatabase(work_dir=str(tmp_path))
     assert len(empty) == 0
-    x = tvm.runtime.tensor(load_data().test_x[:BATCH])
     with target:
+        rewritten = TASDRewrite(hw, config="2:8+1:8", dense_kernels=True)(from_onnx(MLP, {"input": [BATCH, 64]}).mod)
         builds = [compile_module(rewritten, target, database) for database in (empty, None)]
+    x = tvm.runtime.tensor(load_data().test_x[:BATCH])
     outs = [relax.VirtualMachine(ex, tvm.cpu())["main"](x).numpy() for ex in builds]
     np.testing.assert_array_equal(*outs)
