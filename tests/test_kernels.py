@@ -138,6 +138,29 @@ def test_nm_conv2d_matches_reference(x_shape, w_shape, config, strides, padding,
     close(out, ref)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, _config, strides, padding, dilation, bias", CONV_CASES)
+def test_dense_conv2d_matches_reference(x_shape, w_shape, _config, strides, padding, dilation, bias):
+    rng = np.random.default_rng(sum(w_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    kernel = dense_conv2d(x_shape, w_shape, bias=bias, strides=strides, padding=padding, dilation=dilation)
+    out = build(kernel)(x, *kernel.pack(w), *([b] if bias else []))
+    close(out, conv_reference(x, w, b if bias else None, strides, padding, dilation))
+
+
+@pytest.mark.parametrize("target, registers", [({"kind": "llvm", "mattr": ["+avx2", "+fma"]}, 16),
+                                               ({"kind": "llvm", "mcpu": "znver4"}, 32)])
+def test_dense_conv_register_tile_computes_no_padding_where_a_tile_fits(target, registers):
+    """The digits CNN's 16→32 conv on 8×8 planes: 80 output positions (pitch 10) × 32 channels split into whole
+    register tiles on AVX2 and AVX-512 (a tile past either end computes values it throws away)."""
+    target = tvm.target.Target(target)
+    kernel = dense_conv2d((120, 16, 8, 8), (32, 16, 3, 3), padding=1, target=target)
+    assert 80 % kernel.params["rows_per_task"] == 0 and 32 % kernel.params["cols"] == 0, kernel.params
+    vectors = kernel.params["rows_per_task"] // kernel.params["lanes"]
+    assert vectors * kernel.params["cols"] + vectors + 2 <= registers  # accumulators, activations, a broadcast, spare
+
+
 def test_conv_padding_forms_and_dense_conv():
     x_shape, w_shape = (1, 8, 6, 5), (4, 8, 3, 3)
     rng = np.random.default_rng(3)
