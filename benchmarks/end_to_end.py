@@ -3,7 +3,8 @@
 For every benchmark model, at its benchmark batch and at batch 1:
 onnxruntime on the original ONNX model and, where the model comes from
 PyTorch (MiniLM, CREPE), the PyTorch module — both on the thread count TVM's
-runtime uses; the dense TVM build for ``cpu-emulated`` (every layer through
+runtime uses (one per physical core unless ``TVM_NUM_THREADS`` is set,
+:mod:`tvm_tasd.threads`); the dense TVM build for ``cpu-emulated`` (every layer through
 the scheduled dense kernel, every other op through
 ``schedules/llvm_default.py``); the TASD build at the committed TASDER plan
 for ``vegeta-m8`` (``benchmarks/results/plans/``, the quality the search
@@ -26,16 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-import tvm
-from tvm import relax
+from tvm_tasd.threads import default_tvm_threads
 
-from tvm_tasd import build
-from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write
-from tvm_tasd.frontend import from_onnx
-from tvm_tasd.tuning import Tuning
+default_tvm_threads()  # before TVM starts its thread pool: TVM alone would use half the cores here
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+
+from tvm_tasd import build  # noqa: E402
+from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
+from tvm_tasd.frontend import from_onnx  # noqa: E402
+from tvm_tasd.tuning import Tuning  # noqa: E402
 
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
 #: Consecutive timed runs of one contender per round.

@@ -17,9 +17,10 @@ kernel kept where it is slower (or dropped where it is faster).
 from __future__ import annotations
 
 import argparse
-import os
 
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))  # TVM defaults to 1 thread on these VMs
+from tvm_tasd.threads import default_tvm_threads
+
+default_tvm_threads()  # before TVM starts its thread pool: TVM alone would use half the cores here
 
 import numpy as np  # noqa: E402
 

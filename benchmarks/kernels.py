@@ -28,7 +28,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))  # TVM defaults to 1 thread on these VMs
+from tvm_tasd.threads import default_tvm_threads
+
+default_tvm_threads()  # before TVM starts its thread pool: TVM alone would use half the cores here
 
 import numpy as np  # noqa: E402
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402

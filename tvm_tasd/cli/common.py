@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..report import printable
+from ..threads import default_tvm_threads
 
 _SHAPE_ENTRY = re.compile(r"\s*(?P<name>[^\s\[\]]+?)\s*:\s*\[(?P<dims>[^\]]*)\]\s*,?")
 
@@ -73,6 +74,7 @@ def run_command(prog: str, parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse ``argv`` and run the chosen subcommand; the exit code."""
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)  # absent unless given: the flag's default is SUPPRESS
+    default_tvm_threads()  # before TVM's thread pool starts: a compiled model runs on every core
     for signum in (signal.SIGINT, signal.SIGTERM):  # `kill` cleans up like Ctrl-C: partial outputs and temp files go
         signal.signal(signum, _Interrupts.handle)
     try:
