@@ -211,27 +211,48 @@ def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int)
 TAP_OVERHEAD = 2
 
 
-def _dense_register_tile(positions: int, channels: int, lanes: int, registers: int) -> tuple[int, int]:
-    """Activation vectors × output channels of a dense conv's register tile.
+def _tap_cost(tiles: int, fmas: int, loads: int) -> int:
+    """Cycles (×2) for ``tiles`` register tiles to take one tap: two load and two FMA ports, the busier sets it."""
+    return tiles * (max(fmas, loads) + TAP_OVERHEAD)
+
+
+def _fits(accumulators: int, vectors: int, registers: int) -> bool:
+    # the accumulators, the vectors they share, a broadcast and one register to spare: with all 16 AVX2
+    # registers taken (5 × 2, 3 × 4) LLVM spilled, 2.4× slower
+    return accumulators + vectors + 2 <= registers
+
+
+def _position_tile(g: "_Geometry", lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
+    """Cost and (activation vectors, output channels) of the best register tile vectorised over positions.
 
     Every tap loads ``vectors`` activation vectors and broadcasts ``cols``
-    weights for ``vectors·cols`` FMAs (two load and two FMA ports: the larger
-    count sets the cycles), and positions and channels past the plane's or
-    the layer's end are computed too. Minimises that padded work over all
-    tiles that fit the registers (accumulators, the vectors, a broadcast).
-    The digits CNN's 16→32 conv on 8×8 planes (80 positions at pitch 10),
+    weights for ``vectors·cols`` FMAs, and positions and channels past the
+    plane's (or the padded rows') or the layer's end are computed too. The
+    digits CNN's 16→32 conv on 8×8 planes (80 positions at pitch 10),
     measured alone at batch 120: with AVX2, 2 × 6 computes 80 × 36
     (0.47 ms), 2 × 4 exactly 80 × 32 (0.44 ms); with AVX-512, 2 × 14
     computes 96 × 42 (0.70 ms), 5 × 4 exactly 80 × 32 (0.45 ms).
     """
     def cost(tile):
         vectors, cols = tile
-        padded = ceil_div(positions, vectors * lanes) * vectors * lanes * ceil_div(channels, cols) * cols
-        return padded / (vectors * cols) * (max(vectors * cols, vectors + cols + 1) + TAP_OVERHEAD)
+        tiles = g.batch * ceil_div(g.plane, vectors * lanes) * ceil_div(g.o, cols)
+        return _tap_cost(tiles, vectors * cols, vectors + cols + 1)
 
-    # one register to spare: with all 16 AVX2 registers taken (5 × 2, 3 × 4) LLVM spills, 2.4× slower
-    fits = [(v, c) for v in range(1, 9) for c in range(1, registers) if v * c + v + 2 <= registers]
-    return min(fits, key=cost)
+    tile = min(((v, c) for v in range(1, 9) for c in range(1, registers) if _fits(v * c, v, registers)), key=cost)
+    return cost(tile), tile
+
+
+def _channel_tile(g: "_Geometry", lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
+    """Cost and (output positions, channel vectors) of the best register tile vectorised over output channels:
+    every tap loads ``vectors`` weight vectors and broadcasts ``positions`` activations; no pitch padding."""
+    def cost(tile):
+        positions, vectors = tile
+        tiles = g.batch * g.oh * ceil_div(g.ow, positions) * ceil_div(g.o, vectors * lanes)
+        return _tap_cost(tiles, positions * vectors, positions + vectors + 1)
+
+    widest = ceil_div(g.o, lanes)
+    tile = min(((p, v) for p in range(1, 9) for v in range(1, widest + 1) if _fits(p * v, v, registers)), key=cost)
+    return cost(tile), tile
 
 
 def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_rows, tile_unit, overrides):
@@ -250,7 +271,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
     itemsize = tvm.runtime.DataType(acc).bits // 8
     rows_per_task = overrides.get("rows_per_task")
     if shared_rows:
-        vectors, cols = _dense_register_tile(g.plane, g.o, lanes, cpu.registers)
+        vectors, cols = _position_tile(g, lanes, cpu.registers)[1]
         vectors = ceil_div(rows_per_task, lanes) if rows_per_task else vectors
     else:
         # positions per task: 8 vectors measured best with 32 registers (misaligned tap loads), else 4
@@ -304,6 +325,70 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
 
     tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes)
     return s.mod["main"], tiling, acc, col_tiles
+
+
+def _channel_vector_kernel(g: _Geometry, dtype, bias, target, positions: int, vectors: int):
+    """The dense conv vectorised over output channels: for small planes, where the position-vectorised tile
+    would compute the phase rows' padding columns or lanes past the plane (an SE block's 1 × 1 planes).
+
+    ``acc[jo, b, oh, ow, ol] = Σ_e vals[jo, e, ol] · xph[b, offset(e) + oh·W2 + ow]``: a task is one row
+    of one image for ``vectors`` vectors of output channels (their weights stay in cache while the task's
+    neighbours reuse them); a register tile is ``positions`` output columns × those vectors, each tap one
+    broadcast per column and one weight vector load per vector. Returns (func, tiling, accumulator dtype,
+    channel tiles); the weights pack like the position-vectorised kernel's with ``cols`` = the tile's channels.
+    """
+    dtype = float_dtype(dtype)
+    acc = accumulator_dtype(dtype)
+    lanes = CPUShape.of(target).lanes(acc)
+    itemsize = tvm.runtime.DataType(acc).bits // 8
+    taps = g.kh * g.kw
+    oc = vectors * lanes
+    o_tiles = ceil_div(g.o, oc)
+    ct = reduction_tile(g.c, 1, max(1, L1_BYTES // (taps * oc * itemsize)))  # a weight tile in L1
+    per_tile = ct * taps
+    entries = ceil_div(g.c, ct) * per_tile
+    owp = ceil_div(g.ow, positions) * positions
+    rows = g.rows((g.oh - 1) * g.w2 + owp)
+
+    phase, per_channel, whole = _phase_func(g, rows, dtype, acc)
+    x = te.placeholder(phase.params[0].shape, dtype, name="x")
+    xph = te.extern_primfunc([x], phase, name="xph")
+    vals = te.placeholder((o_tiles, entries, oc), acc, name="vals")
+    keys = te.placeholder((entries,), "int32", name="offsets")
+    e = te.reduce_axis((0, entries), name="e")
+
+    def tap(b, oh, ow):
+        flat = keys[e] + oh * g.w2 + ow
+        return xph[b, flat // g.w2, flat % g.w2]
+
+    acc_c = te.compute(
+        (o_tiles, g.batch, g.oh, owp, oc),
+        lambda jo, b, oh, ow, ol: te.sum(vals[jo, e, ol] * tap(b, oh, ow), axis=e),
+        name="acc",
+    )
+    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_c[o // oc, b, oh, ow, o % oc], 1, dtype, acc, bias)
+
+    s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
+    _schedule_phase(s, per_channel, whole, g, lanes)
+    block = s.get_sblock("acc")
+    jo, b, oh, ow, ol, e_loop = s.get_loops(block)
+    task = s.fuse(jo, b, oh)
+    owo, owi = s.split(ow, [None, positions])
+    ov, ll = s.split(ol, [vectors, lanes])
+    ro, ri = s.split(e_loop, [None, per_tile])
+    s.reorder(task, ro, owo, ri, owi, ov, ll)
+    parallel(s, task)
+    s.vectorize(ll)
+    s.unroll(ov)
+    s.unroll(owi)
+    init = s.decompose_reduction(block, ro)
+    s.vectorize(s.get_loops(init)[-1])
+    epilogue = s.get_sblock("out")
+    b, o, oh, ow = s.get_loops(epilogue)
+    parallel(s, s.fuse(b, o))
+
+    tiling = dict(layout="channels", positions=positions, cols=oc, k_tile=ct, entries_per_tile=per_tile, lanes=lanes)
+    return s.mod["main"], tiling, acc, o_tiles
 
 
 def _check_weight(w_shape, g: _Geometry) -> None:
@@ -376,6 +461,13 @@ def nm_conv2d(
     return NMKernel(func, pack, macs, "x (B, C, H, W) NCHW", g.out_shape, tiling)
 
 
+#: The channel layout's modelled register-tile cost must be at most this share of the position layout's: its
+#: output is transposed back to NCHW element by element, which the model leaves out. Measured alone (AVX2, 2
+#: threads): the digits CNN's 16 → 32 conv on 8 × 8 planes (share 0.80) 1.12× faster in the model, SE blocks'
+#: convs on 1 × 1 planes (0.15–0.4) 2.8–4.4× faster alone; PP-OCR cls's 1 × 1 convs on 2–3 × 96 planes
+#: (0.93) 0.60–0.93× as fast, the transpose outweighing the 7 % less work.
+CHANNEL_LAYOUT_MAX_COST = 0.85
+
 #: Convolutions that reduce over fewer values than this (C·kh·kw) run faster as TVM's own conv under the default
 #: CPU rules: the kernel's tile set-up (offset table, accumulators) is amortised over too few FMAs. Measured in
 #: one process, the model with and without the kernel for that layer: the digits CNN's first conv (1×3×3 = 9)
@@ -403,18 +495,35 @@ def dense_conv2d(
     rows_per_task: int | None = None,
     cols: int | None = None,
     k_tile: int | None = None,
+    layout: str | None = None,
 ) -> NMKernel:
-    """Dense direct conv2d on the same loop nest: ``func(x, vals, offsets, [bias], out)``, ``pack(W)``.
+    """Dense direct conv2d: ``func(x, vals, offsets, [bias], out)``, ``pack(W)``.
 
     ``offsets`` is one (entries,) table shared by every output channel, so a
     register tile reads each activation vector once for all its channels.
+    ``layout`` ``"positions"`` vectorises over output positions (the N:M
+    kernels' loop nest), ``"channels"`` over output channels (for small
+    planes); by default the one whose register tiles compute less padding
+    (the tile overrides apply to, and select, ``"positions"``).
     """
     g = _Geometry(x_shape, w_shape, strides, padding, dilation)
     taps = g.kh * g.kw
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
-    func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
-    )
+    cpu = CPUShape.of(target)
+    lanes = cpu.lanes(accumulator_dtype(float_dtype(dtype)))
+    by_channels, (positions, vectors) = _channel_tile(g, lanes, cpu.registers)
+    if layout is None:
+        cheaper = by_channels <= CHANNEL_LAYOUT_MAX_COST * _position_tile(g, lanes, cpu.registers)[0]
+        layout = "channels" if cheaper and not any(overrides.values()) else "positions"
+    if layout == "channels":
+        func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, target, positions, vectors)
+    elif layout == "positions":
+        func, tiling, acc, col_tiles = _conv_kernel(
+            g, dtype, bias, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
+        )
+        tiling["layout"] = layout
+    else:
+        raise ValueError(f"layout must be 'positions' or 'channels', got {layout!r}")
     ct, cols = tiling["k_tile"], tiling["cols"]
 
     def pack(w: np.ndarray) -> list[np.ndarray]:

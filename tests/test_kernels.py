@@ -138,27 +138,42 @@ def test_nm_conv2d_matches_reference(x_shape, w_shape, config, strides, padding,
     close(out, ref)
 
 
+@pytest.mark.parametrize("layout", ["positions", "channels"])
 @pytest.mark.parametrize("x_shape, w_shape, _config, strides, padding, dilation, bias", CONV_CASES)
-def test_dense_conv2d_matches_reference(x_shape, w_shape, _config, strides, padding, dilation, bias):
+def test_dense_conv2d_matches_reference(x_shape, w_shape, _config, strides, padding, dilation, bias, layout):
     rng = np.random.default_rng(sum(w_shape))
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
-    kernel = dense_conv2d(x_shape, w_shape, bias=bias, strides=strides, padding=padding, dilation=dilation)
+    kernel = dense_conv2d(x_shape, w_shape, bias=bias, strides=strides, padding=padding, dilation=dilation,
+                          layout=layout)
+    assert kernel.params["layout"] == layout
     out = build(kernel)(x, *kernel.pack(w), *([b] if bias else []))
     close(out, conv_reference(x, w, b if bias else None, strides, padding, dilation))
 
 
 @pytest.mark.parametrize("target, registers", [({"kind": "llvm", "mattr": ["+avx2", "+fma"]}, 16),
                                                ({"kind": "llvm", "mcpu": "znver4"}, 32)])
-def test_dense_conv_register_tile_computes_no_padding_where_a_tile_fits(target, registers):
-    """The digits CNN's 16→32 conv on 8×8 planes: 80 output positions (pitch 10) × 32 channels split into whole
-    register tiles on AVX2 and AVX-512 (a tile past either end computes values it throws away)."""
+def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
+    """The digits CNN's 16→32 conv on 8×8 planes and an SE block's 1×1 planes are vectorised over output
+    channels (over positions they compute the phase rows' padding columns, or lanes past the plane), in
+    whole register tiles; a 64×64 plane over positions. Every tile fits the registers with one to spare."""
     target = tvm.target.Target(target)
-    kernel = dense_conv2d((120, 16, 8, 8), (32, 16, 3, 3), padding=1, target=target)
-    assert 80 % kernel.params["rows_per_task"] == 0 and 32 % kernel.params["cols"] == 0, kernel.params
-    vectors = kernel.params["rows_per_task"] // kernel.params["lanes"]
-    assert vectors * kernel.params["cols"] + vectors + 2 <= registers  # accumulators, activations, a broadcast, spare
+    cases = [((120, 16, 8, 8), (32, 16, 3, 3), 1, "channels"), ((8, 22, 1, 1), (88, 22, 1, 1), 0, "channels"),
+             ((1, 16, 64, 64), (32, 16, 3, 3), 1, "positions")]
+    for x_shape, w_shape, padding, layout in cases:
+        tiles = dense_conv2d(x_shape, w_shape, padding=padding, target=target).params
+        assert tiles["layout"] == layout, (x_shape, tiles)
+        if layout == "channels":
+            accumulators, vectors = tiles["positions"] * tiles["cols"] // tiles["lanes"], tiles["cols"] // tiles["lanes"]
+        else:
+            vectors = tiles["rows_per_task"] // tiles["lanes"]
+            accumulators = vectors * tiles["cols"]
+        assert accumulators + vectors + 2 <= registers, tiles
+    digits = dense_conv2d((120, 16, 8, 8), (32, 16, 3, 3), padding=1, target=target).params
+    assert 8 % digits["positions"] == 0 and 32 % digits["cols"] == 0, digits  # no padding computed
+    with pytest.raises(ValueError, match="layout"):
+        dense_conv2d((1, 8, 6, 6), (4, 8, 3, 3), layout="nhwc", target=target)
 
 
 def test_conv_padding_forms_and_dense_conv():
