@@ -2,7 +2,7 @@
 
 For every benchmark model, at its benchmark batch and at batch 1:
 onnxruntime on the original ONNX model and, where the model comes from
-PyTorch (MiniLM, CREPE), the PyTorch module — both on the thread count TVM's
+PyTorch (MiniLM, CREPE, EfficientNet-Lite0), the PyTorch module — both on the thread count TVM's
 runtime uses (one per physical core unless ``TVM_NUM_THREADS`` is set,
 :mod:`tvm_tasd.threads`); the dense TVM build for ``cpu-emulated`` (every layer through
 the scheduled dense kernel, every other op through
@@ -110,6 +110,22 @@ def _ppocr_case(kind: str) -> Case:
     return Case(8, lambda batch: ppocr.onnx_path(kind, batch), lambda batch: {"x": lines(batch, seed=0)[0]})
 
 
+def _efficientnet_torch():
+    import torch
+
+    from tvm_tasd.benchmarks.models import efficientnet
+
+    network = efficientnet.network()
+    return lambda feed: network(torch.from_numpy(feed["images"]))
+
+
+def _efficientnet_case() -> Case:
+    from tvm_tasd.benchmarks.models import efficientnet
+
+    return Case(16, efficientnet.onnx_path, lambda batch: {"images": efficientnet.crops("test", batch)},
+                torch_runner=_efficientnet_torch)
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "minilm": _minilm_case,
     "crepe-tiny": lambda: _crepe_case("tiny", ("2:4+1:8", "2:8")),
@@ -118,6 +134,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "digits-cnn": lambda: _digits_case("digits-cnn"),
     "ppocr-rec": lambda: _ppocr_case("rec"),
     "ppocr-cls": lambda: _ppocr_case("cls"),
+    "efficientnet-lite0": _efficientnet_case,
 }
 
 
