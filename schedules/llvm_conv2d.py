@@ -20,6 +20,10 @@ keeps into that offset, grouped by channel tiles that stay in L1.
 :func:`dense_conv2d` runs the same loop nest over every tap — all output
 channels of a register tile then share each activation vector, which makes
 it the usual register-blocked direct convolution (the fair dense baseline).
+On small planes, where position vectors would mostly hold the phase rows'
+padding columns or lanes past the plane (8×8 planes, an SE block's 1×1),
+it vectorises over output channels instead: a tile of a few output columns
+× channel vectors, each tap one broadcast per column and one weight vector.
 """
 
 from __future__ import annotations
@@ -222,12 +226,12 @@ def _fits(accumulators: int, vectors: int, registers: int) -> bool:
     return accumulators + vectors + 2 <= registers
 
 
-def _position_tile(g: "_Geometry", lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
+def _position_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
     """Cost and (activation vectors, output channels) of the best register tile vectorised over positions.
 
     Every tap loads ``vectors`` activation vectors and broadcasts ``cols``
-    weights for ``vectors·cols`` FMAs, and positions and channels past the
-    plane's (or the padded rows') or the layer's end are computed too. The
+    weights for ``vectors·cols`` FMAs, and positions past the plane and
+    channels past the layer are computed too. The
     digits CNN's 16→32 conv on 8×8 planes (80 positions at pitch 10),
     measured alone at batch 120: with AVX2, 2 × 6 computes 80 × 36
     (0.47 ms), 2 × 4 exactly 80 × 32 (0.44 ms); with AVX-512, 2 × 14
@@ -242,7 +246,7 @@ def _position_tile(g: "_Geometry", lanes: int, registers: int) -> tuple[int, tup
     return cost(tile), tile
 
 
-def _channel_tile(g: "_Geometry", lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
+def _channel_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
     """Cost and (output positions, channel vectors) of the best register tile vectorised over output channels:
     every tap loads ``vectors`` weight vectors and broadcasts ``positions`` activations; no pitch padding."""
     def cost(tile):
@@ -506,6 +510,8 @@ def dense_conv2d(
     planes); by default the one whose register tiles compute less padding
     (the tile overrides apply to, and select, ``"positions"``).
     """
+    if layout not in (None, "positions", "channels"):
+        raise ValueError(f"layout must be 'positions' or 'channels', got {layout!r}")
     g = _Geometry(x_shape, w_shape, strides, padding, dilation)
     taps = g.kh * g.kw
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
@@ -517,13 +523,11 @@ def dense_conv2d(
         layout = "channels" if cheaper and not any(overrides.values()) else "positions"
     if layout == "channels":
         func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, target, positions, vectors)
-    elif layout == "positions":
+    else:
         func, tiling, acc, col_tiles = _conv_kernel(
             g, dtype, bias, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
         )
         tiling["layout"] = layout
-    else:
-        raise ValueError(f"layout must be 'positions' or 'channels', got {layout!r}")
     ct, cols = tiling["k_tile"], tiling["cols"]
 
     def pack(w: np.ndarray) -> list[np.ndarray]:
