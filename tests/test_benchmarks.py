@@ -96,3 +96,17 @@ def test_quality_vs_edp_reports_what_each_tasder_plan_chose():
     markdown = quality_vs_edp.to_markdown({"meta": stamp("t"), "rows": [row]})
     assert "- TASDER @ 0.99: weights 4:8 ×2, dense ×1; methods magnitude ×2; activation series 1: " \
            "`fc1.weight` 4:8+2:8." in markdown
+
+
+def test_end_to_end_times_every_contender_side_by_side():
+    """The digits MLP at batch 1: onnxruntime, the dense TVM build and the committed plan, timed in rounds."""
+    pytest.importorskip("onnxruntime")
+    from tvm_tasd.benchmarks import end_to_end
+
+    rows = {r["config"]: r for r in end_to_end.measure("digits-mlp", 1, rounds=2)}
+    assert set(rows) == {"onnxruntime", "dense", "TASDER plan (vegeta-m8)"}
+    assert rows["onnxruntime"]["speedup_vs_ort"] == 1.0 and rows["dense"]["speedup_vs_dense"] == 1.0
+    assert rows["dense"]["mac_density"] == 1.0 and 0 < rows["TASDER plan (vegeta-m8)"]["mac_density"] < 1
+    for row in rows.values():
+        low, high = row["speedup_vs_ort_range"]
+        assert 0 < low <= row["speedup_vs_ort"] <= high and row["median_s"] > 0
