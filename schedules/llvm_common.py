@@ -1,7 +1,7 @@
 """What the LLVM (CPU) kernels share: host target, kernel record, build, schedule pieces.
 
-* :func:`output_stage` — the cast to the output dtype (and the optional bias)
-  every kernel ends with.
+* :func:`output_stage` — the cast to the output dtype (and the optional bias
+  and output activation, :data:`OUTPUT_ACTIVATIONS`) every kernel ends with.
 * :func:`host_target` — ``Target({"kind": "llvm", "mcpu": <host cpu>})``; the
   vector width and register count the schedules tile for come from it
   (AVX-512: 16 fp32 lanes, 32 registers; AVX2: 8 lanes, 16 registers).
@@ -60,12 +60,31 @@ def nm_kernel_pays(op: str, density: float, rows: int) -> bool:
     return density <= (SMALL_ROWS_NM_MAX_DENSITY if rows < SMALL_ROWS else NM_MAX_DENSITY)
 
 
-def output_stage(shape, value: Callable, channel: int, dtype: str, acc: str, bias: bool):
-    """``out = (value(*index) [+ bias[index[channel]]]).astype(dtype)``, and the inputs it adds ([bias] or [])."""
+#: Activation functions a kernel's output stage can apply after the bias, on the accumulator value
+#: (``output_activation=`` of the CPU kernels): otherwise one more pass over the output, in a function of its own.
+OUTPUT_ACTIVATIONS: dict[str, Callable] = {  # (value, constant of the value's dtype) → value
+    "relu": lambda v, c: tvm.tirx.max(v, c(0)),
+    "relu6": lambda v, c: tvm.tirx.min(tvm.tirx.max(v, c(0)), c(6)),
+    "hardswish": lambda v, c: v * tvm.tirx.min(tvm.tirx.max(v + c(3), c(0)), c(6)) / c(6),
+}
+
+
+def output_stage(shape, value: Callable, channel: int, dtype: str, acc: str, bias: bool,
+                 output_activation: str | None = None):
+    """``out = output_activation(value(*index) [+ bias[index[channel]]]).astype(dtype)``, and the inputs it adds
+    ([bias] or []); ``output_activation`` names one of :data:`OUTPUT_ACTIVATIONS` (None: the identity)."""
+    if output_activation is not None and output_activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"unknown output activation {output_activation!r}; the kernels apply "
+                         f"{', '.join(sorted(OUTPUT_ACTIVATIONS))}")
+    function = OUTPUT_ACTIVATIONS.get(output_activation, lambda v, _: v)
+
+    def apply(v):
+        return function(v, lambda number: tvm.tirx.const(number, acc))
+
     if not bias:
-        return te.compute(shape, lambda *i: value(*i).astype(dtype), name="out"), []
+        return te.compute(shape, lambda *i: apply(value(*i)).astype(dtype), name="out"), []
     b = te.placeholder((shape[channel],), dtype, name="bias")
-    return te.compute(shape, lambda *i: (value(*i) + b[i[channel]].astype(acc)).astype(dtype), name="out"), [b]
+    return te.compute(shape, lambda *i: apply(value(*i) + b[i[channel]].astype(acc)).astype(dtype), name="out"), [b]
 
 
 def host_target() -> tvm.target.Target:

@@ -259,7 +259,8 @@ def _channel_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[
     return cost(tile), tile
 
 
-def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_rows, tile_unit, overrides):
+def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_per_channel, shared_rows, tile_unit,
+                 overrides):
     """The kernel both convolutions share.
 
     ``entries_per_channel(ct)`` — entries per column in a tile of ct input
@@ -310,7 +311,8 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
         lambda b, j, p: te.sum(vals[j // cols, e, j % cols] * tap(b, j, p), axis=e),
         name="acc",
     )
-    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow], 1, dtype, acc, bias)
+    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow], 1, dtype, acc, bias,
+                               output_activation)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
     _schedule_phase(s, per_channel, whole, g, lanes)
@@ -331,7 +333,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, target, entries_per_channel, shared_
     return s.mod["main"], tiling, acc, col_tiles
 
 
-def _channel_vector_kernel(g: _Geometry, dtype, bias, target, positions: int, vectors: int):
+def _channel_vector_kernel(g: _Geometry, dtype, bias, output_activation, target, positions: int, vectors: int):
     """The dense conv vectorised over output channels: for small planes, where the position-vectorised tile
     would compute the phase rows' padding columns or lanes past the plane (an SE block's 1 × 1 planes).
 
@@ -370,7 +372,8 @@ def _channel_vector_kernel(g: _Geometry, dtype, bias, target, positions: int, ve
         lambda jo, b, oh, ow, ol: te.sum(vals[jo, e, ol] * tap(b, oh, ow), axis=e),
         name="acc",
     )
-    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_c[o // oc, b, oh, ow, o % oc], 1, dtype, acc, bias)
+    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_c[o // oc, b, oh, ow, o % oc], 1, dtype, acc, bias,
+                              output_activation)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
     _schedule_phase(s, per_channel, whole, g, lanes)
@@ -410,6 +413,7 @@ def nm_conv2d(
     padding=(0, 0, 0, 0),
     dilation=(1, 1),
     target: tvm.target.Target | None = None,
+    output_activation: str | None = None,
     *,
     rows_per_task: int | None = None,
     cols: int | None = None,
@@ -435,7 +439,7 @@ def nm_conv2d(
 
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want), overrides
+        g, dtype, bias, output_activation, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want), overrides
     )
     ct, cols = tiling["k_tile"], tiling["cols"]
 
@@ -495,6 +499,7 @@ def dense_conv2d(
     padding=(0, 0, 0, 0),
     dilation=(1, 1),
     target: tvm.target.Target | None = None,
+    output_activation: str | None = None,
     *,
     rows_per_task: int | None = None,
     cols: int | None = None,
@@ -522,10 +527,12 @@ def dense_conv2d(
         cheaper = by_channels <= CHANNEL_LAYOUT_MAX_COST * _position_tile(g, lanes, cpu.registers)[0]
         layout = "channels" if cheaper and not any(overrides.values()) else "positions"
     if layout == "channels":
-        func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, target, positions, vectors)
+        func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, output_activation, target, positions,
+                                                              vectors)
     else:
         func, tiling, acc, col_tiles = _conv_kernel(
-            g, dtype, bias, target, lambda ct: ct * taps, True, lambda want: reduction_tile(g.c, 1, want), overrides
+            g, dtype, bias, output_activation, target, lambda ct: ct * taps, True,
+            lambda want: reduction_tile(g.c, 1, want), overrides
         )
         tiling["layout"] = layout
     ct, cols = tiling["k_tile"], tiling["cols"]

@@ -50,9 +50,11 @@ def _k_tile(k: int) -> int:
 
 
 def dense_matmul(
-    m: int, k: int, n: int, dtype: str = "float32", bias: bool = False, target: tvm.target.Target | None = None
+    m: int, k: int, n: int, dtype: str = "float32", bias: bool = False, target: tvm.target.Target | None = None,
+    output_activation: str | None = None,
 ) -> NMKernel:
-    """Scheduled dense GEMM. ``func(x, w_packed, [bias], out)``; ``pack(W)`` takes the (k, n) weight."""
+    """Scheduled dense GEMM. ``func(x, w_packed, [bias], out)``; ``pack(W)`` takes the (k, n) weight;
+    ``output_activation`` (:data:`~.llvm_common.OUTPUT_ACTIVATIONS`) applies to the output after the bias."""
     dtype = float_dtype(dtype)
     acc = accumulator_dtype(dtype)
     cpu = CPUShape.of(target)
@@ -79,10 +81,10 @@ def dense_matmul(
     else:
         xs = x
     r = te.reduce_axis((0, k), name="k")
-    direct = not bias and (mp, np_) == (m, n) and acc == dtype
+    direct = not bias and output_activation is None and (mp, np_) == (m, n) and acc == dtype
     shape = (m, n) if direct else (mp, np_)
     acc_t = te.compute(shape, lambda i, j: te.sum(xs[i, r].astype(acc) * wp[j // nc, r, j % nc], axis=r), name="acc")
-    out, extra = (acc_t, []) if direct else output_stage((m, n), lambda i, j: acc_t[i, j], 1, dtype, acc, bias)
+    out, extra = (acc_t, []) if direct else output_stage((m, n), lambda i, j: acc_t[i, j], 1, dtype, acc, bias, output_activation)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, wp, *extra, out]))
     block = s.get_sblock("acc")

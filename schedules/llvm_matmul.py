@@ -72,6 +72,7 @@ def nm_matmul(
     dtype: str = "float32",
     bias: bool = False,
     target: tvm.target.Target | None = None,
+    output_activation: str | None = None,
     *,
     rows_per_task: int | None = None,
     cols: int | None = None,
@@ -127,7 +128,7 @@ def nm_matmul(
         lambda j, i: te.sum(vals[j // cols, r, j % cols] * slab(i, rows[j // cols, r, j % cols] + i % mt), axis=r),
         name="accT",
     )
-    out, extra = output_stage((m, n), lambda i, j: acc_t[j, i], 1, dtype, acc, bias)
+    out, extra = output_stage((m, n), lambda i, j: acc_t[j, i], 1, dtype, acc, bias, output_activation)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, rows, *extra, out]))
     block = s.get_sblock("accT")

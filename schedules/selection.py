@@ -43,7 +43,9 @@ class KernelRule:
     w_shape, patterns, dtype, **conv)`` build the scheduled kernels;
     ``dense_kernels`` says whether the family also has scheduled dense ones;
     ``series_pays(op, density, rows)`` whether its N:M kernel beats them for
-    a layer (families that emulate a unit, or are one, always run the series).
+    a layer (families that emulate a unit, or are one, always run the series);
+    ``nm_epilogue`` whether its N:M kernels take ``bias`` and
+    ``output_activation`` (the scheduled dense kernels always do).
     """
 
     family: str
@@ -52,6 +54,7 @@ class KernelRule:
     conv2d: Callable
     dense_kernels: bool
     series_pays: Callable[[str, float, int], bool] = lambda op, density, rows: True
+    nm_epilogue: bool = False
 
 
 RULES = (
@@ -73,10 +76,12 @@ RULES = (
     KernelRule(
         "plain",
         lambda hw, target: target.kind.name == "llvm",
-        lambda target, m, k, n, patterns, dtype: llvm.nm_matmul(m, k, n, patterns, dtype=dtype, target=target),
+        lambda target, m, k, n, patterns, dtype, **epilogue: llvm.nm_matmul(m, k, n, patterns, dtype=dtype,
+                                                                             target=target, **epilogue),
         lambda target, x, w, patterns, dtype, **conv: llvm.nm_conv2d(x, w, patterns, dtype=dtype, target=target, **conv),
         dense_kernels=True,
         series_pays=llvm.nm_kernel_pays,
+        nm_epilogue=True,
     ),
 )
 
@@ -101,18 +106,23 @@ class Kernels:
         """Whether a layer's N:M kernel (``op``, series ``density``, ``rows`` activation rows) beats the dense one."""
         return self.rule.series_pays(op, density, rows)
 
-    def nm_matmul(self, m: int, k: int, n: int, patterns, dtype: str):
-        return self.rule.matmul(self.target, m, k, n, patterns, dtype)
+    def takes_epilogue(self, dense: bool) -> bool:
+        """Whether the layer's kernel (the dense one, or the N:M one) takes ``bias`` and ``output_activation``."""
+        return self.rule.dense_kernels if dense else self.rule.nm_epilogue
 
-    def nm_conv2d(self, x_shape, w_shape, patterns, dtype: str, **conv):
-        return self.rule.conv2d(self.target, x_shape, w_shape, patterns, dtype, **conv)
+    # ``epilogue``: ``bias`` and ``output_activation``, only where :meth:`takes_epilogue`
+    def nm_matmul(self, m: int, k: int, n: int, patterns, dtype: str, **epilogue):
+        return self.rule.matmul(self.target, m, k, n, patterns, dtype, **epilogue)
 
-    def dense_matmul(self, m: int, k: int, n: int, dtype: str):
+    def nm_conv2d(self, x_shape, w_shape, patterns, dtype: str, **conv_and_epilogue):
+        return self.rule.conv2d(self.target, x_shape, w_shape, patterns, dtype, **conv_and_epilogue)
+
+    def dense_matmul(self, m: int, k: int, n: int, dtype: str, **epilogue):
         """The scheduled dense CPU kernel (where :attr:`dense_kernels`), tiled for this target."""
-        return llvm.dense_matmul(m, k, n, dtype=dtype, target=self.target)
+        return llvm.dense_matmul(m, k, n, dtype=dtype, target=self.target, **epilogue)
 
-    def dense_conv2d(self, x_shape, w_shape, dtype: str, **conv):
-        return llvm.dense_conv2d(x_shape, w_shape, dtype=dtype, target=self.target, **conv)
+    def dense_conv2d(self, x_shape, w_shape, dtype: str, **conv_and_epilogue):
+        return llvm.dense_conv2d(x_shape, w_shape, dtype=dtype, target=self.target, **conv_and_epilogue)
 
 
 def kernels_for(hardware, target: tvm.target.Target | None = None) -> Kernels:

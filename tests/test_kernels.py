@@ -213,3 +213,45 @@ def test_nm_activation_channels_first_needs_nchw():
 
     with pytest.raises(ValueError, match="NCHW"):
         nm_activation((4, 16), "2:8", channels_first=True)
+
+
+NUMPY_ACTIVATIONS = {
+    "relu": lambda v: np.maximum(v, 0),
+    "relu6": lambda v: np.clip(v, 0, 6),
+    "hardswish": lambda v: v * np.clip(v + 3, 0, 6) / 6,
+}
+
+
+@pytest.mark.parametrize("activation", sorted(NUMPY_ACTIVATIONS))
+@pytest.mark.parametrize("kind", ["nm_matmul", "dense_matmul", "nm_conv2d", "dense_conv2d", "dense_conv2d_channels"])
+def test_output_activation_follows_the_bias(kind, activation):
+    """Every CPU kernel applies its output activation after the bias, in its own output stage (outputs spread
+    over the activations' kinks at 0, ±3 and 6)."""
+    rng = np.random.default_rng(len(kind) + len(activation))
+    if kind.endswith("matmul"):
+        x, w = rng.standard_normal((13, 48)).astype(np.float32), rng.standard_normal((48, 20)).astype(np.float32)
+        weight = approximate(w, "2:8", axis=0) if kind == "nm_matmul" else w
+        kernel = (nm_matmul(13, 48, 20, "2:8", bias=True, output_activation=activation) if kind == "nm_matmul"
+                  else dense_matmul(13, 48, 20, bias=True, output_activation=activation))
+        packed = kernel.pack(decompose(w, "2:8", axis=0) if kind == "nm_matmul" else w)
+        b = rng.standard_normal(20).astype(np.float32) * 4
+        ref = x @ weight + b
+    else:
+        x = rng.standard_normal((2, 16, 7, 9)).astype(np.float32)
+        w = rng.standard_normal((10, 16, 3, 3)).astype(np.float32)
+        weight = approximate(w, "2:8", axis=1) if kind == "nm_conv2d" else w
+        kernel = (nm_conv2d(x.shape, w.shape, "2:8", bias=True, padding=1, output_activation=activation)
+                  if kind == "nm_conv2d" else
+                  dense_conv2d(x.shape, w.shape, bias=True, padding=1, output_activation=activation,
+                               layout="channels" if kind.endswith("channels") else "positions"))
+        packed = kernel.pack(decompose(w, "2:8", axis=1) if kind == "nm_conv2d" else w)
+        b = rng.standard_normal(10).astype(np.float32) * 4
+        ref = conv_reference(x, weight, b, (1, 1), (1, 1, 1, 1), (1, 1))
+    out = build(kernel)(x, *packed, b)
+    close(out, NUMPY_ACTIVATIONS[activation](ref))
+    assert (out == 0).any() if activation != "hardswish" else (out < 0).any()  # the activation did bite
+
+
+def test_unknown_output_activation_names_the_known_ones():
+    with pytest.raises(ValueError, match="hardswish, relu, relu6"):
+        dense_matmul(4, 8, 8, output_activation="gelu")

@@ -77,16 +77,17 @@ def _functions(mod: tvm.IRModule) -> tvm.IRModule:
 
 def _expected_linear(config: str, dense_kernel: bool = False) -> tvm.IRModule:
     """What the pass must emit for ``Linear``: one fused N:M kernel reading the packed terms as constants — or,
-    with ``dense_kernel``, the dense kernel reading the approximated weight."""
+    with ``dense_kernel``, the dense kernel reading the approximated weight —, the ReLU in its output stage."""
     terms = decompose(W, config, axis=0)
     kernels = kernels_for(load_target("cpu-emulated"))
     if dense_kernel:
-        runs, kernel = "dense", kernels.dense_matmul(4, 16, 8, "float32")
+        runs, kernel = "dense", kernels.dense_matmul(4, 16, 8, "float32", output_activation="relu")
         packed, density = kernel.pack(approximate(W, config, axis=0)), 1.0
     else:
-        runs, kernel = config, kernels.nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32")
+        runs, kernel = config, kernels.nm_matmul(4, 16, 8, [t.pattern for t in terms], "float32",
+                                                 output_activation="relu")
         packed, density = kernel.pack(terms), float(sum(t.pattern.density for t in terms))
-    symbol = "tasd_matmul_4x16x8_" + runs.replace(":", "_").replace("+", "_")
+    symbol = "tasd_matmul_4x16x8_" + runs.replace(":", "_").replace("+", "_") + "_relu"
     attrs = {"tasd.config": runs, "tasd.density": density,
              "tasd.executed_macs": int(kernel.executed_macs), "tirx.is_scheduled": True,
              "op_pattern": 8,  # scheduled already; never fused with neighbours
@@ -98,8 +99,7 @@ def _expected_linear(config: str, dense_kernel: bool = False) -> tvm.IRModule:
         with bb.dataflow():
             kernel_var = bb.add_func(kernel.func.with_attrs(attrs), symbol)
             operands = [relax.const(a) for a in packed]
-            y = bb.emit(relax.call_tir(kernel_var, [x, *operands], relax.TensorType((4, 8), "float32")))
-            z = bb.emit_output(relax.op.nn.relu(y))
+            z = bb.emit_output(relax.call_tir(kernel_var, [x, *operands], relax.TensorType((4, 8), "float32")))
         bb.emit_func_output(z)
     return bb.get()
 
@@ -153,7 +153,7 @@ class TwoLinear:
     def main(x: R.Tensor((4, 16), "float32"), w: R.Tensor((16, 16), "float32"), v: R.Tensor((16, 16), "float32")):
         with R.dataflow():
             y = R.nn.relu(R.matmul(x, w))
-            z = R.matmul(y, v)
+            z = R.nn.relu(R.matmul(y, v))  # both with the ReLU in their kernel's output stage
             R.output(z)
         return z
 
@@ -169,7 +169,7 @@ def test_layers_of_one_shape_and_series_share_one_kernel():
     ex = tvm.compile(out, target=load_target("cpu-emulated").tvm_target())
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, w, v))).numpy()
     approx = [approximate(a, "2:8+1:8", axis=0) for a in (w, v)]
-    np.testing.assert_allclose(got, np.maximum(x @ approx[0], 0) @ approx[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, np.maximum(np.maximum(x @ approx[0], 0) @ approx[1], 0), rtol=1e-5, atol=1e-5)
 
 
 @I.ir_module

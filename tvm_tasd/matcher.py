@@ -47,7 +47,7 @@ ZERO_PRESERVING = frozenset(
 SMOOTH_ACTIVATIONS = frozenset({"relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu"})
 
 
-def _static_shape(expr) -> tuple[int, ...] | None:
+def static_shape(expr) -> tuple[int, ...] | None:
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
         return None
@@ -87,13 +87,13 @@ class LayerMatcher:
         return expr
 
     def _constant(self, expr) -> tuple[np.ndarray, str | None] | None:
-        value = self._constant_value(expr)
+        value = self.constant_value(expr)
         if value is None:
             return None
         expr = self._resolve(expr)
         if isinstance(expr, tvm.ir.Constant):
             return value, self._source_name(fingerprint(value))
-        declared = _static_shape(expr)
+        declared = static_shape(expr)
         if declared is not None and value.shape != declared:
             raise ValueError(f"params[{expr.name!r}] has shape {value.shape}; the module's input has {declared}")
         return value, expr.name
@@ -113,7 +113,7 @@ class LayerMatcher:
                 expr = scaled
                 continue
             yield value
-            clip = self._clip(value)
+            clip = self.clip(value)
             if clip is None:
                 return
             expr = clip[2]
@@ -124,7 +124,7 @@ class LayerMatcher:
         ReLU6 counts (ONNX ``Clip(x, 0, 6)``, imported as ``maximum(x, 0)`` then ``minimum(·, 6)``
         TE kernels): a lower clip at 0 makes the zeros, an upper clip above 0 keeps them."""
         for call in self._producers(expr):
-            clip = self._clip(call)
+            clip = self.clip(call)
             if clip is None:
                 return isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.relu"
             bound_kind, bound, _ = clip
@@ -145,13 +145,13 @@ class LayerMatcher:
         value = self._resolve(x)
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.add":
             for y, c in (value.args, value.args[::-1]):
-                shift = self._constant_value(c)
+                shift = self.constant_value(c)
                 if (shift is not None and shift.size == int(np.prod(shift_shape))
                         and shift.shape[-len(shift_shape):] == shift_shape[-shift.ndim:] and self.fed_by_relu(y)):
                     return {"relu_fed": True, "smooth_fed": False, "input_shift": shift.reshape(shift_shape)}
         return {"relu_fed": self.fed_by_relu(x), "smooth_fed": self.fed_by_smooth(x)}
 
-    def _constant_value(self, expr) -> np.ndarray | None:
+    def constant_value(self, expr) -> np.ndarray | None:
         """The value of a bound constant or of a parameter the caller supplies, without naming it."""
         expr = self._resolve(expr)
         if isinstance(expr, tvm.ir.Constant):
@@ -166,7 +166,7 @@ class LayerMatcher:
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.multiply"):
             return None
         for x, c in (call.args, call.args[::-1]):
-            value = self._constant_value(c)
+            value = self.constant_value(c)
             if value is not None and (value >= 0).all():
                 return x
         return None
@@ -182,7 +182,7 @@ class LayerMatcher:
                 return True
         return False
 
-    def _clip(self, call):
+    def clip(self, call):
         """("max", lower bound, x) for ``maximum(x, c)``, ("min", upper bound, x) for ``minimum(x, c)`` with a
         constant scalar c, as the ONNX importer emits Clip; else None."""
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
@@ -255,7 +255,7 @@ class LayerMatcher:
             return None
         value, axis, source = weight
         name = self._name("matmul", source)
-        x_shape = _static_shape(call.args[0])
+        x_shape = static_shape(call.args[0])
         k = value.shape[axis]
         n = value.shape[1 - axis]
         dtype = str(call.args[0].ty.dtype)
@@ -271,8 +271,8 @@ class LayerMatcher:
         value, source = found
         name = self._name("conv2d", source)
         attrs = call.attrs
-        x_shape = _static_shape(call.args[0])
-        out_shape = _static_shape(call)
+        x_shape = static_shape(call.args[0])
+        out_shape = static_shape(call)
         dtype = str(call.args[0].ty.dtype)
         problem = _problem(x_shape, dtype, value)
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":

@@ -12,7 +12,9 @@ decomposes the constant weights at compile time into compressed N:M terms
 ``call_tir`` kernel that runs every term while sharing the activation read
 and the accumulator (the paper's Fig. 11). Layers of the same shape and
 series call one shared kernel function (attribute ``tasd.layers`` names
-them), each with its own packed terms as operands. Kernels come from
+them), each with its own packed terms as operands. Where the kernel takes
+one (the CPU kernels), the layer's bias add and activation function run in
+its output stage (:mod:`tvm_tasd.epilogue`), not as ops after it. Kernels come from
 ``tvm_tasd.schedules`` (``schedules.selection`` picks them for the current
 TVM target, ``Target.current()``, else the hardware's): mma.sp on CUDA,
 the tensorized N:M kernels on the CPU. With the plain CPU kernels
@@ -51,6 +53,7 @@ from tvm import relax
 
 from .config import TASDConfig
 from .decompose import relative_error
+from .epilogue import Epilogue, find_epilogues
 from .hardware import load_target
 from .layer import Layer
 from .matcher import LayerMatcher, find_layers
@@ -229,7 +232,9 @@ class _Rewriter(relax.PyExprMutator):
         self.symbols = {gv.name_hint for gv in mod.get_global_vars()}
         self.shared: dict[int, list[tuple[tvm.tirx.PrimFunc, relax.GlobalVar]]] = {}  # structural hash → kernels
         self.users: dict[relax.GlobalVar, list[str]] = {}  # kernel → the layers that call it
-        self.scheduled: dict[tuple, object] = {}  # (op, shapes, series, dtype, window) → scheduled kernel
+        self.scheduled: dict[tuple, object] = {}  # (op, shapes, series, dtype, window, epilogue) → kernel
+        self.epilogues = self._epilogues(mod, params) if kernels.dense_kernels else {}
+        self.dropped: set = set()  # variables of ops a kernel absorbed: their bindings are not emitted
 
     def rewrite(self) -> tvm.IRModule:
         main = self.mod.get_global_var("main")
@@ -238,8 +243,18 @@ class _Rewriter(relax.PyExprMutator):
             self.builder_.update_func(gvar, self.builder_.get()[gvar].with_attr("tasd.layers", layers))
         return self.builder_.get()
 
+    @staticmethod
+    def _epilogues(mod: tvm.IRModule, params) -> dict:
+        lookup = LayerMatcher(mod, params)
+        for block in mod["main"].body.blocks:
+            for binding in block.bindings:
+                lookup.remember(binding.var, binding.value)
+        return find_epilogues(mod["main"], lookup)
+
     def visit_var_binding_(self, binding):
-        self.matcher.remember(binding.var, binding.value)
+        self.matcher.remember(binding.var, binding.value)  # as the source wrote it: what feeds the next layers
+        if binding.var in self.dropped:
+            return
         layer = self.matcher.match(binding.value)
         choice = self.choices.get(layer.name) if layer is not None else None
         if choice is None:
@@ -248,8 +263,13 @@ class _Rewriter(relax.PyExprMutator):
         if layer.ineligible or not (choice.rewrites or self._dense_kernel(layer)):
             return super().visit_var_binding_(binding)
         activation = self.hook.layer_input(layer, self.visit_expr(binding.value.args[0]), self.builder_)
-        new_value = self.builder_.normalize(self._emit_layer(layer, choice, activation))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, new_value))
+        epilogue = self.epilogues.get(binding.var)
+        new_value, fused = self._emit_layer(layer, choice, activation, epilogue)
+        var = binding.var
+        if fused:  # the kernel's output is the last absorbed op's value
+            self.dropped |= epilogue.absorbed | {epilogue.output}
+            var = epilogue.output
+        self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(new_value)))
 
     def _dense_kernel(self, layer: Layer) -> bool:
         """A dense layer runs the scheduled dense kernel where there is one and it beats TVM's own op."""
@@ -274,22 +294,29 @@ class _Rewriter(relax.PyExprMutator):
         self.users[gvar] = [layer.name]
         return gvar
 
-    def _kernel(self, layer: Layer, choice: Choice):
-        """The scheduled kernel for this layer, its packed constant arrays, the weight error and the series the
-        kernel runs (dense where the dense kernel runs the approximated weight)."""
+    def _kernel(self, layer: Layer, choice: Choice, epilogue: Epilogue | None):
+        """The scheduled kernel for this layer, its packed constant arrays, the weight error, the series the
+        kernel runs (dense where the dense kernel runs the approximated weight) and whether it applies
+        ``epilogue`` (where its family's kernel takes one)."""
         if choice.weight.is_dense:
-            kernel = self._scheduled(layer, None)
-            return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0, choice.weight
+            fused = self._takes(epilogue, dense=True)
+            kernel = self._scheduled(layer, None, epilogue if fused else None)
+            return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0, choice.weight, fused
         terms = choice.decomposed(layer.weight, layer.axis, verify=False)  # Policy checked it
         if layer.op == "matmul" and layer.axis == 1:  # a (N, K) weight: the kernels take (K, N)
             terms = [term.transposed() for term in terms]
         approximated = sum(t.dense() for t in terms)
         error = relative_error(layer.weight_kn, approximated)
         if self._dense_runs_faster(layer, choice):
-            kernel = self._scheduled(layer, None)
-            return kernel, kernel.pack(np.ascontiguousarray(approximated)), error, TASDConfig.dense()
-        kernel = self._scheduled(layer, tuple(t.pattern for t in terms))
-        return kernel, kernel.pack(terms), error, choice.weight
+            fused = self._takes(epilogue, dense=True)
+            kernel = self._scheduled(layer, None, epilogue if fused else None)
+            return kernel, kernel.pack(np.ascontiguousarray(approximated)), error, TASDConfig.dense(), fused
+        fused = self._takes(epilogue, dense=False)
+        kernel = self._scheduled(layer, tuple(t.pattern for t in terms), epilogue if fused else None)
+        return kernel, kernel.pack(terms), error, choice.weight, fused
+
+    def _takes(self, epilogue: Epilogue | None, dense: bool) -> bool:
+        return epilogue is not None and self.kernels.takes_epilogue(dense)
 
     def _dense_runs_faster(self, layer: Layer, choice: Choice) -> bool:
         """Whether the dense kernel beats the series' N:M kernel for this layer (never for kernels that emulate
@@ -297,22 +324,28 @@ class _Rewriter(relax.PyExprMutator):
         return (self.fastest_kernel and _dense_kernel_beats_tvm(layer)
                 and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m))
 
-    def _scheduled(self, layer: Layer, patterns: tuple | None):
-        """The layer's scheduled kernel (dense when ``patterns`` is None), built once per distinct shape and
-        series: scheduling is the costly part, and the kernel's ``pack`` takes any weight of its shape."""
+    def _scheduled(self, layer: Layer, patterns: tuple | None, epilogue: Epilogue | None):
+        """The layer's scheduled kernel (dense when ``patterns`` is None), built once per distinct shape,
+        series and epilogue: scheduling is the costly part, and the kernel's ``pack`` takes any weight of its
+        shape (the bias is an operand of its own)."""
         window = repr(sorted(layer.conv_window.items())) if layer.op == "conv2d" else ""
-        key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window)
+        options = {} if epilogue is None else {"bias": epilogue.bias is not None,
+                                               "output_activation": epilogue.activation}
+        key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window,
+               tuple(sorted(options.items())))
         if key not in self.scheduled:
             if layer.op == "matmul":
-                self.scheduled[key] = (self.kernels.dense_matmul(layer.m, layer.k, layer.n, layer.dtype)
+                self.scheduled[key] = (self.kernels.dense_matmul(layer.m, layer.k, layer.n, layer.dtype, **options)
                                        if patterns is None else
-                                       self.kernels.nm_matmul(layer.m, layer.k, layer.n, list(patterns), layer.dtype))
+                                       self.kernels.nm_matmul(layer.m, layer.k, layer.n, list(patterns), layer.dtype,
+                                                              **options))
             elif patterns is None:
                 self.scheduled[key] = self.kernels.dense_conv2d(layer.activation_shape, layer.weight.shape,
-                                                                layer.dtype, **layer.conv_window)
+                                                                layer.dtype, **layer.conv_window, **options)
             else:
                 self.scheduled[key] = self.kernels.nm_conv2d(layer.activation_shape, layer.weight.shape,
-                                                             list(patterns), layer.dtype, **layer.conv_window)
+                                                             list(patterns), layer.dtype, **layer.conv_window,
+                                                             **options)
         return self.scheduled[key]
 
     def _activation_call(self, layer: Layer, choice: Choice, x):
@@ -326,8 +359,9 @@ class _Rewriter(relax.PyExprMutator):
         gvar = self._kernel_var(func, f"act_{'x'.join(map(str, shape))}_{choice.activation}", layer)
         return relax.call_tir(gvar, [x], relax.TensorType(shape, layer.dtype))
 
-    def _emit_layer(self, layer: Layer, choice: Choice, activation):
-        kernel, packed, error, runs = self._kernel(layer, choice)
+    def _emit_layer(self, layer: Layer, choice: Choice, activation, epilogue: Epilogue | None):
+        """The layer's kernel call (reshaped to the layer's output shape), and whether it applies ``epilogue``."""
+        kernel, packed, error, runs, fused = self._kernel(layer, choice, epilogue)
         x = activation
         if layer.op == "matmul" and len(layer.activation_shape) != 2:
             x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
@@ -351,9 +385,14 @@ class _Rewriter(relax.PyExprMutator):
             }
         )
         self.measured[layer.name] = (int(kernel.executed_macs), float(error), "dense" if runs.is_dense else "nm")
-        gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{runs}", layer)
+        applied = ""
+        if fused:
+            applied = "_bias" * (epilogue.bias is not None) + f"_{epilogue.activation}" * bool(epilogue.activation)
+        gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{runs}{applied}", layer)
         operands = self.hook.weight_operands(layer, kernel, packed)
+        if fused and epilogue.bias is not None:
+            operands.append(relax.const(epilogue.bias))
         out = relax.call_tir(gvar, [x, *operands], relax.TensorType(out_shape, layer.dtype))
         if tuple(out_shape) != tuple(call_shape):
             out = relax.op.reshape(self.builder_.emit(out), call_shape)
-        return out
+        return out, fused
