@@ -2,7 +2,7 @@
 
 GEMM 256×1024×1024 fp32 at 1:8, 1:4, 2:8+1:8 and 2:4 on this CPU, three
 contenders timed side by side in interleaved rounds (the timing protocol of
-``benchmarks/kernels.py``, reused: warm-up before each sample, median over
+``benchmarks/kernel_speed.py``, reused: warm-up before each sample, median over
 rounds, rounds on a busy machine dropped):
 
 * **tensorized** — ``schedules/llvm_tensorized.py``: the reduction cut into
@@ -26,7 +26,7 @@ import statistics
 
 import numpy as np
 from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write
-from tvm_tasd.benchmarks.kernels import interleave, relative_error, tvm_timer
+from tvm_tasd.benchmarks.kernel_speed import interleave, relative_error, tvm_timer
 from tvm_tasd.schedules.llvm import build, dense_matmul, host_target, nm_matmul
 from tvm_tasd.schedules.llvm_tensorized import nm_matmul_tensorized
 

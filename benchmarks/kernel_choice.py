@@ -3,7 +3,7 @@
 For each layer shape and series the fused N:M kernel and the dense kernel of
 the same loop nest (``tvm_tasd.schedules.llvm``), both compiled for the
 ``cpu-emulated`` TVM target as a build would, are timed side by side in
-interleaved rounds (``benchmarks/kernels.py``'s timing: one sample of each per
+interleaved rounds (``benchmarks/kernel_speed.py``'s timing: one sample of each per
 round, ratios within the round, the median over rounds). Shapes: MiniLM's
 three GEMMs (K × N = 384 × 384, 384 × 1536, 1536 × 384) at 40 activation rows
 (one sentence) and 320 (8 sentences); a CREPE-full-like 64 × 1 conv (16
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from tvm_tasd import TASDConfig, decompose  # noqa: E402
 from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
-from tvm_tasd.benchmarks.kernels import interleave, tvm_timer  # noqa: E402
+from tvm_tasd.benchmarks.kernel_speed import interleave, tvm_timer  # noqa: E402
 from tvm_tasd.hardware import load_target  # noqa: E402
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_kernel_pays, nm_matmul  # noqa: E402
 

@@ -10,6 +10,10 @@ median over rounds is quoted. The machine is shared, so a round first waits
 measured before each sample, and rounds where it was not ≈ 0 are left out
 (kept, and the row flagged, if fewer than 3 rounds were quiet).
 
+(Not named ``kernels.py``: run as a script, its folder comes first on
+``sys.path``, and a module ``kernels`` there shadows the ``kernels`` package
+that transformers imports, which broke MiniLM's end-to-end benchmark.)
+
     efficiency = density × t(best dense) / t(N:M kernel)
 
 with t(best dense) the faster of numpy and the dense TVM kernel. 1.0 would
@@ -19,7 +23,7 @@ mean the N:M kernel turns every skipped MAC into saved time; the goal is
 on a batch of 16 frames; and a generic 3×3 conv (1×128×64×64 → 128, pad 1).
 numpy's conv is im2col (sliding window) + GEMM, its im2col included.
 
-    python benchmarks/kernels.py [--quick] [--rounds R] [--max-wait S]
+    python benchmarks/kernel_speed.py [--quick] [--rounds R] [--max-wait S]
 """
 
 from __future__ import annotations
