@@ -394,7 +394,7 @@ def _channel_vector_kernel(g: _Geometry, dtype, bias, output_activation, target,
     init = s.decompose_reduction(block, ro)
     s.vectorize(s.get_loops(init)[-1])
 
-    tiling = dict(layout="channels", positions=positions, cols=oc, k_tile=ct, entries_per_tile=per_tile, lanes=lanes)
+    tiling = dict(positions=positions, cols=oc, k_tile=ct, entries_per_tile=per_tile, lanes=lanes)
     return s.mod["main"], tiling, acc, o_tiles
 
 
@@ -534,7 +534,7 @@ def dense_conv2d(
             g, dtype, bias, output_activation, target, lambda ct: ct * taps, True,
             lambda want: reduction_tile(g.c, 1, want), overrides
         )
-        tiling["layout"] = layout
+    tiling["layout"] = layout
     ct, cols = tiling["k_tile"], tiling["cols"]
 
     def pack(w: np.ndarray) -> list[np.ndarray]:
