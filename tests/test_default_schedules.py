@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from hypothesis import given
+from hypothesis import strategies as st
 from tvm import relax
 
 from tvm_tasd.pipeline import relax_pipeline, scheduling_passes
 from tvm_tasd.schedules import llvm_common
 from tvm_tasd.schedules.llvm import host_target
+from tvm_tasd.schedules.llvm_default import Window
 
 
 INDEX = ((3, 4), "int64")  # an index input into a table of 50 rows
@@ -35,7 +38,7 @@ def _layer_norm(x, gamma, beta):
 def _depthwise(x, w, stride, pad, reduce=None):
     """Per-channel window sums x ⋆ w (or ``reduce`` over each window when ``w`` is None), NCHW."""
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    size = 3
+    size = 3 if w is None else w.shape[-1]
     rows, cols = (x.shape[2] - size) // stride + 1, (x.shape[3] - size) // stride + 1
     windows = np.stack([x[:, :, i : i + stride * rows : stride, j : j + stride * cols : stride]
                         for i in range(size) for j in range(size)], axis=-1)
@@ -86,6 +89,11 @@ CASES = {
         [(1, 6, 9, 20), (6, 1, 3, 3), (1, 6, 1, 1)],
         lambda x, w, b: _hardswish(relax.op.add(relax.op.nn.conv2d(x, w, strides=2, padding=1, groups=6), b)),
         lambda x, w, b: _np_hardswish(_depthwise(x, w, 2, 1) + b),
+    ),
+    "depthwise_rows": (  # a 5×5 depthwise conv on 14-wide rows (vectors of 7), then bias and ReLU6
+        [(2, 4, 14, 14), (4, 1, 5, 5), (1, 4, 1, 1)],
+        lambda x, w, b: relax.op.clip(relax.op.add(relax.op.nn.conv2d(x, w, padding=2, groups=4), b), 0, 6),
+        lambda x, w, b: np.clip(_depthwise(x, w, 1, 2) + b, 0, 6),
     ),
     "max_pool": (
         [(2, 3, 8, 16)],
@@ -184,11 +192,27 @@ def test_row_reductions_sum_in_vector_lanes(name):
     assert any("_rf" in script and "T.vectorized" in script for script in scripts)
 
 
-@pytest.mark.parametrize("name", ["depthwise_hardswish", "max_pool"])
+@pytest.mark.parametrize("name", ["depthwise_hardswish", "depthwise_rows", "max_pool"])
 def test_window_reductions_run_per_channel_in_vectors(name, parallel_at_any_size):
     """Depthwise convs and pooling: channels in parallel, the taps summed into vectors along each output row."""
     scripts = _scheduled_scripts(name)
     assert any("T.parallel" in script and "T.vectorized" in script and "_update" in script for script in scripts)
+
+
+def test_window_taps_feed_a_register_tile_of_rows_and_vectors(parallel_at_any_size):
+    """Each tap updates several output vectors (unrolled rows × row vectors), not one accumulator chain."""
+    script = next(s for s in _scheduled_scripts("depthwise_rows") if "_update" in s)
+    lines = script.splitlines()
+    update = next(i for i, line in enumerate(lines) if "T.sblock(" in line and '_update")' in line)
+    loops = [line.strip() for line in lines[:update] if line.strip().startswith("for ")]
+    assert [loop for loop in loops[-3:] if "T.unroll" in loop], loops[-4:]
+
+
+@given(rows=st.integers(1, 120), vectors=st.integers(1, 40), registers=st.sampled_from([16, 32]))
+def test_window_register_tile_divides_the_row_and_fits(rows, vectors, registers):
+    tile_rows, tile_vectors = Window._register_tile(rows, vectors, registers)
+    assert rows % tile_rows == 0 and vectors % tile_vectors == 0
+    assert tile_rows * tile_vectors <= registers // 2
 
 
 def test_only_functions_worth_a_fork_join_run_in_parallel():
