@@ -22,8 +22,9 @@ channels of a register tile then share each activation vector, which makes
 it the usual register-blocked direct convolution (the fair dense baseline).
 On small planes, where position vectors would mostly hold the phase rows'
 padding columns or lanes past the plane (8×8 planes, an SE block's 1×1),
-it vectorises over output channels instead: a tile of a few output columns
-× channel vectors, each tap one broadcast per column and one weight vector.
+it vectorises over output channels instead: a tile of a few output positions
+(running on across rows where rows carry no padding) × channel vectors, each
+tap one broadcast per position and one weight vector.
 """
 
 from __future__ import annotations
@@ -246,16 +247,31 @@ def _position_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple
     return cost(tile), tile
 
 
-def _channel_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
-    """Cost and (output positions, channel vectors) of the best register tile vectorised over output channels:
-    every tap loads ``vectors`` weight vectors and broadcasts ``positions`` activations; no pitch padding."""
+#: Most output positions one task of the channel layout computes (its accumulators, a few KB, stay in L1).
+CHANNEL_TASK_POSITIONS = 256
+
+
+def _row_groups(g: _Geometry) -> list[int]:
+    """Output rows one task of the channel layout may take together: where rows have no pitch padding
+    (W2 = OW: 1 × 1 convs, valid convs) consecutive rows are one run of positions, so a register tile of
+    positions need not restart at every short row (a 7 × 7 plane: 49 positions, not 7 rows of 7)."""
+    if g.w2 != g.ow:
+        return [1]
+    return [r for r in range(1, g.oh + 1) if g.oh % r == 0 and r * g.ow <= max(CHANNEL_TASK_POSITIONS, g.ow)]
+
+
+def _channel_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[int, int, int]]:
+    """Cost and (output positions, channel vectors, rows per task) of the best register tile vectorised over
+    output channels: every tap loads ``vectors`` weight vectors and broadcasts ``positions`` activations;
+    no pitch padding, positions past a task's rows computed too."""
     def cost(tile):
-        positions, vectors = tile
-        tiles = g.batch * g.oh * ceil_div(g.ow, positions) * ceil_div(g.o, vectors * lanes)
+        positions, vectors, rows = tile
+        tiles = g.batch * g.oh // rows * ceil_div(rows * g.ow, positions) * ceil_div(g.o, vectors * lanes)
         return _tap_cost(tiles, positions * vectors, positions + vectors + 1)
 
     widest = ceil_div(g.o, lanes)
-    tile = min(((p, v) for p in range(1, 9) for v in range(1, widest + 1) if _fits(p * v, v, registers)), key=cost)
+    tile = min(((p, v, r) for p in range(1, 9) for v in range(1, widest + 1) for r in _row_groups(g)
+                if _fits(p * v, v, registers)), key=cost)
     return cost(tile), tile
 
 
@@ -333,14 +349,16 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
     return s.mod["main"], tiling, acc, col_tiles
 
 
-def _channel_vector_kernel(g: _Geometry, dtype, bias, output_activation, target, positions: int, vectors: int):
+def _channel_vector_kernel(g: _Geometry, dtype, bias, output_activation, target, positions: int, vectors: int,
+                           rows: int):
     """The dense conv vectorised over output channels: for small planes, where the position-vectorised tile
     would compute the phase rows' padding columns or lanes past the plane (an SE block's 1 × 1 planes).
 
-    ``acc[jo, b, oh, ow, ol] = Σ_e vals[jo, e, ol] · xph[b, offset(e) + oh·W2 + ow]``: a task is one row
-    of one image for ``vectors`` vectors of output channels (their weights stay in cache while the task's
-    neighbours reuse them); a register tile is ``positions`` output columns × those vectors, each tap one
-    broadcast per column and one weight vector load per vector. Returns (func, tiling, accumulator dtype,
+    ``acc[jo, b, t, q, ol] = Σ_e vals[jo, e, ol] · xph[b, offset(e) + t·rows·W2 + q]``: a task is ``rows``
+    output rows of one image (``rows`` > 1 only where W2 = OW, so its positions q run on across rows) for
+    ``vectors`` vectors of output channels (their weights stay in cache while the task's neighbours reuse
+    them); a register tile is ``positions`` consecutive output positions × those vectors, each tap one
+    broadcast per position and one weight vector load per vector. Returns (func, tiling, accumulator dtype,
     channel tiles); the weights pack like the position-vectorised kernel's with ``cols`` = the tile's channels.
     """
     dtype = float_dtype(dtype)
@@ -353,48 +371,56 @@ def _channel_vector_kernel(g: _Geometry, dtype, bias, output_activation, target,
     ct = reduction_tile(g.c, 1, max(1, L1_BYTES // (taps * oc * itemsize)))  # a weight tile in L1
     per_tile = ct * taps
     entries = ceil_div(g.c, ct) * per_tile
-    owp = ceil_div(g.ow, positions) * positions
-    rows = g.rows((g.oh - 1) * g.w2 + owp)
+    run = ceil_div(rows * g.ow, positions) * positions  # positions a task computes
+    groups = g.oh // rows
+    buffer_rows = g.rows((groups - 1) * rows * g.w2 + run)
 
-    phase, per_channel, whole = _phase_func(g, rows, dtype, acc)
+    phase, per_channel, whole = _phase_func(g, buffer_rows, dtype, acc)
     x = te.placeholder(phase.params[0].shape, dtype, name="x")
     xph = te.extern_primfunc([x], phase, name="xph")
     vals = te.placeholder((o_tiles, entries, oc), acc, name="vals")
     keys = te.placeholder((entries,), "int32", name="offsets")
     e = te.reduce_axis((0, entries), name="e")
 
-    def tap(b, oh, ow):
-        flat = keys[e] + oh * g.w2 + ow
+    def tap(b, t, q):
+        flat = keys[e] + t * rows * g.w2 + q
         return xph[b, flat // g.w2, flat % g.w2]
 
     acc_c = te.compute(
-        (o_tiles, g.batch, g.oh, owp, oc),
-        lambda jo, b, oh, ow, ol: te.sum(vals[jo, e, ol] * tap(b, oh, ow), axis=e),
+        (o_tiles, g.batch, groups, run, oc),
+        lambda jo, b, t, q, ol: te.sum(vals[jo, e, ol] * tap(b, t, q), axis=e),
         name="acc",
     )
-    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_c[o // oc, b, oh, ow, o % oc], 1, dtype, acc, bias,
-                              output_activation)
+    out, extra = output_stage(
+        g.out_shape, lambda b, o, oh, ow: acc_c[o // oc, b, oh // rows, oh % rows * g.ow + ow, o % oc], 1, dtype,
+        acc, bias, output_activation)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
     _schedule_phase(s, per_channel, whole, g, lanes)
     block = s.get_sblock("acc")
-    jo, b, oh, ow, ol, e_loop = s.get_loops(block)
-    task = s.fuse(jo, b, oh)
-    owo, owi = s.split(ow, [None, positions])
+    jo, b, t, q, ol, e_loop = s.get_loops(block)
+    task = s.fuse(jo, b, t)
+    owo, owi = s.split(q, [None, positions])
     ov, ll = s.split(ol, [vectors, lanes])
     ro, ri = s.split(e_loop, [None, per_tile])
     s.reorder(task, ro, owo, ri, owi, ov, ll)
-    parallel(s, task)
     s.vectorize(ll)
     s.unroll(ov)
     s.unroll(owi)
     # each task transposes its own rows back to NCHW while they are in L1 (a separate pass over the whole
-    # output made PP-OCR's 1×1 convs on 2–3 × 96 planes 10–25 % slower; a vectorised tile transpose bought nothing)
-    s.reverse_compute_at(s.get_sblock("out"), task)
+    # output made PP-OCR's 1×1 convs on 2–3 × 96 planes 10–25 % slower; a vectorised tile transpose bought nothing):
+    # the output's loops cut like the task's and merged into it (reverse_compute_at cannot see which output
+    # columns a task's run of positions covers once it spans rows)
+    b, o, oh, ow = s.get_loops(s.get_sblock("out"))
+    out_jo, out_ol = s.split(o, [o_tiles, oc])
+    out_t, out_r = s.split(oh, [groups, rows])
+    s.reorder(out_jo, b, out_t, out_ol, out_r, ow)
+    task = s.merge(task, s.fuse(out_jo, b, out_t))
+    parallel(s, task)
     init = s.decompose_reduction(block, ro)
     s.vectorize(s.get_loops(init)[-1])
 
-    tiling = dict(positions=positions, cols=oc, k_tile=ct, entries_per_tile=per_tile, lanes=lanes)
+    tiling = dict(positions=positions, cols=oc, rows=rows, k_tile=ct, entries_per_tile=per_tile, lanes=lanes)
     return s.mod["main"], tiling, acc, o_tiles
 
 
@@ -522,13 +548,13 @@ def dense_conv2d(
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     cpu = CPUShape.of(target)
     lanes = cpu.lanes(accumulator_dtype(float_dtype(dtype)))
-    by_channels, (positions, vectors) = _channel_tile(g, lanes, cpu.registers)
+    by_channels, (positions, vectors, rows) = _channel_tile(g, lanes, cpu.registers)
     if layout is None:
         cheaper = by_channels <= CHANNEL_LAYOUT_MAX_COST * _position_tile(g, lanes, cpu.registers)[0]
         layout = "channels" if cheaper and not any(overrides.values()) else "positions"
     if layout == "channels":
         func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, output_activation, target, positions,
-                                                              vectors)
+                                                              vectors, rows)
     else:
         func, tiling, acc, col_tiles = _conv_kernel(
             g, dtype, bias, output_activation, target, lambda ct: ct * taps, True,

@@ -122,6 +122,7 @@ CONV_CASES = [
     ((1, 12, 10, 12), (7, 12, 3, 2), "2:8+1:8", (2, 3), (1, 0, 2, 1), (1, 2), False),
     ((2, 8, 7, 7), (9, 8, 3, 3), "1:4+1:4", (2, 2), (1, 1, 1, 1), (2, 1), True),
     ((1, 32, 6, 6), (3, 32, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), False),
+    ((1, 8, 30, 10), (10, 8, 1, 1), "2:4", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 300 positions: two row groups
 ]
 
 
@@ -172,6 +173,12 @@ def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
         assert accumulators + vectors + 2 <= registers, tiles
     digits = dense_conv2d((120, 16, 8, 8), (32, 16, 3, 3), padding=1, target=target).params
     assert 8 % digits["positions"] == 0 and 32 % digits["cols"] == 0, digits  # no padding computed
+    assert digits["rows"] == 1  # padded rows: a task's positions stay in one row
+    # a 1×1 conv's 7×7 plane is one run of 49 positions: tiles may run across rows instead of restarting at
+    # each, so an image computes fewer extra positions than one tile holds
+    pointwise = dense_conv2d((16, 192, 7, 7), (1152, 192, 1, 1), target=target, layout="channels").params
+    rows, positions = pointwise["rows"], pointwise["positions"]
+    assert 7 // rows * -(-rows * 7 // positions) * positions - 49 < positions, pointwise
     with pytest.raises(ValueError, match="layout"):
         dense_conv2d((1, 8, 6, 6), (4, 8, 3, 3), layout="nhwc", target=target)
 
