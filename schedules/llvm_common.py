@@ -279,7 +279,7 @@ class NMTiles:
     chunks: int  # column chunks per position tile, for parallelism
 
 
-def tile_nm_reduction(s, block, lead: list, j, p, r, t: NMTiles):
+def tile_nm_reduction(s, block, lead: list, j, p, r, t: NMTiles, parallelize: bool = True):
     """Loop nest of ``acc[.., j, p] = Σ_r vals[j, r] · X[row(j, r) + p]``.
 
     Order: ``lead…, p/positions, column chunk`` (fused, parallel) → reduction
@@ -288,14 +288,16 @@ def tile_nm_reduction(s, block, lead: list, j, p, r, t: NMTiles):
     registers across a reduction tile; the rows of X a reduction tile touches
     (positions wide) stay in L1 while every column tile of the chunk walks
     them. Returns the parallel loop and the loops :func:`finish_nm_reduction`
-    needs.
+    needs; ``parallelize=False`` leaves the task loop serial, for a caller that
+    still merges other loops into it.
     """
     jp, jo, c = s.split(j, [t.chunks, None, t.cols])
     po, pv, pl = s.split(p, [None, t.positions // t.lanes, t.lanes])
     ro, ri = s.split(r, [None, t.entries])
     s.reorder(*lead, po, jp, ro, jo, ri, c, pv, pl)
     task = s.fuse(*lead, po, jp)
-    parallel(s, task)
+    if parallelize:
+        parallel(s, task)
     return task, (ro, c, pv, pl)
 
 

@@ -14,8 +14,10 @@ is exactly the matmul kernel's reduction (``llvm_matmul``) with the output
 positions p as the vectorised axis: consecutive p are consecutive addresses,
 a kept weight is a scalar broadcast times a contiguous vector, and the
 output comes out in NCHW (the W2 − OW columns per row that fall in the
-padding are computed and dropped). ``pack`` turns each (c, kh, kw) a term
-keeps into that offset, grouped by channel tiles that stay in L1.
+padding are computed and dropped; where there are none and a tile stays in
+one row, each task writes its own output tile). ``pack`` turns each
+(c, kh, kw) a term keeps into that offset, grouped by channel tiles that
+stay in L1.
 
 :func:`dense_conv2d` runs the same loop nest over every tap — all output
 channels of a register tile then share each activation vector, which makes
@@ -227,7 +229,21 @@ def _fits(accumulators: int, vectors: int, registers: int) -> bool:
     return accumulators + vectors + 2 <= registers
 
 
-def _position_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[int, int]]:
+#: Largest per-task buffer LLVM gets on the stack: TVM takes a bigger one from its workspace pool on every task
+#: (``kMaxStackAlloca``), which made tasks writing their own output tile slower than a separate output pass.
+STACK_BYTES = 1024
+
+
+def _writes_output_in_task(g: _Geometry, positions: int, cols: int, itemsize: int) -> bool:
+    """Whether each task of the position layout can write its own tile of the output while it is in cache:
+    rows carry no pitch padding (1×1 and valid convs: positions are the plane's own order), a tile's
+    positions stay within one row, and its accumulators fit the stack. Otherwise the output is a separate
+    pass over the accumulator buffer — a pass through memory that cost EfficientNet-Lite0's 1 × 1 convs on
+    56 × 56 and 112 × 112 planes (outputs of 29–77 MB at 16 images) a fifth to two fifths of their time."""
+    return g.w2 == g.ow and g.ow % positions == 0 and positions * cols * itemsize <= STACK_BYTES
+
+
+def _position_tile(g: _Geometry, lanes: int, registers: int, itemsize: int) -> tuple[int, tuple[int, int]]:
     """Cost and (activation vectors, output channels) of the best register tile vectorised over positions.
 
     Every tap loads ``vectors`` activation vectors and broadcasts ``cols``
@@ -236,14 +252,19 @@ def _position_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple
     digits CNN's 16→32 conv on 8×8 planes (80 positions at pitch 10),
     measured alone at batch 120: with AVX2, 2 × 6 computes 80 × 36
     (0.47 ms), 2 × 4 exactly 80 × 32 (0.44 ms); with AVX-512, 2 × 14
-    computes 96 × 42 (0.70 ms), 5 × 4 exactly 80 × 32 (0.45 ms).
+    computes 96 × 42 (0.70 ms), 5 × 4 exactly 80 × 32 (0.45 ms). A tile
+    whose task can write its own output (:func:`_writes_output_in_task`)
+    is preferred over any that cannot: on 56 × 56 planes 1 × 12 beat 2 × 6
+    by 1.2–1.9×.
     """
     def cost(tile):
         vectors, cols = tile
         tiles = g.batch * ceil_div(g.plane, vectors * lanes) * ceil_div(g.o, cols)
         return _tap_cost(tiles, vectors * cols, vectors + cols + 1)
 
-    tile = min(((v, c) for v in range(1, 9) for c in range(1, registers) if _fits(v * c, v, registers)), key=cost)
+    tiles = [(v, c) for v in range(1, 9) for c in range(1, registers) if _fits(v * c, v, registers)]
+    in_task = [(v, c) for v, c in tiles if _writes_output_in_task(g, v * lanes, c, itemsize)]
+    tile = min(in_task or tiles, key=cost)
     return cost(tile), tile
 
 
@@ -292,7 +313,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
     itemsize = tvm.runtime.DataType(acc).bits // 8
     rows_per_task = overrides.get("rows_per_task")
     if shared_rows:
-        vectors, cols = _position_tile(g, lanes, cpu.registers)[1]
+        vectors, cols = _position_tile(g, lanes, cpu.registers, itemsize)[1]
         vectors = ceil_div(rows_per_task, lanes) if rows_per_task else vectors
     else:
         # positions per task: 8 vectors measured best with 32 registers (misaligned tap loads), else 4
@@ -306,7 +327,9 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
     c_tiles = ceil_div(g.c, ct)
     entries = c_tiles * per_tile
     p_tiles = ceil_div(g.plane, mt)
-    chunks = parallel_chunks(g.batch * p_tiles, ceil_div(g.o, cols))
+    in_task = _writes_output_in_task(g, mt, cols, itemsize)
+    # a task per register tile when it writes its output: the accumulators then fit the stack
+    chunks = ceil_div(g.o, cols) if in_task else parallel_chunks(g.batch * p_tiles, ceil_div(g.o, cols))
     col_tiles = ceil_div(ceil_div(g.o, cols), chunks) * chunks
     rows = g.rows(p_tiles * mt)
 
@@ -336,16 +359,24 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
     block = s.get_sblock("acc")
     b, j, p, e_loop = s.get_loops(block)
     tiles = NMTiles(cols=cols, positions=mt, lanes=lanes, entries=per_tile, chunks=chunks)
-    _, inner_loops = tile_nm_reduction(s, block, [b], j, p, e_loop, tiles)
-    finish_nm_reduction(s, block, inner_loops)
+    task, inner_loops = tile_nm_reduction(s, block, [b], j, p, e_loop, tiles, parallelize=False)
 
     epilogue = s.get_sblock("out")
     b, o, oh, ow = s.get_loops(epilogue)
-    parallel(s, s.fuse(b, o))
-    run = s.fuse(oh, ow) if g.ow == g.w2 else ow
+    if in_task:  # the output's loops cut like the task's and merged into it
+        o_tile, o_in = s.split(o, [chunks, cols])
+        ow_tile, run = s.split(ow, [None, mt])
+        s.reorder(b, oh, ow_tile, o_tile, o_in, run)
+        task = s.merge(task, s.fuse(b, oh, ow_tile, o_tile))
+    else:
+        parallel(s, s.fuse(b, o))
+        run = s.fuse(oh, ow) if g.ow == g.w2 else ow
+    parallel(s, task)
     s.vectorize(s.split(run, [None, lanes])[1])
+    finish_nm_reduction(s, block, inner_loops)
 
-    tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes)
+    tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes,
+                  output_in_task=in_task)
     return s.mod["main"], tiling, acc, col_tiles
 
 
@@ -547,10 +578,12 @@ def dense_conv2d(
     taps = g.kh * g.kw
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
     cpu = CPUShape.of(target)
-    lanes = cpu.lanes(accumulator_dtype(float_dtype(dtype)))
+    acc = accumulator_dtype(float_dtype(dtype))
+    lanes = cpu.lanes(acc)
     by_channels, (positions, vectors, rows) = _channel_tile(g, lanes, cpu.registers)
     if layout is None:
-        cheaper = by_channels <= CHANNEL_LAYOUT_MAX_COST * _position_tile(g, lanes, cpu.registers)[0]
+        by_positions = _position_tile(g, lanes, cpu.registers, tvm.runtime.DataType(acc).bits // 8)[0]
+        cheaper = by_channels <= CHANNEL_LAYOUT_MAX_COST * by_positions
         layout = "channels" if cheaper and not any(overrides.values()) else "positions"
     if layout == "channels":
         func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, output_activation, target, positions,

@@ -17,6 +17,7 @@ from tvm_tasd import approximate, decompose
 tvm = pytest.importorskip("tvm")
 
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
+from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES  # noqa: E402
 
 
 def close(out, ref, rtol=1e-4):
@@ -123,6 +124,7 @@ CONV_CASES = [
     ((2, 8, 7, 7), (9, 8, 3, 3), "1:4+1:4", (2, 2), (1, 1, 1, 1), (2, 1), True),
     ((1, 32, 6, 6), (3, 32, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), False),
     ((1, 8, 30, 10), (10, 8, 1, 1), "2:4", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 300 positions: two row groups
+    ((2, 16, 3, 64), (13, 16, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # tasks write their output tiles
 ]
 
 
@@ -181,6 +183,23 @@ def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
     assert 7 // rows * -(-rows * 7 // positions) * positions - 49 < positions, pointwise
     with pytest.raises(ValueError, match="layout"):
         dense_conv2d((1, 8, 6, 6), (4, 8, 3, 3), layout="nhwc", target=target)
+
+
+@pytest.mark.parametrize("target", [{"kind": "llvm", "mattr": ["+avx2", "+fma"]}, {"kind": "llvm", "mcpu": "znver4"}])
+def test_tasks_write_their_own_output_tile_where_rows_carry_no_padding(target):
+    """A 1×1 conv's positions are its plane's own order: with a tile that stays in one row, each task writes
+    its output tile while it is in cache (EfficientNet-Lite0's 56×56 and 112×112 planes), and its accumulators
+    fit the stack; a padded conv's rows carry pitch padding, so its output is a separate pass."""
+    target = tvm.target.Target(target)
+    for width in (56, 112):  # 56 is no multiple of AVX-512's 16 lanes: no tile stays in one row
+        tiles = dense_conv2d((16, 24, width, width), (144, 24, 1, 1), target=target, layout="positions").params
+        assert tiles["output_in_task"] == (width % tiles["lanes"] == 0), tiles
+        if tiles["output_in_task"]:
+            assert width % tiles["rows_per_task"] == 0 and tiles["rows_per_task"] * tiles["cols"] * 4 <= STACK_BYTES
+    padded = dense_conv2d((16, 24, 56, 56), (24, 24, 3, 3), padding=1, target=target, layout="positions").params
+    assert not padded["output_in_task"]
+    nm = nm_conv2d((2, 16, 3, 64), (13, 16, 1, 1), "2:8", target=target).params
+    assert nm["output_in_task"] == (64 % nm["rows_per_task"] == 0), nm
 
 
 def test_conv_padding_forms_and_dense_conv():
