@@ -17,7 +17,10 @@ output comes out in NCHW (the W2 − OW columns per row that fall in the
 padding are computed and dropped; where there are none and a tile stays in
 one row, each task writes its own output tile). ``pack`` turns each
 (c, kh, kw) a term keeps into that offset, grouped by channel tiles that
-stay in L1.
+stay in L1. A 1×1 conv of several small images (7×7, 14×14: planes no
+vector width divides) folds the batch into the positions: its buffer holds
+each channel's planes of every image in one run, so tiles pass from one
+image into the next instead of computing lanes past each plane.
 
 :func:`dense_conv2d` runs the same loop nest over every tap — all output
 channels of a register tile then share each activation vector, which makes
@@ -124,8 +127,23 @@ class _Geometry:
 
     def channel_bytes(self, positions: int, itemsize: int) -> int:
         """Phase-buffer bytes one channel contributes to a task's reduction tile."""
+        if self.pointwise:  # a tile reads just its own positions of each channel
+            return itemsize * positions
         rows = ceil_div(positions, self.w2) + (self.kh - 1) * self.dh // self.sh + 1
         return itemsize * self.sh * self.sw * rows * self.w2
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1×1 conv, stride 1, no padding: a matmul of the weight and each image's (C, H·W) plane."""
+        return (self.kh, self.kw, self.sh, self.sw, self.pt, self.pl, self.pb, self.pr) == (1, 1, 1, 1, 0, 0, 0, 0)
+
+    def batch_folded(self, lanes: int) -> "_Geometry | None":
+        """For a pointwise conv of several images whose planes no vector width divides (7×7, 14×14, 28×28):
+        the geometry of one image holding every plane in a row, so that position tiles run on from one
+        image into the next instead of computing lanes past each plane. None where that gains nothing."""
+        if not self.pointwise or self.batch == 1 or self.plane % lanes == 0:
+            return None
+        return _Geometry((1, self.c, 1, self.batch * self.plane), (self.o, self.c, 1, 1), 1, 0, 1)
 
 
 def _phase_func(g: _Geometry, rows: int, dtype: str, acc: str):
@@ -188,6 +206,32 @@ def _phase_func(g: _Geometry, rows: int, dtype: str, acc: str):
     per_channel = {name: "band" if name in ("xph_left", "xph_right") else "run" for name, n in extents.items() if n > 0}
     whole = {"xph_zero": rows} if not stride1 else {"xph_tail": tail}
     return phase, (per_channel if stride1 else {}), {name: n for name, n in whole.items() if n > 0}
+
+
+def _folded_phase_func(g: _Geometry, folded: _Geometry, rows: int, dtype: str, acc: str):
+    """The phase buffer of a batch-folded pointwise conv: channel-major, each channel every image's plane
+    in a row (``xph[0, c, b·H·W + p] = x[b, c, p]``), and zero tail rows for the last tile's reads."""
+    b_, c_, h_, w_, plane = g.batch, g.c, g.h, g.w, g.h * g.w
+
+    @T.prim_func(s_tir=True)
+    def phase(x: T.Buffer((b_, c_, h_, w_), dtype), xph: T.Buffer((1, rows, folded.w2), acc)):
+        for r, q in T.grid(rows - c_, folded.w2):
+            with T.sblock("xph_tail"):
+                vr, vq = T.axis.remap("SS", [r, q])
+                xph[0, c_ + vr, vq] = T.cast(0, acc)
+        for c, b, p in T.grid(c_, b_, plane):
+            with T.sblock("xph_copy"):
+                vc, vb, vp = T.axis.remap("SSS", [c, b, p])
+                xph[0, vc, vb * plane + vp] = T.cast(x[vb, vc, vp // w_, vp % w_], acc)
+
+    return phase
+
+
+def _schedule_folded_phase(s, rows: int, g: _Geometry) -> None:
+    if rows > g.c:
+        parallel(s, s.fuse(*s.get_loops(s.get_sblock("xph_tail"))))
+    c, b, _ = s.get_loops(s.get_sblock("xph_copy"))
+    parallel(s, s.fuse(c, b))
 
 
 def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int) -> None:
@@ -296,10 +340,12 @@ def _channel_tile(g: _Geometry, lanes: int, registers: int) -> tuple[int, tuple[
     return cost(tile), tile
 
 
-def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_per_channel, shared_rows, tile_unit,
-                 overrides):
+def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, target, entries_per_channel,
+                 shared_rows, tile_unit, overrides):
     """The kernel both convolutions share.
 
+    ``conv`` — the convolution; ``g`` — the geometry the reduction runs in:
+    ``conv`` itself, or its :meth:`~_Geometry.batch_folded` form.
     ``entries_per_channel(ct)`` — entries per column in a tile of ct input
     channels; ``shared_rows`` — one offset table for all output channels
     (dense) instead of one per channel; ``tile_unit(want)`` — the channel
@@ -311,6 +357,7 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
     cpu = CPUShape.of(target)
     lanes = cpu.lanes(acc)
     itemsize = tvm.runtime.DataType(acc).bits // 8
+    folded = g is not conv
     rows_per_task = overrides.get("rows_per_task")
     if shared_rows:
         vectors, cols = _position_tile(g, lanes, cpu.registers, itemsize)[1]
@@ -327,13 +374,16 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
     c_tiles = ceil_div(g.c, ct)
     entries = c_tiles * per_tile
     p_tiles = ceil_div(g.plane, mt)
-    in_task = _writes_output_in_task(g, mt, cols, itemsize)
+    in_task = not folded and _writes_output_in_task(g, mt, cols, itemsize)
     # a task per register tile when it writes its output: the accumulators then fit the stack
     chunks = ceil_div(g.o, cols) if in_task else parallel_chunks(g.batch * p_tiles, ceil_div(g.o, cols))
     col_tiles = ceil_div(ceil_div(g.o, cols), chunks) * chunks
     rows = g.rows(p_tiles * mt)
 
-    phase, per_channel, whole = _phase_func(g, rows, dtype, acc)
+    if folded:
+        phase = _folded_phase_func(conv, g, rows, dtype, acc)
+    else:
+        phase, per_channel, whole = _phase_func(g, rows, dtype, acc)
     x = te.placeholder(phase.params[0].shape, dtype, name="x")  # extern_primfunc wants the same shape objects
     xph = te.extern_primfunc([x], phase, name="xph")
     vals = te.placeholder((col_tiles, entries, cols), acc, name="vals")
@@ -350,11 +400,19 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
         lambda b, j, p: te.sum(vals[j // cols, e, j % cols] * tap(b, j, p), axis=e),
         name="acc",
     )
-    out, extra = output_stage(g.out_shape, lambda b, o, oh, ow: acc_p[b, o, oh * g.w2 + ow], 1, dtype, acc, bias,
-                               output_activation)
+    if folded:
+        def value(b, o, oh, ow):
+            return acc_p[0, o, b * conv.plane + oh * conv.ow + ow]
+    else:
+        def value(b, o, oh, ow):
+            return acc_p[b, o, oh * g.w2 + ow]
+    out, extra = output_stage(conv.out_shape, value, 1, dtype, acc, bias, output_activation)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
-    _schedule_phase(s, per_channel, whole, g, lanes)
+    if folded:
+        _schedule_folded_phase(s, rows, conv)
+    else:
+        _schedule_phase(s, per_channel, whole, g, lanes)
 
     block = s.get_sblock("acc")
     b, j, p, e_loop = s.get_loops(block)
@@ -370,13 +428,13 @@ def _conv_kernel(g: _Geometry, dtype, bias, output_activation, target, entries_p
         task = s.merge(task, s.fuse(b, oh, ow_tile, o_tile))
     else:
         parallel(s, s.fuse(b, o))
-        run = s.fuse(oh, ow) if g.ow == g.w2 else ow
+        run = s.fuse(oh, ow) if conv.ow == conv.w2 else ow
     parallel(s, task)
     s.vectorize(s.split(run, [None, lanes])[1])
     finish_nm_reduction(s, block, inner_loops)
 
     tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes,
-                  output_in_task=in_task)
+                  output_in_task=in_task, batch_folded=folded)
     return s.mod["main"], tiling, acc, col_tiles
 
 
@@ -451,7 +509,8 @@ def _channel_vector_kernel(g: _Geometry, dtype, bias, output_activation, target,
     init = s.decompose_reduction(block, ro)
     s.vectorize(s.get_loops(init)[-1])
 
-    tiling = dict(positions=positions, cols=oc, rows=rows, k_tile=ct, entries_per_tile=per_tile, lanes=lanes)
+    tiling = dict(positions=positions, cols=oc, rows=rows, k_tile=ct, entries_per_tile=per_tile, lanes=lanes,
+                  batch_folded=False)
     return s.mod["main"], tiling, acc, o_tiles
 
 
@@ -495,8 +554,10 @@ def nm_conv2d(
         return ct // unit * entries_per_unit(patterns) * taps
 
     overrides = dict(rows_per_task=rows_per_task, cols=cols, k_tile=k_tile)
+    inner = g.batch_folded(CPUShape.of(target).lanes(accumulator_dtype(float_dtype(dtype)))) or g
     func, tiling, acc, col_tiles = _conv_kernel(
-        g, dtype, bias, output_activation, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want), overrides
+        g, inner, dtype, bias, output_activation, target, per_tile, False, lambda want: reduction_tile(g.c, unit, want),
+        overrides
     )
     ct, cols = tiling["k_tile"], tiling["cols"]
 
@@ -513,7 +574,7 @@ def nm_conv2d(
         v = np.concatenate(values, axis=1)
         kh = np.arange(g.kh)[None, None, :, None]
         kw = np.arange(g.kw)[None, None, None, :]
-        key = np.broadcast_to(g.offsets(c, kh, kw), c.shape)
+        key = np.broadcast_to(inner.offsets(c, kh, kw), c.shape)
 
         def entries_major(a):  # (O, …) → (entries, O)
             return np.moveaxis(a, 0, -1).reshape(-1, g.o)
@@ -581,16 +642,18 @@ def dense_conv2d(
     acc = accumulator_dtype(float_dtype(dtype))
     lanes = cpu.lanes(acc)
     by_channels, (positions, vectors, rows) = _channel_tile(g, lanes, cpu.registers)
+    inner = g.batch_folded(lanes) or g  # the positions layout's geometry
     if layout is None:
-        by_positions = _position_tile(g, lanes, cpu.registers, tvm.runtime.DataType(acc).bits // 8)[0]
+        by_positions = _position_tile(inner, lanes, cpu.registers, tvm.runtime.DataType(acc).bits // 8)[0]
         cheaper = by_channels <= CHANNEL_LAYOUT_MAX_COST * by_positions
         layout = "channels" if cheaper and not any(overrides.values()) else "positions"
     if layout == "channels":
+        inner = g
         func, tiling, acc, col_tiles = _channel_vector_kernel(g, dtype, bias, output_activation, target, positions,
                                                               vectors, rows)
     else:
         func, tiling, acc, col_tiles = _conv_kernel(
-            g, dtype, bias, output_activation, target, lambda ct: ct * taps, True,
+            g, inner, dtype, bias, output_activation, target, lambda ct: ct * taps, True,
             lambda want: reduction_tile(g.c, 1, want), overrides
         )
     tiling["layout"] = layout
@@ -602,7 +665,7 @@ def dense_conv2d(
         c, kh, kw = c.reshape(-1), kh.reshape(-1), kw.reshape(-1)
         value = np.moveaxis(w.astype(acc), 0, -1).reshape(-1, g.o)  # (C·KH·KW, O)
         tile = np.broadcast_to((c // ct)[:, None], value.shape)
-        key = np.broadcast_to(g.offsets(c, kh, kw)[:, None], value.shape)
+        key = np.broadcast_to(inner.offsets(c, kh, kw)[:, None], value.shape)
         key, value, got = tiled_table(tile, key, value, ceil_div(g.c, ct))
         assert got == tiling["entries_per_tile"], (got, tiling)
         return [column_tiles(value, cols, col_tiles), key[:, 0].astype(np.int32)]

@@ -125,6 +125,7 @@ CONV_CASES = [
     ((1, 32, 6, 6), (3, 32, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), False),
     ((1, 8, 30, 10), (10, 8, 1, 1), "2:4", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 300 positions: two row groups
     ((2, 16, 3, 64), (13, 16, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # tasks write their output tiles
+    ((3, 12, 5, 7), (10, 12, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 35-position planes: batch folded
 ]
 
 
@@ -160,9 +161,12 @@ def test_dense_conv2d_matches_reference(x_shape, w_shape, _config, strides, padd
 def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
     """The digits CNN's 16→32 conv on 8×8 planes and an SE block's 1×1 planes are vectorised over output
     channels (over positions they compute the phase rows' padding columns, or lanes past the plane), in
-    whole register tiles; a 64×64 plane over positions. Every tile fits the registers with one to spare."""
+    whole register tiles; a 64×64 plane over positions. The SE block's 1×1 planes of 8 images are one run of 8
+    positions with the batch folded in: one whole AVX2 vector (positions), half an AVX-512 one (channels).
+    Every tile fits the registers with one to spare."""
     target = tvm.target.Target(target)
-    cases = [((120, 16, 8, 8), (32, 16, 3, 3), 1, "channels"), ((8, 22, 1, 1), (88, 22, 1, 1), 0, "channels"),
+    se_layout = "positions" if registers == 16 else "channels"
+    cases = [((120, 16, 8, 8), (32, 16, 3, 3), 1, "channels"), ((8, 22, 1, 1), (88, 22, 1, 1), 0, se_layout),
              ((1, 16, 64, 64), (32, 16, 3, 3), 1, "positions")]
     for x_shape, w_shape, padding, layout in cases:
         tiles = dense_conv2d(x_shape, w_shape, padding=padding, target=target).params
@@ -181,6 +185,12 @@ def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
     pointwise = dense_conv2d((16, 192, 7, 7), (1152, 192, 1, 1), target=target, layout="channels").params
     rows, positions = pointwise["rows"], pointwise["positions"]
     assert 7 // rows * -(-rows * 7 // positions) * positions - 49 < positions, pointwise
+    # over positions, the 16 images' 49-position planes are one run of 784: whole tiles, no lanes past a plane
+    folded = dense_conv2d((16, 192, 7, 7), (1152, 192, 1, 1), target=target).params
+    assert folded["layout"] == "positions" and folded["batch_folded"], folded
+    assert 16 * 49 % folded["rows_per_task"] == 0, folded
+    single = dense_conv2d((1, 192, 7, 7), (1152, 192, 1, 1), target=target, layout="positions").params
+    assert not single["batch_folded"]
     with pytest.raises(ValueError, match="layout"):
         dense_conv2d((1, 8, 6, 6), (4, 8, 3, 3), layout="nhwc", target=target)
 
