@@ -215,10 +215,11 @@ def _folded_phase_func(g: _Geometry, folded: _Geometry, rows: int, dtype: str, a
 
     @T.prim_func(s_tir=True)
     def phase(x: T.Buffer((b_, c_, h_, w_), dtype), xph: T.Buffer((1, rows, folded.w2), acc)):
-        for r, q in T.grid(rows - c_, folded.w2):
-            with T.sblock("xph_tail"):
-                vr, vq = T.axis.remap("SS", [r, q])
-                xph[0, c_ + vr, vq] = T.cast(0, acc)
+        if rows > c_:
+            for r, q in T.grid(rows - c_, folded.w2):
+                with T.sblock("xph_tail"):
+                    vr, vq = T.axis.remap("SS", [r, q])
+                    xph[0, c_ + vr, vq] = T.cast(0, acc)
         for c, b, p in T.grid(c_, b_, plane):
             with T.sblock("xph_copy"):
                 vc, vb, vp = T.axis.remap("SSS", [c, b, p])
