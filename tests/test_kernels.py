@@ -159,11 +159,10 @@ def test_dense_conv2d_matches_reference(x_shape, w_shape, _config, strides, padd
 @pytest.mark.parametrize("target, registers", [({"kind": "llvm", "mattr": ["+avx2", "+fma"]}, 16),
                                                ({"kind": "llvm", "mcpu": "znver4"}, 32)])
 def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
-    """The digits CNN's 16→32 conv on 8×8 planes and an SE block's 1×1 planes are vectorised over output
-    channels (over positions they compute the phase rows' padding columns, or lanes past the plane), in
-    whole register tiles; a 64×64 plane over positions. The SE block's 1×1 planes of 8 images are one run of 8
-    positions with the batch folded in: one whole AVX2 vector (positions), half an AVX-512 one (channels).
-    Every tile fits the registers with one to spare."""
+    """The digits CNN's 16→32 conv on 8×8 planes is vectorised over output channels (over positions it
+    would compute the phase rows' padding columns), in whole register tiles; a 64×64 plane over positions.
+    An SE block's 1×1 planes of 8 images are one run of 8 positions with the batch folded in: one whole
+    AVX2 vector (positions), half an AVX-512 one (channels). Every tile fits the registers with one to spare."""
     target = tvm.target.Target(target)
     se_layout = "positions" if registers == 16 else "channels"
     cases = [((120, 16, 8, 8), (32, 16, 3, 3), 1, "channels"), ((8, 22, 1, 1), (88, 22, 1, 1), 0, se_layout),
