@@ -299,8 +299,7 @@ class _Rewriter(relax.PyExprMutator):
         kernel runs (dense where the dense kernel runs the approximated weight) and whether it applies
         ``epilogue`` (where its family's kernel takes one)."""
         if choice.weight.is_dense:
-            fused = self._takes(epilogue, dense=True)
-            kernel = self._scheduled(layer, None, epilogue if fused else None)
+            kernel, fused = self._scheduled(layer, None, epilogue)
             return kernel, kernel.pack(np.ascontiguousarray(layer.weight_kn)), 0.0, choice.weight, fused
         terms = choice.decomposed(layer.weight, layer.axis, verify=False)  # Policy checked it
         if layer.op == "matmul" and layer.axis == 1:  # a (N, K) weight: the kernels take (K, N)
@@ -308,15 +307,10 @@ class _Rewriter(relax.PyExprMutator):
         approximated = sum(t.dense() for t in terms)
         error = relative_error(layer.weight_kn, approximated)
         if self._dense_runs_faster(layer, choice):
-            fused = self._takes(epilogue, dense=True)
-            kernel = self._scheduled(layer, None, epilogue if fused else None)
+            kernel, fused = self._scheduled(layer, None, epilogue)
             return kernel, kernel.pack(np.ascontiguousarray(approximated)), error, TASDConfig.dense(), fused
-        fused = self._takes(epilogue, dense=False)
-        kernel = self._scheduled(layer, tuple(t.pattern for t in terms), epilogue if fused else None)
+        kernel, fused = self._scheduled(layer, tuple(t.pattern for t in terms), epilogue)
         return kernel, kernel.pack(terms), error, choice.weight, fused
-
-    def _takes(self, epilogue: Epilogue | None, dense: bool) -> bool:
-        return epilogue is not None and self.kernels.takes_epilogue(dense)
 
     def _dense_runs_faster(self, layer: Layer, choice: Choice) -> bool:
         """Whether the dense kernel beats the series' N:M kernel for this layer (never for kernels that emulate
@@ -325,12 +319,13 @@ class _Rewriter(relax.PyExprMutator):
                 and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m))
 
     def _scheduled(self, layer: Layer, patterns: tuple | None, epilogue: Epilogue | None):
-        """The layer's scheduled kernel (dense when ``patterns`` is None), built once per distinct shape,
-        series and epilogue: scheduling is the costly part, and the kernel's ``pack`` takes any weight of its
-        shape (the bias is an operand of its own)."""
+        """The layer's scheduled kernel (dense when ``patterns`` is None) and whether it applies ``epilogue``
+        (where its family's kernel takes one), built once per distinct shape, series and epilogue: scheduling
+        is the costly part, and the kernel's ``pack`` takes any weight of its shape (the bias is an operand of
+        its own)."""
+        fused = epilogue is not None and self.kernels.takes_epilogue(dense=patterns is None)
         window = repr(sorted(layer.conv_window.items())) if layer.op == "conv2d" else ""
-        options = {} if epilogue is None else {"bias": epilogue.bias is not None,
-                                               "output_activation": epilogue.activation}
+        options = {"bias": epilogue.bias is not None, "output_activation": epilogue.activation} if fused else {}
         key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window,
                tuple(sorted(options.items())))
         if key not in self.scheduled:
@@ -346,7 +341,7 @@ class _Rewriter(relax.PyExprMutator):
                 self.scheduled[key] = self.kernels.nm_conv2d(layer.activation_shape, layer.weight.shape,
                                                              list(patterns), layer.dtype, **layer.conv_window,
                                                              **options)
-        return self.scheduled[key]
+        return self.scheduled[key], fused
 
     def _activation_call(self, layer: Layer, choice: Choice, x):
         """call_tir of the run-time activation decomposition (the TASD units) on the layer's input: x (m, k)
