@@ -126,6 +126,7 @@ CONV_CASES = [
     ((1, 8, 30, 10), (10, 8, 1, 1), "2:4", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 300 positions: two row groups
     ((2, 16, 3, 64), (13, 16, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # tasks write their output tiles
     ((3, 12, 5, 7), (10, 12, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 35-position planes: batch folded
+    ((2, 24, 4, 32), (20, 24, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # whole tiles: reads x itself
 ]
 
 
@@ -209,6 +210,23 @@ def test_tasks_write_their_own_output_tile_where_rows_carry_no_padding(target):
     assert not padded["output_in_task"]
     nm = nm_conv2d((2, 16, 3, 64), (13, 16, 1, 1), "2:8", target=target).params
     assert nm["output_in_task"] == (64 % nm["rows_per_task"] == 0), nm
+
+
+@pytest.mark.parametrize("target", [{"kind": "llvm", "mattr": ["+avx2", "+fma"]}, {"kind": "llvm", "mcpu": "znver4"}])
+def test_pointwise_convs_read_the_input_itself(target):
+    """A 1×1 conv without stride or padding whose position tiles end with each plane reads x in place (its
+    phase buffer would be a plain copy: 26 MB for EfficientNet-Lite0's 32 → 16 conv at 16 images); padded,
+    strided and batch-folded convs, planes no tile ends with, 16-bit inputs (cast to fp32) and convs with many
+    output channels (READS_INPUT_MAX_CHANNELS: the copy weighs little beside their FMAs) still copy."""
+    target = tvm.target.Target(target)
+    assert dense_conv2d((16, 32, 112, 112), (16, 32, 1, 1), target=target).params["reads_input"]
+    assert nm_conv2d((1, 32, 64, 64), (24, 32, 1, 1), "2:8", target=target).params["reads_input"]
+    copies = [((1, 32, 56, 56), (24, 32, 3, 3), dict(padding=1)), ((1, 32, 56, 56), (24, 32, 1, 1), dict(strides=2)),
+              ((16, 32, 7, 7), (24, 32, 1, 1), {}), ((1, 32, 5, 5), (24, 32, 1, 1), {}),
+              ((1, 32, 56, 56), (24, 32, 1, 1), dict(dtype="float16")), ((1, 32, 64, 64), (384, 32, 1, 1), {})]
+    for x_shape, w_shape, options in copies:
+        tiles = dense_conv2d(x_shape, w_shape, target=target, layout="positions", **options).params
+        assert not tiles["reads_input"], (x_shape, w_shape, options, tiles)
 
 
 def test_conv_padding_forms_and_dense_conv():
