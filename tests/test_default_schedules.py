@@ -14,6 +14,7 @@ from tvm_tasd.pipeline import relax_pipeline, scheduling_passes
 from tvm_tasd.schedules import llvm_common
 from tvm_tasd.schedules.llvm import host_target
 from tvm_tasd.schedules.llvm_default import Window
+from tvm_tasd.schedules.llvm_depthwise_rows import depthwise_row_legalizations
 
 
 INDEX = ((3, 4), "int64")  # an index input into a table of 50 rows
@@ -90,10 +91,15 @@ CASES = {
         lambda x, w, b: _hardswish(relax.op.add(relax.op.nn.conv2d(x, w, strides=2, padding=1, groups=6), b)),
         lambda x, w, b: _np_hardswish(_depthwise(x, w, 2, 1) + b),
     ),
-    "depthwise_rows": (  # a 5×5 depthwise conv on 14-wide rows (vectors of 7), then bias and ReLU6
+    "depthwise_rows": (  # a 5×5 depthwise conv on 14-wide rows (computed 16 wide), then bias and ReLU6
         [(2, 4, 14, 14), (4, 1, 5, 5), (1, 4, 1, 1)],
         lambda x, w, b: relax.op.clip(relax.op.add(relax.op.nn.conv2d(x, w, padding=2, groups=4), b), 0, 6),
         lambda x, w, b: np.clip(_depthwise(x, w, 1, 2) + b, 0, 6),
+    ),
+    "depthwise_short_rows": (  # 3×3 on 7-wide rows (computed 8 wide), several images, no epilogue
+        [(3, 5, 7, 7), (5, 1, 3, 3)],
+        lambda x, w: relax.op.nn.conv2d(x, w, padding=1, groups=5),
+        lambda x, w: _depthwise(x, w, 1, 1),
     ),
     "max_pool": (
         [(2, 3, 8, 16)],
@@ -206,6 +212,53 @@ def test_window_taps_feed_a_register_tile_of_rows_and_vectors(parallel_at_any_si
     update = next(i for i, line in enumerate(lines) if "T.sblock(" in line and '_update")' in line)
     loops = [line.strip() for line in lines[:update] if line.strip().startswith("for ")]
     assert [loop for loop in loops[-3:] if "T.unroll" in loop], loops[-4:]
+
+
+@pytest.mark.parametrize("name, widths", [("depthwise_rows", (14, 16)), ("depthwise_short_rows", (7, 8))])
+def test_depthwise_rows_no_vector_fits_are_computed_wider(name, widths):
+    """A stride-1 depthwise conv on 14- or 7-wide rows accumulates rows of 16 or 8 (whole 256-bit vectors)
+    and writes the real width; the numerics are test_scheduled_ops_match_numpy's."""
+    width, widened = widths
+    shapes, body, _ = CASES[name]
+    with host_target() as target:
+        mod = tvm.transform.Sequential(scheduling_passes(target))(_module(shapes, body))
+    conv = next(f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and "_update" in f.script())
+    accumulator = next(line for line in conv.script().splitlines() if "group_conv2d_nchw" in line and "alloc_buffer" in line)
+    assert accumulator.rstrip().endswith(f"T.int64({widened})))"), accumulator
+    assert int(conv.params[-1].shape[-1]) == width
+
+
+def _conv_call(x_shape, w_shape, **attrs):
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    w = relax.Var("w", relax.TensorType(w_shape, "float32"))
+    return relax.BlockBuilder().normalize(relax.op.nn.conv2d(x, w, **attrs))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs, legalized_width", [
+    ((1, 8, 14, 14), (8, 1, 5, 5), dict(padding=2, groups=8), 16),
+    ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, groups=8), 32),
+    ((1, 8, 16, 16), (8, 1, 3, 3), dict(padding=1, groups=8), None),  # whole vectors already
+    ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, strides=2, groups=8), None),  # strided: TVM's own
+    ((1, 8, 14, 14), (8, 8, 3, 3), dict(padding=1), None),  # not grouped
+    ((1, 8, 14, 14), (4, 2, 3, 3), dict(padding=1, groups=4), None),  # grouped, not depthwise
+    ((1, 8, 5, 5), (8, 1, 3, 3), dict(padding=1, groups=8), None),  # 8 columns for 5: too much more work
+    ((1, 8, 14, 14), (8, 1, 3, 3), dict(padding=1, groups=8, data_layout="NHWC"), None),
+])
+def test_which_depthwise_convs_are_widened(x_shape, w_shape, attrs, legalized_width):
+    if attrs.get("data_layout") == "NHWC":
+        x_shape = (x_shape[0], x_shape[2], x_shape[3], x_shape[1])
+    call = _conv_call(x_shape, w_shape, **attrs)
+    bb = relax.BlockBuilder()
+    with bb.function("main", []):
+        with bb.dataflow():
+            legalized = depthwise_row_legalizations(tvm.target.Target({"kind": "llvm", "mattr": ["+avx2"]}))[
+                "relax.nn.conv2d"](bb, call)
+            bb.emit_output(legalized)
+        bb.emit_func_output(relax.const(0, "float32"))
+    widths = [int(f.params[-1].shape[-1]) for f in bb.get().functions.values()
+              if isinstance(f, tvm.tirx.PrimFunc)]
+    expected = [legalized_width, call.ty.shape.values[3]] if legalized_width else [call.ty.shape.values[-1]]
+    assert sorted(widths) == sorted(int(w) for w in expected), widths
 
 
 @given(rows=st.integers(1, 120), vectors=st.integers(1, 40), registers=st.sampled_from([16, 32]))

@@ -33,6 +33,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 from .hardware import load_target
 from .policy import Choice
 from .schedules.llvm_default import default_cpu_schedule
+from .schedules.llvm_depthwise_rows import depthwise_row_legalizations
 from .schedules.llvm_fast_math import fast_math_legalizations
 from .transform import LAYERS_ATTR, TASDRewrite
 from .tuning import Tuning, tune
@@ -103,10 +104,12 @@ def as_tvm_target(target) -> tvm.target.Target:
 
 def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """TVM's CPU passes up to fused, still unscheduled TIR: library dispatch, legalization (GELU and softmax
-    with fast ``erf``/``exp``: :mod:`~schedules.llvm_fast_math`), fusion."""
+    with fast ``erf``/``exp``: :mod:`~schedules.llvm_fast_math`; depthwise convs on rows no vector fits computed
+    on wider rows: :mod:`~schedules.llvm_depthwise_rows`), fusion."""
     # TVM's legalize passes start with a plain LegalizeOps, which finds nothing left after this one.
+    legalizations = {**fast_math_legalizations(), **depthwise_row_legalizations(target)}
     return [*cpu.library_dispatch_passes(target),
-            relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalizations()),
+            relax.transform.LegalizeOps(customize_legalize_map=legalizations),
             *cpu.legalize_passes(target)]
 
 
