@@ -1,29 +1,38 @@
-"""Legalization of depthwise convs on rows no SIMD vector fits: computed on wider rows, the extra columns dropped.
+"""Legalization of depthwise convs whose output rows no SIMD vector fits: computed on wider, contiguous rows.
 
 Where it belongs: ``LegalizeOps(customize_legalize_map=…)`` of the CPU
 pipeline (``tvm_tasd.pipeline.fusion_passes``), beside
 :mod:`~schedules.llvm_fast_math`. The TASD rewrite leaves depthwise convs to
 TVM; :class:`~schedules.llvm_default.Window` then vectorises each output row
-with the widest vector that divides it. EfficientNet-Lite0's rows of 7, 14
-and 28 outputs get vectors of 7 lanes, which LLVM splits into pieces for
-every tap's load and FMA. Here a stride-1 depthwise conv (``groups`` = its
-input channels, NCHW) whose output width no 256-bit vector divides is
-legalized as the same conv with more zero padding on the right — its output
-rows a whole number of such vectors — followed by a slice back to the real
-width, which ``FuseOps`` fuses into the conv's function with the epilogue.
-Measured alone (AVX2, 2 threads, 16 images, conv + bias + ReLU6; vectors of
-7 → rows widened to 8/16/32): 672 channels 5×5 on 14×14 2.74 → 1.15 ms,
-240 5×5 on 28×28 2.99 → 1.52, 1152 5×5 on 7×7 0.91 → 0.55, 480 3×3 on
-14×14 0.55 → 0.38. Not handled (TVM's legalization): strided convs (their
-row vectors would be strided loads; widened they measured 0.85–0.92× as
-fast), grouped convs that are not depthwise, other layouts, symbolic
-shapes, and rows where widening would compute more than a quarter more.
+with the widest vector that divides it, and every tap loads one input
+vector per output vector. Two shapes defeat that (both in
+EfficientNet-Lite0):
+
+* **Ragged rows** — rows of 7, 14 or 28 outputs get vectors of 7 lanes,
+  which LLVM splits into pieces for every tap's load and FMA. The conv is
+  computed on rows a whole number of 256-bit vectors wide (more zero
+  padding on the right), then sliced back to the real width; ``FuseOps``
+  fuses the slice into the conv's function with the epilogue.
+* **Strided rows** (stride 2 along the row, windows of 5×5 and more) — a
+  tap's inputs for one output vector lie every other column: a strided
+  load, element by element. Each image's padded input is built once as
+  ``stride`` planes of every stride-th column (the *phases*), so a tap reads
+  one contiguous vector of one phase; rows are widened as above.
+
+Measured alone (AVX2, 2 threads, 16 images, conv + bias + ReLU6, TVM's
+legalization → this one): 672 channels 5×5 on 14×14 2.74 → 1.15 ms, 240
+5×5 on 28×28 2.99 → 1.52, 1152 5×5 on 7×7 0.91 → 0.55, 480 3×3 on 14×14
+0.55 → 0.38; stride 2: 144 5×5 on 56×56 4.17 → 3.19, 672 5×5 on 14×14 1.21 →
+0.68. Not handled (TVM's legalization): 3×3 strided windows (building the
+phases costs what their 9 taps save: 0.92–1.02×), dilated strided convs,
+grouped convs that are not depthwise, other layouts, symbolic shapes, and
+rows where widening would compute more than a quarter more.
 """
 
 from __future__ import annotations
 
 import tvm
-from tvm import relax
+from tvm import relax, te, tirx
 
 from .llvm_common import CPUShape
 
@@ -32,47 +41,93 @@ from .llvm_common import CPUShape
 ROW_VECTOR_BITS = 256
 #: Most columns a widened row may compute per real output column.
 MAX_WIDENING = 1.25
+#: Smallest window (taps along each axis) of a strided conv worth splitting into phases.
+MIN_PHASED_WINDOW = 5
 
 
-def _widened_width(call: relax.Call, lanes_of) -> int | None:
-    """The output width to compute a depthwise conv at, or None where TVM's own legalization stays."""
-    attrs = call.attrs
-    x, w, out = call.args[0].ty, call.args[1].ty, call.ty
-    layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
-    if layouts != ("NCHW", "OIHW", "NCHW") or not all(isinstance(t.shape, relax.ShapeExpr) for t in (x, w, out)):
-        return None
-    dims = [d for t in (x, out) for d in t.shape.values]
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    channels, width = int(x.shape.values[1]), int(out.shape.values[3])
-    if int(attrs.groups) != channels or channels == 1 or int(attrs.strides[1]) != 1:
-        return None
-    lanes = lanes_of(str(out.dtype))
-    widened = -(-width // lanes) * lanes
-    return widened if width < widened <= MAX_WIDENING * width else None
+class _Depthwise:
+    """The static facts of a depthwise conv call this legalization needs."""
+
+    def __init__(self, call: relax.Call):
+        attrs = call.attrs
+        self.channels, self.height, self.width = (int(d) for d in call.args[0].ty.shape.values[1:])
+        self.window_h, self.window_w = (int(d) for d in call.args[1].ty.shape.values[2:])
+        self.out_width = int(call.ty.shape.values[3])
+        self.stride_h, self.stride_w = (int(s) for s in attrs.strides)
+        self.dilation = tuple(int(d) for d in attrs.dilation)
+        self.padding = tuple(int(p) for p in attrs.padding)
+        self.dtype = str(call.ty.dtype)
+
+    @staticmethod
+    def of(call: relax.Call) -> "_Depthwise | None":
+        attrs = call.attrs
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
+        types = (call.args[0].ty, call.args[1].ty, call.ty)
+        if layouts != ("NCHW", "OIHW", "NCHW") or not all(isinstance(t.shape, relax.ShapeExpr) for t in types):
+            return None
+        if not all(isinstance(d, tvm.tirx.IntImm) for t in types for d in t.shape.values):
+            return None
+        conv = _Depthwise(call)
+        return conv if int(attrs.groups) == conv.channels > 1 else None
+
+    def widened(self, lanes: int) -> int | None:
+        """The output width to compute at (a multiple of ``lanes``), or None where that is no gain."""
+        width = -(-self.out_width // lanes) * lanes
+        if self.stride_w == 1:
+            return width if self.out_width < width <= MAX_WIDENING * self.out_width else None
+        phased = self.window_w >= MIN_PHASED_WINDOW and self.dilation == (1, 1)
+        return width if phased and width <= MAX_WIDENING * self.out_width else None
+
+    def phased_compute(self, width: int):
+        """TE of the strided conv on output rows ``width`` wide, reading ``stride_w`` phase planes."""
+        top, left = self.padding[:2]
+        sh, sw, kh, kw = self.stride_h, self.stride_w, self.window_h, self.window_w
+        rows = (self.height + sum(self.padding[0::2]) - kh) // sh + 1
+        plane_rows, plane_cols = (rows - 1) * sh + kh, width + (kw - 1) // sw
+
+        def compute(x: te.Tensor, w: te.Tensor) -> te.Tensor:
+            def padded(b, c, row, phase, column):
+                y, x_ = row - top, column * sw + phase - left
+                inside = tirx.all(y >= 0, y < self.height, x_ >= 0, x_ < self.width)
+                return tirx.if_then_else(inside, x[b, c, y, x_], tirx.const(0, x.dtype))
+
+            phases = te.compute((x.shape[0], self.channels, plane_rows, sw, plane_cols), padded, name="pad_temp")
+            dy, dx = te.reduce_axis((0, kh), "dy"), te.reduce_axis((0, kw), "dx")
+            return te.compute(
+                (x.shape[0], self.channels, rows, width),
+                lambda b, c, oy, ox: te.sum(
+                    (phases[b, c, oy * sh + dy, dx % sw, ox + dx // sw] * w[c, 0, dy, dx]).astype(self.dtype),
+                    axis=[dy, dx]),
+                name="group_conv2d_nchw")
+
+        return compute
 
 
 def depthwise_row_legalizations(target: tvm.target.Target) -> dict:
     """``{"relax.nn.conv2d": legalization}`` for ``LegalizeOps(customize_legalize_map=…)`` on ``target``."""
     cpu = CPUShape.of(target)
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
+    slice_legalization = tvm.ir.Op.get("relax.strided_slice").get_attr("FLegalize")
 
-    def lanes_of(dtype: str) -> int:
+    def lanes(dtype: str) -> int:
         return max(1, min(cpu.vector_bits, ROW_VECTOR_BITS) // tvm.runtime.DataType(dtype).bits)
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-        widened = _widened_width(call, lanes_of)
+        conv = _Depthwise.of(call)
+        widened = conv.widened(lanes(conv.dtype)) if conv else None
         if widened is None:
             return default(bb, call)
-        attrs = call.attrs
-        top, left, bottom, right = (int(p) for p in attrs.padding)
-        wide = bb.normalize(relax.op.nn.conv2d(
-            call.args[0], call.args[1], strides=attrs.strides,
-            padding=(top, left, bottom, right + widened - int(call.ty.shape.values[3])),
-            dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
-            kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout, out_dtype=attrs.out_dtype))
-        conv = bb.emit(default(bb, wide))
-        sliced = bb.normalize(relax.op.strided_slice(conv, axes=[3], begin=[0], end=[call.ty.shape.values[3]]))
-        return tvm.ir.Op.get("relax.strided_slice").get_attr("FLegalize")(bb, sliced)
+        if conv.stride_w == 1:
+            top, left, bottom, right = conv.padding
+            attrs = call.attrs
+            wide = bb.normalize(relax.op.nn.conv2d(
+                call.args[0], call.args[1], strides=attrs.strides,
+                padding=(top, left, bottom, right + widened - conv.out_width), dilation=attrs.dilation,
+                groups=attrs.groups, out_dtype=attrs.out_dtype))
+            computed = bb.emit(default(bb, wide))
+        else:
+            computed = bb.emit(bb.call_te(conv.phased_compute(widened), *call.args[:2], primfunc_name_hint="conv2d"))
+        sliced = bb.normalize(relax.op.strided_slice(computed, axes=[3], begin=[0], end=[conv.out_width]))
+        return slice_legalization(bb, sliced)
 
     return {"relax.nn.conv2d": legalize}

@@ -101,6 +101,11 @@ CASES = {
         lambda x, w: relax.op.nn.conv2d(x, w, padding=1, groups=5),
         lambda x, w: _depthwise(x, w, 1, 1),
     ),
+    "depthwise_strided_rows": (  # 5×5, stride 2, 7-wide output rows: read from two phase planes, 8 wide
+        [(2, 4, 13, 13), (4, 1, 5, 5), (1, 4, 1, 1)],
+        lambda x, w, b: relax.op.clip(relax.op.add(relax.op.nn.conv2d(x, w, strides=2, padding=2, groups=4), b), 0, 6),
+        lambda x, w, b: np.clip(_depthwise(x, w, 2, 2) + b, 0, 6),
+    ),
     "max_pool": (
         [(2, 3, 8, 16)],
         lambda x: relax.op.nn.max_pool2d(x, pool_size=3, strides=1, padding=1),
@@ -214,10 +219,12 @@ def test_window_taps_feed_a_register_tile_of_rows_and_vectors(parallel_at_any_si
     assert [loop for loop in loops[-3:] if "T.unroll" in loop], loops[-4:]
 
 
-@pytest.mark.parametrize("name, widths", [("depthwise_rows", (14, 16)), ("depthwise_short_rows", (7, 8))])
+@pytest.mark.parametrize("name, widths", [("depthwise_rows", (14, 16)), ("depthwise_short_rows", (7, 8)),
+                                          ("depthwise_strided_rows", (7, 8))])
 def test_depthwise_rows_no_vector_fits_are_computed_wider(name, widths):
-    """A stride-1 depthwise conv on 14- or 7-wide rows accumulates rows of 16 or 8 (whole 256-bit vectors)
-    and writes the real width; the numerics are test_scheduled_ops_match_numpy's."""
+    """A depthwise conv on 14- or 7-wide rows accumulates rows of 16 or 8 (whole 256-bit vectors) and writes
+    the real width; a strided one reads its padded input as phase planes. The numerics are
+    test_scheduled_ops_match_numpy's."""
     width, widened = widths
     shapes, body, _ = CASES[name]
     with host_target() as target:
@@ -226,6 +233,8 @@ def test_depthwise_rows_no_vector_fits_are_computed_wider(name, widths):
     accumulator = next(line for line in conv.script().splitlines() if "group_conv2d_nchw" in line and "alloc_buffer" in line)
     assert accumulator.rstrip().endswith(f"T.int64({widened})))"), accumulator
     assert int(conv.params[-1].shape[-1]) == width
+    padded = next(line for line in conv.script().splitlines() if "pad_temp = " in line)
+    assert padded.count("T.int64(") == (5 if "strided" in name else 4), padded  # (…, row, phase, column)
 
 
 def _conv_call(x_shape, w_shape, **attrs):
@@ -238,7 +247,10 @@ def _conv_call(x_shape, w_shape, **attrs):
     ((1, 8, 14, 14), (8, 1, 5, 5), dict(padding=2, groups=8), 16),
     ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, groups=8), 32),
     ((1, 8, 16, 16), (8, 1, 3, 3), dict(padding=1, groups=8), None),  # whole vectors already
-    ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, strides=2, groups=8), None),  # strided: TVM's own
+    ((1, 8, 28, 28), (8, 1, 5, 5), dict(padding=2, strides=2, groups=8), 16),  # strided 5×5: phase planes
+    ((1, 8, 32, 32), (8, 1, 5, 5), dict(padding=2, strides=2, groups=8), 16),  # phases, no widening
+    ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, strides=2, groups=8), None),  # strided 3×3: TVM's own
+    ((1, 8, 28, 28), (8, 1, 5, 5), dict(padding=4, strides=2, dilation=2, groups=8), None),
     ((1, 8, 14, 14), (8, 8, 3, 3), dict(padding=1), None),  # not grouped
     ((1, 8, 14, 14), (4, 2, 3, 3), dict(padding=1, groups=4), None),  # grouped, not depthwise
     ((1, 8, 5, 5), (8, 1, 3, 3), dict(padding=1, groups=8), None),  # 8 columns for 5: too much more work
