@@ -284,10 +284,12 @@ STACK_BYTES = 1024
 def _writes_output_in_task(g: _Geometry, positions: int, cols: int, itemsize: int) -> bool:
     """Whether each task of the position layout can write its own tile of the output while it is in cache:
     rows carry no pitch padding (1×1 and valid convs: positions are the plane's own order), a tile's
-    positions stay within one row, and its accumulators fit the stack. Otherwise the output is a separate
+    positions stay within one row — or rows are single positions (CREPE's 1-D convs: H × 1 planes) and tiles
+    end with the plane — and its accumulators fit the stack. Otherwise the output is a separate
     pass over the accumulator buffer — a pass through memory that cost EfficientNet-Lite0's 1 × 1 convs on
     56 × 56 and 112 × 112 planes (outputs of 29–77 MB at 16 images) a fifth to two fifths of their time."""
-    return g.w2 == g.ow and g.ow % positions == 0 and positions * cols * itemsize <= STACK_BYTES
+    tiled = g.ow % positions == 0 or (g.ow == 1 and g.plane % positions == 0)
+    return g.w2 == g.ow and tiled and positions * cols * itemsize <= STACK_BYTES
 
 
 #: Most output channels a pointwise conv may have to read its input in place (:func:`_reads_input`): the copy
@@ -451,14 +453,16 @@ def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, 
     b, o, oh, ow = s.get_loops(epilogue)
     if in_task:  # the output's loops cut like the task's and merged into it
         o_tile, o_in = s.split(o, [chunks, cols])
-        ow_tile, run = s.split(ow, [None, mt])
-        s.reorder(b, oh, ow_tile, o_tile, o_in, run)
-        task = s.merge(task, s.fuse(b, oh, ow_tile, o_tile))
+        p_tile, run = s.split(s.fuse(oh, ow) if g.ow == 1 else ow, [None, mt])
+        s.reorder(b, *([] if g.ow == 1 else [oh]), p_tile, o_tile, o_in, run)
+        task = s.merge(task, s.fuse(b, *([] if g.ow == 1 else [oh]), p_tile, o_tile))
+        lane = s.split(run, [None, lanes])[1]
     else:
         parallel(s, s.fuse(b, o))
         run = s.fuse(oh, ow) if conv.ow == conv.w2 else ow
+        lane = s.split(run, [None, lanes])[1]
     parallel(s, task)
-    s.vectorize(s.split(run, [None, lanes])[1])
+    s.vectorize(lane)
     finish_nm_reduction(s, block, inner_loops)
 
     tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes,

@@ -127,6 +127,7 @@ CONV_CASES = [
     ((2, 16, 3, 64), (13, 16, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # tasks write their output tiles
     ((3, 12, 5, 7), (10, 12, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 35-position planes: batch folded
     ((2, 24, 4, 32), (20, 24, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # whole tiles: reads x itself
+    ((2, 16, 64, 1), (12, 16, 7, 1), "2:8", (1, 1), (3, 0, 3, 0), (1, 1), True),  # 1-D: tasks write their output
 ]
 
 
@@ -199,7 +200,8 @@ def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
 def test_tasks_write_their_own_output_tile_where_rows_carry_no_padding(target):
     """A 1×1 conv's positions are its plane's own order: with a tile that stays in one row, each task writes
     its output tile while it is in cache (EfficientNet-Lite0's 56×56 and 112×112 planes), and its accumulators
-    fit the stack; a padded conv's rows carry pitch padding, so its output is a separate pass."""
+    fit the stack; a padded conv's rows carry pitch padding, so its output is a separate pass — unless its rows
+    are single positions (a 1-D conv), whose padding lies above and below."""
     target = tvm.target.Target(target)
     for width in (56, 112):  # 56 is no multiple of AVX-512's 16 lanes: no tile stays in one row
         tiles = dense_conv2d((16, 24, width, width), (144, 24, 1, 1), target=target, layout="positions").params
@@ -210,6 +212,9 @@ def test_tasks_write_their_own_output_tile_where_rows_carry_no_padding(target):
     assert not padded["output_in_task"]
     nm = nm_conv2d((2, 16, 3, 64), (13, 16, 1, 1), "2:8", target=target).params
     assert nm["output_in_task"] == (64 % nm["rows_per_task"] == 0), nm
+    # 1-D convs (CREPE: H × 1 planes): a tile of positions runs down the rows of one position each
+    column = nm_conv2d((2, 16, 64, 1), (12, 16, 7, 1), "2:8", padding=(3, 0, 3, 0), target=target).params
+    assert column["output_in_task"] and 64 % column["rows_per_task"] == 0, column
 
 
 @pytest.mark.parametrize("target", [{"kind": "llvm", "mattr": ["+avx2", "+fma"]}, {"kind": "llvm", "mcpu": "znver4"}])
