@@ -32,11 +32,12 @@ BATCH = 8
 SHAPES = f"input:[{BATCH},64]"
 
 
-def cli(*args, cwd, expect=0) -> subprocess.CompletedProcess:
-    """Run a console script of this environment; check its exit code."""
+def cli(*args, cwd, expect=0, env=None) -> subprocess.CompletedProcess:
+    """Run a console script of this environment (``env``: variables to set for it); check its exit code."""
     script = BIN / args[0]
     assert script.exists(), f"{script} is missing: run `pip install -e .` to install the console scripts"
-    proc = subprocess.run([str(script), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run([str(script), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          check=False, env={**os.environ, **(env or {})})
     assert proc.returncode == expect, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 

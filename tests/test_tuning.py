@@ -33,10 +33,13 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """The tuning log, the tuning folder and the tuned artifact of the digits CNN (2:8+1:8)."""
+    """The tuning log, the tuning folder and the tuned artifact of the digits CNN (2:8+1:8); the run's
+    temporary files go to a folder of their own (``TMP``), which it must leave empty."""
     path = tmp_path_factory.mktemp("tuning")
+    (path / "TMP").mkdir()
     proc = cli("tvmc", "compile", CNN, "--target", "llvm", "--input-shapes", f"input:[{BATCH},64]", "--pass", "tasd",
-               "--tasd-config", "2:8+1:8", "--tune", "3", "--tune-dir", "db", "-o", "tuned.tar", cwd=path)
+               "--tasd-config", "2:8+1:8", "--tune", "3", "--tune-dir", "db", "-o", "tuned.tar", cwd=path,
+               env={"TMPDIR": str(path / "TMP")})
     return proc.stdout, path
 
 
@@ -82,6 +85,13 @@ def _fastest(row) -> float:
 def _inputs(folder, x) -> str:
     np.savez(folder / "inputs.npz", input=x)
     return "inputs.npz"
+
+
+def test_tuning_leaves_no_temporary_files(tuned):
+    """MetaSchedule's own export leaves a folder per built candidate; the tuning run keeps them in one
+    scratch folder and removes it."""
+    _, folder = tuned
+    assert not list((folder / "TMP").iterdir())
 
 
 def test_a_second_compile_reuses_the_database(tuned):

@@ -23,11 +23,13 @@ bounds).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ import tvm
 from tvm import s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.support.tar import tar
 
 from .schedules.llvm_default import default_schedule
 
@@ -91,11 +94,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning, fused_pas
     log(f"tuning {len(tasks)} operators for {tuning.seconds:g} s (+ measuring each default schedule); "
         f"records → {folder}")
     search = _database(folder / "search")
-    builder = ms.builder.LocalBuilder(f_build=_build, timeout_sec=BUILD_TIMEOUT_S)
-    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
-    defaults = _record_defaults(tasks, measure_target, search, builder, runner)
-    if tuning.seconds > 0:
-        _search(tasks, folder, search, builder, runner, tuning.seconds)
+    with tempfile.TemporaryDirectory(prefix="tvm_tasd_tuning_") as scratch:  # the candidates' libraries
+        builder = ms.builder.LocalBuilder(f_build=_build, f_export=functools.partial(_export, scratch),
+                                          timeout_sec=BUILD_TIMEOUT_S)
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+        defaults = _record_defaults(tasks, measure_target, search, builder, runner)
+        if tuning.seconds > 0:
+            _search(tasks, folder, search, builder, runner, tuning.seconds)
     lines = ["operator                          default µs   tuned µs   (side by side)"]
     for task, default in zip(tasks, defaults):
         # The database skips records with empty traces: a default no rule fits leaves none behind it.
@@ -154,6 +159,15 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # pylint: disable=import-outside-toplevel
 
     return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _export(folder: str, built: tvm.runtime.Module) -> str:
+    """Where the runner loads a built candidate from: a library in ``folder``, the tuning run's scratch folder,
+    removed with it (MetaSchedule's default export leaves a temporary folder behind per candidate: 42 for the
+    digits CNN's two operators and 3 s of search)."""
+    path = os.path.join(tempfile.mkdtemp(dir=folder), "candidate." + tar.output_format)
+    built.export_library(path, fcompile=tar)
+    return path
 
 
 def _record_defaults(tasks, target, database, builder, runner) -> list[ms.database.TuningRecord]:
