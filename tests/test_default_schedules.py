@@ -106,6 +106,11 @@ CASES = {
         lambda x, w, b: relax.op.clip(relax.op.add(relax.op.nn.conv2d(x, w, strides=2, padding=2, groups=4), b), 0, 6),
         lambda x, w, b: np.clip(_depthwise(x, w, 2, 2) + b, 0, 6),
     ),
+    "depthwise_strided_3x3": (  # 3×3, stride 2, 8-wide output rows: phase planes, no widening
+        [(2, 4, 16, 16), (4, 1, 3, 3)],
+        lambda x, w: relax.op.nn.conv2d(x, w, strides=2, padding=1, groups=4),
+        lambda x, w: _depthwise(x, w, 2, 1),
+    ),
     "max_pool": (
         [(2, 3, 8, 16)],
         lambda x: relax.op.nn.max_pool2d(x, pool_size=3, strides=1, padding=1),
@@ -233,8 +238,8 @@ def test_depthwise_rows_no_vector_fits_are_computed_wider(name, widths):
     accumulator = next(line for line in conv.script().splitlines() if "group_conv2d_nchw" in line and "alloc_buffer" in line)
     assert accumulator.rstrip().endswith(f"T.int64({widened})))"), accumulator
     assert int(conv.params[-1].shape[-1]) == width
-    padded = next(line for line in conv.script().splitlines() if "pad_temp = " in line)
-    assert padded.count("T.int64(") == (5 if "strided" in name else 4), padded  # (…, row, phase, column)
+    phases = [line for line in conv.script().splitlines() if "phases = " in line]  # (…, row, phase, column)
+    assert len(phases) == ("strided" in name) and all(line.count("T.int64(") == 5 for line in phases), phases
 
 
 def _conv_call(x_shape, w_shape, **attrs):
@@ -249,7 +254,8 @@ def _conv_call(x_shape, w_shape, **attrs):
     ((1, 8, 16, 16), (8, 1, 3, 3), dict(padding=1, groups=8), None),  # whole vectors already
     ((1, 8, 28, 28), (8, 1, 5, 5), dict(padding=2, strides=2, groups=8), 16),  # strided 5×5: phase planes
     ((1, 8, 32, 32), (8, 1, 5, 5), dict(padding=2, strides=2, groups=8), 16),  # phases, no widening
-    ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, strides=2, groups=8), None),  # strided 3×3: TVM's own
+    ((1, 8, 28, 28), (8, 1, 3, 3), dict(padding=1, strides=2, groups=8), 16),  # strided 3×3 too
+    ((1, 8, 20, 20), (8, 1, 3, 3), dict(padding=1, strides=2, groups=8), None),  # 16 columns for 10: too many
     ((1, 8, 28, 28), (8, 1, 5, 5), dict(padding=4, strides=2, dilation=2, groups=8), None),
     ((1, 8, 14, 14), (8, 8, 3, 3), dict(padding=1), None),  # not grouped
     ((1, 8, 14, 14), (4, 2, 3, 3), dict(padding=1, groups=4), None),  # grouped, not depthwise
