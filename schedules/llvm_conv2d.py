@@ -453,16 +453,15 @@ def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, 
     b, o, oh, ow = s.get_loops(epilogue)
     if in_task:  # the output's loops cut like the task's and merged into it
         o_tile, o_in = s.split(o, [chunks, cols])
-        p_tile, run = s.split(s.fuse(oh, ow) if g.ow == 1 else ow, [None, mt])
-        s.reorder(b, *([] if g.ow == 1 else [oh]), p_tile, o_tile, o_in, run)
-        task = s.merge(task, s.fuse(b, *([] if g.ow == 1 else [oh]), p_tile, o_tile))
-        lane = s.split(run, [None, lanes])[1]
+        rows, positions = ([], s.fuse(oh, ow)) if g.ow == 1 else ([oh], ow)  # rows of one position: tiles run down
+        p_tile, run = s.split(positions, [None, mt])
+        s.reorder(b, *rows, p_tile, o_tile, o_in, run)
+        task = s.merge(task, s.fuse(b, *rows, p_tile, o_tile))
     else:
         parallel(s, s.fuse(b, o))
         run = s.fuse(oh, ow) if conv.ow == conv.w2 else ow
-        lane = s.split(run, [None, lanes])[1]
     parallel(s, task)
-    s.vectorize(lane)
+    s.vectorize(s.split(run, [None, lanes])[1])
     finish_nm_reduction(s, block, inner_loops)
 
     tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes,
