@@ -453,10 +453,11 @@ def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, 
     b, o, oh, ow = s.get_loops(epilogue)
     if in_task:  # the output's loops cut like the task's and merged into it
         o_tile, o_in = s.split(o, [chunks, cols])
-        rows, positions = ([], s.fuse(oh, ow)) if g.ow == 1 else ([oh], ow)  # rows of one position: tiles run down
+        # rows of one position: a tile runs down the rows, so no row loop stays outside it
+        row_loops, positions = ([], s.fuse(oh, ow)) if g.ow == 1 else ([oh], ow)
         p_tile, run = s.split(positions, [None, mt])
-        s.reorder(b, *rows, p_tile, o_tile, o_in, run)
-        task = s.merge(task, s.fuse(b, *rows, p_tile, o_tile))
+        s.reorder(b, *row_loops, p_tile, o_tile, o_in, run)
+        task = s.merge(task, s.fuse(b, *row_loops, p_tile, o_tile))
     else:
         parallel(s, s.fuse(b, o))
         run = s.fuse(oh, ow) if conv.ow == conv.w2 else ow
