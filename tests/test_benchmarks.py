@@ -99,14 +99,21 @@ def test_quality_vs_edp_reports_what_each_tasder_plan_chose():
 
 
 def test_end_to_end_times_every_contender_side_by_side():
-    """The digits MLP at batch 1: onnxruntime, the dense TVM build and the committed plan, timed in rounds."""
+    """The digits MLP at batch 1: onnxruntime, the dense TVM build and the committed plan, timed in rounds, for the
+    portable target and the host's own CPU; each build is compared with the dense build of its own target."""
     pytest.importorskip("onnxruntime")
     from tvm_tasd.benchmarks import end_to_end
 
-    rows = {r["config"]: r for r in end_to_end.measure("digits-mlp", 1, rounds=2)}
-    assert set(rows) == {"onnxruntime", "dense", "TASDER plan (vegeta-m8)"}
-    assert rows["onnxruntime"]["speedup_vs_ort"] == 1.0 and rows["dense"]["speedup_vs_dense"] == 1.0
-    assert rows["dense"]["mac_density"] == 1.0 and 0 < rows["TASDER plan (vegeta-m8)"]["mac_density"] < 1
+    rows = {r["config"]: r for r in end_to_end.measure("digits-mlp", 1, rounds=2, targets=("cpu-emulated", "host"))}
+    plan = "TASDER plan (vegeta-m8)"
+    assert set(rows) == {"onnxruntime", "dense", plan, "dense [host]", f"{plan} [host]"}
+    assert rows["onnxruntime"]["speedup_vs_ort"] == 1.0
+    assert rows["dense"]["speedup_vs_dense"] == rows["dense [host]"]["speedup_vs_dense"] == 1.0
+    assert rows["dense [host]"]["build_vs_dense"] == 1.0 and "tvm_target" not in rows["onnxruntime"]
+    for target, builds in (("cpu-emulated", ["dense", plan]), ("host", ["dense [host]", f"{plan} [host]"])):
+        assert {rows[b]["tvm_target"] for b in builds} == {str(end_to_end.TARGETS[target]())}
+        assert rows[builds[0]]["mac_density"] == 1.0 and 0 < rows[builds[1]]["mac_density"] < 1
     for row in rows.values():
         low, high = row["speedup_vs_ort_range"]
         assert 0 < low <= row["speedup_vs_ort"] <= high and row["median_s"] > 0
+        assert low <= row["speedup_vs_ort_fastest"] <= high
