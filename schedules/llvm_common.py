@@ -30,6 +30,10 @@ from .nm_pack import ceil_div
 
 #: Bytes of activation rows a kernel keeps hot per reduction tile (an L1 data cache).
 L1_BYTES = 32 * 1024
+#: The L1 data cache's associativity and line (AMD Zen 4: 32 KiB, 8-way, 64-byte lines): rows at a stride of a
+#: large power of two share few of its sets.
+L1_WAYS = 8
+CACHE_LINE = 64
 #: Bytes of one core's L2 cache (AMD Zen: 512 KiB–1 MiB; the smaller).
 L2_BYTES = 512 * 1024
 #: Parallel tasks to aim for per core, so threads stay balanced.

@@ -17,7 +17,8 @@ from tvm_tasd import approximate, decompose
 tvm = pytest.importorskip("tvm")
 
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
-from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES  # noqa: E402
+from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS  # noqa: E402
+from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES, _Geometry  # noqa: E402
 
 
 def close(out, ref, rtol=1e-4):
@@ -194,6 +195,22 @@ def test_dense_conv_vectorises_small_planes_over_channels(target, registers):
     assert not single["batch_folded"]
     with pytest.raises(ValueError, match="layout"):
         dense_conv2d((1, 8, 6, 6), (4, 8, 3, 3), layout="nhwc", target=target)
+
+
+def test_pointwise_reduction_tiles_leave_l1_room_and_spread_over_its_sets():
+    """A pointwise conv's reduction tile keeps its channels' runs in half the L1 (the weights stream through the
+    rest), and takes fewer channels where the channel pitch maps every run to a few of the L1's sets: 16 images'
+    14 × 14 planes folded into one row are 12544 bytes apart, a multiple of 256, so 16 of the 64 sets."""
+    avx2 = tvm.target.Target({"kind": "llvm", "mattr": ["+avx2", "+fma"]})
+    aliased = dense_conv2d((16, 672, 14, 14), (112, 672, 1, 1), target=avx2).params
+    spread = dense_conv2d((16, 1152, 7, 7), (192, 1152, 1, 1), target=avx2).params  # 3136 bytes apart: every set
+    for tiles in (aliased, spread):
+        assert tiles["batch_folded"] and tiles["rows_per_task"] * 4 <= CACHE_LINE, tiles  # one line per channel
+    assert aliased["k_tile"] <= 16 * L1_WAYS // 2, aliased  # half the lines of the 16 sets
+    assert spread["k_tile"] * spread["rows_per_task"] * 4 <= L1_BYTES // 2 < 2 * spread["k_tile"] * CACHE_LINE
+    # a strided conv's tile still fills the L1 with its phase rows
+    strided = _Geometry((1, 32, 56, 56), (64, 32, 3, 3), 2, 1, 1)
+    assert strided.tile_channels(16, 4) == L1_BYTES // strided.channel_bytes(16, 4)
 
 
 @pytest.mark.parametrize("target", [{"kind": "llvm", "mattr": ["+avx2", "+fma"]}, {"kind": "llvm", "mcpu": "znver4"}])
