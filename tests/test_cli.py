@@ -20,11 +20,13 @@ import onnxruntime as ort
 import pytest
 import tvm
 from tvm import relax
+from tvm.target import codegen
 
 from tvm_tasd import build
 from tvm_tasd.frontend import from_onnx
 from tvm_tasd.models.digits import load_data, model_path
 from tvm_tasd.artifact import run_artifact
+from tvm_tasd.schedules.llvm_common import host_target
 
 BIN = Path(sys.executable).parent
 MLP = model_path("digits-mlp")
@@ -55,9 +57,13 @@ def work(tmp_path_factory):
     data = load_data()
     np.savez(path / "inputs.npz", input=data.test_x[:BATCH])
     np.savez(path / "calib.npz", input=data.train_x[:256], labels=data.train_y[:256])
-    common = ["compile", MLP, "--target", "llvm", "--input-shapes", SHAPES]
-    cli("tvmc", *common, "--pass", "tasd", "--tasd-hw", "vegeta-m8", "--tasd-config", "2:8+1:8", "-o", "tasd.tar", cwd=path)
-    cli("tvmc", *common, "--tasd-hw", "vegeta-m8", "-o", "dense.tar", cwd=path)
+    common = ["compile", MLP, "--input-shapes", SHAPES, "--tasd-hw", "vegeta-m8"]
+    # the TASD artifact for this machine's own CPU, the dense one for a bare llvm (generic x86-64: it warns)
+    tasd = cli("tvmc", *common, "--target", "host", "--pass", "tasd", "--tasd-config", "2:8+1:8", "-o", "tasd.tar",
+               cwd=path)
+    dense = cli("tvmc", *common, "--target", "llvm", "-o", "dense.tar", cwd=path)
+    (path / "tasd.stderr").write_text(tasd.stderr)
+    (path / "dense.stderr").write_text(dense.stderr)
     return path
 
 
@@ -80,6 +86,8 @@ def test_compile_writes_one_self_contained_artifact(work):
     assert meta["inputs"] == [{"name": "input", "shape": [BATCH, 64], "dtype": "float32"}]
     assert meta["outputs"] == [{"name": "logits", "shape": [BATCH, 10], "dtype": "float32"}]
     assert (meta["pass"], meta["config"], meta["hardware"], meta["target"]["kind"]) == ("tasd", "2:8+1:8", "vegeta-m8", "llvm")
+    assert meta["target"].get("mcpu") == host_target().attrs.get("mcpu")  # --target host: this machine's CPU
+    assert "names no CPU" not in (work / "tasd.stderr").read_text()
     report = json.loads(files["report.json"])
     assert [row["weight"] for row in report["layers"]] == ["2:8+1:8"] * 3
     assert report["totals"]["ratio"]["edp"] < 1
@@ -99,6 +107,8 @@ def test_run_in_a_fresh_process_matches_the_in_process_api(work, tasd_in_process
 def test_dense_compile_is_the_plain_baseline(work, tasd_in_process):
     meta = json.loads(members(work / "dense.tar")["metadata.json"])
     assert meta["pass"] is None and meta["config"] is None
+    if codegen.llvm_get_system_triple().startswith("x86_64"):  # a bare llvm target compiles for generic x86-64
+        assert "names no CPU" in (work / "dense.stderr").read_text() and "mcpu" not in meta["target"]
     report = json.loads(members(work / "dense.tar")["report.json"])
     assert {row["weight"] for row in report["layers"]} == {"dense"} and report["totals"]["ratio"]["edp"] == 1.0
     cli("tvmc", "run", "dense.tar", "--inputs", "inputs.npz", "--outputs", "dense.npz", cwd=work)
@@ -218,54 +228,54 @@ def test_demo_runs_the_main_job(tmp_path):
 
 
 BAD_INPUT = {
-    "missing model": (["tvmc", "compile", "nope.onnx", "--target", "llvm"], "does not exist"),
-    "not ONNX": (["tvmc", "compile", "notes.onnx", "--target", "llvm"], "is not an ONNX model"),
-    "dynamic shape": (["tvmc", "compile", MLP, "--target", "llvm"], "--input-shapes"),
+    "missing model": (["tvmc", "compile", "nope.onnx", "--target", "host"], "does not exist"),
+    "not ONNX": (["tvmc", "compile", "notes.onnx", "--target", "host"], "is not an ONNX model"),
+    "dynamic shape": (["tvmc", "compile", MLP, "--target", "host"], "--input-shapes"),
     "unknown target": (["tvmc", "compile", MLP, "--target", "tpu9", "--input-shapes", SHAPES], "unknown target"),
     "cuda target": (["tvmc", "compile", MLP, "--target", "cuda", "--input-shapes", SHAPES], "CPU (llvm) artifacts only"),
-    "unknown config": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+    "unknown config": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                         "--tasd-config", "5:4"], "5:4"),
-    "plan for another model": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+    "plan for another model": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                                 "--tasd-plan", "other_plan.json"], "another model"),
-    "unwritable output": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "-o",
+    "unwritable output": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES, "-o",
                            "no/such/dir/out.tar"], "cannot write"),
-    "config without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-config", "2:4"], "--pass tasd"),
-    "activation series without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-activation", "2:8"],
+    "config without the pass": (["tvmc", "compile", MLP, "--target", "host", "--tasd-config", "2:4"], "--pass tasd"),
+    "activation series without the pass": (["tvmc", "compile", MLP, "--target", "host", "--tasd-activation", "2:8"],
                                            "--pass tasd"),
-    "kernel choice without the pass": (["tvmc", "compile", MLP, "--target", "llvm", "--tasd-kernels", "always"],
+    "kernel choice without the pass": (["tvmc", "compile", MLP, "--target", "host", "--tasd-kernels", "always"],
                                        "--pass tasd"),
-    "activation series beside a plan": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES,
+    "activation series beside a plan": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES,
                                          "--pass", "tasd", "--tasd-plan", "other_plan.json", "--tasd-activation", "2:8"],
                                         "carries its own activation series"),
-    "two sparse operands": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+    "two sparse operands": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                              "--tasd-hw", "ttc-vegeta-m8", "--tasd-config", "2:8", "--tasd-activation", "2:8"],
                             "one sparse operand per layer"),
-    "bad shape syntax": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:8,64"], "name:[d1,d2"),
+    "bad shape syntax": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", "input:8,64"], "name:[d1,d2"),
     "run a non-artifact": (["tvmc", "run", "notes.onnx"], "not a tvmc artifact"),
     "calibration without labels": (["tasd", "search", MLP, "--calibration", "nolabels.npz", "--metric", "accuracy"],
                                    "'labels'"),
     "report format": (["tasd", "report", "other_plan.json", "-o", "report.pdf"], "suffix"),
-    "output over the model": (["tvmc", "compile", "mlp.onnx", "--target", "llvm", "--input-shapes", SHAPES, "-o",
+    "output over the model": (["tvmc", "compile", "mlp.onnx", "--target", "host", "--input-shapes", SHAPES, "-o",
                                "mlp.onnx"], "would be overwritten"),
     "output over the calibration": (["tasd", "search", "mlp.onnx", "--calibration", "nolabels.npz", "-o",
                                      "nolabels.npz"], "would be overwritten"),
     "report over its plan": (["tasd", "report", "other_plan.json", "-o", "other_plan.json"], "would be overwritten"),
-    "shape of another rank": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,64,1]"],
+    "shape of another rank": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", "input:[8,64,1]"],
                               "has 2 dimensions"),
-    "shape against a fixed size": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,32]"],
+    "shape against a fixed size": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", "input:[8,32]"],
                                    "fixes dimension 1 to 64"),
-    "shape too large": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[4000000000,64]"],
+    "shape too large": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", "input:[4000000000,64]"],
                         "int32"),
-    "pass without a choice": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd"],
+    "pass without a choice": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd"],
                               "--tasd-error-threshold"),
-    "duplicate input shapes": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", "input:[8,64] input:[4,64]"],
+    "duplicate input shapes": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", "input:[8,64] input:[4,64]"],
                                "twice"),
     "unknown cpu": (["tvmc", "compile", MLP, "--target", "llvm -mcpu=notacpu", "--input-shapes", SHAPES],
                     "does not know -mcpu=notacpu"),
     "foreign triple": (["tvmc", "compile", MLP, "--target", "llvm -mtriple=aarch64-linux-gnu", "--input-shapes", SHAPES],
                        "builds for 'aarch64'"),
     "calibration of the wrong width": (["tasd", "search", MLP, "--calibration", "narrow.npz"], "fixes dimension 1 to 64"),
-    "plan with no layers": (["tvmc", "compile", MLP, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+    "plan with no layers": (["tvmc", "compile", MLP, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                              "--tasd-plan", "empty_plan.json"], "is empty"),
     "plan naming a layer twice": (["tasd", "report", "twice_plan.json", "--model", MLP], "twice"),
     "plan nested too deeply": (["tasd", "report", "deep.json"], "nested too deeply"),
@@ -307,7 +317,7 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(case, tmp_path):
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-    proc = cli("tvmc", "compile", "m.onnx", "--target", "llvm", "--tasd-config", "2:4", "--verbose", cwd=tmp_path,
+    proc = cli("tvmc", "compile", "m.onnx", "--target", "host", "--tasd-config", "2:4", "--verbose", cwd=tmp_path,
                expect=1)
     assert "Traceback" in proc.stderr and "need --pass tasd" in proc.stderr
 

@@ -8,10 +8,12 @@ kernel's ``cuda`` implementation loads its registers.
 """
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import tvm
+from tvm.target import codegen
 from tvm_tasd.schedules import nvidia_metadata as nv
 from tvm_tasd.schedules.cuda_mma_sp import cuda_source, mma_sp_matmul
 from tvm_tasd.schedules.selection import kernels_for
@@ -22,6 +24,8 @@ from tvm_tasd.frontend import from_onnx
 from tvm_tasd.hardware import load_target
 from tvm_tasd.models.digits import model_path
 from tvm_tasd.pipeline import as_tvm_target
+from tvm_tasd.policy import TASDWarning
+from tvm_tasd.schedules.llvm_common import host_target
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH: CUDA source is generated but not compiled")
@@ -169,6 +173,18 @@ def test_gpu_benchmark_fails_clearly_without_a_gpu(monkeypatch, capsys):
     assert gpu_mma_sp.main([]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "no CUDA GPU" in line
+
+
+def test_host_target_and_the_generic_cpu_warning():
+    """``host`` is this machine's CPU; a bare ``llvm`` (generic x86-64, SSE2) warns, a named CPU or ISA does not."""
+    assert as_tvm_target("host").attrs.get("mcpu") == host_target().attrs.get("mcpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for named in ("host", "llvm -mattr=+avx2,+fma", "llvm -mcpu=znver3", tvm.target.Target("llvm")):
+            as_tvm_target(named)  # a Target object is the caller's own choice: no warning either
+    if codegen.llvm_get_system_triple().startswith("x86_64"):
+        with pytest.warns(TASDWarning, match="names no CPU"):
+            as_tvm_target("llvm")
 
 
 def test_target_parsing_and_kernel_selection():

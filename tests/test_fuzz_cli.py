@@ -108,7 +108,7 @@ def _file_slots(a: Path) -> dict[str, callable]:
     mlp, calib, plan, good = str(a / "mlp.onnx"), str(a / "calib.npz"), str(a / "plan.json"), str(a / "good.tar")
     return {
         "onnx": [
-            lambda f: ("tvmc", "compile", f, "--target", "llvm", "--input-shapes", SHAPES),
+            lambda f: ("tvmc", "compile", f, "--target", "host", "--input-shapes", SHAPES),
             lambda f: ("tasd", "search", f, "--calibration", calib, "-o", "p.json"),
             lambda f: ("tasd", "decompose", f, "--name", "fc1.weight"),
             lambda f: ("tasd", "report", plan, "--model", f),
@@ -118,7 +118,7 @@ def _file_slots(a: Path) -> dict[str, callable]:
             lambda f: ("tvmc", "run", good, "--inputs", f),
         ],
         "json": [
-            lambda f: ("tvmc", "compile", mlp, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+            lambda f: ("tvmc", "compile", mlp, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                        "--tasd-plan", f),
             lambda f: ("tasd", "report", f),
         ],
@@ -128,7 +128,7 @@ def _file_slots(a: Path) -> dict[str, callable]:
         ],
         "toml": [
             lambda f: ("tasd", "targets", f),
-            lambda f: ("tvmc", "compile", mlp, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+            lambda f: ("tvmc", "compile", mlp, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                        "--tasd-hw", f, "--tasd-config", "2:4"),
             lambda f: ("tasd", "search", mlp, "--calibration", calib, "--hw", f, "-o", "p.json"),
         ],
@@ -138,7 +138,7 @@ def _file_slots(a: Path) -> dict[str, callable]:
 
 def _flag_cases(a: Path) -> list[tuple[str, ...]]:
     mlp, calib, good = str(a / "mlp.onnx"), str(a / "calib.npz"), str(a / "good.tar")
-    compile_ = ("tvmc", "compile", mlp, "--target", "llvm", "--input-shapes", SHAPES)
+    compile_ = ("tvmc", "compile", mlp, "--target", "host", "--input-shapes", SHAPES)
     search = ("tasd", "search", mlp, "--calibration", calib, "-o", "p.json")
     cases = []
     cases += [(*search, "--budget", v) for v in ("-1", "0", "1.5", "nan", "inf", "abc")]
@@ -154,7 +154,7 @@ def _flag_cases(a: Path) -> list[tuple[str, ...]]:
     cases += [("tvmc", "compile", mlp, "--input-shapes", SHAPES, "--target", v) for v in
               ("tpu", "llvm -mcpu=notacpu", "{bad", "cuda", "llvm -foo", "", "llvm -mtriple=arm-none-eabi",
                '{"kind": 3}', "stc-2of4", "llvm mcpu=znver3")]
-    cases += [("tvmc", "compile", mlp, "--target", "llvm", "--input-shapes", v) for v in
+    cases += [("tvmc", "compile", mlp, "--target", "host", "--input-shapes", v) for v in
               ("input:8,64", "input:[8,64", "input:[a,64]", "input:[0,64]", "input:[-1,64]", "nope:[8,64]",
                "input:[8,64] input:[8,64]", "input:[8]", "input:[8,64,1]", "input:[8,32]", "input:[4000000000,64]",
                ":[8]", "input:[]")]
@@ -177,7 +177,7 @@ def _flag_cases(a: Path) -> list[tuple[str, ...]]:
               ("tasd", "decompose", mlp, "--name", "nope")]
     cases += [("tasd", "demo", "--budget", v, "--out-dir", "demo") for v in ("0", "2", "nan")]
     cases += [("tasd", "demo", "--model", "resnet"), ("tasd", "bench", "nope"), ("tasd", "nope"), ("tvmc", "nope"),
-              ("tasd",), ("tvmc",), ("tvmc", "compile", mlp, "--target", "llvm", "--foo"), ("tasd", "search", "--foo"),
+              ("tasd",), ("tvmc",), ("tvmc", "compile", mlp, "--target", "host", "--foo"), ("tasd", "search", "--foo"),
               ("tasd", "targets", "tpu9"), ("tvmc", "run")]
     return cases
 
@@ -215,7 +215,7 @@ def _plan_cases(a: Path) -> list[tuple[str, ...]]:
     cases = []
     for name in PLANS:
         path = str(a / f"plan_{name}.json")
-        cases.append(("tvmc", "compile", mlp, "--target", "llvm", "--input-shapes", SHAPES, "--pass", "tasd",
+        cases.append(("tvmc", "compile", mlp, "--target", "host", "--input-shapes", SHAPES, "--pass", "tasd",
                       "--tasd-plan", path))
         cases.append(("tasd", "report", path, "--model", mlp))
     return cases
@@ -267,7 +267,7 @@ def _target_cases(a: Path) -> list[tuple[str, ...]]:
     for index in range(len(TARGET_EDITS)):
         path = str(a / f"target_{index}.toml")
         cases += [("tasd", "targets", path),
-                  ("tvmc", "compile", str(a / "mlp.onnx"), "--target", "llvm", "--input-shapes", SHAPES,
+                  ("tvmc", "compile", str(a / "mlp.onnx"), "--target", "host", "--input-shapes", SHAPES,
                    "--pass", "tasd", "--tasd-hw", path, "--tasd-config", "2:4")]
     return cases
 

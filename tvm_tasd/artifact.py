@@ -43,25 +43,28 @@ from .frontend import ImportedModel, import_model, model_format
 from .hardware import HardwareTarget, list_targets, load_target
 from .io import atomic_output, check_not_inputs, parse_json, private_tempdir
 from .matcher import find_layers
-from .pipeline import build, target_spec
+from .pipeline import HOST, build, target_spec, warn_if_generic_cpu
 from .plan import Plan
 from .report import Report, plan_source
+from .schedules.llvm_common import host_target
 from .tuning import Tuning
 
 ARTIFACT_FORMAT = "tvm_tasd.tvmc/1"
 LIBRARY, METADATA, PLAN, REPORT = "mod.so", "metadata.json", "plan.json", "report.json"
 REPORT_SUFFIXES = (".html", ".json", ".txt")
 _CPU_ONLY = ("{what} compiles for {kind}, but this tvmc builds CPU (llvm) artifacts only, the ones `tvmc run` "
-             "runs here (GPU kernels are separate work); emulate the hardware on the CPU: --target llvm --tasd-hw {hw}")
+             "runs here (GPU kernels are separate work); emulate the hardware on the CPU: --target host --tasd-hw {hw}")
 
 
 # ------------------------------------------------------------------ targets and reports
 
 
 def compile_target(text: str) -> tuple[tvm.target.Target, HardwareTarget | None]:
-    """The TVM target an artifact is built for, from ``llvm``, an old-style flag string
-    (``"llvm -mcpu=znver3"``), a JSON dict, or a hardware target name (whose hardware it also returns)."""
+    """The TVM target an artifact is built for, from ``host`` (this machine's CPU), ``llvm``, an old-style flag
+    string (``"llvm -mcpu=znver3"``), a JSON dict, or a hardware target name (whose hardware it also returns)."""
     text = text.strip()
+    if text == HOST:
+        return host_target(), None
     if text in list_targets() or text.endswith(".toml"):
         hardware = load_target(text)
         if hardware.tvm.kind != "llvm":
@@ -80,7 +83,7 @@ def compile_target(text: str) -> tuple[tvm.target.Target, HardwareTarget | None]
             raise ValueError(f"--target: {err}") from None
     kind = spec.get("kind")
     if kind not in tvm.target.Target.list_kinds():
-        raise ValueError(f"unknown target {text!r}: give llvm, \"llvm -mcpu=…\", or a hardware target "
+        raise ValueError(f"unknown target {text!r}: give {HOST}, llvm, \"llvm -mcpu=…\", or a hardware target "
                          f"({', '.join(list_targets())}; see tasd targets)")
     if kind != "llvm":
         raise ValueError(_CPU_ONLY.format(what=f"--target {text!r}", kind=kind, hw="stc-2of4"))
@@ -89,6 +92,7 @@ def compile_target(text: str) -> tuple[tvm.target.Target, HardwareTarget | None]
     except ValueError as err:
         raise ValueError(f"invalid --target {text!r}: {str(err).strip().splitlines()[0]}") from None
     _check_host_target(target, text)
+    warn_if_generic_cpu(target, stacklevel=3)
     return target, None
 
 
@@ -125,7 +129,7 @@ def render_report(report: Report, path) -> str:
 # ------------------------------------------------------------------ compile
 
 
-def compile_model(model, output, target="llvm", input_shapes: dict | None = None, *, tasd: bool = False,
+def compile_model(model, output, target=HOST, input_shapes: dict | None = None, *, tasd: bool = False,
                   hw=None, config=None, plan=None, error_threshold: float | None = None, activation=None,
                   report=None, fmt: str | None = None, tuning: Tuning | None = None, nm_kernels: str | None = None) -> Report:
     """``tvmc compile``: import, optionally rewrite with TASD, build, write the artifact; the report.

@@ -44,12 +44,12 @@ def cmd_demo(args) -> None:
     print("\n2. Compile the model dense and with the plan (tvmc):")
     shapes = {"input": [len(data.test_x), data.test_x.shape[1]]}
     shape_text = f"input:[{len(data.test_x)},{data.test_x.shape[1]}]"
-    show_command(["tvmc", "compile", model, "--target", "llvm", "--input-shapes", shape_text, "--tasd-hw", args.hw,
+    show_command(["tvmc", "compile", model, "--target", "host", "--input-shapes", shape_text, "--tasd-hw", args.hw,
                   "-o", dense_tar])
-    dense = compile_model(model, dense_tar, "llvm", shapes, hw=args.hw)
-    show_command(["tvmc", "compile", model, "--target", "llvm", "--input-shapes", shape_text, "--pass", "tasd",
+    dense = compile_model(model, dense_tar, "host", shapes, hw=args.hw)
+    show_command(["tvmc", "compile", model, "--target", "host", "--input-shapes", shape_text, "--pass", "tasd",
                   "--tasd-hw", args.hw, "--tasd-plan", plan, "--tasd-report", html, "-o", tasd_tar])
-    tasd = compile_model(model, tasd_tar, "llvm", shapes, tasd=True, hw=args.hw, plan=plan, report=html)
+    tasd = compile_model(model, tasd_tar, "host", shapes, tasd=True, hw=args.hw, plan=plan, report=html)
 
     print("\n3. Run both on the held-out test images (the emulated target runs on this CPU):")
     scores = {}

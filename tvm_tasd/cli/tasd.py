@@ -117,7 +117,7 @@ def cmd_search(args) -> None:
         print(f"on the {held['batches']} held-out batch(es) the search never saw: {held['original']:.4f} → "
               f"{held['plan']:.4f} ({held['relative']:.1%}; {held['rejected']} cheaper plan(s) failed there)")
     print(f"next: tasd report {shlex.quote(str(args.output))}  |  "
-          f"tvmc compile {shlex.quote(str(args.model))} --target llvm --pass tasd --tasd-plan {shlex.quote(str(args.output))}")
+          f"tvmc compile {shlex.quote(str(args.model))} --target host --pass tasd --tasd-plan {shlex.quote(str(args.output))}")
 
 
 def cmd_apply(args) -> None:

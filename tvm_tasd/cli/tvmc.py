@@ -4,8 +4,8 @@ Upstream TVM stopped shipping ``tvmc`` together with Relay in 0.20. This
 console script keeps its habits (flag names, the ``.tar`` artifact, the
 timing summary) for Relax::
 
-    tvmc compile model.onnx --target llvm --input-shapes "input:[1,64]" -o dense.tar
-    tvmc compile model.onnx --target llvm --input-shapes "input:[1,64]" \\
+    tvmc compile model.onnx --target host --input-shapes "input:[1,64]" -o dense.tar
+    tvmc compile model.onnx --target host --input-shapes "input:[1,64]" \\
         --pass tasd --tasd-hw vegeta-m8 --tasd-plan plan.json --tasd-report report.html -o tasd.tar
     tvmc run tasd.tar --inputs inputs.npz --outputs outputs.npz --print-time --repeat 10
 
@@ -66,16 +66,18 @@ def cmd_run(args) -> None:
 
 COMPILE_EPILOG = """\
 examples:
-  tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" -o dense.tar
-  tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --pass tasd \\
+  tvmc compile model.onnx --target host --input-shapes "input:[8,64]" -o dense.tar   # this machine's CPU
+  tvmc compile model.onnx --target host --input-shapes "input:[8,64]" --pass tasd \\
       --tasd-hw vegeta-m8 --tasd-config 2:8+1:8 -o tasd.tar
   tvmc compile model.onnx --target "llvm -mcpu=znver3" --pass tasd --tasd-plan plan.json \\
       --tasd-report report.html -o tasd.tar       # plan from: tasd search
   tvmc compile program.pt2 --target vegeta-m8 --pass tasd --tasd-config 2:4 -o tasd.tar   # torch.export.save output
-  tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --pass tasd \\
+  tvmc compile model.onnx --target host --input-shapes "input:[8,64]" --pass tasd \\
       --tasd-hw ttc-vegeta-m8 --tasd-activation 2:8 -o act.tar   # ReLU-fed layers: activation series
-  tvmc compile model.onnx --target llvm --input-shapes "input:[8,64]" --tune 600 -o tuned.tar
+  tvmc compile model.onnx --target host --input-shapes "input:[8,64]" --tune 600 -o tuned.tar
 
+--target llvm without -mcpu compiles for generic x86-64 (SSE2), about 2.5x slower
+than host or cpu-emulated (portable AVX2); it warns.
 Without --pass tasd the build is dense (the same scheduled dense kernels), so the
 two artifacts compare directly. Modelled hardware runs emulated on this CPU.
 --tune measures each remaining operator's default schedule, searches for SECONDS,
@@ -94,7 +96,8 @@ def build_parser():
     parser, add = new_parser("tvmc", "TVM compiler driver for Relax (old tvmc's habits), with --pass tasd.")
     p = add("compile", "compile a model into one artifact (.tar)", cmd_compile, COMPILE_EPILOG)
     p.add_argument("model", help="an ONNX model, or a PyTorch .pt2 exported program")
-    p.add_argument("--target", required=True, help='llvm, "llvm -mcpu=…", a JSON dict, or a hardware target name')
+    p.add_argument("--target", required=True, help="host (this machine's CPU), llvm (generic x86-64: slow), "
+                                                   '"llvm -mcpu=…", a JSON dict, or a hardware target name')
     p.add_argument("--input-shapes", help='fixed input shapes, e.g. "input:[1,3,224,224] mask:[1,128]"')
     p.add_argument("--model-format", choices=["onnx", "pt2"], help="default: from the file suffix")
     p.add_argument("-o", "--output", default="module.tar", help="artifact path (default module.tar)")
