@@ -48,7 +48,7 @@ from tvm_tasd import build  # noqa: E402
 from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
 from tvm_tasd.frontend import from_onnx  # noqa: E402
 from tvm_tasd.hardware import load_target  # noqa: E402
-from tvm_tasd.schedules.llvm_common import host_target  # noqa: E402
+from tvm_tasd.pipeline import HOST, as_tvm_target  # noqa: E402
 from tvm_tasd.tuning import Tuning  # noqa: E402
 
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
@@ -154,7 +154,7 @@ CASES: dict[str, Callable[[], Case]] = {
 
 
 #: ``--targets`` choices: the TVM targets the builds compile for.
-TARGETS = {"cpu-emulated": lambda: load_target("cpu-emulated").tvm_target(), "host": host_target}
+TARGETS = {"cpu-emulated": lambda: load_target("cpu-emulated").tvm_target(), "host": lambda: as_tvm_target(HOST)}
 
 
 def _timed_build(mod, target, **choice):
@@ -250,7 +250,8 @@ def measure(name: str, batch: int, rounds: int, tune_s: float | None = None,
                "speedup_vs_ort_fastest": float(np.median(vs_ort[ort_fastest])),
                "speedup_vs_dense": float(np.median(blocks[dense] / seconds))}
         if config in builds:
-            build, layers = builds[config], builds[config].executable.layers
+            build = builds[config]
+            layers = build.executable.layers
             row.update(build_s=build.seconds, build_vs_dense=build.seconds / builds[dense].seconds,
                        tvm_target=build.target,
                        mac_density=sum(l["executed_macs"] for l in layers) / sum(l["dense_macs"] for l in layers))
