@@ -61,6 +61,7 @@ from .llvm_common import (
     parallel_chunks,
     position_vectors,
     tile_nm_reduction,
+    vectorize_run,
 )
 from .nm_pack import (
     absolute_rows,
@@ -253,10 +254,11 @@ def _folded_phase_func(g: _Geometry, folded: _Geometry, rows: int, dtype: str, a
     return phase
 
 
-def _schedule_folded_phase(s, rows: int, g: _Geometry) -> None:
+def _schedule_folded_phase(s, rows: int, g: _Geometry, lanes: int) -> None:
     if rows > g.c:
         parallel(s, s.fuse(*s.get_loops(s.get_sblock("xph_tail"))))
-    c, b, _ = s.get_loops(s.get_sblock("xph_copy"))
+    c, b, p = s.get_loops(s.get_sblock("xph_copy"))
+    vectorize_run(s, p, lanes)
     parallel(s, s.fuse(c, b))
 
 
@@ -275,12 +277,12 @@ def _schedule_phase(s, per_channel: dict, whole: dict, g: _Geometry, lanes: int)
     for name, kind in per_channel.items():
         if kind == "run":
             r, w = s.get_loops(s.get_sblock(name))[2:]
-            s.vectorize(s.split(s.fuse(r, w), [None, lanes])[1])
+            vectorize_run(s, s.fuse(r, w), lanes)
     b, c, h, w = s.get_loops(s.get_sblock("xph_copy"))
     # contiguous in both buffers: along w, or along (h, w) when rows are unpadded
     run = s.fuse(h, w) if (g.sh, g.sw, g.w2) == (1, 1, g.w) else w
     if g.sw == 1:
-        s.vectorize(s.split(run, [None, lanes])[1])
+        vectorize_run(s, run, lanes)
     parallel(s, s.fuse(b, c))
 
 
@@ -463,7 +465,7 @@ def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, 
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, vals, keys, *extra, out]))
     if folded:
-        _schedule_folded_phase(s, rows, conv)
+        _schedule_folded_phase(s, rows, conv, lanes)
     elif not direct:
         _schedule_phase(s, per_channel, whole, g, lanes)
 
@@ -485,7 +487,7 @@ def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, 
         parallel(s, s.fuse(b, o))
         run = s.fuse(oh, ow) if conv.ow == conv.w2 else ow
     parallel(s, task)
-    s.vectorize(s.split(run, [None, lanes])[1])
+    vectorize_run(s, run, lanes)
     finish_nm_reduction(s, block, inner_loops)
 
     tiling = dict(rows_per_task=mt, cols=cols, k_tile=ct, entries_per_tile=per_tile, col_chunks=chunks, lanes=lanes,

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm_ffi
 
 from tvm_tasd import approximate, decompose
 
 tvm = pytest.importorskip("tvm")
 
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
-from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS  # noqa: E402
+from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS, host_target, vectorize_run  # noqa: E402
 from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES, _Geometry  # noqa: E402
 
 
@@ -249,6 +250,23 @@ def test_pointwise_convs_read_the_input_itself(target):
     for x_shape, w_shape, options in copies:
         tiles = dense_conv2d(x_shape, w_shape, target=target, layout="positions", **options).params
         assert not tiles["reads_input"], (x_shape, w_shape, options, tiles)
+
+
+@pytest.mark.parametrize("extent, vectors", [(13, [8, 5]), (16, [8]), (5, [5]), (196, [8, 4])])
+def test_runs_vectorise_whole_and_their_remainder_apart(extent, vectors):
+    """A run no vector width divides is a loop of whole vectors and a vectorised remainder, not one loop with a
+    predicated last vector (a bounds test per lane); every element is still computed once."""
+    x = tvm.te.placeholder((3, extent), "float32", name="x")
+    y = tvm.te.compute((3, extent), lambda i, j: x[i, j] * 2.0 + 1.0, name="y")
+    s = tvm.s_tir.Schedule(tvm.te.create_prim_func([x, y]))
+    vectorize_run(s, s.get_loops(s.get_sblock("y"))[-1], 8)
+    loops = []
+    tvm_ffi.structural_walk(s.mod["main"].body, [(tvm.tirx.For, loops.append)], order="pre")
+    assert [int(loop.extent) for loop in loops if loop.kind == tvm.tirx.ForKind.VECTORIZED] == vectors
+    values = np.random.default_rng(0).standard_normal((3, extent)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros_like(values))
+    tvm.tirx.build(s.mod["main"], target=host_target())["main"](tvm.runtime.tensor(values), out)
+    close(out.numpy(), values * 2 + 1)
 
 
 def test_conv_padding_forms_and_dense_conv():
