@@ -37,6 +37,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _emulated_target():
+    from tvm_tasd.hardware import load_target
+
+    return load_target("cpu-emulated").tvm_target()
+
+
+def _host_target():
+    from tvm_tasd.pipeline import HOST, as_tvm_target
+
+    return as_tvm_target(HOST)
+
+
+#: ``--target(s)`` of the CPU speed benchmarks: the TVM targets their kernels and builds are compiled for
+#: (``cpu-emulated``: portable AVX2; ``host``: this machine's CPU).
+CPU_TARGETS = {"cpu-emulated": _emulated_target, "host": _host_target}
+
+
 def stamp(title: str, **extra) -> dict:
     """The metadata block every results file starts with."""
     return {

@@ -45,10 +45,8 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from tvm_tasd import build  # noqa: E402
-from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
+from tvm_tasd.benchmarks.common import CPU_TARGETS, stamp, stamp_markdown, write  # noqa: E402
 from tvm_tasd.frontend import from_onnx  # noqa: E402
-from tvm_tasd.hardware import load_target  # noqa: E402
-from tvm_tasd.pipeline import HOST, as_tvm_target  # noqa: E402
 from tvm_tasd.tuning import Tuning  # noqa: E402
 
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
@@ -153,8 +151,6 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
-#: ``--targets`` choices: the TVM targets the builds compile for.
-TARGETS = {"cpu-emulated": lambda: load_target("cpu-emulated").tvm_target(), "host": lambda: as_tvm_target(HOST)}
 
 
 def _timed_build(mod, target, **choice):
@@ -194,7 +190,7 @@ class _Build:
 
 def _builds(mod, plan: Path, configs, tune_s: float | None, target_name: str) -> dict[str, _Build]:
     """Every TVM build of one target, by label (labels of targets other than cpu-emulated name the target)."""
-    target = TARGETS[target_name]()
+    target = CPU_TARGETS[target_name]()
 
     def label(build: str) -> str:
         return build if target_name == "cpu-emulated" else f"{build} [{target_name}]"
@@ -291,7 +287,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="CREPE tiny at its benchmark batch, 2 rounds")
     parser.add_argument("--tune", type=float, metavar="SECONDS",
                         help="also time the dense build and the plan with MetaSchedule tuning of the other ops")
-    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=["cpu-emulated"],
+    parser.add_argument("--targets", nargs="+", choices=list(CPU_TARGETS), default=["cpu-emulated"],
                         help="compile the TVM builds for cpu-emulated's portable AVX2 target, for this machine's own "
                              "CPU (host), or both, timed side by side (default: cpu-emulated)")
     parser.add_argument("--name", default="end_to_end", help="results file stem under benchmarks/results/")
@@ -303,7 +299,7 @@ def main(argv=None) -> None:
         for batch in dict.fromkeys(CASES[model]().batch if b == "benchmark" else 1 for b in args.batches):
             print(f"{model} batch {batch}…", flush=True)
             rows += measure(model, batch, args.rounds, args.tune, args.targets)
-    tvm_targets = {name: str(TARGETS[name]()) for name in args.targets}
+    tvm_targets = {name: str(CPU_TARGETS[name]()) for name in args.targets}
     meta = stamp("end-to-end latency and build time on this CPU (measured)", tvm_targets=tvm_targets)
     lines = ["# End to end on this CPU (measured)", "", *stamp_markdown(meta),
              *(f"- TVM target {name}: `{target}`" for name, target in tvm_targets.items()), "",

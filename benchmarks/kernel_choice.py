@@ -1,8 +1,9 @@
 """Where an N:M kernel stops paying on this CPU: the evidence behind ``schedules.llvm_common.nm_kernel_pays``.
 
 For each layer shape and series the fused N:M kernel and the dense kernel of
-the same loop nest (``tvm_tasd.schedules.llvm``), both compiled for the
-``cpu-emulated`` TVM target as a build would, are timed side by side in
+the same loop nest (``tvm_tasd.schedules.llvm``), both tiled and compiled
+for the ``cpu-emulated`` TVM target as a build would (``--target host``:
+for this machine's CPU), are timed side by side in
 interleaved rounds (``benchmarks/kernel_speed.py``'s timing: one sample of each per
 round, ratios within the round, the median over rounds). Shapes: MiniLM's
 three GEMMs (K × N = 384 × 384, 384 × 1536, 1536 × 384) at 40 activation rows
@@ -11,7 +12,7 @@ frames), a 3 × 3 conv and a 1 × 1 conv. The table marks each case with what
 ``nm_kernel_pays`` decides for it, so a wrong threshold shows as an N:M
 kernel kept where it is slower (or dropped where it is faster).
 
-    python benchmarks/kernel_choice.py [--rounds R] [--max-wait S]
+    python benchmarks/kernel_choice.py [--rounds R] [--max-wait S] [--target cpu-emulated|host]
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ default_tvm_threads()  # before TVM starts its thread pool: TVM alone would use 
 import numpy as np  # noqa: E402
 
 from tvm_tasd import TASDConfig, decompose  # noqa: E402
-from tvm_tasd.benchmarks.common import stamp, stamp_markdown, write  # noqa: E402
+from tvm_tasd.benchmarks.common import CPU_TARGETS, stamp, stamp_markdown, write  # noqa: E402
 from tvm_tasd.benchmarks.kernel_speed import interleave, tvm_timer  # noqa: E402
-from tvm_tasd.hardware import load_target  # noqa: E402
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_kernel_pays, nm_matmul  # noqa: E402
 
 CONFIGS = ("1:8", "2:8", "2:8+1:8", "4:8", "4:8+1:8", "4:8+2:8")
@@ -39,30 +39,31 @@ CONVS = [  # (name, x NCHW, w OIHW, padding top/left/bottom/right)
 ]
 
 
-def race(x, nm_kernel, w, axis, dense_kernel, config, rounds, max_wait) -> float:
-    """Median over interleaved rounds of t(dense kernel) / t(N:M kernel)."""
-    timers = {"nm": tvm_timer(build(nm_kernel), x, *nm_kernel.pack(decompose(w, config, axis=axis))),
-              "dense": tvm_timer(build(dense_kernel), x, *dense_kernel.pack(w))}
+def race(x, nm_kernel, w, axis, dense_kernel, config, rounds, max_wait, target) -> float:
+    """Median over interleaved rounds of t(dense kernel) / t(N:M kernel), both compiled for ``target``."""
+    timers = {"nm": tvm_timer(build(nm_kernel, target), x, *nm_kernel.pack(decompose(w, config, axis=axis))),
+              "dense": tvm_timer(build(dense_kernel, target), x, *dense_kernel.pack(w))}
     samples, _ = interleave(timers, rounds, max_wait)
     return float(np.median(np.asarray(samples["dense"]) / np.asarray(samples["nm"])))
 
 
-def measure(rounds: int, max_wait: float) -> list[dict]:
+def measure(rounds: int, max_wait: float, target) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for m, k, n in GEMMS:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
-        dense = dense_matmul(m, k, n)
+        dense = dense_matmul(m, k, n, target=target)
         for config in CONFIGS:
-            speedup = race(x, nm_matmul(m, k, n, config), w, 0, dense, config, rounds, max_wait)
+            speedup = race(x, nm_matmul(m, k, n, config, target=target), w, 0, dense, config, rounds, max_wait,
+                           target)
             rows.append(_row(f"GEMM {m}×{k}×{n}", "matmul", m, config, speedup))
     for name, x_shape, w_shape, padding in CONVS:
         x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
-        dense = dense_conv2d(x_shape, w_shape, padding=padding)
+        dense = dense_conv2d(x_shape, w_shape, padding=padding, target=target)
         rows_ = int(np.prod(dense.out_shape)) // w_shape[0]  # the implicit GEMM's M: batch × output positions
         for config in CONFIGS:
-            speedup = race(x, nm_conv2d(x_shape, w_shape, config, padding=padding), w, 1, dense, config, rounds,
-                           max_wait)
+            speedup = race(x, nm_conv2d(x_shape, w_shape, config, padding=padding, target=target), w, 1, dense,
+                           config, rounds, max_wait, target)
             rows.append(_row(name, "conv2d", rows_, config, speedup))
     return rows
 
@@ -81,7 +82,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "# Kernel choice on this CPU: N:M kernel vs the dense kernel, per layer shape and series (measured)",
         "",
         *stamp_markdown(meta),
-        f"- LLVM target `{meta['llvm_target']}` (the `cpu-emulated` build's); {meta['rounds']} interleaved rounds "
+        f"- LLVM target `{meta['llvm_target']}` (`--target {meta['target']}`: kernels tiled and compiled for it); "
+        f"{meta['rounds']} interleaved rounds "
         "per case, the median ratio quoted",
         "",
         "Cell: the N:M kernel's speed-up over the dense kernel of the same loop nest (> 1: the series pays); in "
@@ -108,11 +110,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (default 7)")
     parser.add_argument("--max-wait", type=float, default=1.0, help="seconds a round may wait for a quiet machine")
+    parser.add_argument("--target", choices=list(CPU_TARGETS), default="cpu-emulated",
+                        help="the TVM target the kernels are tiled and compiled for (default cpu-emulated: AVX2)")
     args = parser.parse_args(argv)
-    target = load_target("cpu-emulated").tvm_target()
-    with target:
-        rows = measure(args.rounds, args.max_wait)
-    meta = stamp("kernel choice (measured)", llvm_target=str(target), rounds=args.rounds)
+    target = CPU_TARGETS[args.target]()
+    rows = measure(args.rounds, args.max_wait, target)
+    meta = stamp("kernel choice (measured)", llvm_target=str(target), target=args.target, rounds=args.rounds)
     write("kernel_choice", {"meta": meta, "rows": rows}, markdown(meta, rows))
 
 

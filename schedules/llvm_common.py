@@ -47,10 +47,12 @@ PARALLEL_MIN_WORK = 1 << 16
 #: The densest series (its share of the dense MACs) whose fused N:M kernel still beats the dense kernel of the same
 #: loop nest: an N:M entry costs a value and an index load beside its FMA, and at few activation rows the
 #: activation transpose and per-task set-up weigh more. Measured side by side (``benchmarks/kernel_choice.py``,
-#: ``results/kernel_choice.md``: AVX2 kernels on the 2-core VM): MiniLM's GEMMs at 320 rows ran 4:8 at 0.98–1.30×
-#: the dense kernel, 4:8+1:8 at 0.87–1.12×, 4:8+2:8 at 0.67–0.74×; convs of 576–2048 rows 4:8 at 0.87–1.11×,
-#: 4:8+1:8 at 0.80–0.96×; at 40 rows 2:8 at 1.24–1.38×, 2:8+1:8 at 0.74–1.03×, 4:8 at 0.71–0.75×. The row
-#: boundary between the two regimes is not measured more finely.
+#: ``results/kernel_choice.md``: the AVX2 build's kernels on the 2-core VM, 2026-12-05): MiniLM's GEMMs at 320 rows
+#: ran 4:8 at 1.19–1.26× the dense kernel, 4:8+1:8 at 0.95–1.02×, 4:8+2:8 at 0.80–0.89×; convs of 576–2048 rows
+#: 4:8 at 0.70–1.11×, 4:8+1:8 at 0.86–0.95×; at 40 rows 2:8 at 1.70–1.89×, 2:8+1:8 at 1.04–1.20×, 4:8 at
+#: 0.87–0.98×. 2:8+1:8 at 40 rows stays dense: in the model (MiniLM's plan at one sentence, A/B in one process,
+#: 9 and 21 rounds) running its 15 layers' N:M kernels measured 0.95× and 1.01×. The row boundary between the
+#: two regimes is not measured more finely.
 NM_MAX_DENSITY = 0.5
 SMALL_ROWS = 128
 SMALL_ROWS_NM_MAX_DENSITY = 0.25
