@@ -28,6 +28,7 @@ onnxruntime picks its kernels for the host CPU when it runs.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -60,8 +61,10 @@ SETTLE_S = 0.05
 #: more than TVM in the slow one (MiniLM at 8 × 40, 2026-12-05: onnxruntime 40 → 53 ms, the dense TVM build 36.7 →
 #: 42.3 ms), so a ratio depends on the state its round ran in. Besides the median over all rounds, each row gives
 #: the median over the rounds in which onnxruntime ran within this factor of its fastest round: the state least
-#: favourable to TVM.
+#: favourable to TVM. At least the fastest share of the rounds counts: one outlier round is no state (PP-OCR cls
+#: at 8, 2026-12-05: a single round within 1.1× read 0.73×, the median of all rounds 1.61×).
 FASTEST_ROUNDS = 1.1
+FASTEST_SHARE = 1 / 3
 SENTENCE = "A man is playing a guitar on stage."
 
 
@@ -235,7 +238,7 @@ def measure(name: str, batch: int, rounds: int, tune_s: float | None = None,
             blocks[config].append(_block_median(run))
     blocks = {c: np.array(b) for c, b in blocks.items()}
     first_dense = next(iter(builds.values())).dense
-    ort_fastest = blocks["onnxruntime"] <= FASTEST_ROUNDS * blocks["onnxruntime"].min()
+    ort_fastest = fastest_rounds(blocks["onnxruntime"])
     rows = []
     for config, seconds in blocks.items():
         vs_ort = blocks["onnxruntime"] / seconds  # ratios within a round: the load of that moment hits both
@@ -253,6 +256,13 @@ def measure(name: str, batch: int, rounds: int, tune_s: float | None = None,
                        mac_density=sum(l["executed_macs"] for l in layers) / sum(l["dense_macs"] for l in layers))
         rows.append(row)
     return rows
+
+
+def fastest_rounds(seconds: np.ndarray) -> np.ndarray:
+    """Which rounds count as onnxruntime's fast state: within :data:`FASTEST_ROUNDS` of its fastest round, and at
+    least its fastest :data:`FASTEST_SHARE` of the rounds."""
+    share = np.sort(seconds)[math.ceil(FASTEST_SHARE * len(seconds)) - 1]  # the slowest of the fastest share
+    return seconds <= max(FASTEST_ROUNDS * seconds.min(), share)
 
 
 def _block_median(run) -> float:
@@ -312,7 +322,8 @@ def main(argv=None) -> None:
              f"a block of {BLOCK} runs per contender (its median), each block after ≥ {SETTLE_S * 1e3:.0f} ms of "
              f"untimed runs; ratios are taken within a round, then the median over {args.rounds} rounds (in "
              "brackets: the lowest and highest round); ms is the median block. \"onnxruntime fastest\": the median "
-             f"over the rounds in which onnxruntime ran within {FASTEST_ROUNDS:g}× of its fastest round (this VM "
+             f"over the rounds in which onnxruntime ran within {FASTEST_ROUNDS:g}× of its fastest round, and at "
+             f"least its fastest {FASTEST_SHARE:.0%} of the rounds (this VM "
              "switches between speed states, and onnxruntime gains more than TVM in the fast one: the conservative "
              "figure). Quote the ratios.",
              "", "| model | batch | build | executed MAC share | ms | speed vs onnxruntime (range) "

@@ -118,3 +118,14 @@ def test_end_to_end_times_every_contender_side_by_side():
         low, high = row["speedup_vs_ort_range"]
         assert 0 < low <= row["speedup_vs_ort"] <= high and row["median_s"] > 0
         assert low <= row["speedup_vs_ort_fastest"] <= high
+
+def test_fastest_rounds_are_a_speed_state_not_one_outlier():
+    """onnxruntime's fast rounds: those within 1.1× of its fastest, but never fewer than its fastest third."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("onnxruntime")
+    from tvm_tasd.benchmarks.end_to_end import fastest_rounds
+
+    two_states = np.array([40, 53, 41, 52, 40.5, 54, 39.8, 53])  # ms: the VM's fast and slow states
+    assert fastest_rounds(two_states).tolist() == [True, False, True, False, True, False, True, False]
+    one_outlier = np.array([2.5, 7.2, 7.3, 7.1, 7.4, 7.0])  # one round far faster than the others
+    assert fastest_rounds(one_outlier).tolist() == [True, False, False, False, False, True]
