@@ -154,8 +154,6 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
-
-
 def _timed_build(mod, target, **choice):
     start = time.perf_counter()
     ex = build(mod, "cpu-emulated", target=target, **choice)  # the plain CPU kernels, compiled for target

@@ -119,6 +119,7 @@ def test_end_to_end_times_every_contender_side_by_side():
         assert 0 < low <= row["speedup_vs_ort"] <= high and row["median_s"] > 0
         assert low <= row["speedup_vs_ort_fastest"] <= high
 
+
 def test_fastest_rounds_are_a_speed_state_not_one_outlier():
     """onnxruntime's fast rounds: those within 1.1× of its fastest, but never fewer than its fastest third."""
     np = pytest.importorskip("numpy")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm_ffi
 
 from tvm_tasd import approximate, decompose
 
 tvm = pytest.importorskip("tvm")
+import tvm_ffi  # noqa: E402  (installed with tvm)
 
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
 from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS, host_target, vectorize_run  # noqa: E402
