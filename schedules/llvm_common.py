@@ -140,9 +140,11 @@ def vectorize_run(s: tvm.s_tir.Schedule, loop, lanes: int) -> None:
     """Vectorise ``loop`` (a contiguous run, of constant extent) in vectors of ``lanes``; a remainder is a loop
     of its own, vectorised too. Split as one loop, the last vector would be predicated, which TVM lowers to a
     bounds test per lane: the output pass of 16 images' 112 → 672 conv on 14 × 14 planes (runs of 196) ran
-    1.14× faster partitioned. Partitioning leaves the block's handles stale; applied to the default Window
-    rule's padding and epilogue loops (placed with ``compute_at`` under its task loop) it computed wrong
-    depthwise outputs, so it is not used there."""
+    1.14× faster partitioned. Call it after every primitive that follows the function's dataflow: the partition
+    replaces the block (stale handles) and wraps the copies in blocks that declare no reads or writes, so a later
+    ``compute_at`` of a producer of the partitioned block misplaces it (in the default Window rule the padding of
+    a stride-2 depthwise conv then ran after the conv that reads it: wrong outputs, so that rule keeps its own
+    vectorisation)."""
     extent = int(s.get(loop).extent)
     body = extent - extent % lanes
     if 0 < body < extent:
