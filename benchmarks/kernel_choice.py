@@ -12,7 +12,7 @@ frames), a 3 × 3 conv and a 1 × 1 conv. The table marks each case with what
 ``nm_kernel_pays`` decides for it, so a wrong threshold shows as an N:M
 kernel kept where it is slower (or dropped where it is faster).
 
-    python benchmarks/kernel_choice.py [--rounds R] [--max-wait S] [--target cpu-emulated|host]
+    python benchmarks/kernel_choice.py [--rounds R] [--max-wait S] [--target cpu-emulated|host] [--name STEM]
 """
 
 from __future__ import annotations
@@ -112,11 +112,12 @@ def main(argv=None) -> None:
     parser.add_argument("--max-wait", type=float, default=1.0, help="seconds a round may wait for a quiet machine")
     parser.add_argument("--target", choices=list(CPU_TARGETS), default="cpu-emulated",
                         help="the TVM target the kernels are tiled and compiled for (default cpu-emulated: AVX2)")
+    parser.add_argument("--name", default="kernel_choice", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
     target = CPU_TARGETS[args.target]()
     rows = measure(args.rounds, args.max_wait, target)
     meta = stamp("kernel choice (measured)", llvm_target=str(target), target=args.target, rounds=args.rounds)
-    write("kernel_choice", {"meta": meta, "rows": rows}, markdown(meta, rows))
+    write(args.name, {"meta": meta, "rows": rows}, markdown(meta, rows))
 
 
 if __name__ == "__main__":
