@@ -246,7 +246,7 @@ def _model_edp(target, layers, dense_edp: float, configs: dict, activations: dic
     return model_cost(target, layers, series).edp / dense_edp
 
 
-def _uniform(layers, config, norms=None, hessians=None, damp=0.01):
+def uniform_weights(layers, config, norms=None, hessians=None, damp=0.01):
     """Weights for a uniform config: magnitude; Wanda-style with channel norms; with ``hessians``, OBS
     reconstruction (SparseGPT) where a layer has one and its channels come in whole groups, Wanda-style
     elsewhere."""
@@ -288,14 +288,14 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
         series = [TASDConfig.parse(s) for s in TASD_SERIES.get(target_name, [])]
         for config in singles:
             edp = _model_edp(target, layers, dense_edp, {l.name: config for l in layers})
-            record(target_name, "magnitude N:M", str(config), _uniform(layers, config), edp)
-            record(target_name, "Wanda N:M", str(config), _uniform(layers, config, norms), edp)
-            record(target_name, "SparseGPT N:M", str(config), _uniform(layers, config, norms, hessians, damp), edp)
+            record(target_name, "magnitude N:M", str(config), uniform_weights(layers, config), edp)
+            record(target_name, "Wanda N:M", str(config), uniform_weights(layers, config, norms), edp)
+            record(target_name, "SparseGPT N:M", str(config), uniform_weights(layers, config, norms, hessians, damp), edp)
         for config in series:
             edp = _model_edp(target, layers, dense_edp, {l.name: config for l in layers})
-            record(target_name, "magnitude TASD", str(config), _uniform(layers, config), edp)
-            record(target_name, "activation-aware TASD", str(config), _uniform(layers, config, norms), edp)
-            record(target_name, "OBS TASD", str(config), _uniform(layers, config, norms, hessians, damp), edp)
+            record(target_name, "magnitude TASD", str(config), uniform_weights(layers, config), edp)
+            record(target_name, "activation-aware TASD", str(config), uniform_weights(layers, config, norms), edp)
+            record(target_name, "OBS TASD", str(config), uniform_weights(layers, config, norms, hessians, damp), edp)
         for budget in budgets:
             start = time.perf_counter()
             plan = task.search(target, budget, damp=damp)
