@@ -6,9 +6,10 @@ PyTorch (MiniLM, CREPE, EfficientNet-Lite0), the PyTorch module — both on the 
 runtime uses (one per physical core unless ``TVM_NUM_THREADS`` is set,
 :mod:`tvm_tasd.threads`); the dense TVM build for ``cpu-emulated`` (every layer through
 the scheduled dense kernel, every other op through
-``schedules/llvm_default.py``); the TASD build at the committed TASDER plan
-for ``vegeta-m8`` (``benchmarks/results/plans/``, the quality the search
-accepted) and at a few uniform configs. All are timed side by side: blocks of
+``schedules/llvm_default.py``); the TASD build at the committed TASDER plans
+(``benchmarks/results/plans/``, the quality the search accepted) for
+``vegeta-m8`` and, where one is committed, for ``cpu-emulated`` itself (a plan
+searched on this CPU's measured kernel speed-ups), and at a few uniform configs. All are timed side by side: blocks of
 consecutive runs per contender, each block after untimed runs that let the
 other runtime's spinning threads settle, interleaved over rounds; ratios are
 taken within a round (the machine's load of that moment hits both) and
@@ -51,6 +52,9 @@ from tvm_tasd.frontend import from_onnx  # noqa: E402
 from tvm_tasd.tuning import Tuning  # noqa: E402
 
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
+#: The targets whose committed plans are timed (``PLANS/<model>_<target>.json``, where present); the first is tuned
+#: with ``--tune``.
+PLAN_TARGETS = ("vegeta-m8", "cpu-emulated")
 #: Consecutive timed runs of one contender per round.
 BLOCK = 5
 #: Untimed runs before each block, for at least this long: onnxruntime's and TVM's worker threads spin for a while
@@ -189,25 +193,26 @@ class _Build:
     dense: str  # the label of the dense build for the same target: its speed and build time reference
 
 
-def _builds(mod, plan: Path, configs, tune_s: float | None, target_name: str) -> dict[str, _Build]:
-    """Every TVM build of one target, by label (labels of targets other than cpu-emulated name the target)."""
+def _builds(mod, plans: dict[str, Path], configs, tune_s: float | None, target_name: str) -> dict[str, _Build]:
+    """Every TVM build of one target, by label (labels of targets other than cpu-emulated name the target);
+    ``plans``: the committed plans by the target they were searched for."""
     target = CPU_TARGETS[target_name]()
 
     def label(build: str) -> str:
         return build if target_name == "cpu-emulated" else f"{build} [{target_name}]"
 
     timed = {label("dense"): _timed_build(mod, target, config="dense")}
-    if plan.exists():
-        timed[label("TASDER plan (vegeta-m8)")] = _timed_build(mod, target, plan=plan)
+    for searched_for, plan in plans.items():
+        timed[label(f"TASDER plan ({searched_for})")] = _timed_build(mod, target, plan=plan)
     for config in configs:
         timed[label(config)] = _timed_build(mod, target, config=config)
     if tune_s is not None:  # a fresh database per model: its build time includes tuning from scratch
         with tempfile.TemporaryDirectory() as records:
             timed[label(f"dense, tuned {tune_s:g} s")] = _timed_build(mod, target, config="dense",
                                                                      tuning=Tuning(tune_s, records))
-            if plan.exists():  # the operators outside the layers are the dense build's: already tuned
-                timed[label("TASDER plan, tuned")] = _timed_build(mod, target, plan=plan,
-                                                                  tuning=Tuning(tune_s, records))
+            for searched_for, plan in list(plans.items())[:1]:  # the ops outside the layers: tuned already
+                timed[label(f"TASDER plan ({searched_for}), tuned")] = _timed_build(mod, target, plan=plan,
+                                                                                   tuning=Tuning(tune_s, records))
     return {name: _Build(ex, seconds, str(target), label("dense")) for name, (ex, seconds) in timed.items()}
 
 
@@ -218,10 +223,10 @@ def measure(name: str, batch: int, rounds: int, tune_s: float | None = None,
     path, feed = case.onnx_path(batch), case.feed(batch)
     imported = from_onnx(onnx.load(path), {k: list(v.shape) for k, v in feed.items()})
     args = [tvm.runtime.tensor(feed[n]) for n in imported.inputs]
-    plan = PLANS / f"{name}_vegeta-m8.json"
+    plans = {t: PLANS / f"{name}_{t}.json" for t in PLAN_TARGETS if (PLANS / f"{name}_{t}.json").exists()}
     builds = {}
     for target_name in targets:
-        builds.update(_builds(imported.mod, plan, case.configs, tune_s, target_name))
+        builds.update(_builds(imported.mod, plans, case.configs, tune_s, target_name))
     runners = {"onnxruntime": _onnxruntime(path, feed)}
     if case.torch_runner is not None:
         runners["pytorch"] = _pytorch(case.torch_runner, feed)
@@ -313,8 +318,8 @@ def main(argv=None) -> None:
              *(f"- TVM target {name}: `{target}`" for name, target in tvm_targets.items()), "",
              "onnxruntime = the original ONNX model; pytorch = the PyTorch module it was exported from (eager, "
              "inference mode); both on TVM's thread count. dense = the TVM build with every matmul/conv through the "
-             "scheduled dense kernel; TASD = the fused N:M kernels (the committed TASDER plan for vegeta-m8, or a "
-             "uniform config); every other op through the default CPU schedules in all TVM builds (\"tuned\": "
+             "scheduled dense kernel; TASD = the fused N:M kernels (a committed TASDER plan: for vegeta-m8, or searched "
+             "for cpu-emulated on this CPU's measured kernel speed-ups; or a uniform config); every other op through the default CPU schedules in all TVM builds (\"tuned\": "
              "or MetaSchedule's schedule where it timed faster, `--tune`; its build time includes the tuning). "
              "Each round times "
              f"a block of {BLOCK} runs per contender (its median), each block after ≥ {SETTLE_S * 1e3:.0f} ms of "

@@ -48,7 +48,7 @@ from tvm_tasd.hardware import load_target
 from tvm_tasd.matcher import find_layers
 
 TASD_SERIES = {"vegeta-m8": ["4:8+2:8", "2:8+1:8", "4:8+1:8"], "stc-2of4": [], "ttc-vegeta-m8": ["4:8+2:8", "2:8+1:8"],
-               "vegeta-m4": ["2:4+1:4"], "highlight": ["2:4+2:16"], "ttc-stc": []}
+               "vegeta-m4": ["2:4+1:4"], "highlight": ["2:4+2:16"], "ttc-stc": [], "cpu-emulated": ["2:8+1:8"]}
 
 
 @dataclass

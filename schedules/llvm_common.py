@@ -10,7 +10,10 @@
 * :func:`build` — compile a kernel for the host and call or time it.
 * :func:`schedule_transpose` and :func:`tile_nm_reduction` /
   :func:`finish_nm_reduction` — the scheduling steps the matmul and conv
-  kernels have in common.
+  kernels have in common; :func:`vectorize_run` — a contiguous run as whole
+  vectors plus a vectorised remainder, where no vector width divides it.
+* :func:`nm_kernel_pays` — whether a layer's series runs faster on the N:M
+  kernel than its approximated weights on the dense one (measured rule).
 """
 
 from __future__ import annotations

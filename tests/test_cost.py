@@ -51,7 +51,8 @@ def test_hand_computed_figures_trace_to_the_target_file():
     }
     assert cost.bytes_moved == pytest.approx(expect_bytes)
     assert cost.executed_macs == m * k * n / 2
-    assert cost.cycles_by["compute"] == m * k * n / 2 / hw.dense_macs_per_cycle
+    # 2:4 has no measured speed-up there: its kernels reach sparse_utilization of the ideal 2x
+    assert cost.cycles_by["compute"] == pytest.approx(m * k * n / 2 / hw.sparse_utilization / hw.dense_macs_per_cycle)
     assert cost.cycles_by["dram"] == pytest.approx(expect_bytes["dram"] / dram.bandwidth_bytes_per_cycle)
     assert cost.cycles == max(cost.cycles_by.values())
     assert cost.latency_s == pytest.approx(cost.cycles / (hw.clock_ghz * 1e9))

@@ -1,5 +1,6 @@
 """Hardware target files, their loader, the mapping rule of docs/semantics.md §5 and TVM targets."""
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -8,6 +9,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
+from tvm_tasd.candidates import candidate_configs
 from tvm_tasd.config import HierarchicalPattern, NMPattern, worst_case_nonzeros
 from tvm_tasd.hardware import HardwareTarget, list_targets, load_target
 
@@ -103,6 +105,9 @@ BAD_FILES = [
     ("dense", "[memory.smem]", "[memory.compute]", ["[memory] compute", "reserved"]),
     ("vegeta-m8", '"2:8" = 3.43', '"2:8" = 4.5', ['[compute.speedup] "2:8"', "outside [1, 4]"]),
     ("vegeta-m8", '"2:8" = 3.43', '"2:4" = 1.9', ['[compute.speedup] "2:4"', "not one of [compute] patterns"]),
+    ("cpu-emulated", "sparse_utilization = 0.6", "sparse_utilization = 1.5",
+     ["[compute] sparse_utilization", "above 1", "(0, 1]"]),
+    ("cpu-emulated", "sparse_utilization = 0.6", "sparse_utilization = 0", ["[compute] sparse_utilization", "> 0"]),
     ("ttc-stc", "values_per_cycle = 1", "elements_per_cycle = 4",
      ["[tasd_units] elements_per_cycle", "not a known key"]),
     ("dense", "energy_pj_per_bit = 0.0", "energy_pj_per_bit = zero", ["not valid TOML"]),
@@ -186,6 +191,20 @@ def test_accelerates_means_faster_than_dense():
     assert not load_target("stc-2of4").accelerates("4:8")
     assert not load_target("vegeta-m4").accelerates("2:6")
     assert not load_target("dense").accelerates("1:8")
+
+
+def test_software_kernels_pay_only_where_their_measured_speed_up_does():
+    """cpu-emulated: a listed pattern runs at its measured speed-up, the others at sparse_utilization of the ideal;
+    a term is a search candidate only where that beats dense, and a series where its terms' times add up below it."""
+    hw = load_target("cpu-emulated")
+    assert hw.speedup(hw.runs("4:8")) == pytest.approx(1.26)
+    assert hw.speedup(hw.runs("3:8")) == pytest.approx(hw.sparse_utilization * 8 / 3)
+    assert hw.speedup(hw.runs(None)) == 1.0
+    assert hw.accelerates("9:16") and not hw.accelerates("5:8")  # 0.5625 / 0.6 < 1 < 0.625 / 0.6
+    configs = {str(c) for c in candidate_configs(hw)}
+    assert {"4:8", "3:8", "2:8+1:8"} <= configs and not {"5:8", "4:8+1:8", "4:8+2:8"} & configs
+    ideal = dataclasses.replace(hw, speedups=(), sparse_utilization=1.0)
+    assert ideal.accelerates("7:8") and "4:8+2:8" in {str(c) for c in candidate_configs(ideal)}
 
 
 def test_operand_must_be_listed_as_sparse():

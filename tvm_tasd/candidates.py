@@ -1,11 +1,12 @@
 """Per-layer candidate series for a target, and the automatic choice.
 
 Candidates come from the target (``docs/semantics.md`` §5): single terms are the
-N:M patterns (M ∈ 2…16) the unit runs faster than dense; of the terms that
+N:M patterns (M ∈ 2…16) the unit runs faster than dense
+(:meth:`~tvm_tasd.hardware.HardwareTarget.speedup`); of the terms that
 run as the same hardware pattern only the one keeping the most values
 survives (1:8 and 2:8 both run as 2:4 on ``stc-2of4``, so 2:4 itself is the
 term to use there). Series chain up to ``max_terms`` such terms, densest
-first, and stay only while their executed density is below dense. ``dense``
+first, and stay only while their modelled time is below dense's. ``dense``
 is always a candidate.
 """
 
@@ -29,7 +30,7 @@ def useful_terms(target: HardwareTarget, operand: str = "weight") -> list[NMPatt
         for n in range(1, m):
             term = NMPattern(n, m)
             run = target.runs(term, operand)
-            if not run.faster_than_dense:
+            if target.speedup(run) <= 1.0:
                 continue
             key = str(run.pattern)
             kept = best.get(key)
@@ -44,8 +45,8 @@ def candidate_configs(target: HardwareTarget, max_terms: int = 2, operand: str =
     out = [TASDConfig.dense()]
     for length in range(1, max_terms + 1):
         for combo in combinations_with_replacement(terms, length):
-            executed = sum(target.runs(t, operand).density for t in combo)
-            if executed < 1.0:
+            time = sum(1 / target.speedup(target.runs(t, operand)) for t in combo)  # share of dense time
+            if time < 1.0:
                 out.append(TASDConfig(tuple(combo)))
     return out
 

@@ -15,7 +15,11 @@ the bundled one.
 Among the supported patterns that can carry a term
 (:func:`tvm_tasd.config.pattern_fits`, hierarchical ones included), the one
 of lowest density wins (ties: native first, then fewer metadata bits, then
-smaller M); if none fits, the term runs dense.
+smaller M); if none fits, the term runs dense. A mode's modelled speed-up
+over dense (:meth:`HardwareTarget.speedup`) is its measured ``[compute]
+speedup`` where the file gives one, else ``sparse_utilization`` (1 unless the
+file says less: software kernels pay for their gathers) times the ideal 1/ρ;
+a term runs faster than dense only where that exceeds 1.
 
 **TVM targets** (:meth:`HardwareTarget.tvm_target`).  The ``[tvm]`` table
 gives the TVM target kind and extra attributes, custom ``keys`` and the
@@ -162,15 +166,23 @@ class HardwareTarget:
     source_file: str
     digest: str  # of the file's content as parsed: two files that say the same things share it
     array: tuple[int, int, int] | None = None  # MACs per step (m, k values, n): a loop-nest target
-    speedups: tuple[tuple[SupportedPattern, float], ...] = ()  # measured speed-up of a mode over dense; else 1/ρ
+    speedups: tuple[tuple[SupportedPattern, float], ...] = ()  # measured speed-up of a mode over dense
+    sparse_utilization: float = 1.0  # share of the ideal 1/ρ a sparse mode without a measured speed-up reaches
     # Not from the file: a what-if switch (dataclasses.replace(hw, residency=True)); a layer's input and output
     # that fit in half of the first on-chip level stay there between layers instead of going through DRAM.
     residency: bool = False
 
     def utilization(self, execution: Execution) -> float:
-        """Share of the ideal 1/ρ speed-up a mode reaches: [compute] speedup × ρ, 1 when not calibrated."""
+        """Share of the ideal 1/ρ speed-up a mode reaches: [compute] speedup × ρ where measured, else the
+        file's ``sparse_utilization`` (1 for the dense mode)."""
+        if execution.pattern is None:
+            return 1.0
         measured = dict(self.speedups).get(execution.pattern)
-        return 1.0 if measured is None else measured * execution.density
+        return self.sparse_utilization if measured is None else measured * execution.density
+
+    def speedup(self, execution: Execution) -> float:
+        """Modelled speed-up of a mode over the unit's dense mode (module docstring)."""
+        return self.utilization(execution) / execution.density
 
     def runs(self, term: NMPattern | str | None, operand: str = "weight") -> Execution:
         """How ``term`` of ``operand`` runs here (module docstring); None = dense operand."""
@@ -192,8 +204,8 @@ class HardwareTarget:
         return Execution(term, min(fitting, key=rank))
 
     def accelerates(self, term: NMPattern | str, operand: str = "weight") -> bool:
-        """True when the term runs faster than dense here (executed density < 1)."""
-        return self.runs(term, operand).faster_than_dense
+        """True when the term runs faster than dense here (:meth:`speedup` > 1)."""
+        return self.speedup(self.runs(term, operand)) > 1.0
 
     def tvm_target(self):
         """The ``tvm.target.Target`` this hardware compiles for (module docstring)."""
@@ -219,7 +231,8 @@ class HardwareTarget:
 _SCHEMA = {
     "": {"name", "description", "compute", "metadata", "memory", "tasd_units", "tvm"},
     "compute": {"dense_macs_per_cycle", "clock_ghz", "dtype_bits", "mac_energy_pj", "patterns",
-                "any_pattern_max_m", "sparse_operands", "max_sparse_operands", "array", "speedup"},
+                "any_pattern_max_m", "sparse_operands", "max_sparse_operands", "array", "speedup",
+                "sparse_utilization"},
     "compute.array": set(GEMM_DIMS),
     "compute.speedup": None,
     "metadata": {"energy_pj_per_bit"},
@@ -316,9 +329,14 @@ def _read_compute(t: _Table) -> dict:
     max_sparse = t.number("max_sparse_operands", integer=True, required=False, example="1")
     array_t = t.sub("array", "compute.array", required=False)
     array = None if array_t is None else tuple(array_t.number(d, integer=True, example="16") for d in GEMM_DIMS)
+    utilization = t.number("sparse_utilization", required=False, example="0.6")
+    if utilization is not None and utilization > 1:
+        raise t.fail("sparse_utilization", f"is {utilization}, above 1 (the ideal 1/density speed-up)",
+                     "give the share of the ideal speed-up the unit's sparse modes reach, in (0, 1]")
     return dict(
         array=array,
         speedups=_read_speedups(t.sub("speedup", "compute.speedup", required=False), patterns),
+        sparse_utilization=1.0 if utilization is None else float(utilization),
         patterns=patterns,
         sparse_operands=frozenset(operands),
         max_sparse_operands=1 if max_sparse is None else max_sparse,
