@@ -318,8 +318,9 @@ def main(argv=None) -> None:
              *(f"- TVM target {name}: `{target}`" for name, target in tvm_targets.items()), "",
              "onnxruntime = the original ONNX model; pytorch = the PyTorch module it was exported from (eager, "
              "inference mode); both on TVM's thread count. dense = the TVM build with every matmul/conv through the "
-             "scheduled dense kernel; TASD = the fused N:M kernels (a committed TASDER plan: for vegeta-m8, or searched "
-             "for cpu-emulated on this CPU's measured kernel speed-ups; or a uniform config); every other op through the default CPU schedules in all TVM builds (\"tuned\": "
+             "scheduled dense kernel; TASD = the fused N:M kernels (a committed TASDER plan: for vegeta-m8, or "
+             "searched for cpu-emulated on this CPU's measured kernel speed-ups; or a uniform config); every other op "
+             "through the default CPU schedules in all TVM builds (\"tuned\": "
              "or MetaSchedule's schedule where it timed faster, `--tune`; its build time includes the tuning). "
              "Each round times "
              f"a block of {BLOCK} runs per contender (its median), each block after ≥ {SETTLE_S * 1e3:.0f} ms of "

@@ -290,7 +290,8 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
             edp = _model_edp(target, layers, dense_edp, {l.name: config for l in layers})
             record(target_name, "magnitude N:M", str(config), uniform_weights(layers, config), edp)
             record(target_name, "Wanda N:M", str(config), uniform_weights(layers, config, norms), edp)
-            record(target_name, "SparseGPT N:M", str(config), uniform_weights(layers, config, norms, hessians, damp), edp)
+            record(target_name, "SparseGPT N:M", str(config),
+                   uniform_weights(layers, config, norms, hessians, damp), edp)
         for config in series:
             edp = _model_edp(target, layers, dense_edp, {l.name: config for l in layers})
             record(target_name, "magnitude TASD", str(config), uniform_weights(layers, config), edp)
