@@ -80,6 +80,22 @@ def test_tasd_unit_table_follows_the_closed_form_and_names_where_each_route_wins
     assert ffn["weight_route_edp"] < ffn["activation_route_edp"]  # the weight is
 
 
+def test_obs_ceiling_marks_its_oracles_as_bounds_not_results():
+    from tvm_tasd.benchmarks import obs_ceiling
+    from tvm_tasd.benchmarks.common import stamp
+
+    row = {"source": "sts-oracle", "config": "4:8", "damp": 0.1, "sts": 0.9938, "held_out_sick": 0.9949,
+           "reconstruction_seconds": 6.4}
+    search = {"budget": 0.99, "mac_density": 0.378, "edp_vs_dense": 0.422, "sts": 0.9915, "held_out_sick": 0.9832,
+              "choices": {"2:8": 20, "2:8+1:8": 7}}
+    meta = stamp("t", search_target="vegeta-m8", search_damp=0.1)
+    markdown = obs_ceiling.to_markdown({"meta": meta, "rows": [row], "searches": [search]})
+    assert "**an upper bound, not a result**" in markdown and "allocation oracle" in markdown
+    assert "| sts-oracle | 4:8 | 0.1 | 0.9938 | 0.9949 | 6.4 s |" in markdown
+    assert "| 0.99 | 0.378 | 0.422 | 0.9915 | 0.9832 | 2:8 ×20, 2:8+1:8 ×7 |" in markdown
+    assert "allocation oracle" not in obs_ceiling.to_markdown({"meta": meta, "rows": [row], "searches": []})
+
+
 def test_quality_vs_edp_reports_what_each_tasder_plan_chose():
     from tvm_tasd.benchmarks import quality_vs_edp
     from tvm_tasd.benchmarks.common import stamp
