@@ -35,8 +35,7 @@ from pathlib import Path
 
 from tvm_tasd import tasder
 from tvm_tasd.benchmarks.common import RESULTS, stamp, stamp_markdown, write
-from tvm_tasd.benchmarks.quality_vs_edp import plan_choices
-from tvm_tasd.benchmarks.quality_vs_edp import load_task, uniform_weights
+from tvm_tasd.benchmarks.quality_vs_edp import load_task, plan_choices, plan_weights, uniform_weights
 from tvm_tasd.config import TASDConfig
 from tvm_tasd.evaluation import calibrate
 from tvm_tasd.evaluation.onnx import OnnxWeightFedModel
@@ -75,9 +74,7 @@ def collect(configs: list[str], damps: list[float], search_budgets: list[float],
         plan = tasder.search(task.model, SEARCH_TARGET, task.test, metric=task.test_metric, budget=budget,
                              progress=False, validation=(task.test, task.test_metric), damp=SEARCH_DAMP,
                              fit=task.statistics_feeds)
-        chosen = plan.by_name()
-        weights = {layer.name: chosen[layer.name].approximated(layer.weight, layer.axis) for layer in layers
-                   if layer.name in chosen and not chosen[layer.name].weight.is_dense}
+        chosen, weights = plan.by_name(), plan_weights(plan, layers)
         density = sum((chosen[layer.name].weight.density if layer.name in chosen else 1.0) * layer.dense_macs
                       for layer in layers) / sum(layer.dense_macs for layer in layers)
         searches.append({"budget": budget, "edp_vs_dense": plan.info["edp_vs_dense"], "mac_density": density,

@@ -263,6 +263,13 @@ def uniform_weights(layers, config, norms=None, hessians=None, damp=0.01):
     return weights
 
 
+def plan_weights(plan, layers) -> dict:
+    """The approximated weight of every layer the plan does not leave dense, by layer name."""
+    by_name = plan.by_name()
+    return {layer.name: by_name[layer.name].approximated(layer.weight, layer.axis)
+            for layer in layers if layer.name in by_name and not by_name[layer.name].weight.is_dense}
+
+
 def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, log, damp: float = 0.01) -> list[dict]:
     shapes = {k: list(v.shape) for k, v in task.calibration[0].items()}
     layers = [layer for layer in find_layers(from_onnx(task.model, shapes).mod)]
@@ -302,10 +309,7 @@ def run_task(task: Task, targets: list[str], budgets: list[float], out_plans, lo
             plan = task.search(target, budget, damp=damp)
             seconds = time.perf_counter() - start
             by_name = plan.by_name()
-            weights = {
-                layer.name: by_name[layer.name].approximated(layer.weight, layer.axis)
-                for layer in layers if layer.name in by_name and not by_name[layer.name].weight.is_dense
-            }
+            weights = plan_weights(plan, layers)
             edp = _model_edp(target, layers, dense_edp, {n: e.weight for n, e in by_name.items()},
                              {n: e.activation for n, e in by_name.items()})
             record(target_name, f"TASDER @ {budget}", "per layer", weights, edp, plan=plan, search_seconds=seconds,
