@@ -130,6 +130,7 @@ CONV_CASES = [
     ((3, 12, 5, 7), (10, 12, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # 35-position planes: batch folded
     ((2, 24, 4, 32), (20, 24, 1, 1), "4:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # whole tiles: reads x itself
     ((2, 16, 64, 1), (12, 16, 7, 1), "2:8", (1, 1), (3, 0, 3, 0), (1, 1), True),  # 1-D: tasks write their output
+    ((2, 24, 12, 12), (40, 24, 1, 1), "2:8", (1, 1), (0, 0, 0, 0), (1, 1), True),  # task tiles span rows of 12
 ]
 
 
@@ -216,20 +217,21 @@ def test_pointwise_reduction_tiles_leave_l1_room_and_spread_over_its_sets():
 
 @pytest.mark.parametrize("target", [{"kind": "llvm", "mattr": ["+avx2", "+fma"]}, {"kind": "llvm", "mcpu": "znver4"}])
 def test_tasks_write_their_own_output_tile_where_rows_carry_no_padding(target):
-    """A 1×1 conv's positions are its plane's own order: with a tile that stays in one row, each task writes
-    its output tile while it is in cache (EfficientNet-Lite0's 56×56 and 112×112 planes), and its accumulators
-    fit the stack; a padded conv's rows carry pitch padding, so its output is a separate pass — unless its rows
+    """A 1×1 conv's positions are its plane's own order: each task writes its output tile while it is in cache
+    (EfficientNet-Lite0's 56×56 and 112×112 planes), and its accumulators fit the stack — with a tile that stays
+    in one row where one fits, else one spanning rows that ends with the plane (56 is no multiple of AVX-512's
+    16 lanes); a padded conv's rows carry pitch padding, so its output is a separate pass — unless its rows
     are single positions (a 1-D conv), whose padding lies above and below."""
     target = tvm.target.Target(target)
-    for width in (56, 112):  # 56 is no multiple of AVX-512's 16 lanes: no tile stays in one row
+    for width in (56, 112, 12):
         tiles = dense_conv2d((16, 24, width, width), (144, 24, 1, 1), target=target, layout="positions").params
-        assert tiles["output_in_task"] == (width % tiles["lanes"] == 0), tiles
-        if tiles["output_in_task"]:
-            assert width % tiles["rows_per_task"] == 0 and tiles["rows_per_task"] * tiles["cols"] * 4 <= STACK_BYTES
+        assert tiles["output_in_task"] and tiles["rows_per_task"] * tiles["cols"] * 4 <= STACK_BYTES, tiles
+        positions = tiles["rows_per_task"]
+        assert width * width % positions == 0 and (width % positions == 0) == (width % tiles["lanes"] == 0), tiles
     padded = dense_conv2d((16, 24, 56, 56), (24, 24, 3, 3), padding=1, target=target, layout="positions").params
     assert not padded["output_in_task"]
     nm = nm_conv2d((2, 16, 3, 64), (13, 16, 1, 1), "2:8", target=target).params
-    assert nm["output_in_task"] == (64 % nm["rows_per_task"] == 0), nm
+    assert nm["output_in_task"] and 3 * 64 % nm["rows_per_task"] == 0, nm  # within rows or across them
     # 1-D convs (CREPE: H × 1 planes): a tile of positions runs down the rows of one position each
     column = nm_conv2d((2, 16, 64, 1), (12, 16, 7, 1), "2:8", padding=(3, 0, 3, 0), target=target).params
     assert column["output_in_task"] and 64 % column["rows_per_task"] == 0, column
