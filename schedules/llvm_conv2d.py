@@ -485,8 +485,8 @@ def _conv_kernel(conv: _Geometry, g: _Geometry, dtype, bias, output_activation, 
     b, o, oh, ow = s.get_loops(epilogue)
     if in_task:  # the output's loops cut like the task's and merged into it
         o_tile, o_in = s.split(o, [chunks, cols])
-        # rows of one position: a tile runs down the rows, so no row loop stays outside it
-        row_loops, positions = ([], s.fuse(oh, ow)) if g.ow == 1 else ([oh], ow)
+        # a tile within a row keeps the row loop outside it; one spanning rows runs down the fused plane
+        row_loops, positions = ([oh], ow) if g.ow % mt == 0 else ([], s.fuse(oh, ow))
         p_tile, run = s.split(positions, [None, mt])
         s.reorder(b, *row_loops, p_tile, o_tile, o_in, run)
         task = s.merge(task, s.fuse(b, *row_loops, p_tile, o_tile))
