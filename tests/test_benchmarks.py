@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from tvm_tasd.benchmarks import edp_table, sweep
@@ -146,3 +147,27 @@ def test_fastest_rounds_are_a_speed_state_not_one_outlier():
     assert fastest_rounds(two_states).tolist() == [True, False, True, False, True, False, True, False]
     one_outlier = np.array([2.5, 7.2, 7.3, 7.1, 7.4, 7.0])  # one round far faster than the others
     assert fastest_rounds(one_outlier).tolist() == [True, False, False, False, False, True]
+
+
+def test_blocked_layout_takes_each_distinct_pointwise_conv_once(tmp_path):
+    """Only ungrouped 1 × 1 convs count, each (channels, outputs, plane) once, with its input's plane side."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvm_tasd.benchmarks.blocked_layout import onnxruntime_blocked_seconds, pointwise_shapes
+
+    def weight(name, shape):
+        return numpy_helper.from_array(np.ones(shape, np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "a"], ["y1"]), helper.make_node("Conv", ["y1", "dw"], ["y2"], group=16,
+                                                                            pads=[1] * 4),
+             helper.make_node("Conv", ["y2", "b"], ["y3"], strides=[2, 2]), helper.make_node("Conv", ["y3", "c"], ["y4"]),
+             helper.make_node("Conv", ["y4", "c3"], ["y5"], pads=[1] * 4), helper.make_node("Conv", ["y5", "c"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              [weight("a", (16, 8, 1, 1)), weight("dw", (16, 1, 3, 3)), weight("b", (32, 16, 1, 1)),
+                               weight("c", (32, 32, 1, 1)), weight("c3", (32, 32, 3, 3))])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert pointwise_shapes(path) == [(8, 16, 12), (16, 32, 12), (32, 32, 6)]
+    assert 0 < onnxruntime_blocked_seconds(16, 32, 6, np.random.default_rng(0)) < 1

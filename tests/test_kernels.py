@@ -350,3 +350,31 @@ def test_output_activation_follows_the_bias(kind, activation):
 def test_unknown_output_activation_names_the_known_ones():
     with pytest.raises(ValueError, match="hardswish, relu, relu6"):
         dense_matmul(4, 8, 8, output_activation="gelu")
+
+
+@pytest.mark.parametrize("x_shape, outputs", [((2, 32, 7, 7), 48), ((1, 16, 12, 10), 64), ((3, 64, 4, 4), 16)])
+def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs):
+    """The NCHW{L}c pointwise conv computes the NCHW conv, whichever register tile its plane and channel
+    blocks allow (7 × 7 planes: 7 positions; 16 × 12: up to 28)."""
+    from tvm_tasd.schedules.llvm_blocked import blocked_pointwise_conv2d, from_blocked, to_blocked
+
+    rng = np.random.default_rng(len(x_shape) + outputs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((outputs, x_shape[1], 1, 1)).astype(np.float32)
+    kernel = blocked_pointwise_conv2d(x.shape, w.shape)
+    lanes = kernel.params["lanes"]
+    out = build(kernel)(to_blocked(x, lanes), *kernel.pack(w))
+    close(from_blocked(out, *x_shape[2:]), np.einsum("bchw,oc->bohw", x, w[:, :, 0, 0]))
+
+
+def test_blocked_tiles_divide_and_fit_the_registers():
+    from tvm_tasd.schedules.llvm_blocked import MAX_TILE_POSITIONS, blocked_pointwise_conv2d, blocked_tile
+
+    for positions, blocks, registers in [(196, 42, 32), (49, 72, 32), (196, 7, 32), (3136, 9, 32), (196, 84, 16)]:
+        p, b = blocked_tile(positions, blocks, registers)
+        assert positions % p == 0 and blocks % b == 0 and p * b + b + 1 <= registers and p <= MAX_TILE_POSITIONS
+    assert blocked_tile(196, 42, 32) == (4, 6)  # 24 FMAs per 10 loads
+    assert blocked_tile(49, 72, 32) == (7, 3)  # 49 has no divisor between 7 and 49
+    with pytest.raises(ValueError, match="divisible"):
+        blocked_pointwise_conv2d((1, 24, 4, 4), (32, 24, 1, 1), target=tvm.target.Target({"kind": "llvm",
+                                                                                           "mcpu": "znver4"}))

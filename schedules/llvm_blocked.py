@@ -1,0 +1,100 @@
+"""Dense pointwise (1×1) conv in blocked channels, NCHW{L}c: the layout onnxruntime runs CNNs in on the CPU.
+
+``out[b, ob, p, oi] = Σ_{cb, ci} x[b, cb, p, ci] · W[ob, cb, ci, oi]`` with L = the target's fp32 lanes, so
+a vector holds L output channels of one position: each step of the reduction broadcasts ``positions``
+activations, loads ``blocks`` weight vectors and issues ``positions × blocks`` FMAs, and activations,
+weights and outputs are all read and written in their memory order. In NCHW the same conv vectorises over
+positions, reads every input channel at the plane's pitch and (on 7 × 7 / 14 × 14 planes) needs the batch
+folded into the positions; measured side by side on a 2-vCPU Xeon with AVX-512 (``benchmarks/blocked_layout.py``)
+the blocked kernel reaches onnxruntime's own NCHWc convs where the NCHW kernel stays near two thirds of them.
+
+This is the kernel of a blocked-channel layout for CNNs, not yet used by the rewrite: the graph pass that
+keeps a network in NCHW{L}c between its convs (depthwise convs, residual adds and pooling blocked too; the
+layout transforms at the network's ends) is the next step, and the N:M kernels stay in NCHW (their kept
+input channels differ per output channel, so they vectorise over positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import te
+
+from .llvm_common import CPUShape, NMKernel, float_dtype, parallel
+
+#: Most positions per register tile: the tile broadcasts each, so more only lengthens the unrolled body.
+MAX_TILE_POSITIONS = 28
+
+
+def blocked_tile(positions: int, blocks: int, registers: int) -> tuple[int, int]:
+    """(positions, output-channel blocks) of the register tile: both dividing their extents (a tail would be
+    a predicated tile: 3× slower measured), ``positions × blocks`` accumulators plus the ``blocks`` weight
+    vectors and one broadcast in the registers (7 × 4 on 32 registers spilled: 3× slower), the most FMAs per
+    load, then the larger tile."""
+    def fmas_per_load(tile):
+        p, b = tile
+        return p * b / (p + b), p * b
+
+    tiles = [(p, b) for p in range(1, min(positions, MAX_TILE_POSITIONS) + 1) if positions % p == 0
+             for b in range(1, blocks + 1) if blocks % b == 0 and p * b + b + 1 <= registers]
+    return max(tiles, key=fmas_per_load)
+
+
+def blocked_pointwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], dtype: str = "float32",
+                             target: tvm.target.Target | None = None) -> NMKernel:
+    """``func(x, w_blocked, out)`` for an NCHW ``x_shape`` and OIHW 1×1 ``w_shape`` whose channel counts the
+    target's lanes divide; ``x`` and ``out`` in NCHW{L}c, ``pack(W)`` → ``[W (O/L, C/L, L, L)]``."""
+    dtype = float_dtype(dtype)
+    if dtype != "float32":
+        raise ValueError(f"the blocked kernel computes in float32, got {dtype}")
+    batch, channels, height, width = (int(d) for d in x_shape)
+    outputs, w_channels, kh, kw = (int(d) for d in w_shape)
+    cpu = CPUShape.of(target)
+    lanes = cpu.lanes(dtype)
+    if (kh, kw) != (1, 1) or w_channels != channels:
+        raise ValueError(f"a pointwise weight has shape (O, {channels}, 1, 1), got {tuple(w_shape)}")
+    if channels % lanes or outputs % lanes:
+        raise ValueError(f"blocked channels need channel counts divisible by {lanes} lanes, got {channels} → "
+                         f"{outputs}")
+    plane = height * width
+    x = te.placeholder((batch, channels // lanes, plane, lanes), dtype, name="x")
+    w = te.placeholder((outputs // lanes, channels // lanes, lanes, lanes), dtype, name="w")
+    cb = te.reduce_axis((0, channels // lanes), name="cb")
+    ci = te.reduce_axis((0, lanes), name="ci")
+    out = te.compute((batch, outputs // lanes, plane, lanes),
+                     lambda b, ob, p, oi: te.sum(x[b, cb, p, ci] * w[ob, cb, ci, oi], axis=[cb, ci]), name="out")
+    positions, blocks = blocked_tile(plane, outputs // lanes, cpu.registers)
+
+    s = tvm.s_tir.Schedule(te.create_prim_func([x, w, out]).with_attr("tirx.noalias", True))
+    block = s.get_sblock("out")
+    b, ob, p, oi, rcb, rci = s.get_loops(block)
+    ob_tile, ob_in = s.split(ob, [None, blocks])
+    p_tile, p_in = s.split(p, [None, positions])
+    s.reorder(b, ob_tile, p_tile, rcb, rci, p_in, ob_in, oi)
+    parallel(s, s.fuse(b, ob_tile, p_tile))
+    s.vectorize(oi)
+    s.unroll(ob_in)
+    s.unroll(p_in)
+    init = s.decompose_reduction(block, rcb)
+    s.vectorize(s.get_loops(init)[-1])
+
+    def pack(weight: np.ndarray) -> list[np.ndarray]:
+        blocked = weight.reshape(outputs // lanes, lanes, channels // lanes, lanes)  # (ob, oi, cb, ci)
+        return [np.ascontiguousarray(blocked.transpose(0, 2, 3, 1), dtype=dtype)]
+
+    return NMKernel(s.mod["main"], pack, batch * plane * channels * outputs, f"x (B, C/{lanes}, H·W, {lanes})",
+                    (batch, outputs // lanes, plane, lanes), dict(positions=positions, blocks=blocks, lanes=lanes))
+
+
+def to_blocked(x: np.ndarray, lanes: int) -> np.ndarray:
+    """NCHW → (B, C/L, H·W, L)."""
+    batch, channels, height, width = x.shape
+    return np.ascontiguousarray(x.reshape(batch, channels // lanes, lanes, height * width).transpose(0, 1, 3, 2))
+
+
+def from_blocked(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(B, C/L, H·W, L) → NCHW."""
+    batch, blocks, _, lanes = x.shape
+    return np.ascontiguousarray(x.transpose(0, 1, 3, 2).reshape(batch, blocks * lanes, height, width))
