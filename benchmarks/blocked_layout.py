@@ -1,8 +1,10 @@
-"""Pointwise convs in NCHW against blocked channels (NCHW{L}c): the evidence for a blocked CNN layout.
+"""Pointwise and depthwise convs in NCHW against blocked channels (NCHW{L}c): the evidence for a blocked CNN layout.
 
-For each distinct 1×1 conv of EfficientNet-Lite0 at 16 images whose channel counts the target's lanes
-divide, three contenders run the same GEMM: this project's dense NCHW conv kernel (``dense_conv2d``, no
-bias), the blocked kernel (``schedules.llvm_blocked``), both compiled for the target, timed side by side in
+For each distinct 1×1 and depthwise conv of EfficientNet-Lite0 at 16 images whose channel counts the
+target's lanes divide, three contenders run the same conv: in NCHW as a build runs it (1×1: this project's
+dense conv kernel, ``dense_conv2d``, no bias; depthwise: TVM's conv under the default CPU rules, the
+function ``tvm_tasd.build`` compiles for it, captured from the VM and called on its own arguments), in
+blocked channels (``schedules.llvm_blocked``), both compiled for the target and timed side by side in
 interleaved rounds (``kernel_speed.interleave``: ratios within a round, the median over rounds); and
 onnxruntime's own NCHWc conv — the middle conv of a three-conv chain, so it reads and writes blocked
 tensors, its node time from onnxruntime's profiler (median over the runs). GMAC/s counts the conv's MACs.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 
 from tvm_tasd.threads import default_tvm_threads
 
@@ -26,18 +29,23 @@ import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from tvm import relax  # noqa: E402
+
 from tvm_tasd.benchmarks.common import CPU_TARGETS, stamp, stamp_markdown, write  # noqa: E402
 from tvm_tasd.benchmarks.kernel_speed import interleave, tvm_timer  # noqa: E402
 from tvm_tasd.schedules.llvm import build, dense_conv2d  # noqa: E402
-from tvm_tasd.schedules.llvm_blocked import blocked_pointwise_conv2d, to_blocked  # noqa: E402
+from tvm_tasd.pipeline import compile_module  # noqa: E402
+from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d, blocked_pointwise_conv2d, to_blocked  # noqa: E402
 from tvm_tasd.schedules.llvm_common import CPUShape  # noqa: E402
 
 BATCH = 16
 ORT_RUNS = 20
+DEPTHWISE_CALLS = 10
 
 
-def pointwise_shapes(onnx_path) -> list[tuple[int, int, int]]:
-    """Distinct (input channels, output channels, plane side) of the model's ungrouped 1×1 convs."""
+def conv_shapes(onnx_path) -> list[tuple]:
+    """Distinct ("1x1", channels, outputs, side) and ("depthwise", channels, kernel, stride, side) of the
+    model's ungrouped unstrided 1×1 and its depthwise convs, side = the input plane's."""
     model = onnx.load(onnx_path)
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
     values = [*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.input]
@@ -46,18 +54,32 @@ def pointwise_shapes(onnx_path) -> list[tuple[int, int, int]]:
     shapes = []
     for node in model.graph.node:
         w = weights.get(node.input[1]) if node.op_type == "Conv" else None
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if w and w[2:] == [1, 1] and groups == 1 and (w[1], w[0], sides[node.input[0]]) not in shapes:
-            shapes.append((w[1], w[0], sides[node.input[0]]))
+        attrs = {a.name: a for a in node.attribute}
+        groups = attrs["group"].i if "group" in attrs else 1
+        stride = attrs["strides"].ints[0] if "strides" in attrs else 1
+        if not w:
+            continue
+        if w[2:] == [1, 1] and groups == 1 and stride == 1:
+            shape = ("1x1", w[1], w[0], sides[node.input[0]])
+        elif groups == w[0] and w[1] == 1:
+            shape = ("depthwise", w[0], w[2], stride, sides[node.input[0]])
+        else:
+            continue
+        if shape not in shapes:
+            shapes.append(shape)
     return shapes
 
 
-def onnxruntime_blocked_seconds(channels: int, outputs: int, side: int, rng) -> float:
-    """onnxruntime's node time for the middle of three chained 1×1 convs (so in and out are NCHWc)."""
+def onnxruntime_blocked_seconds(channels: int, side: int, middle: dict, rng) -> float:
+    """onnxruntime's node time for the middle of three chained convs (1×1 channels → channels, ``middle``:
+    its weight shape and Conv attributes, 1×1 back to channels), so the middle one reads and writes NCHWc."""
+    w = middle["shape"]
     inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in
-             (("w0", (channels, channels, 1, 1)), ("w", (outputs, channels, 1, 1)), ("w2", (channels, outputs, 1, 1)))]
-    nodes = [helper.make_node("Conv", [a, w], [b], name=b) for a, w, b in
-             (("x", "w0", "pre"), ("pre", "w", "mid"), ("mid", "w2", "post"))]
+             (("w0", (channels, channels, 1, 1)), ("w", w), ("w2", (channels, w[0], 1, 1)))]
+    attrs = {k: v for k, v in middle.items() if k != "shape"}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["pre"], name="pre"),
+             helper.make_node("Conv", ["pre", "w"], ["mid"], name="mid", **attrs),
+             helper.make_node("Conv", ["mid", "w2"], ["post"], name="post")]
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                              [BATCH, channels, side, side])],
                               [helper.make_tensor_value_info("post", TensorProto.FLOAT, None)], inits)
@@ -81,28 +103,75 @@ def onnxruntime_blocked_seconds(channels: int, outputs: int, side: int, rng) -> 
     return float(np.median(times[len(times) // 2:])) * 1e-6  # the later half: warmed up
 
 
+def tvm_depthwise_timer(x: np.ndarray, w: np.ndarray, stride: int, padding: int, target):
+    """Timer for the function a TVM build runs for this depthwise conv (legalized, fused, default CPU rules)."""
+    builder = relax.BlockBuilder()
+    xv, wv = (relax.Var(n, relax.TensorType(a.shape, "float32")) for n, a in (("x", x), ("w", w)))
+    with builder.function("main", [xv, wv]):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.nn.conv2d(xv, wv, strides=stride, padding=padding, groups=w.shape[0]))
+        builder.emit_func_output(out)
+    vm = relax.VirtualMachine(compile_module(builder.get(), target), tvm.cpu())
+    calls = []
+
+    def capture(func, symbol, before, _result, *args):
+        if not before and not symbol.startswith("vm.builtin"):
+            calls.append((func, args))
+        return 0
+
+    vm.set_instrument(capture)
+    vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w))
+    (func, args), = calls  # one function: the conv
+
+    def sample():
+        func(*args)  # warm-up
+        start = time.perf_counter()
+        for _ in range(DEPTHWISE_CALLS):
+            func(*args)
+        return (time.perf_counter() - start) / DEPTHWISE_CALLS
+
+    return sample
+
+
 def measure(rounds: int, target) -> list[dict]:
     from tvm_tasd.benchmarks.models import efficientnet
 
     lanes = CPUShape.of(target).lanes("float32")
     rng = np.random.default_rng(0)
     rows = []
-    for channels, outputs, side in pointwise_shapes(efficientnet.onnx_path(BATCH)):
-        macs = BATCH * side * side * channels * outputs
-        row = {"channels": channels, "outputs": outputs, "side": side, "macs": macs}
-        if channels % lanes or outputs % lanes:
+    for shape in conv_shapes(efficientnet.onnx_path(BATCH)):
+        kind, channels, *rest = shape
+        side = rest[-1]
+        x = rng.standard_normal((BATCH, channels, side, side)).astype(np.float32)
+        if kind == "1x1":
+            outputs = rest[0]
+            row = {"kind": kind, "conv": f"{channels} → {outputs}", "side": side,
+                   "macs": BATCH * side * side * channels * outputs}
+            w = rng.standard_normal((outputs, channels, 1, 1)).astype(np.float32)
+            middle = {"shape": w.shape}
+        else:
+            k, stride = rest[0], rest[1]
+            row = {"kind": kind, "conv": f"{channels} ch {k}×{k}" + (f" /{stride}" if stride > 1 else ""),
+                   "side": side, "macs": BATCH * (side // stride) ** 2 * channels * k * k}
+            w = rng.standard_normal((channels, 1, k, k)).astype(np.float32)
+            middle = {"shape": w.shape, "group": channels, "strides": [stride] * 2, "pads": [k // 2] * 4}
+        if any(c % lanes for c in (channels, w.shape[0])):
             rows.append({**row, "skipped": f"channels not a multiple of {lanes}"})
             continue
-        print(f"{channels} → {outputs} on {side}×{side}…", flush=True)
-        x = rng.standard_normal((BATCH, channels, side, side)).astype(np.float32)
-        w = rng.standard_normal((outputs, channels, 1, 1)).astype(np.float32)
-        nchw = dense_conv2d(x.shape, w.shape, target=target)
-        blocked = blocked_pointwise_conv2d(x.shape, w.shape, target=target)
-        timers = {"nchw": tvm_timer(build(nchw, target), x, *nchw.pack(w)),
-                  "blocked": tvm_timer(build(blocked, target), to_blocked(x, lanes), *blocked.pack(w))}
+        print(f"{kind} {row['conv']} on {side}×{side}…", flush=True)
+        if kind == "1x1":
+            nchw, blocked = dense_conv2d(x.shape, w.shape, target=target), blocked_pointwise_conv2d(x.shape, w.shape,
+                                                                                                    target=target)
+            nchw_timer = tvm_timer(build(nchw, target), x, *nchw.pack(w))
+            blocked_x = to_blocked(x, lanes)
+        else:
+            blocked = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=k // 2, target=target)
+            nchw_timer = tvm_depthwise_timer(x, w, stride, k // 2, target)
+            blocked_x = to_blocked(x, lanes).reshape(BATCH, channels // lanes, side, side, lanes)
+        timers = {"nchw": nchw_timer, "blocked": tvm_timer(build(blocked, target), blocked_x, *blocked.pack(w))}
         samples, _ = interleave(timers, rounds)
         nchw_s, blocked_s = (np.asarray(samples[k]) for k in ("nchw", "blocked"))
-        ort_s = onnxruntime_blocked_seconds(channels, outputs, side, rng)
+        ort_s = onnxruntime_blocked_seconds(channels, side, middle, rng)
         rows.append({**row, "nchw_s": float(np.median(nchw_s)), "blocked_s": float(np.median(blocked_s)),
                      "onnxruntime_s": ort_s, "blocked_vs_nchw": float(np.median(nchw_s / blocked_s)),
                      "tile": blocked.params})
@@ -110,7 +179,7 @@ def measure(rounds: int, target) -> list[dict]:
 
 
 def _line(r: dict) -> str:
-    shape = f"| {r['channels']} → {r['outputs']} | {r['side']}×{r['side']} |"
+    shape = f"| {r['kind']} | {r['conv']} | {r['side']}×{r['side']} |"
     if "skipped" in r:
         return f"{shape} — | — | — | — ({r['skipped']}) |"
     rate = {k: r["macs"] / r[f"{k}_s"] / 1e9 for k in ("nchw", "blocked", "onnxruntime")}
@@ -127,16 +196,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     target = CPU_TARGETS[args.target]()
     rows = measure(args.rounds, target)
-    meta = stamp("pointwise convs: NCHW vs blocked channels (measured)", tvm_target=str(target))
-    lines = ["# Pointwise convs: NCHW against blocked channels (measured)", "", *stamp_markdown(meta),
+    meta = stamp("pointwise and depthwise convs: NCHW vs blocked channels (measured)", tvm_target=str(target))
+    lines = ["# Pointwise and depthwise convs: NCHW against blocked channels (measured)", "", *stamp_markdown(meta),
              f"- TVM target {args.target}: `{target}`", "",
-             f"EfficientNet-Lite0's distinct 1×1 convs at {BATCH} images; ms per call (GMAC/s in brackets). "
-             "NCHW = this project's dense conv kernel; blocked = `schedules/llvm_blocked.py` (NCHW{L}c, L = the "
-             "target's fp32 lanes); both interleaved, medians over the rounds; onnxruntime = its NCHWc conv as the "
-             "middle of a three-conv chain, median node time from its profiler, same threads. No bias or "
-             "activation in either TVM kernel.", "",
-             "| conv | plane | NCHW ms | blocked ms | onnxruntime NCHWc ms | blocked vs NCHW |",
-             "|---|---|---:|---:|---:|---:|", *(_line(r) for r in rows)]
+             f"EfficientNet-Lite0's distinct 1×1 and depthwise convs at {BATCH} images (/2: stride 2; plane: the "
+             "input's); ms per call (GMAC/s in brackets). NCHW = as a build runs it: this project's dense conv "
+             "kernel (1×1), TVM's conv under the default CPU rules (depthwise); blocked = "
+             "`schedules/llvm_blocked.py` (NCHW{L}c, L = the target's fp32 lanes); both interleaved, medians over "
+             "the rounds; onnxruntime = its NCHWc conv as the middle of a three-conv chain, median node time from "
+             "its profiler, same threads. No bias or activation in any of them.", "",
+             "| kind | conv | plane | NCHW ms | blocked ms | onnxruntime NCHWc ms | blocked vs NCHW |",
+             "|---|---|---|---:|---:|---:|---:|", *(_line(r) for r in rows)]
     write(args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
 
 

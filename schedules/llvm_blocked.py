@@ -1,4 +1,4 @@
-"""Dense pointwise (1×1) conv in blocked channels, NCHW{L}c: the layout onnxruntime runs CNNs in on the CPU.
+"""Pointwise (1×1) and depthwise convs in blocked channels, NCHW{L}c: the layout onnxruntime runs CNNs in on the CPU.
 
 ``out[b, ob, p, oi] = Σ_{cb, ci} x[b, cb, p, ci] · W[ob, cb, ci, oi]`` with L = the target's fp32 lanes, so
 a vector holds L output channels of one position: each step of the reduction broadcasts ``positions``
@@ -8,10 +8,14 @@ positions, reads every input channel at the plane's pitch and (on 7 × 7 / 14 ×
 folded into the positions; measured side by side on a 2-vCPU Xeon with AVX-512 (``benchmarks/blocked_layout.py``)
 the blocked kernel reaches onnxruntime's own NCHWc convs where the NCHW kernel stays near two thirds of them.
 
-This is the kernel of a blocked-channel layout for CNNs, not yet used by the rewrite: the graph pass that
-keeps a network in NCHW{L}c between its convs (depthwise convs, residual adds and pooling blocked too; the
-layout transforms at the network's ends) is the next step, and the N:M kernels stay in NCHW (their kept
-input channels differ per output channel, so they vectorise over positions).
+A depthwise conv in the same layout is the plain window sum with L channels per vector: a register tile of
+output positions along a row, each tap one weight vector and one input vector per position, padding read as
+zeros through a bounds test that is uniform over the vector.
+
+These are the kernels of a blocked-channel layout for CNNs, not yet used by the rewrite: the graph pass that
+keeps a network in NCHW{L}c between its convs (residual adds and pooling blocked too; the layout transforms
+at the network's ends) is the next step, and the N:M kernels stay in NCHW (their kept input channels differ
+per output channel, so they vectorise over positions).
 """
 
 from __future__ import annotations
@@ -86,6 +90,70 @@ def blocked_pointwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], dty
 
     return NMKernel(s.mod["main"], pack, batch * plane * channels * outputs, f"x (B, C/{lanes}, H·W, {lanes})",
                     (batch, outputs // lanes, plane, lanes), dict(positions=positions, blocks=blocks, lanes=lanes))
+
+
+#: Most output positions per depthwise register tile (the row's largest divisor up to this).
+MAX_DEPTHWISE_POSITIONS = 8
+
+
+def _pair(value) -> tuple[int, int]:
+    value = [int(v) for v in np.atleast_1d(value)]
+    return (value[0], value[-1]) if len(value) in (1, 2) else (value[0], value[1])
+
+
+def blocked_depthwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, padding=0,
+                             dtype: str = "float32", target: tvm.target.Target | None = None) -> NMKernel:
+    """``func(x, w_blocked, out)`` for an NCHW ``x_shape`` and a (C, 1, KH, KW) depthwise weight whose channel
+    count the target's lanes divide; ``x`` (B, C/L, H, W, L), ``out`` (B, C/L, OH, OW, L); ``padding`` an int
+    or (top, left) — the same at the bottom and right; ``pack(W)`` → ``[W (C/L, KH, KW, L)]``."""
+    dtype = float_dtype(dtype)
+    if dtype != "float32":
+        raise ValueError(f"the blocked kernel computes in float32, got {dtype}")
+    batch, channels, height, width = (int(d) for d in x_shape)
+    w_channels, one, kh, kw = (int(d) for d in w_shape)
+    cpu = CPUShape.of(target)
+    lanes = cpu.lanes(dtype)
+    if w_channels != channels or one != 1:
+        raise ValueError(f"a depthwise weight has shape ({channels}, 1, KH, KW), got {tuple(w_shape)}")
+    if channels % lanes:
+        raise ValueError(f"blocked channels need a channel count divisible by {lanes} lanes, got {channels}")
+    (sh, sw), (pt, pl) = _pair(strides), _pair(padding)
+    oh, ow = (height + 2 * pt - kh) // sh + 1, (width + 2 * pl - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}×{kw} window does not fit the padded {height}×{width} input")
+    x = te.placeholder((batch, channels // lanes, height, width, lanes), dtype, name="x")
+    w = te.placeholder((channels // lanes, kh, kw, lanes), dtype, name="w")
+    rh, rw = te.reduce_axis((0, kh), name="kh"), te.reduce_axis((0, kw), name="kw")
+
+    def tap(b, cb, i, j, ci):
+        row, col = i * sh + rh - pt, j * sw + rw - pl
+        inside = te.all(row >= 0, row < height, col >= 0, col < width)
+        value = x[b, cb, te.max(te.min(row, height - 1), 0), te.max(te.min(col, width - 1), 0), ci]
+        return te.if_then_else(inside, value, tvm.tirx.const(0, dtype))
+
+    out = te.compute((batch, channels // lanes, oh, ow, lanes),
+                     lambda b, cb, i, j, ci: te.sum(tap(b, cb, i, j, ci) * w[cb, rh, rw, ci], axis=[rh, rw]),
+                     name="out")
+    positions = max(p for p in range(1, MAX_DEPTHWISE_POSITIONS + 1) if ow % p == 0)
+
+    s = tvm.s_tir.Schedule(te.create_prim_func([x, w, out]).with_attr("tirx.noalias", True))
+    block = s.get_sblock("out")
+    b, cb, i, j, ci, loop_h, loop_w = s.get_loops(block)
+    j_tile, j_in = s.split(j, [None, positions])
+    s.reorder(b, cb, i, j_tile, loop_h, loop_w, j_in, ci)
+    parallel(s, s.fuse(b, cb, i))
+    s.vectorize(ci)
+    s.unroll(j_in)
+    s.unroll(loop_w)
+    init = s.decompose_reduction(block, loop_h)
+    s.vectorize(s.get_loops(init)[-1])
+
+    def pack(weight: np.ndarray) -> list[np.ndarray]:
+        blocked = weight.reshape(channels // lanes, lanes, kh, kw)  # (cb, ci, kh, kw)
+        return [np.ascontiguousarray(blocked.transpose(0, 2, 3, 1), dtype=dtype)]
+
+    return NMKernel(s.mod["main"], pack, batch * oh * ow * channels * kh * kw, f"x (B, C/{lanes}, H, W, {lanes})",
+                    (batch, channels // lanes, oh, ow, lanes), dict(positions=positions, lanes=lanes))
 
 
 def to_blocked(x: np.ndarray, lanes: int) -> np.ndarray:

@@ -149,12 +149,13 @@ def test_fastest_rounds_are_a_speed_state_not_one_outlier():
     assert fastest_rounds(one_outlier).tolist() == [True, False, False, False, False, True]
 
 
-def test_blocked_layout_takes_each_distinct_pointwise_conv_once(tmp_path):
-    """Only ungrouped 1 × 1 convs count, each (channels, outputs, plane) once, with its input's plane side."""
+def test_blocked_layout_takes_each_distinct_pointwise_and_depthwise_conv_once(tmp_path):
+    """Ungrouped unstrided 1 × 1 and depthwise convs count (not a strided 1 × 1 or a 3 × 3 dense one), each once,
+    with its input's plane side."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from tvm_tasd.benchmarks.blocked_layout import onnxruntime_blocked_seconds, pointwise_shapes
+    from tvm_tasd.benchmarks.blocked_layout import conv_shapes, onnxruntime_blocked_seconds
 
     def weight(name, shape):
         return numpy_helper.from_array(np.ones(shape, np.float32), name)
@@ -169,5 +170,6 @@ def test_blocked_layout_takes_each_distinct_pointwise_conv_once(tmp_path):
                                weight("c", (32, 32, 1, 1)), weight("c3", (32, 32, 3, 3))])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert pointwise_shapes(path) == [(8, 16, 12), (16, 32, 12), (32, 32, 6)]
-    assert 0 < onnxruntime_blocked_seconds(16, 32, 6, np.random.default_rng(0)) < 1
+    assert conv_shapes(path) == [("1x1", 8, 16, 12), ("depthwise", 16, 3, 1, 12), ("1x1", 32, 32, 6)]
+    depthwise = {"shape": (16, 1, 3, 3), "group": 16, "strides": [2, 2], "pads": [1] * 4}
+    assert 0 < onnxruntime_blocked_seconds(16, 6, depthwise, np.random.default_rng(0)) < 1

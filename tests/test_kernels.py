@@ -378,3 +378,25 @@ def test_blocked_tiles_divide_and_fit_the_registers():
     with pytest.raises(ValueError, match="divisible"):
         blocked_pointwise_conv2d((1, 24, 4, 4), (32, 24, 1, 1), target=tvm.target.Target({"kind": "llvm",
                                                                                            "mcpu": "znver4"}))
+
+
+@pytest.mark.parametrize("x_shape, k, stride, pad", [((2, 32, 9, 9), 3, 1, 1), ((1, 16, 12, 10), 5, 2, 2),
+                                                     ((2, 48, 7, 7), 5, 1, 2), ((1, 16, 8, 8), 3, 2, 0)])
+def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad):
+    """Each channel's window sum, zero padding read through the bounds test, strided rows and columns."""
+    from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d
+
+    rng = np.random.default_rng(sum(x_shape) + k)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((x_shape[1], 1, k, k)).astype(np.float32)
+    kernel = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=pad)
+    lanes = kernel.params["lanes"]
+    blocked = np.ascontiguousarray(x.reshape(x_shape[0], -1, lanes, *x_shape[2:]).transpose(0, 1, 3, 4, 2))
+    out = build(kernel)(blocked, *kernel.pack(w))
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = out.shape[2:4]
+    ref = np.zeros((x_shape[0], x_shape[1], oh, ow), np.float32)
+    for i in range(k):
+        for j in range(k):
+            ref += padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] * w[None, :, 0, i, j, None, None]
+    close(out.transpose(0, 1, 4, 2, 3).reshape(ref.shape), ref)
