@@ -46,16 +46,32 @@ def blocked_tile(positions: int, blocks: int, registers: int) -> tuple[int, int]
     return max(tiles, key=fmas_per_load)
 
 
+def _sizes(x_shape, w_shape, dtype, target) -> tuple[str, tuple[int, ...], tuple[int, ...], CPUShape]:
+    dtype = float_dtype(dtype)
+    if dtype != "float32":
+        raise ValueError(f"the blocked kernels compute in float32, got {dtype}")
+    return dtype, tuple(int(d) for d in x_shape), tuple(int(d) for d in w_shape), CPUShape.of(target)
+
+
+def _register_tile(s: tvm.s_tir.Schedule, block, tasks: list, inner: list, lanes_loop, unrolled: list,
+                   reduction) -> None:
+    """``tasks`` fused into one parallel loop, then ``inner`` in order and the vectorised lane loop; the register
+    tile's ``unrolled`` loops unrolled, the zero-init hoisted out of the ``reduction`` loop."""
+    s.reorder(*tasks, *inner, lanes_loop)
+    parallel(s, s.fuse(*tasks))
+    s.vectorize(lanes_loop)
+    for loop in unrolled:
+        s.unroll(loop)
+    init = s.decompose_reduction(block, reduction)
+    s.vectorize(s.get_loops(init)[-1])
+
+
 def blocked_pointwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], dtype: str = "float32",
                              target: tvm.target.Target | None = None) -> NMKernel:
     """``func(x, w_blocked, out)`` for an NCHW ``x_shape`` and OIHW 1×1 ``w_shape`` whose channel counts the
     target's lanes divide; ``x`` and ``out`` in NCHW{L}c, ``pack(W)`` → ``[W (O/L, C/L, L, L)]``."""
-    dtype = float_dtype(dtype)
-    if dtype != "float32":
-        raise ValueError(f"the blocked kernel computes in float32, got {dtype}")
-    batch, channels, height, width = (int(d) for d in x_shape)
-    outputs, w_channels, kh, kw = (int(d) for d in w_shape)
-    cpu = CPUShape.of(target)
+    dtype, (batch, channels, height, width), (outputs, w_channels, kh, kw), cpu = _sizes(x_shape, w_shape, dtype,
+                                                                                          target)
     lanes = cpu.lanes(dtype)
     if (kh, kw) != (1, 1) or w_channels != channels:
         raise ValueError(f"a pointwise weight has shape (O, {channels}, 1, 1), got {tuple(w_shape)}")
@@ -76,13 +92,7 @@ def blocked_pointwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], dty
     b, ob, p, oi, rcb, rci = s.get_loops(block)
     ob_tile, ob_in = s.split(ob, [None, blocks])
     p_tile, p_in = s.split(p, [None, positions])
-    s.reorder(b, ob_tile, p_tile, rcb, rci, p_in, ob_in, oi)
-    parallel(s, s.fuse(b, ob_tile, p_tile))
-    s.vectorize(oi)
-    s.unroll(ob_in)
-    s.unroll(p_in)
-    init = s.decompose_reduction(block, rcb)
-    s.vectorize(s.get_loops(init)[-1])
+    _register_tile(s, block, [b, ob_tile, p_tile], [rcb, rci, p_in, ob_in], oi, [p_in, ob_in], rcb)
 
     def pack(weight: np.ndarray) -> list[np.ndarray]:
         blocked = weight.reshape(outputs // lanes, lanes, channels // lanes, lanes)  # (ob, oi, cb, ci)
@@ -106,12 +116,7 @@ def blocked_depthwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], str
     """``func(x, w_blocked, out)`` for an NCHW ``x_shape`` and a (C, 1, KH, KW) depthwise weight whose channel
     count the target's lanes divide; ``x`` (B, C/L, H, W, L), ``out`` (B, C/L, OH, OW, L); ``padding`` an int
     or (top, left) — the same at the bottom and right; ``pack(W)`` → ``[W (C/L, KH, KW, L)]``."""
-    dtype = float_dtype(dtype)
-    if dtype != "float32":
-        raise ValueError(f"the blocked kernel computes in float32, got {dtype}")
-    batch, channels, height, width = (int(d) for d in x_shape)
-    w_channels, one, kh, kw = (int(d) for d in w_shape)
-    cpu = CPUShape.of(target)
+    dtype, (batch, channels, height, width), (w_channels, one, kh, kw), cpu = _sizes(x_shape, w_shape, dtype, target)
     lanes = cpu.lanes(dtype)
     if w_channels != channels or one != 1:
         raise ValueError(f"a depthwise weight has shape ({channels}, 1, KH, KW), got {tuple(w_shape)}")
@@ -140,13 +145,7 @@ def blocked_depthwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], str
     block = s.get_sblock("out")
     b, cb, i, j, ci, loop_h, loop_w = s.get_loops(block)
     j_tile, j_in = s.split(j, [None, positions])
-    s.reorder(b, cb, i, j_tile, loop_h, loop_w, j_in, ci)
-    parallel(s, s.fuse(b, cb, i))
-    s.vectorize(ci)
-    s.unroll(j_in)
-    s.unroll(loop_w)
-    init = s.decompose_reduction(block, loop_h)
-    s.vectorize(s.get_loops(init)[-1])
+    _register_tile(s, block, [b, cb, i], [j_tile, loop_h, loop_w, j_in], ci, [j_in, loop_w], loop_h)
 
     def pack(weight: np.ndarray) -> list[np.ndarray]:
         blocked = weight.reshape(channels // lanes, lanes, kh, kw)  # (cb, ci, kh, kw)
