@@ -27,6 +27,7 @@ import tvm
 from tvm import te
 
 from .llvm_common import CPUShape, NMKernel, float_dtype, parallel
+from .llvm_conv2d import _padding, _pair
 
 #: Most positions per register tile: the tile broadcasts each, so more only lengthens the unrolled body.
 MAX_TILE_POSITIONS = 28
@@ -106,24 +107,19 @@ def blocked_pointwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], dty
 MAX_DEPTHWISE_POSITIONS = 8
 
 
-def _pair(value) -> tuple[int, int]:
-    value = [int(v) for v in np.atleast_1d(value)]
-    return (value[0], value[-1]) if len(value) in (1, 2) else (value[0], value[1])
-
-
 def blocked_depthwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, padding=0,
                              dtype: str = "float32", target: tvm.target.Target | None = None) -> NMKernel:
     """``func(x, w_blocked, out)`` for an NCHW ``x_shape`` and a (C, 1, KH, KW) depthwise weight whose channel
-    count the target's lanes divide; ``x`` (B, C/L, H, W, L), ``out`` (B, C/L, OH, OW, L); ``padding`` an int
-    or (top, left) — the same at the bottom and right; ``pack(W)`` → ``[W (C/L, KH, KW, L)]``."""
+    count the target's lanes divide; ``x`` (B, C/L, H, W, L), ``out`` (B, C/L, OH, OW, L); ``padding`` an int,
+    (h, w) or (top, left, bottom, right); ``pack(W)`` → ``[W (C/L, KH, KW, L)]``."""
     dtype, (batch, channels, height, width), (w_channels, one, kh, kw), cpu = _sizes(x_shape, w_shape, dtype, target)
     lanes = cpu.lanes(dtype)
     if w_channels != channels or one != 1:
         raise ValueError(f"a depthwise weight has shape ({channels}, 1, KH, KW), got {tuple(w_shape)}")
     if channels % lanes:
         raise ValueError(f"blocked channels need a channel count divisible by {lanes} lanes, got {channels}")
-    (sh, sw), (pt, pl) = _pair(strides), _pair(padding)
-    oh, ow = (height + 2 * pt - kh) // sh + 1, (width + 2 * pl - kw) // sw + 1
+    (sh, sw), (pt, pl, pb, pr) = _pair(strides, "strides"), _padding(padding)
+    oh, ow = (height + pt + pb - kh) // sh + 1, (width + pl + pr - kw) // sw + 1
     if oh < 1 or ow < 1:
         raise ValueError(f"a {kh}×{kw} window does not fit the padded {height}×{width} input")
     x = te.placeholder((batch, channels // lanes, height, width, lanes), dtype, name="x")

@@ -381,9 +381,11 @@ def test_blocked_tiles_divide_and_fit_the_registers():
 
 
 @pytest.mark.parametrize("x_shape, k, stride, pad", [((2, 32, 9, 9), 3, 1, 1), ((1, 16, 12, 10), 5, 2, 2),
-                                                     ((2, 48, 7, 7), 5, 1, 2), ((1, 16, 8, 8), 3, 2, 0)])
+                                                     ((2, 48, 7, 7), 5, 1, 2), ((1, 16, 8, 8), 3, 2, 0),
+                                                     ((1, 16, 9, 10), 3, 2, (0, 1, 1, 0))])
 def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad):
-    """Each channel's window sum, zero padding read through the bounds test, strided rows and columns."""
+    """Each channel's window sum, zero padding read through the bounds test (also uneven: Relax's (top, left,
+    bottom, right)), strided rows and columns."""
     from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d
 
     rng = np.random.default_rng(sum(x_shape) + k)
@@ -393,7 +395,8 @@ def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad):
     lanes = kernel.params["lanes"]
     blocked = np.ascontiguousarray(x.reshape(x_shape[0], -1, lanes, *x_shape[2:]).transpose(0, 1, 3, 4, 2))
     out = build(kernel)(blocked, *kernel.pack(w))
-    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    top, left, bottom, right = (pad,) * 4 if isinstance(pad, int) else pad
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     oh, ow = out.shape[2:4]
     ref = np.zeros((x_shape[0], x_shape[1], oh, ow), np.float32)
     for i in range(k):
