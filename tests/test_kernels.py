@@ -352,10 +352,12 @@ def test_unknown_output_activation_names_the_known_ones():
         dense_matmul(4, 8, 8, output_activation="gelu")
 
 
-@pytest.mark.parametrize("x_shape, outputs", [((2, 32, 7, 7), 48), ((1, 16, 12, 10), 64), ((3, 64, 4, 4), 16)])
+@pytest.mark.parametrize("x_shape, outputs", [((2, 32, 7, 7), 48), ((1, 16, 12, 10), 64), ((3, 64, 4, 4), 16),
+                                              ((1, 64, 14, 14), 112)])
 def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs):
     """The NCHW{L}c pointwise conv computes the NCHW conv, whichever register tile its plane and channel
-    blocks allow (7 × 7 planes: 7 positions; 16 × 12: up to 28)."""
+    blocks allow (7 × 7 planes: 7 positions; 16 × 12: up to 28; 112 outputs with 16 lanes: 2 × 7, its
+    reduction cut into chunks)."""
     from tvm_tasd.schedules.llvm_blocked import blocked_pointwise_conv2d, from_blocked, to_blocked
 
     rng = np.random.default_rng(len(x_shape) + outputs)
@@ -368,13 +370,16 @@ def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs):
 
 
 def test_blocked_tiles_divide_and_fit_the_registers():
-    from tvm_tasd.schedules.llvm_blocked import MAX_TILE_POSITIONS, blocked_pointwise_conv2d, blocked_tile
+    from tvm_tasd.schedules.llvm_blocked import (MAX_TILE_POSITIONS, blocked_pointwise_conv2d, blocked_tile,
+                                                 reduction_chunk)
 
     for positions, blocks, registers in [(196, 42, 32), (49, 72, 32), (196, 7, 32), (3136, 9, 32), (196, 84, 16)]:
         p, b = blocked_tile(positions, blocks, registers)
         assert positions % p == 0 and blocks % b == 0 and p * b + b + 1 <= registers and p <= MAX_TILE_POSITIONS
     assert blocked_tile(196, 42, 32) == (4, 6)  # 24 FMAs per 10 loads
     assert blocked_tile(49, 72, 32) == (7, 3)  # 49 has no divisor between 7 and 49
+    assert reduction_chunk(2, 7, 42, 16) == 3  # 2 × 7 tiles: 3 input blocks of 7 KB each per chunk
+    assert reduction_chunk(4, 6, 7, 16) == 7 and reduction_chunk(1, 1, 2, 16) == 2  # uncut
     with pytest.raises(ValueError, match="divisible"):
         blocked_pointwise_conv2d((1, 24, 4, 4), (32, 24, 1, 1), target=tvm.target.Target({"kind": "llvm",
                                                                                            "mcpu": "znver4"}))
