@@ -28,13 +28,12 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 from tvm import relax  # noqa: E402
 
 from tvm_tasd.benchmarks.common import CPU_TARGETS, stamp, stamp_markdown, write  # noqa: E402
 from tvm_tasd.benchmarks.kernel_speed import interleave, tvm_timer  # noqa: E402
-from tvm_tasd.schedules.llvm import build, dense_conv2d  # noqa: E402
 from tvm_tasd.pipeline import compile_module  # noqa: E402
+from tvm_tasd.schedules.llvm import build, dense_conv2d  # noqa: E402
 from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d, blocked_pointwise_conv2d, to_blocked  # noqa: E402
 from tvm_tasd.schedules.llvm_common import CPUShape  # noqa: E402
 
@@ -133,44 +132,46 @@ def tvm_depthwise_timer(x: np.ndarray, w: np.ndarray, stride: int, padding: int,
     return sample
 
 
+def _conv_label(kind: str, channels: int, rest: list) -> str:
+    if kind == "1x1":
+        return f"{channels} → {rest[0]}"
+    k, stride = rest[0], rest[1]
+    return f"{channels} ch {k}×{k}" + (f" /{stride}" if stride > 1 else "")
+
+
 def measure(rounds: int, target) -> list[dict]:
     from tvm_tasd.benchmarks.models import efficientnet
 
     lanes = CPUShape.of(target).lanes("float32")
     rng = np.random.default_rng(0)
     rows = []
-    for shape in conv_shapes(efficientnet.onnx_path(BATCH)):
-        kind, channels, *rest = shape
-        side = rest[-1]
+    for kind, channels, *rest in conv_shapes(efficientnet.onnx_path(BATCH)):
+        side, label = rest[-1], _conv_label(kind, channels, rest)
+        outputs = rest[0] if kind == "1x1" else channels
+        if channels % lanes or outputs % lanes:
+            rows.append({"kind": kind, "conv": label, "side": side, "skipped": f"channels not a multiple of {lanes}"})
+            continue
+        print(f"{kind} {label} on {side}×{side}…", flush=True)
         x = rng.standard_normal((BATCH, channels, side, side)).astype(np.float32)
         if kind == "1x1":
-            outputs = rest[0]
-            row = {"kind": kind, "conv": f"{channels} → {outputs}", "side": side,
-                   "macs": BATCH * side * side * channels * outputs}
             w = rng.standard_normal((outputs, channels, 1, 1)).astype(np.float32)
-            middle = {"shape": w.shape}
-        else:
-            k, stride = rest[0], rest[1]
-            row = {"kind": kind, "conv": f"{channels} ch {k}×{k}" + (f" /{stride}" if stride > 1 else ""),
-                   "side": side, "macs": BATCH * (side // stride) ** 2 * channels * k * k}
-            w = rng.standard_normal((channels, 1, k, k)).astype(np.float32)
-            middle = {"shape": w.shape, "group": channels, "strides": [stride] * 2, "pads": [k // 2] * 4}
-        if any(c % lanes for c in (channels, w.shape[0])):
-            rows.append({**row, "skipped": f"channels not a multiple of {lanes}"})
-            continue
-        print(f"{kind} {row['conv']} on {side}×{side}…", flush=True)
-        if kind == "1x1":
-            nchw, blocked = dense_conv2d(x.shape, w.shape, target=target), blocked_pointwise_conv2d(x.shape, w.shape,
-                                                                                                    target=target)
+            macs, middle = BATCH * side * side * channels * outputs, {"shape": w.shape}
+            nchw = dense_conv2d(x.shape, w.shape, target=target)
             nchw_timer = tvm_timer(build(nchw, target), x, *nchw.pack(w))
+            blocked = blocked_pointwise_conv2d(x.shape, w.shape, target=target)
             blocked_x = to_blocked(x, lanes)
         else:
-            blocked = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=k // 2, target=target)
+            k, stride = rest[0], rest[1]
+            w = rng.standard_normal((channels, 1, k, k)).astype(np.float32)
+            macs = BATCH * (side // stride) ** 2 * channels * k * k
+            middle = {"shape": w.shape, "group": channels, "strides": [stride] * 2, "pads": [k // 2] * 4}
             nchw_timer = tvm_depthwise_timer(x, w, stride, k // 2, target)
+            blocked = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=k // 2, target=target)
             blocked_x = to_blocked(x, lanes).reshape(BATCH, channels // lanes, side, side, lanes)
+        row = {"kind": kind, "conv": label, "side": side, "macs": macs}
         timers = {"nchw": nchw_timer, "blocked": tvm_timer(build(blocked, target), blocked_x, *blocked.pack(w))}
         samples, _ = interleave(timers, rounds)
-        nchw_s, blocked_s = (np.asarray(samples[k]) for k in ("nchw", "blocked"))
+        nchw_s, blocked_s = (np.asarray(samples[name]) for name in ("nchw", "blocked"))
         ort_s = onnxruntime_blocked_seconds(channels, side, middle, rng)
         rows.append({**row, "nchw_s": float(np.median(nchw_s)), "blocked_s": float(np.median(blocked_s)),
                      "onnxruntime_s": ort_s, "blocked_vs_nchw": float(np.median(nchw_s / blocked_s)),
