@@ -18,6 +18,15 @@ tvm = pytest.importorskip("tvm")
 import tvm_ffi  # noqa: E402  (installed with tvm)
 
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
+from tvm_tasd.schedules.llvm_blocked import (  # noqa: E402
+    MAX_TILE_POSITIONS,
+    blocked_depthwise_conv2d,
+    blocked_pointwise_conv2d,
+    blocked_tile,
+    from_blocked,
+    reduction_chunk,
+    to_blocked,
+)
 from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS, host_target, vectorize_run  # noqa: E402
 from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES, _Geometry  # noqa: E402
 
@@ -358,8 +367,6 @@ def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs):
     """The NCHW{L}c pointwise conv computes the NCHW conv, whichever register tile its plane and channel
     blocks allow (7 × 7 planes: 7 positions; 16 × 12: up to 28; 112 outputs with 16 lanes: 2 × 7, its
     reduction cut into chunks)."""
-    from tvm_tasd.schedules.llvm_blocked import blocked_pointwise_conv2d, from_blocked, to_blocked
-
     rng = np.random.default_rng(len(x_shape) + outputs)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal((outputs, x_shape[1], 1, 1)).astype(np.float32)
@@ -370,9 +377,6 @@ def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs):
 
 
 def test_blocked_tiles_divide_and_fit_the_registers():
-    from tvm_tasd.schedules.llvm_blocked import (MAX_TILE_POSITIONS, blocked_pointwise_conv2d, blocked_tile,
-                                                 reduction_chunk)
-
     for positions, blocks, registers in [(196, 42, 32), (49, 72, 32), (196, 7, 32), (3136, 9, 32), (196, 84, 16)]:
         p, b = blocked_tile(positions, blocks, registers)
         assert positions % p == 0 and blocks % b == 0 and p * b + b + 1 <= registers and p <= MAX_TILE_POSITIONS
@@ -391,8 +395,6 @@ def test_blocked_tiles_divide_and_fit_the_registers():
 def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad):
     """Each channel's window sum, zero padding read through the bounds test (also uneven: Relax's (top, left,
     bottom, right)), strided rows and columns."""
-    from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d
-
     rng = np.random.default_rng(sum(x_shape) + k)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal((x_shape[1], 1, k, k)).astype(np.float32)
