@@ -34,7 +34,7 @@ from tvm_tasd.benchmarks.common import CPU_TARGETS, stamp, stamp_markdown, write
 from tvm_tasd.benchmarks.kernel_speed import interleave, tvm_timer  # noqa: E402
 from tvm_tasd.pipeline import compile_module  # noqa: E402
 from tvm_tasd.schedules.llvm import build, dense_conv2d  # noqa: E402
-from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d, blocked_pointwise_conv2d, to_blocked  # noqa: E402
+from tvm_tasd.schedules.llvm_blocked import blocked_depthwise_conv2d, blocked_conv2d, to_blocked  # noqa: E402
 from tvm_tasd.schedules.llvm_common import CPUShape  # noqa: E402
 
 BATCH = 16
@@ -158,7 +158,7 @@ def measure(rounds: int, target) -> list[dict]:
             macs, middle = BATCH * side * side * channels * outputs, {"shape": w.shape}
             nchw = dense_conv2d(x.shape, w.shape, target=target)
             nchw_timer = tvm_timer(build(nchw, target), x, *nchw.pack(w))
-            blocked = blocked_pointwise_conv2d(x.shape, w.shape, target=target)
+            blocked = blocked_conv2d(x.shape, w.shape, target=target)
             blocked_x = to_blocked(x, lanes)
         else:
             k, stride = rest[0], rest[1]
@@ -167,7 +167,7 @@ def measure(rounds: int, target) -> list[dict]:
             middle = {"shape": w.shape, "group": channels, "strides": [stride] * 2, "pads": [k // 2] * 4}
             nchw_timer = tvm_depthwise_timer(x, w, stride, k // 2, target)
             blocked = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=k // 2, target=target)
-            blocked_x = to_blocked(x, lanes).reshape(BATCH, channels // lanes, side, side, lanes)
+            blocked_x = to_blocked(x, lanes)
         row = {"kind": kind, "conv": label, "side": side, "macs": macs}
         timers = {"nchw": nchw_timer, "blocked": tvm_timer(build(blocked, target), blocked_x, *blocked.pack(w))}
         samples, _ = interleave(timers, rounds)

@@ -78,10 +78,11 @@ OUTPUT_ACTIVATIONS: dict[str, Callable] = {  # (value, constant of the value's d
 }
 
 
-def output_stage(shape, value: Callable, channel: int, dtype: str, acc: str, bias: bool,
+def output_stage(shape, value: Callable, channel: "int | tuple[int, int]", dtype: str, acc: str, bias: bool,
                  output_activation: str | None = None):
     """``out = output_activation(value(*index) [+ bias[index[channel]]]).astype(dtype)``, and the inputs it adds
-    ([bias] or []); ``output_activation`` names one of :data:`OUTPUT_ACTIVATIONS` (None: the identity)."""
+    ([bias] or []); ``output_activation`` names one of :data:`OUTPUT_ACTIVATIONS` (None: the identity).
+    Blocked channels give ``channel`` as the (block, lane) axes: the bias then holds blocks × lanes values."""
     if output_activation is not None and output_activation not in OUTPUT_ACTIVATIONS:
         raise ValueError(f"unknown output activation {output_activation!r}; the kernels apply "
                          f"{', '.join(sorted(OUTPUT_ACTIVATIONS))}")
@@ -92,8 +93,14 @@ def output_stage(shape, value: Callable, channel: int, dtype: str, acc: str, bia
 
     if not bias:
         return te.compute(shape, lambda *i: apply(value(*i)).astype(dtype), name="out"), []
-    b = te.placeholder((shape[channel],), dtype, name="bias")
-    return te.compute(shape, lambda *i: apply(value(*i) + b[i[channel]].astype(acc)).astype(dtype), name="out"), [b]
+    block, lane = channel if isinstance(channel, tuple) else (None, channel)
+
+    def channel_of(index):
+        return index[lane] if block is None else index[block] * shape[lane] + index[lane]
+
+    b = te.placeholder((shape[lane] * (1 if block is None else shape[block]),), dtype, name="bias")
+    return te.compute(shape, lambda *i: apply(value(*i) + b[channel_of(i)].astype(acc)).astype(dtype),
+                      name="out"), [b]
 
 
 def host_target() -> tvm.target.Target:
@@ -208,6 +215,7 @@ class NMKernel:
     fall past the output are not counted.
     ``x_layout`` / ``out_shape`` — what the activation and output look like.
     ``params`` — the tile sizes chosen, for reports.
+    ``pack_bias(bias)`` — the bias operand from one value per output channel (blocked kernels pad it).
     """
 
     func: tvm.tirx.PrimFunc
@@ -216,6 +224,7 @@ class NMKernel:
     x_layout: str
     out_shape: tuple[int, ...]
     params: dict = field(default_factory=dict)
+    pack_bias: Callable[[np.ndarray], np.ndarray] = np.asarray
 
 
 class CompiledKernel:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import tvm
 
-from . import llvm
+from . import llvm, llvm_blocked
 from .cuda_mma_sp import mma_sp_conv2d, mma_sp_matmul
 from .intrin_nm import MMA_SP, NM_EMULATED
 from .llvm_tensorized import nm_conv2d_tensorized, nm_matmul_tensorized
@@ -123,6 +123,28 @@ class Kernels:
 
     def dense_conv2d(self, x_shape, w_shape, dtype: str, **conv_and_epilogue):
         return llvm.dense_conv2d(x_shape, w_shape, dtype=dtype, target=self.target, **conv_and_epilogue)
+
+    def blocked_conv2d(self, x_shape, w_shape, dtype: str, conv: dict, **epilogue):
+        """The dense conv in blocked channels (:mod:`~schedules.llvm_blocked`) where there is one
+        (:meth:`has_blocked_conv2d`), else None; ``conv``: groups, strides, padding, dilation."""
+        kind = self.has_blocked_conv2d(x_shape, w_shape, dtype, conv)
+        if kind == "depthwise":
+            return llvm_blocked.blocked_depthwise_conv2d(x_shape, w_shape, conv["strides"], conv["padding"], dtype,
+                                                         target=self.target, **epilogue)
+        return None if kind is None else llvm_blocked.blocked_conv2d(
+            x_shape, w_shape, conv["strides"], conv["padding"], dtype, target=self.target,
+            blocked_input=x_shape[1] > llvm_blocked.STEM_CHANNELS, **epilogue)
+
+    def has_blocked_conv2d(self, x_shape, w_shape, dtype: str, conv: dict) -> str | None:
+        """``depthwise`` or ``conv`` where a family with scheduled dense kernels has a blocked kernel for a float32
+        undilated conv — depthwise, or ungrouped with a window of at most ``llvm_blocked.MAX_WINDOW_TAPS`` taps —
+        else None."""
+        if not self.dense_kernels or dtype != "float32" or any(int(d) != 1 for d in conv["dilation"]):
+            return None
+        (outputs, w_channels, kh, kw), channels = w_shape, x_shape[1]
+        if conv["groups"] == channels == outputs and w_channels == 1:
+            return "depthwise"
+        return "conv" if conv["groups"] == 1 and kh * kw <= llvm_blocked.MAX_WINDOW_TAPS else None
 
 
 def kernels_for(hardware, target: tvm.target.Target | None = None) -> Kernels:

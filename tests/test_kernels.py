@@ -21,11 +21,13 @@ from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d
 from tvm_tasd.schedules.llvm_blocked import (  # noqa: E402
     MAX_TILE_POSITIONS,
     blocked_depthwise_conv2d,
-    blocked_pointwise_conv2d,
+    blocked_conv2d,
     blocked_tile,
     from_blocked,
+    from_blocked_func,
     reduction_chunk,
     to_blocked,
+    to_blocked_func,
 )
 from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS, host_target, vectorize_run  # noqa: E402
 from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES, _Geometry  # noqa: E402
@@ -361,47 +363,96 @@ def test_unknown_output_activation_names_the_known_ones():
         dense_matmul(4, 8, 8, output_activation="gelu")
 
 
-@pytest.mark.parametrize("x_shape, outputs", [((2, 32, 7, 7), 48), ((1, 16, 12, 10), 64), ((3, 64, 4, 4), 16),
-                                              ((1, 64, 14, 14), 112)])
-def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs):
+def _blocked_epilogue(kernel, out_channels: int, activation: str | None, rng) -> tuple[list, callable]:
+    """The bias operand of a blocked kernel (if ``activation`` asks for an output stage) and the numpy epilogue."""
+    if activation is None:
+        return [], lambda ref: ref
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    return [kernel.pack_bias(bias)], lambda ref: NUMPY_ACTIVATIONS[activation](ref + bias[None, :, None, None])
+
+
+@pytest.mark.parametrize("x_shape, outputs, activation", [((2, 32, 7, 7), 48, None), ((1, 16, 12, 10), 64, "relu6"),
+                                                          ((3, 64, 4, 4), 16, None), ((1, 64, 14, 14), 112, None),
+                                                          ((2, 24, 6, 5), 40, "hardswish"), ((1, 8, 1, 1), 20, "relu")])
+def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs, activation):
     """The NCHW{L}c pointwise conv computes the NCHW conv, whichever register tile its plane and channel
     blocks allow (7 × 7 planes: 7 positions; 16 × 12: up to 28; 112 outputs with 16 lanes: 2 × 7, its
-    reduction cut into chunks)."""
+    reduction cut into chunks), channels no multiple of L zero-padded, bias and activation in its output stage."""
     rng = np.random.default_rng(len(x_shape) + outputs)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal((outputs, x_shape[1], 1, 1)).astype(np.float32)
-    kernel = blocked_pointwise_conv2d(x.shape, w.shape)
-    lanes = kernel.params["lanes"]
-    out = build(kernel)(to_blocked(x, lanes), *kernel.pack(w))
-    close(from_blocked(out, *x_shape[2:]), np.einsum("bchw,oc->bohw", x, w[:, :, 0, 0]))
+    kernel = blocked_conv2d(x.shape, w.shape, bias=activation is not None, output_activation=activation)
+    lanes = kernel.params["blocked_lanes"]
+    extra, epilogue = _blocked_epilogue(kernel, outputs, activation, rng)
+    out = build(kernel)(to_blocked(x, lanes), *kernel.pack(w), *extra)
+    assert out.shape == (x_shape[0], -(-outputs // lanes), *x_shape[2:], lanes)
+    close(from_blocked(out, outputs), epilogue(np.einsum("bchw,oc->bohw", x, w[:, :, 0, 0])))
+
+
+@pytest.mark.parametrize("x_shape, outputs, k, stride, pad, blocked_input", [
+    ((2, 3, 15, 15), 32, 3, 2, (0, 0, 1, 1), False), ((1, 16, 8, 8), 32, 3, 1, 1, True),
+    ((2, 12, 9, 7), 20, 5, 2, 2, True), ((1, 1, 10, 12), 24, 3, 1, 1, False)])
+def test_blocked_window_conv_matches_torch(x_shape, outputs, k, stride, pad, blocked_input):
+    """A conv with a window (strided, zero padding also uneven) writes blocked channels from blocked or NCHW
+    input (a stem on 3 channels, or 1)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(sum(x_shape) + outputs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((outputs, x_shape[1], k, k)).astype(np.float32)
+    kernel = blocked_conv2d(x.shape, w.shape, strides=stride, padding=pad, bias=True, output_activation="relu6",
+                            blocked_input=blocked_input)
+    lanes = kernel.params["blocked_lanes"]
+    extra, epilogue = _blocked_epilogue(kernel, outputs, "relu6", rng)
+    out = build(kernel)(to_blocked(x, lanes) if blocked_input else x, *kernel.pack(w), *extra)
+    top, left, bottom, right = (pad,) * 4 if isinstance(pad, int) else pad
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ref = torch.nn.functional.conv2d(torch.from_numpy(padded), torch.from_numpy(w), stride=stride).numpy()
+    close(from_blocked(out, outputs), epilogue(ref))
 
 
 def test_blocked_tiles_divide_and_fit_the_registers():
-    for positions, blocks, registers in [(196, 42, 32), (49, 72, 32), (196, 7, 32), (3136, 9, 32), (196, 84, 16)]:
-        p, b = blocked_tile(positions, blocks, registers)
-        assert positions % p == 0 and blocks % b == 0 and p * b + b + 1 <= registers and p <= MAX_TILE_POSITIONS
-    assert blocked_tile(196, 42, 32) == (4, 6)  # 24 FMAs per 10 loads
-    assert blocked_tile(49, 72, 32) == (7, 3)  # 49 has no divisor between 7 and 49
-    assert reduction_chunk(2, 7, 42, 16) == 3  # 2 × 7 tiles: 3 input blocks of 7 KB each per chunk
-    assert reduction_chunk(4, 6, 7, 16) == 7 and reduction_chunk(1, 1, 2, 16) == 2  # uncut
-    with pytest.raises(ValueError, match="divisible"):
-        blocked_pointwise_conv2d((1, 24, 4, 4), (32, 24, 1, 1), target=tvm.target.Target({"kind": "llvm",
-                                                                                           "mcpu": "znver4"}))
+    for height, width, blocks, registers in [(14, 14, 42, 32), (7, 7, 72, 32), (14, 14, 7, 32), (56, 56, 9, 32),
+                                             (14, 14, 84, 16), (1, 1, 5, 16)]:
+        rows, cols, b = blocked_tile(height, width, blocks, registers)
+        assert height % rows == 0 and width % cols == 0 and blocks % b == 0
+        assert rows * cols * b + b + 1 <= registers and rows * cols <= MAX_TILE_POSITIONS
+    assert blocked_tile(14, 14, 42, 32) == (2, 2, 6)  # 24 FMAs per 10 loads
+    assert blocked_tile(7, 7, 72, 32) == (1, 7, 3)  # a 7 × 7 plane has no tile between a row and the plane
+    assert blocked_tile(56, 56, 1, 32) == (1, 28, 1)  # the longer run along a row of equal tiles
+    assert reduction_chunk(2, 7, 42, 16, 16) == 3  # 2 × 7 tiles: 3 input blocks of 7 KB each per chunk
+    assert reduction_chunk(2, 7, 42, 16, 9 * 16) == 1  # a 3 × 3 window: 63 KB per input block
+    assert reduction_chunk(4, 6, 7, 16, 16) == 7 and reduction_chunk(1, 1, 2, 16, 16) == 2  # uncut
 
 
-@pytest.mark.parametrize("x_shape, k, stride, pad", [((2, 32, 9, 9), 3, 1, 1), ((1, 16, 12, 10), 5, 2, 2),
-                                                     ((2, 48, 7, 7), 5, 1, 2), ((1, 16, 8, 8), 3, 2, 0),
-                                                     ((1, 16, 9, 10), 3, 2, (0, 1, 1, 0))])
-def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad):
+def test_blocked_layout_transforms_round_trip():
+    """``to_blocked_func``/``from_blocked_func`` compute the numpy transforms, zero-padding and cropping channels."""
+    x = np.random.default_rng(3).standard_normal((2, 20, 3, 5)).astype(np.float32)
+    target = tvm.target.Target({"kind": "llvm"})
+    into = tvm.tirx.build(to_blocked_func(x.shape, 8), target=target)
+    blocked = tvm.runtime.tensor(np.full((2, 3, 3, 5, 8), np.nan, np.float32))
+    into(tvm.runtime.tensor(x), blocked)
+    np.testing.assert_array_equal(blocked.numpy(), to_blocked(x, 8))
+    assert not blocked.numpy()[:, 2, :, :, 4:].any()  # the padding channels are zeros
+    back = tvm.tirx.build(from_blocked_func(blocked.shape, 20), target=target)
+    out = tvm.runtime.tensor(np.zeros_like(x))
+    back(blocked, out)
+    np.testing.assert_array_equal(out.numpy(), x)
+    np.testing.assert_array_equal(from_blocked(to_blocked(x, 8), 20), x)
+
+
+@pytest.mark.parametrize("x_shape, k, stride, pad, activation", [
+    ((2, 32, 9, 9), 3, 1, 1, None), ((1, 16, 12, 10), 5, 2, 2, None), ((2, 48, 7, 7), 5, 1, 2, "relu6"),
+    ((1, 16, 8, 8), 3, 2, 0, None), ((1, 16, 9, 10), 3, 2, (0, 1, 1, 0), None), ((2, 24, 6, 6), 3, 1, 1, "relu")])
+def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad, activation):
     """Each channel's window sum, zero padding read through the bounds test (also uneven: Relax's (top, left,
-    bottom, right)), strided rows and columns."""
+    bottom, right)), strided rows and columns, channels no multiple of L, bias and activation."""
     rng = np.random.default_rng(sum(x_shape) + k)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal((x_shape[1], 1, k, k)).astype(np.float32)
-    kernel = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=pad)
-    lanes = kernel.params["lanes"]
-    blocked = np.ascontiguousarray(x.reshape(x_shape[0], -1, lanes, *x_shape[2:]).transpose(0, 1, 3, 4, 2))
-    out = build(kernel)(blocked, *kernel.pack(w))
+    kernel = blocked_depthwise_conv2d(x.shape, w.shape, strides=stride, padding=pad, bias=activation is not None,
+                                      output_activation=activation)
+    extra, epilogue = _blocked_epilogue(kernel, x_shape[1], activation, rng)
+    out = build(kernel)(to_blocked(x, kernel.params["blocked_lanes"]), *kernel.pack(w), *extra)
     top, left, bottom, right = (pad,) * 4 if isinstance(pad, int) else pad
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     oh, ow = out.shape[2:4]
@@ -409,4 +460,4 @@ def test_blocked_depthwise_conv_matches_numpy(x_shape, k, stride, pad):
     for i in range(k):
         for j in range(k):
             ref += padded[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] * w[None, :, 0, i, j, None, None]
-    close(out.transpose(0, 1, 4, 2, 3).reshape(ref.shape), ref)
+    close(from_blocked(out, x_shape[1]), epilogue(ref))

@@ -184,6 +184,7 @@ def build(mod: tvm.IRModule, hw, config=None, plan=None, params=None, target=Non
     """
     hardware = load_target(hw)
     rewrite_options.setdefault("dense_kernels", True)
+    rewrite_options.setdefault("blocked_channels", True)
     tvm_target = hardware.tvm_target() if target is None else as_tvm_target(target)
     with tvm_target:
         rewritten = TASDRewrite(hardware, config=config, plan=plan, params=params, **rewrite_options)(mod)

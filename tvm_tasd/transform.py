@@ -31,7 +31,7 @@ those inputs.
 
 Not handled (left dense, with the reason recorded in the module attribute
 ``tasd_layers``): dynamic shapes, non-float dtypes, grouped and depthwise
-convolutions, non-NCHW/OIHW layouts, weights whose grouped axis is shorter
+convolutions (with ``blocked_channels`` a depthwise one runs the dense blocked kernel), non-NCHW/OIHW layouts, weights whose grouped axis is shorter
 than the series' largest M, configs the target cannot run faster than
 dense. Activation series (run-time decomposition) are inserted for matmul
 and ungrouped conv layers only.
@@ -51,6 +51,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from .blocked_layout import LayoutTransforms, PropagateBlockedLayout
 from .config import TASDConfig
 from .decompose import relative_error
 from .epilogue import Epilogue, find_epilogues
@@ -61,6 +62,7 @@ from .plan import Plan
 from .policy import Choice, Policy
 from .schedules import llvm
 from .schedules.llvm_activation import nm_activation
+from .schedules.llvm_blocked import is_blocked
 from .schedules.selection import Kernels, kernels_for
 
 REWRITTEN_ATTR = "tasd_rewritten"
@@ -111,6 +113,12 @@ class TASDRewrite:
         layer runs its series' N:M kernel (to study the kernels themselves).
         Kernels that emulate a unit (``vegeta-*``, ``ttc-*``) or are one
         (mma.sp) always run the series.
+    blocked_channels : bool
+        With ``dense_kernels`` on the CPU (what :func:`tvm_tasd.build` does):
+        run the dense pointwise and depthwise convs in blocked channels
+        (``schedules.llvm_blocked``, NCHW{L}c) and keep the network in that
+        layout between them (:mod:`tvm_tasd.blocked_layout`); N:M conv layers
+        stay NCHW.
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class TASDRewrite:
         activation=None,
         dense_kernels=False,
         nm_kernels="auto",
+        blocked_channels=False,
     ):
         if nm_kernels not in NM_KERNEL_CHOICES:
             raise ValueError(f"nm_kernels must be one of {', '.join(map(repr, NM_KERNEL_CHOICES))}, not {nm_kernels!r}")
@@ -132,6 +141,7 @@ class TASDRewrite:
         self.params = params
         self.dense_kernels = dense_kernels
         self.nm_kernels = nm_kernels
+        self.blocked_channels = blocked_channels
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if mod.attrs is not None and REWRITTEN_ATTR in mod.attrs:
@@ -141,7 +151,7 @@ class TASDRewrite:
             return mod  # idempotent: decisions were made once, by the first run
         choices = self.policy.decide(find_layers(mod, self.params))
         rewritten, table = rewrite_layers(mod, choices, kernels_for(self.target), self.params, self.dense_kernels,
-                                          nm_kernels=self.nm_kernels)
+                                          nm_kernels=self.nm_kernels, blocked_channels=self.blocked_channels)
         return rewritten.with_attr(REWRITTEN_ATTR, self.target.name).with_attr(LAYERS_ATTR, table)
 
 
@@ -167,14 +177,15 @@ class LayerHook:
 
 def rewrite_layers(mod: tvm.IRModule, choices: Mapping[str, Choice], kernels: Kernels, params=None,
                    dense_kernels: bool = False, hook: LayerHook | None = None,
-                   every_dense_layer: bool = False, nm_kernels: str = "auto") -> tuple[tvm.IRModule, list[dict]]:
+                   every_dense_layer: bool = False, nm_kernels: str = "auto",
+                   blocked_channels: bool = False) -> tuple[tvm.IRModule, list[dict]]:
     """``mod`` with every chosen layer of ``main`` replaced by its kernel call, and the layer table.
 
     A layer is rewritten when its choice runs anything but dense, or with
     ``dense_kernels`` (where the kernel family has scheduled dense kernels)
     also when it stays dense and the dense kernel beats TVM's op there — with
     ``every_dense_layer`` always (a ``hook`` that feeds weights per run needs
-    every layer in a kernel); ``nm_kernels`` as :class:`TASDRewrite` takes it.
+    every layer in a kernel); ``nm_kernels`` and ``blocked_channels`` as :class:`TASDRewrite` takes them.
     The table has one entry per layer of ``choices``: the choice
     (:meth:`Choice.to_json`), the GEMM shape, which kernel runs it
     (``kernel``: ``nm``, ``dense`` or ``relax``, TVM's own op) and what that
@@ -182,9 +193,12 @@ def rewrite_layers(mod: tvm.IRModule, choices: Mapping[str, Choice], kernels: Ke
     ``choices`` must have been checked against the layers' weights (as
     :class:`~tvm_tasd.policy.Policy` does): their fingerprints are not checked again here.
     """
-    rewriter = _Rewriter(mod, params, choices, dense_kernels and kernels.dense_kernels, kernels, hook or LayerHook(),
-                         every_dense_layer, nm_kernels == "auto")
+    dense_kernels = dense_kernels and kernels.dense_kernels
+    rewriter = _Rewriter(mod, params, choices, dense_kernels, kernels, hook or LayerHook(), every_dense_layer,
+                         nm_kernels == "auto", blocked_channels and dense_kernels)
     rewritten = relax.transform.DeadCodeElimination(["main"])(rewriter.rewrite())
+    if rewriter.blocked_channels:
+        rewritten = PropagateBlockedLayout()(rewritten)
     return rewritten, [_table_entry(layer, choices[layer.name], rewriter.measured) for layer in rewriter.matched]
 
 
@@ -217,7 +231,8 @@ class _Rewriter(relax.PyExprMutator):
     """Replaces the chosen matmul/conv2d bindings with fused N:M kernel calls."""
 
     def __init__(self, mod: tvm.IRModule, params, choices: Mapping[str, Choice], dense_kernels: bool,
-                 kernels: Kernels, hook: LayerHook, every_dense_layer: bool, fastest_kernel: bool):
+                 kernels: Kernels, hook: LayerHook, every_dense_layer: bool, fastest_kernel: bool,
+                 blocked_channels: bool):
         super().__init__(mod)
         self.mod = mod
         self.matcher = LayerMatcher(mod, params)
@@ -227,6 +242,8 @@ class _Rewriter(relax.PyExprMutator):
         self.fastest_kernel = fastest_kernel and kernels.dense_kernels
         self.kernels = kernels
         self.hook = hook
+        self.blocked_channels = blocked_channels
+        self.layout = LayoutTransforms(self.builder_)
         self.matched: list[Layer] = []
         self.measured: dict[str, tuple[int, float, str]] = {}  # layer → (executed MACs, weight error, kernel)
         self.symbols = {gv.name_hint for gv in mod.get_global_vars()}
@@ -260,7 +277,7 @@ class _Rewriter(relax.PyExprMutator):
         if choice is None:
             return super().visit_var_binding_(binding)
         self.matched.append(layer)
-        if layer.ineligible or not (choice.rewrites or self._dense_kernel(layer)):
+        if not self._rewritten(layer, choice):
             return super().visit_var_binding_(binding)
         activation = self.hook.layer_input(layer, self.visit_expr(binding.value.args[0]), self.builder_)
         epilogue = self.epilogues.get(binding.var)
@@ -271,9 +288,23 @@ class _Rewriter(relax.PyExprMutator):
             var = epilogue.output
         self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(new_value)))
 
+    def _rewritten(self, layer: Layer, choice: Choice) -> bool:
+        """Whether the layer runs a kernel of the rewrite: its series, the dense kernel, or for a depthwise conv
+        (ineligible for series) the blocked kernel."""
+        if layer.ineligible:
+            return self._blocked(layer)
+        return choice.rewrites or self._dense_kernel(layer)
+
+    def _blocked(self, layer: Layer) -> bool:
+        """Whether the layer, run dense, runs in blocked channels."""
+        return (self.blocked_channels and layer.op == "conv2d"
+                and self.kernels.has_blocked_conv2d(layer.activation_shape, layer.weight.shape, layer.dtype,
+                                                    layer.conv) is not None)
+
     def _dense_kernel(self, layer: Layer) -> bool:
-        """A dense layer runs the scheduled dense kernel where there is one and it beats TVM's own op."""
-        return self.dense_kernels and (self.every_dense_layer or _dense_kernel_beats_tvm(layer))
+        """A dense layer runs the scheduled dense kernel where there is one and it beats TVM's own op (a blocked
+        kernel always does)."""
+        return self.dense_kernels and (self.every_dense_layer or _dense_kernel_beats_tvm(layer) or self._blocked(layer))
 
     def _kernel_var(self, func: tvm.tirx.PrimFunc, name: str, layer: Layer) -> relax.GlobalVar:
         """The module's function for ``func``: added once per distinct kernel and shared by every layer that runs
@@ -334,6 +365,9 @@ class _Rewriter(relax.PyExprMutator):
                                        if patterns is None else
                                        self.kernels.nm_matmul(layer.m, layer.k, layer.n, list(patterns), layer.dtype,
                                                               **options))
+            elif patterns is None and self._blocked(layer):
+                self.scheduled[key] = self.kernels.blocked_conv2d(layer.activation_shape, layer.weight.shape,
+                                                                  layer.dtype, layer.conv, **options)
             elif patterns is None:
                 self.scheduled[key] = self.kernels.dense_conv2d(layer.activation_shape, layer.weight.shape,
                                                                 layer.dtype, **layer.conv_window, **options)
@@ -367,6 +401,9 @@ class _Rewriter(relax.PyExprMutator):
             x = self.builder_.emit(self._activation_call(layer, choice, x))
             if shift is not None:
                 x = self.builder_.emit(relax.op.add(x, shift))
+        blocked = is_blocked(kernel)
+        if blocked and kernel.params["blocked_input"]:
+            x = self.builder_.emit(self.layout.to_blocked(x, blocked))
         if layer.op == "matmul":
             out_shape, call_shape = (layer.m, layer.n), layer.activation_shape[:-1] + (layer.n,)
         else:
@@ -386,8 +423,10 @@ class _Rewriter(relax.PyExprMutator):
         gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{runs}{applied}", layer)
         operands = self.hook.weight_operands(layer, kernel, packed)
         if fused and epilogue.bias is not None:
-            operands.append(relax.const(epilogue.bias))
+            operands.append(relax.const(kernel.pack_bias(epilogue.bias)))
         out = relax.call_tir(gvar, [x, *operands], relax.TensorType(out_shape, layer.dtype))
+        if blocked:
+            return self.layout.from_blocked(self.builder_.emit(out), layer.weight.shape[0]), fused
         if tuple(out_shape) != tuple(call_shape):
             out = relax.op.reshape(self.builder_.emit(out), call_shape)
         return out, fused

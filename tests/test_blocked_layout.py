@@ -1,0 +1,143 @@
+"""CPU builds run a CNN's dense pointwise and depthwise convs in blocked channels (NCHW{L}c) and keep it in that
+layout between them: numerics against onnxruntime, and where the layout transforms remain."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from tvm_tasd import TASDRewrite, build
+from tvm_tasd.blocked_layout import FROM_BLOCKED, TO_BLOCKED, layout_transform
+from tvm_tasd.frontend import from_onnx
+
+INPUT = [2, 12, 6, 6]
+C, E = 20, 36  # channels no multiple of any target's lanes: every blocked tensor is padded
+
+
+class _Graph:
+    """Builds an ONNX graph node by node, with random weights."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.count = [], {}, 0
+
+    def _name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def const(self, value) -> str:
+        name = self._name("k")
+        self.inits[name] = np.asarray(value, np.float32)
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self._name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def conv(self, x: str, channels: int, outputs: int, k: int = 1, groups: int = 1, relu6: bool = True) -> str:
+        w = self.const(self.rng.normal(size=(outputs, channels // groups, k, k)) / np.sqrt(channels // groups * k * k))
+        y = self.node("Conv", [x, w, self.const(self.rng.normal(size=outputs) * 0.5)], kernel_shape=[k, k],
+                      pads=[k // 2] * 4, group=groups)
+        return self.node("Clip", [y, self.const(0), self.const(6)]) if relu6 else y
+
+    def model(self, out: str, out_shape: list[int]) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, INPUT)],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
+            [numpy_helper.from_array(v, k) for k, v in self.inits.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _mobile_block_model() -> onnx.ModelProto:
+    """A stem 1×1 conv, an inverted residual block (expand, depthwise, project, residual add), a squeeze-and-
+    excitation scale (global pool, two 1×1 convs on the 1 × 1 plane, hard sigmoid, broadcast multiply), a
+    hardswish spelled as PaddlePaddle exports it (÷ 6), global pooling and a classifier."""
+    g = _Graph(0)
+    stem = g.conv("x", INPUT[1], C)
+    expanded = g.conv(stem, C, E)
+    depthwise = g.conv(expanded, E, E, k=3, groups=E)
+    residual = g.node("Add", [stem, g.conv(depthwise, E, C, relu6=False)])
+    pooled = g.node("GlobalAveragePool", [residual])
+    scale = g.node("HardSigmoid", [g.conv(g.conv(pooled, C, 8, relu6=False), 8, C, relu6=False)])
+    excited = g.node("Mul", [residual, scale])
+    shifted = g.node("Clip", [g.node("Add", [excited, g.const(3)]), g.const(0), g.const(6)])
+    swished = g.node("Div", [g.node("Mul", [excited, shifted]), g.const(6)])
+    features = g.node("Flatten", [g.node("GlobalAveragePool", [swished])])
+    logits = g.node("Gemm", [features, g.const(g.rng.normal(size=(C, 5))), g.const(g.rng.normal(size=5))])
+    return g.model(logits, [INPUT[0], 5])
+
+
+def _broken_chain_model() -> onnx.ModelProto:
+    """Two pointwise convs joined by ops that must not run blocked: a sigmoid (not carried) and a division by a
+    blocked tensor (a padding channel's 0 / 0 would reach the next conv)."""
+    g = _Graph(1)
+    a, b = g.conv("x", INPUT[1], C), g.conv("x", INPUT[1], C)
+    ratio = g.node("Div", [g.node("Sigmoid", [a]), g.node("Clip", [b, g.const(1), g.const(6)])])
+    return g.model(g.conv(ratio, C, E, relu6=False), [INPUT[0], E, *INPUT[2:]])
+
+
+def _run(model: onnx.ModelProto, **options) -> tuple[np.ndarray, np.ndarray]:
+    """(TVM build's output, onnxruntime's) on one random input."""
+    x = np.random.default_rng(5).normal(size=INPUT).astype(np.float32)
+    ex = build(from_onnx(model).mod, "cpu-emulated", config="dense", **options)
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return out, session.run(None, {"x": x})[0]
+
+
+def _main_ops(model: onnx.ModelProto) -> Counter:
+    """How often each layout transform and Relax op is called in ``main`` after the rewrite."""
+    with tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
+        mod = TASDRewrite("cpu-emulated", config="dense", dense_kernels=True, blocked_channels=True)(from_onnx(model).mod)
+    ops = Counter()
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            kind = layout_transform(mod, value)
+            ops[kind or (value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                         else "other")] += 1
+    return ops
+
+
+@pytest.mark.parametrize("model", [_mobile_block_model, _broken_chain_model])
+def test_blocked_build_computes_what_onnxruntime_computes(model):
+    out, reference = _run(model())
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    nchw, _ = _run(model(), blocked_channels=False)
+    np.testing.assert_allclose(out, nchw, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+
+
+def test_transforms_remain_only_where_the_blocked_chain_meets_the_rest():
+    """Convs, the residual add, the squeeze-and-excitation (its convs, hard sigmoid and broadcast multiply), the
+    hardswish and the global pool all run blocked: one transform in (the input), one out (before Flatten)."""
+    ops = _main_ops(_mobile_block_model())
+    assert ops[TO_BLOCKED] == 1 and ops[FROM_BLOCKED] == 1, ops
+    assert ops["relax.nn.conv2d"] == 0 and ops["relax.add"] >= 1 and ops["relax.mean"] == 2
+
+
+def test_ops_that_cannot_run_blocked_end_the_chain():
+    ops = _main_ops(_broken_chain_model())
+    assert ops["relax.sigmoid"] == 1 and ops["relax.divide"] == 1  # run on NCHW values
+    assert ops["relax.maximum"] == ops["relax.minimum"] == 1  # clip(b, 1, 6) runs blocked
+    # in: x (once for both convs) and the quotient; out: a, clip(b) and the output
+    assert ops[TO_BLOCKED] == 2 and ops[FROM_BLOCKED] == 3, ops
+
+
+def test_nm_layers_stay_nchw_and_their_neighbours_blocked():
+    """A layer the config makes N:M runs its NCHW kernel: the chain is cut around it, the output unchanged from
+    the NCHW build of the same approximated weights."""
+    model = _mobile_block_model()
+    x = np.random.default_rng(5).normal(size=INPUT).astype(np.float32)
+    outs = []
+    for blocked in (True, False):
+        ex = build(from_onnx(model).mod, "cpu-emulated", config="2:4", nm_kernels="always", blocked_channels=blocked)
+        outs.append(relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy())
+        kernels = Counter(layer["kernel"] for layer in ex.layers)
+        assert kernels["nm"] == 6 and kernels["dense" if blocked else "relax"] == 1  # the depthwise conv: blocked
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5 * np.abs(outs[1]).max())

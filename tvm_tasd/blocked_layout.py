@@ -1,0 +1,192 @@
+"""PropagateBlockedLayout: keep a CNN in blocked channels (NCHW{L}c) between its convs.
+
+Where it belongs: right after the TASD rewrite, before ``LegalizeOps``
+(:func:`tvm_tasd.transform.rewrite_layers` runs it when it emits blocked
+kernels; on a module without them it changes nothing). With
+``blocked_channels`` the rewrite runs each dense pointwise and depthwise conv
+of a CPU build as a kernel of :mod:`~schedules.llvm_blocked`, between a
+``to_blocked`` of its input and a ``from_blocked`` of its output (functions
+marked ``tasd.layout``: :class:`LayoutTransforms`). Alone, each conv would pay
+two transposes; this pass removes those between blocked ops and carries the
+blocked layout through the ops that sit between convs:
+
+* ``to_blocked(from_blocked(z))`` → ``z``, and a second ``to_blocked(x)`` → the first;
+* ``add``/``subtract``/``multiply``/``maximum``/``minimum`` whose operands are
+  values available blocked (a residual add), scalars or per-channel
+  (B, C, 1, 1) values (a squeeze-and-excitation scale, made blocked), a
+  ``divide`` by a non-zero scalar constant, and ``clip``/``relu`` (also an
+  ONNX ``Clip`` as imported: ``maximum``/``minimum`` kernels) of one → the
+  same op on the blocked values;
+* ``mean`` over the plane (global average pooling) → the mean of the
+  blocked value.
+
+Each op carried over gets a ``from_blocked`` of its result for readers that
+need NCHW; dead-code elimination drops the ones nobody reads, so transforms
+remain only where a chain of blocked ops meets the rest of the network (the
+stem, an N:M conv layer, the classifier). The channels that pad C up to a
+multiple of L need not stay zero: every blocked kernel reads them through
+zero weights, and ``from_blocked`` drops them.
+
+Not handled (the value goes back to NCHW there): elementwise ops with a
+per-channel or other broadcast operand, other activation functions, pooling
+other than a global mean, concatenation, reshapes.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .matcher import LayerMatcher, static_shape
+from .schedules.llvm_blocked import from_blocked_func, to_blocked, to_blocked_func
+
+#: The attribute that marks the layout transforms' functions (value ``to_blocked`` or ``from_blocked``).
+LAYOUT_ATTR = "tasd.layout"
+TO_BLOCKED, FROM_BLOCKED = "to_blocked", "from_blocked"
+#: Elementwise ops that run on blocked values as they are (scalar constants broadcast alike in any layout).
+ELEMENTWISE_OPS = frozenset(f"relax.{name}" for name in ("add", "subtract", "multiply", "divide", "maximum",
+                                                          "minimum", "clip", "nn.relu"))
+DIVIDE_OP = "relax.divide"
+MEAN_OP = "relax.mean"
+CALL_TIR_OP = "relax.call_tir"
+
+
+class LayoutTransforms:
+    """Emits calls into and out of blocked channels, one function per shape added to ``builder``'s module."""
+
+    def __init__(self, builder: relax.BlockBuilder):
+        self.builder = builder
+
+    def _call(self, func: tvm.tirx.PrimFunc, kind: str, x: relax.Expr, shape, dtype: str, nchw, lanes: int):
+        # one function per NCHW shape and L; no ``tasd_`` prefix: an ordinary op, which tuning may schedule
+        name = f"{kind}_{'x'.join(map(str, nchw))}_{lanes}c"
+        gvar = self.builder.add_func(func.with_attrs({LAYOUT_ATTR: kind, "global_symbol": name}), name)
+        return relax.call_tir(gvar, [x], relax.TensorType(shape, dtype))
+
+    def to_blocked(self, x: relax.Expr, lanes: int) -> relax.Call:
+        """``x`` (B, C, H, W) → (B, ⌈C/L⌉, H, W, L)."""
+        batch, channels, height, width = static_shape(x)
+        dtype = str(x.ty.dtype)
+        shape = (batch, -(-channels // lanes), height, width, lanes)
+        return self._call(to_blocked_func(static_shape(x), lanes, dtype), TO_BLOCKED, x, shape, dtype,
+                          static_shape(x), lanes)
+
+    def from_blocked(self, z: relax.Expr, channels: int) -> relax.Call:
+        """``z`` (B, ⌈C/L⌉, H, W, L) → (B, ``channels``, H, W)."""
+        batch, _, height, width, lanes = static_shape(z)
+        dtype, shape = str(z.ty.dtype), (batch, channels, height, width)
+        return self._call(from_blocked_func(static_shape(z), channels, dtype), FROM_BLOCKED, z, shape, dtype, shape,
+                          lanes)
+
+
+def layout_transform(mod: tvm.IRModule, expr: relax.Expr) -> str | None:
+    """``to_blocked``/``from_blocked`` where ``expr`` calls one of :class:`LayoutTransforms`' functions."""
+    if _op_name(expr) != CALL_TIR_OP:
+        return None
+    func = mod[expr.args[0]]
+    return None if func.attrs is None or LAYOUT_ATTR not in func.attrs else str(func.attrs[LAYOUT_ATTR])
+
+
+@tvm.transform.module_pass(opt_level=0, name="PropagateBlockedLayout")
+class PropagateBlockedLayout:
+    """Remove the layout transforms between blocked ops of ``main`` and carry the blocked layout through the
+    residual adds, activations and global pooling between them (module docstring)."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination(["main"])(_Propagator(mod).rewrite())
+
+
+def _op_name(expr) -> str | None:
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
+
+
+def _nonzero_scalar_constant(expr) -> bool:
+    return isinstance(expr, tvm.ir.Constant) and expr.value.numpy().ndim == 0 and expr.value.numpy() != 0
+
+
+def _broadcasts(arg, shape) -> bool:
+    """Whether the 4-D ``arg`` broadcasts to ``shape`` keeping its channels (then so do the blocked values)."""
+    arg_shape = static_shape(arg)
+    return (arg_shape is not None and len(arg_shape) == 4 and arg_shape[1] == shape[1]
+            and all(a in (s, 1) for a, s in zip(arg_shape, shape)))
+
+
+@relax.expr_functor.mutator
+class _Propagator(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.mod = mod
+        self.transforms = LayoutTransforms(self.builder_)
+        self.matcher = LayerMatcher(mod)  # sees ONNX's Clip through its import (maximum/minimum kernels)
+        self.blocked: dict[relax.Var, relax.Var] = {}  # an NCHW value → the same value in blocked channels
+
+    def rewrite(self) -> tvm.IRModule:
+        self.builder_.update_func(self.mod.get_global_var("main"), self.visit_expr(self.mod["main"]))
+        return self.builder_.get()
+
+    def visit_var_binding_(self, binding):
+        value = self.visit_expr(binding.value)
+        self.matcher.remember(binding.var, value)
+        layout = layout_transform(self.builder_.get(), value)
+        source = value.args[1][0] if layout is not None else None
+        if layout == TO_BLOCKED and isinstance(binding.var, relax.DataflowVar) and self._blocked_as(source, value):
+            self.set_var_remap(binding.var, self.blocked[source])
+            return
+        carried = None if layout is not None else self._carried(value)
+        if carried is not None:
+            source = self.builder_.emit(carried)
+            value = self.transforms.from_blocked(source, static_shape(binding.var)[1])
+            layout = FROM_BLOCKED
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
+        if layout == FROM_BLOCKED:
+            self.blocked[binding.var] = source
+        elif layout == TO_BLOCKED and isinstance(source, relax.Var):  # later convs of the same input reuse it
+            self.blocked[source] = binding.var
+
+    def _blocked_as(self, var, to_blocked: relax.Call) -> bool:
+        """Whether ``var`` is available blocked in the shape ``to_blocked`` makes."""
+        known = self.blocked.get(var)
+        return known is not None and static_shape(known) == static_shape(to_blocked)
+
+    def _carried(self, value) -> relax.Expr | None:
+        """``value``'s op on the blocked operands, where it runs on them (module docstring), else None."""
+        name = _op_name(value)
+        if name == MEAN_OP:
+            return self._mean(value)
+        bound = self.matcher.clip(value) if name == CALL_TIR_OP else None
+        if bound is not None and bound[2] in self.blocked:
+            kind, limit, x = bound
+            return (relax.op.maximum if kind == "max" else relax.op.minimum)(
+                self.blocked[x], relax.const(limit, str(x.ty.dtype)))
+        shape = static_shape(value)
+        if name not in ELEMENTWISE_OPS or shape is None or len(shape) != 4:
+            return None
+        if name == DIVIDE_OP and not _nonzero_scalar_constant(value.args[1]):
+            return None  # a padding channel's 0 / 0 would poison the next conv through its zero weights
+        blocked = [self.blocked[arg] for arg in value.args if arg in self.blocked and _broadcasts(arg, shape)]
+        if not blocked:
+            return None
+        lanes = static_shape(blocked[0])[-1]
+        args = [self._operand(arg, shape, lanes) for arg in value.args]
+        return None if any(arg is None for arg in args) else relax.Call(value.op, args, value.attrs)
+
+    def _operand(self, arg, shape, lanes: int) -> relax.Expr | None:
+        """``arg`` as the blocked op reads it: its blocked value, a scalar as it is, a per-channel (B, C, 1, 1)
+        operand (a squeeze-and-excitation scale) made blocked; None where it is none of those."""
+        if not isinstance(arg.ty, relax.TensorType) or static_shape(arg) == ():
+            return arg
+        if arg in self.blocked and _broadcasts(arg, shape):
+            return self.blocked[arg]
+        arg_shape = static_shape(arg)
+        if arg_shape is None or len(arg_shape) != 4 or arg_shape[1] != shape[1] or arg_shape[2:] != (1, 1):
+            return None
+        if isinstance(arg, tvm.ir.Constant):
+            return relax.const(to_blocked(arg.value.numpy(), lanes))
+        return self.builder_.emit(self.transforms.to_blocked(arg, lanes))
+
+    def _mean(self, value: relax.Call) -> relax.Expr | None:
+        x = value.args[0]
+        axes = sorted(int(a) % 4 for a in value.attrs.axis) if value.attrs.axis is not None else None
+        if x not in self.blocked or axes != [2, 3] or not value.attrs.keepdims:
+            return None
+        return relax.op.mean(self.blocked[x], axis=[2, 3], keepdims=True)
