@@ -55,31 +55,38 @@ class _Graph:
 
 
 def _mobile_block_model() -> onnx.ModelProto:
-    """A stem 1×1 conv, an inverted residual block (expand, depthwise, project, residual add), a squeeze-and-
-    excitation scale (global pool, two 1×1 convs on the 1 × 1 plane, hard sigmoid, broadcast multiply), a
-    hardswish spelled as PaddlePaddle exports it (÷ 6), global pooling and a classifier."""
+    """A stem 1×1 conv, an inverted residual block (expand, depthwise, project, a per-channel scale and shift,
+    residual add), a squeeze-and-excitation scale (global pool, two 1×1 convs on the 1 × 1 plane, hard
+    sigmoid, broadcast multiply), a hardswish spelled as PaddlePaddle exports it (÷ 6), max and average
+    pooling, global pooling and a classifier."""
     g = _Graph(0)
     stem = g.conv("x", INPUT[1], C)
     expanded = g.conv(stem, C, E)
     depthwise = g.conv(expanded, E, E, k=3, groups=E)
-    residual = g.node("Add", [stem, g.conv(depthwise, E, C, relu6=False)])
+    projected = g.conv(depthwise, E, C, relu6=False)
+    scaled = g.node("Add", [g.node("Mul", [projected, g.const(g.rng.normal(size=(C, 1, 1)))]),
+                            g.const(g.rng.normal(size=(1, C, 1, 1)))])  # an unfolded batch norm
+    residual = g.node("Add", [stem, scaled])
     pooled = g.node("GlobalAveragePool", [residual])
     scale = g.node("HardSigmoid", [g.conv(g.conv(pooled, C, 8, relu6=False), 8, C, relu6=False)])
     excited = g.node("Mul", [residual, scale])
-    shifted = g.node("Clip", [g.node("Add", [excited, g.const(3)]), g.const(0), g.const(6)])
+    shifted = g.node("Clip", [g.node("Add", [excited, g.const([3])]), g.const(0), g.const(6)])  # a 1-element shift
     swished = g.node("Div", [g.node("Mul", [excited, shifted]), g.const(6)])
-    features = g.node("Flatten", [g.node("GlobalAveragePool", [swished])])
+    windowed = g.node("AveragePool", [g.node("MaxPool", [swished], kernel_shape=[2, 2], strides=[2, 2])],
+                      kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1)
+    features = g.node("Flatten", [g.node("GlobalAveragePool", [windowed])])
     logits = g.node("Gemm", [features, g.const(g.rng.normal(size=(C, 5))), g.const(g.rng.normal(size=5))])
     return g.model(logits, [INPUT[0], 5])
 
 
 def _broken_chain_model() -> onnx.ModelProto:
-    """Two pointwise convs joined by ops that must not run blocked: a sigmoid (not carried) and a division by a
-    blocked tensor (a padding channel's 0 / 0 would reach the next conv)."""
+    """Pointwise convs joined by ops that must not run blocked: a division of two blocked values (a padding
+    channel's 0 / 0 would reach the next conv) and a sigmoid (not carried)."""
     g = _Graph(1)
     a, b = g.conv("x", INPUT[1], C), g.conv("x", INPUT[1], C)
-    ratio = g.node("Div", [g.node("Sigmoid", [a]), g.node("Clip", [b, g.const(1), g.const(6)])])
-    return g.model(g.conv(ratio, C, E, relu6=False), [INPUT[0], E, *INPUT[2:]])
+    ratio = g.node("Div", [g.node("Clip", [a, g.const(1), g.const(6)]), g.node("Clip", [b, g.const(1), g.const(6)])])
+    mixed = g.node("Add", [ratio, g.node("Sigmoid", [a])])
+    return g.model(g.conv(mixed, C, E, relu6=False), [INPUT[0], E, *INPUT[2:]])
 
 
 def _run(model: onnx.ModelProto, **options) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +99,8 @@ def _run(model: onnx.ModelProto, **options) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _main_ops(model: onnx.ModelProto) -> Counter:
-    """How often each layout transform and Relax op is called in ``main`` after the rewrite."""
+    """How often each layout transform and Relax op is called in ``main`` after the rewrite; ``blocked <op>``
+    counts the calls that compute a blocked (5-D) value."""
     with tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
         mod = TASDRewrite("cpu-emulated", config="dense", dense_kernels=True, blocked_channels=True)(from_onnx(model).mod)
     ops = Counter()
@@ -100,8 +108,10 @@ def _main_ops(model: onnx.ModelProto) -> Counter:
         for binding in block.bindings:
             value = binding.value
             kind = layout_transform(mod, value)
-            ops[kind or (value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-                         else "other")] += 1
+            kind = kind or (value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                            else "other")
+            ops[kind] += 1
+            ops[f"blocked {kind}"] += len(binding.var.ty.shape.values) == 5
     return ops
 
 
@@ -114,19 +124,22 @@ def test_blocked_build_computes_what_onnxruntime_computes(model):
 
 
 def test_transforms_remain_only_where_the_blocked_chain_meets_the_rest():
-    """Convs, the residual add, the squeeze-and-excitation (its convs, hard sigmoid and broadcast multiply), the
-    hardswish and the global pool all run blocked: one transform in (the input), one out (before Flatten)."""
+    """Convs, the scale and shift, the residual add, the squeeze-and-excitation (its convs, hard sigmoid and
+    broadcast multiply), the hardswish and the pooling all run blocked: one transform in (the input), one out
+    (before Flatten)."""
     ops = _main_ops(_mobile_block_model())
     assert ops[TO_BLOCKED] == 1 and ops[FROM_BLOCKED] == 1, ops
-    assert ops["relax.nn.conv2d"] == 0 and ops["relax.add"] >= 1 and ops["relax.mean"] == 2
+    assert ops["relax.nn.conv2d"] == 0 and ops["blocked relax.mean"] == 2
+    assert ops["blocked relax.nn.max_pool2d"] == ops["blocked relax.nn.avg_pool2d"] == 1
+    assert ops["blocked relax.add"] == ops["relax.add"] >= 4  # shift, residual, SE's hard sigmoid, hardswish
 
 
 def test_ops_that_cannot_run_blocked_end_the_chain():
     ops = _main_ops(_broken_chain_model())
-    assert ops["relax.sigmoid"] == 1 and ops["relax.divide"] == 1  # run on NCHW values
-    assert ops["relax.maximum"] == ops["relax.minimum"] == 1  # clip(b, 1, 6) runs blocked
-    # in: x (once for both convs) and the quotient; out: a, clip(b) and the output
-    assert ops[TO_BLOCKED] == 2 and ops[FROM_BLOCKED] == 3, ops
+    assert ops["relax.sigmoid"] == ops["relax.divide"] == ops["relax.add"] == 1  # on NCHW values
+    assert ops["blocked relax.maximum"] == ops["blocked relax.minimum"] == 2  # the clips run blocked
+    # in: x (once for both convs) and the sum; out: a, the clips and the output
+    assert ops[TO_BLOCKED] == 2 and ops[FROM_BLOCKED] == 4, ops
 
 
 def test_nm_layers_stay_nchw_and_their_neighbours_blocked():

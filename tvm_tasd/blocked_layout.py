@@ -13,12 +13,13 @@ blocked layout through the ops that sit between convs:
 * ``to_blocked(from_blocked(z))`` → ``z``, and a second ``to_blocked(x)`` → the first;
 * ``add``/``subtract``/``multiply``/``maximum``/``minimum`` whose operands are
   values available blocked (a residual add), scalars or per-channel
-  (B, C, 1, 1) values (a squeeze-and-excitation scale, made blocked), a
+  (B, C, 1, 1) values (a squeeze-and-excitation scale, a constant scale or
+  shift; made blocked), a
   ``divide`` by a non-zero scalar constant, and ``clip``/``relu`` (also an
   ONNX ``Clip`` as imported: ``maximum``/``minimum`` kernels) of one → the
   same op on the blocked values;
-* ``mean`` over the plane (global average pooling) → the mean of the
-  blocked value.
+* a ``mean`` over the plane (global average pooling), max and average
+  pooling → the same on the blocked value.
 
 Each op carried over gets a ``from_blocked`` of its result for readers that
 need NCHW; dead-code elimination drops the ones nobody reads, so transforms
@@ -27,9 +28,9 @@ stem, an N:M conv layer, the classifier). The channels that pad C up to a
 multiple of L need not stay zero: every blocked kernel reads them through
 zero weights, and ``from_blocked`` drops them.
 
-Not handled (the value goes back to NCHW there): elementwise ops with a
-per-channel or other broadcast operand, other activation functions, pooling
-other than a global mean, concatenation, reshapes.
+Not handled (the value goes back to NCHW there): elementwise ops with an
+operand that is neither blocked, a scalar nor one value per channel, other
+activation functions (sigmoid, GELU), concatenation, reshapes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ ELEMENTWISE_OPS = frozenset(f"relax.{name}" for name in ("add", "subtract", "mul
                                                           "minimum", "clip", "nn.relu"))
 DIVIDE_OP = "relax.divide"
 MEAN_OP = "relax.mean"
+#: Window pooling: TVM's pooling takes a blocked layout as it is (``NCHW16c``).
+POOL_OPS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d, "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
 CALL_TIR_OP = "relax.call_tir"
 
 
@@ -111,6 +114,11 @@ def _broadcasts(arg, shape) -> bool:
             and all(a in (s, 1) for a, s in zip(arg_shape, shape)))
 
 
+def _per_channel(arg_shape, shape) -> bool:
+    """Whether a 4-D operand of ``arg_shape`` holds one value per channel (and image) of ``shape``."""
+    return arg_shape[0] in (1, shape[0]) and arg_shape[1] == shape[1] and tuple(arg_shape[2:]) == (1, 1)
+
+
 @relax.expr_functor.mutator
 class _Propagator(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
@@ -153,6 +161,8 @@ class _Propagator(relax.PyExprMutator):
         name = _op_name(value)
         if name == MEAN_OP:
             return self._mean(value)
+        if name in POOL_OPS:
+            return self._pool(value)
         bound = self.matcher.clip(value) if name == CALL_TIR_OP else None
         if bound is not None and bound[2] in self.blocked:
             kind, limit, x = bound
@@ -172,17 +182,31 @@ class _Propagator(relax.PyExprMutator):
 
     def _operand(self, arg, shape, lanes: int) -> relax.Expr | None:
         """``arg`` as the blocked op reads it: its blocked value, a scalar as it is, a per-channel (B, C, 1, 1)
-        operand (a squeeze-and-excitation scale) made blocked; None where it is none of those."""
+        operand (a squeeze-and-excitation scale, a constant scale or shift) made blocked; None where it is none
+        of those."""
         if not isinstance(arg.ty, relax.TensorType) or static_shape(arg) == ():
             return arg
         if arg in self.blocked and _broadcasts(arg, shape):
             return self.blocked[arg]
+        if isinstance(arg, tvm.ir.Constant):  # (C, 1, 1) broadcasts as (1, C, 1, 1)
+            value = arg.value.numpy()
+            if value.size == 1:
+                return relax.const(value.reshape(()))
+            value = value.reshape((1,) * (4 - value.ndim) + value.shape)
+            return relax.const(to_blocked(value, lanes)) if _per_channel(value.shape, shape) else None
         arg_shape = static_shape(arg)
-        if arg_shape is None or len(arg_shape) != 4 or arg_shape[1] != shape[1] or arg_shape[2:] != (1, 1):
+        if arg_shape is None or len(arg_shape) != 4 or not _per_channel(arg_shape, shape):
             return None
-        if isinstance(arg, tvm.ir.Constant):
-            return relax.const(to_blocked(arg.value.numpy(), lanes))
         return self.builder_.emit(self.transforms.to_blocked(arg, lanes))
+
+    def _pool(self, value: relax.Call) -> relax.Expr | None:
+        x, attrs = value.args[0], value.attrs
+        if x not in self.blocked or attrs.layout != "NCHW" or attrs.out_layout != "NCHW":
+            return None
+        z = self.blocked[x]
+        return POOL_OPS[_op_name(value)](z, attrs.pool_size, attrs.strides, attrs.padding, attrs.dilation,
+                                         attrs.ceil_mode, attrs.count_include_pad,
+                                         layout=f"NCHW{static_shape(z)[-1]}c")
 
     def _mean(self, value: relax.Call) -> relax.Expr | None:
         x = value.args[0]
