@@ -11,7 +11,8 @@ every modelled target, CUDA for ``stc-2of4``; ``target=`` overrides it
 The N:M kernels arrive already scheduled from ``tvm_tasd.schedules``
 (``schedules.selection`` picks them by the target's intrinsic family and
 kind); on the CPU, dense layers use the scheduled dense kernel of the same
-file so a dense build and a TASD build compare fairly.
+file so a dense build and a TASD build compare fairly, dense convs in
+blocked channels (``blocked_channels``: :mod:`~tvm_tasd.blocked_layout`).
 
 The returned :class:`TASDExecutable` is a ``relax.VMExecutable`` —
 ``relax.VirtualMachine(ex, tvm.cpu())`` runs it — that also carries the
