@@ -391,10 +391,10 @@ def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs, activation):
 
 @pytest.mark.parametrize("x_shape, outputs, k, stride, pad, blocked_input", [
     ((2, 3, 15, 15), 32, 3, 2, (0, 0, 1, 1), False), ((1, 16, 8, 8), 32, 3, 1, 1, True),
-    ((2, 12, 9, 7), 20, 5, 2, 2, True), ((1, 1, 10, 12), 24, 3, 1, 1, False)])
+    ((2, 12, 9, 7), 20, 5, 2, 2, True), ((1, 1, 10, 12), 24, 3, 1, 1, False), ((2, 24, 9, 9), 40, 1, 2, 0, True)])
 def test_blocked_window_conv_matches_torch(x_shape, outputs, k, stride, pad, blocked_input):
-    """A conv with a window (strided, zero padding also uneven) writes blocked channels from blocked or NCHW
-    input (a stem on 3 channels, or 1)."""
+    """A conv with a window (strided, zero padding also uneven) or a strided 1 × 1 conv writes blocked channels
+    from blocked or NCHW input (a stem on 3 channels, or 1)."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(sum(x_shape) + outputs)
     x = rng.standard_normal(x_shape).astype(np.float32)
