@@ -102,7 +102,8 @@ def _main_ops(model: onnx.ModelProto) -> Counter:
     """How often each layout transform and Relax op is called in ``main`` after the rewrite; ``blocked <op>``
     counts the calls that compute a blocked (5-D) value."""
     with tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
-        mod = TASDRewrite("cpu-emulated", config="dense", dense_kernels=True, blocked_channels=True)(from_onnx(model).mod)
+        rewrite = TASDRewrite("cpu-emulated", config="dense", dense_kernels=True, blocked_channels=True)
+        mod = rewrite(from_onnx(model).mod)
     ops = Counter()
     for block in mod["main"].body.blocks:
         for binding in block.bindings:

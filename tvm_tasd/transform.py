@@ -31,9 +31,10 @@ those inputs.
 
 Not handled (left dense, with the reason recorded in the module attribute
 ``tasd_layers``): dynamic shapes, non-float dtypes, grouped and depthwise
-convolutions (with ``blocked_channels`` a depthwise one runs the dense blocked kernel), non-NCHW/OIHW layouts, weights whose grouped axis is shorter
-than the series' largest M, configs the target cannot run faster than
-dense. Activation series (run-time decomposition) are inserted for matmul
+convolutions (with ``blocked_channels`` a depthwise one runs the dense
+blocked kernel), non-NCHW/OIHW layouts, weights whose grouped axis is
+shorter than the series' largest M, configs the target cannot run faster
+than dense. Activation series (run-time decomposition) are inserted for matmul
 and ungrouped conv layers only.
 
 :func:`rewrite_layers` is the rewrite itself, with a :class:`LayerHook` for
