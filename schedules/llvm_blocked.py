@@ -30,7 +30,7 @@ from tvm import te
 
 from .llvm_common import CPUShape, NMKernel, float_dtype, output_stage, parallel
 from .llvm_conv2d import _padding, _pair
-from .nm_pack import ceil_div
+from .nm_pack import ceil_div, pad_to
 
 #: Most positions per register tile: the tile broadcasts each, so more only lengthens the unrolled body.
 MAX_TILE_POSITIONS = 28
@@ -100,13 +100,6 @@ def _register_tile(s: tvm.s_tir.Schedule, block, tasks: list, inner: list, lanes
 def _output(acc: te.Tensor, dtype: str, bias: bool, output_activation: str | None):
     """``out`` from the accumulators (bias per blocked channel, activation), and the inputs it adds."""
     return output_stage(acc.shape, lambda *i: acc[i], (1, 4), dtype, dtype, bias, output_activation)
-
-
-def _pad_channels(array: np.ndarray, axis: int, lanes: int) -> np.ndarray:
-    """``array`` with zeros appended along ``axis`` up to a multiple of ``lanes``."""
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, -array.shape[axis] % lanes)
-    return np.pad(array, widths)
 
 
 def _window(x_shape, kh: int, kw: int, strides, padding) -> tuple[tuple, tuple, int, int]:
@@ -203,7 +196,7 @@ def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, pa
         _register_tile(s, block, [b, ob_tile, h_tile, w_tile], [rcb, *steps, *tile], oi, tile, rcb)
 
     def pack(weight: np.ndarray) -> list[np.ndarray]:
-        padded = _pad_channels(_pad_channels(weight, 0, lanes), 1, in_lanes)
+        padded = pad_to(pad_to(weight, 0, lanes), 1, in_lanes)
         blocked = padded.reshape(out_blocks, lanes, in_blocks, in_lanes, kh, kw)  # (ob, oi, cb, ci, kh, kw)
         return [np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 3, 1), dtype=dtype)]
 
@@ -212,7 +205,7 @@ def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, pa
                     (batch, out_blocks, oh, ow, lanes),
                     dict(rows=rows, cols=cols, blocks=blocks, blocked_lanes=lanes, reduction_chunk=chunk,
                          blocked_input=blocked_input),
-                    lambda values: _pad_channels(np.asarray(values, dtype), 0, lanes))
+                    lambda values: pad_to(np.asarray(values, dtype), 0, lanes))
 
 
 #: Most output positions per depthwise register tile (the row's largest divisor up to this).
@@ -248,16 +241,16 @@ def blocked_depthwise_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], str
     _register_tile(s, block, [b, cb, i], [j_tile, loop_h, loop_w, j_in], ci, [j_in, loop_w], loop_h, j_tile)
 
     def pack(weight: np.ndarray) -> list[np.ndarray]:
-        blocked = _pad_channels(weight[:, 0], 0, lanes).reshape(blocks, lanes, kh, kw)  # (cb, ci, kh, kw)
+        blocked = pad_to(weight[:, 0], 0, lanes).reshape(blocks, lanes, kh, kw)  # (cb, ci, kh, kw)
         return [np.ascontiguousarray(blocked.transpose(0, 2, 3, 1), dtype=dtype)]
 
     return NMKernel(s.mod["main"], pack, batch * oh * ow * channels * kh * kw, f"x (B, ⌈C/{lanes}⌉, H, W, {lanes})",
                     (batch, blocks, oh, ow, lanes), dict(positions=positions, blocked_lanes=lanes, blocked_input=True),
-                    lambda values: _pad_channels(np.asarray(values, dtype), 0, lanes))
+                    lambda values: pad_to(np.asarray(values, dtype), 0, lanes))
 
 
-def is_blocked(kernel: NMKernel) -> int:
-    """The lanes L of a kernel that reads and writes blocked channels, else 0."""
+def blocked_lanes(kernel: NMKernel) -> int:
+    """The lanes L of a kernel that writes blocked channels, else 0."""
     return kernel.params.get("blocked_lanes", 0)
 
 
@@ -290,7 +283,7 @@ def from_blocked_func(blocked_shape: Sequence[int], channels: int, dtype: str = 
 def to_blocked(x: np.ndarray, lanes: int) -> np.ndarray:
     """NCHW → (B, ⌈C/L⌉, H, W, L), zero-padded: what :func:`to_blocked_func` computes."""
     batch, channels, height, width = x.shape
-    padded = _pad_channels(x, 1, lanes)
+    padded = pad_to(x, 1, lanes)
     return np.ascontiguousarray(padded.reshape(batch, -1, lanes, height, width).transpose(0, 1, 3, 4, 2))
 
 

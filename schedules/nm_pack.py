@@ -32,6 +32,16 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def pad_to(x: np.ndarray, axis: int, multiple: int, value=0) -> np.ndarray:
+    """``x`` with ``value`` appended along ``axis`` up to a multiple of ``multiple`` (``x`` itself if it is one)."""
+    pad = (-x.shape[axis]) % multiple
+    if not pad:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return np.pad(x, widths, constant_values=value)
+
+
 def as_patterns(patterns: "str | TASDConfig | Sequence[NMPattern | str]") -> tuple[NMPattern, ...]:
     """Accept a config string ("2:8+1:8"), a TASDConfig, or a list of patterns."""
     if isinstance(patterns, (str, TASDConfig)):

@@ -30,19 +30,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .nm_pack import pad_to
+
 #: Rows and columns of A that one mma.sp.m16n8k16 covers.
 TILE_ROWS = 16
 TILE_K = 16
 CHUNK = 4
-
-
-def _pad_to(x: np.ndarray, axis: int, multiple: int, value=0) -> np.ndarray:
-    pad = (-x.shape[axis]) % multiple
-    if not pad:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    return np.pad(x, widths, constant_values=value)
 
 
 def to_2of4(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +44,7 @@ def to_2of4(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     K4 is K padded with zeros to a multiple of 4. Raises if an aligned
     4-chunk holds more than two nonzeros.
     """
-    chunks = _pad_to(np.asarray(rows), 1, CHUNK).reshape(rows.shape[0], -1, CHUNK)
+    chunks = pad_to(np.asarray(rows), 1, CHUNK).reshape(rows.shape[0], -1, CHUNK)
     nonzero = chunks != 0
     worst = int(nonzero.sum(axis=2).max(initial=0))
     if worst > 2:
@@ -107,7 +100,7 @@ def mma_sp_operands(values: np.ndarray, positions: np.ndarray) -> tuple[np.ndarr
     the low half, row g + 8 in the high half). Rows are padded to 16 and K
     to 16 with zero values at positions (0, 1).
     """
-    vals = _pad_to(_pad_to(np.asarray(values, np.float16), 1, TILE_K // 2), 0, TILE_ROWS)
+    vals = pad_to(pad_to(np.asarray(values, np.float16), 1, TILE_K // 2), 0, TILE_ROWS)
     pos = _pad_positions(positions, TILE_K // 2, TILE_ROWS)
     row_tiles, k_tiles = vals.shape[0] // TILE_ROWS, vals.shape[1] // (TILE_K // 2)
     # (row tile, half h, g, k tile, t, slot) → (row tile, k tile, g, t, h, slot)

@@ -40,6 +40,7 @@ from tvm import relax
 
 from .matcher import LayerMatcher, static_shape
 from .schedules.llvm_blocked import from_blocked_func, to_blocked, to_blocked_func
+from .schedules.nm_pack import ceil_div
 
 #: The attribute that marks the layout transforms' functions (value ``to_blocked`` or ``from_blocked``).
 LAYOUT_ATTR = "tasd.layout"
@@ -70,7 +71,7 @@ class LayoutTransforms:
         """``x`` (B, C, H, W) → (B, ⌈C/L⌉, H, W, L)."""
         batch, channels, height, width = static_shape(x)
         dtype = str(x.ty.dtype)
-        shape = (batch, -(-channels // lanes), height, width, lanes)
+        shape = (batch, ceil_div(channels, lanes), height, width, lanes)
         return self._call(to_blocked_func(static_shape(x), lanes, dtype), TO_BLOCKED, x, shape, dtype,
                           static_shape(x), lanes)
 

@@ -63,7 +63,7 @@ from .plan import Plan
 from .policy import Choice, Policy
 from .schedules import llvm
 from .schedules.llvm_activation import nm_activation
-from .schedules.llvm_blocked import is_blocked
+from .schedules.llvm_blocked import blocked_lanes
 from .schedules.selection import Kernels, kernels_for
 
 REWRITTEN_ATTR = "tasd_rewritten"
@@ -402,7 +402,7 @@ class _Rewriter(relax.PyExprMutator):
             x = self.builder_.emit(self._activation_call(layer, choice, x))
             if shift is not None:
                 x = self.builder_.emit(relax.op.add(x, shift))
-        blocked = is_blocked(kernel)
+        blocked = blocked_lanes(kernel)
         if blocked and kernel.params["blocked_input"]:
             x = self.builder_.emit(self.layout.to_blocked(x, blocked))
         if layer.op == "matmul":
