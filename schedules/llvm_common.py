@@ -214,7 +214,9 @@ class NMKernel:
     that even out a short last reduction tile); lanes of a vector tile that
     fall past the output are not counted.
     ``x_layout`` / ``out_shape`` — what the activation and output look like.
-    ``params`` — the tile sizes chosen, for reports.
+    ``params`` — the tile sizes chosen, for reports; and what the graph may rely on: ``blocked_lanes``
+    (:func:`~.llvm_blocked.blocked_lanes`), ``weight_k_axis`` (the packed weight's axis along k, where
+    permuting it and x's columns alike leaves the output unchanged: dense matmuls; N:M terms group k).
     ``pack_bias(bias)`` — the bias operand from one value per output channel (blocked kernels pad it).
     """
 

@@ -2,7 +2,8 @@
 
 The yardstick the N:M kernels are compared against, scheduled as carefully:
 W (a compile-time constant, like the N:M terms) is packed into column panels
-``Wp[n // NC, k, NC]`` (NC = two vectors), and a register tile of MR rows ×
+``Wp[n // NC, k, NC]`` (NC = two vectors; one where n fits in one: a
+classifier head), and a register tile of MR rows ×
 NC columns accumulates over a reduction tile that keeps the W panel in L1:
 per reduction step, two vector loads of W and MR broadcasts of x feed 2·MR
 FMAs. Loop order: (row chunk, column panel) parallel → reduction tile →
@@ -34,7 +35,7 @@ K_TILE = 256
 
 
 def _row_tile(m: int, registers: int) -> tuple[int, bool]:
-    """Rows per register tile (two accumulator vectors each) and whether x needs padding."""
+    """Rows per register tile (up to two accumulator vectors each) and whether x needs padding."""
     best = registers // 2 - 2  # leave room for the W vectors and a broadcast
     for rows in range(min(best, 8), 3, -1):
         if m % rows == 0:
@@ -49,6 +50,14 @@ def _k_tile(k: int) -> int:
     return k if k <= 2 * K_TILE else K_TILE
 
 
+def _row_chunks(row_tiles: int, wanted: int) -> int:
+    """Parallel row chunks: ``wanted``, or up to twice as many where that divides the row tiles (15 tiles in 15
+    chunks, not 16 of which one reads a padded copy of x)."""
+    if wanted >= row_tiles:
+        return row_tiles
+    return next((c for c in range(wanted, 2 * wanted + 1) if row_tiles % c == 0), wanted)
+
+
 def dense_matmul(
     m: int, k: int, n: int, dtype: str = "float32", bias: bool = False, target: tvm.target.Target | None = None,
     output_activation: str | None = None,
@@ -59,14 +68,15 @@ def dense_matmul(
     acc = accumulator_dtype(dtype)
     cpu = CPUShape.of(target)
     lanes = cpu.lanes(acc)
-    nc = 2 * lanes
+    vectors = 1 if n <= lanes else 2  # a narrow output (a classifier head) would waste the second vector
+    nc = vectors * lanes
     mr, pad_rows = _row_tile(m, cpu.registers)
     kt = _k_tile(k)
     panels = ceil_div(n, nc)
     m_tiles = ceil_div(m, mr)
     # Row chunks outermost, so each task's x rows stay in L2 while every column panel passes over them.
     x_bytes = m * k * tvm.runtime.DataType(dtype).bits // 8
-    chunks = min(m_tiles, max(parallel_chunks(panels, m_tiles), ceil_div(x_bytes, L2_BYTES)))
+    chunks = _row_chunks(m_tiles, max(parallel_chunks(panels, m_tiles), ceil_div(x_bytes, L2_BYTES)))
     m_tiles = ceil_div(m_tiles, chunks) * chunks
     mp, np_ = m_tiles * mr, panels * nc
 
@@ -90,7 +100,7 @@ def dense_matmul(
     block = s.get_sblock("acc")
     i, j, kk = s.get_loops(block)
     ic, io, ii = s.split(i, [chunks, None, mr])
-    jo, jv, jl = s.split(j, [None, 2, lanes])
+    jo, jv, jl = s.split(j, [None, vectors, lanes])
     ko, ki = s.split(kk, [None, kt])
     s.reorder(ic, jo, ko, io, ki, ii, jv, jl)
     task = s.fuse(ic, jo)
@@ -116,5 +126,6 @@ def dense_matmul(
         padded[:, :n] = w
         return [np.ascontiguousarray(padded.reshape(k, panels, nc).transpose(1, 0, 2))]
 
-    params = dict(rows_per_tile=mr, cols_per_panel=nc, k_tile=kt, row_chunks=chunks, lanes=lanes)
+    # weight_k_axis: w_packed's axis along k; permuting it as x's columns are permuted leaves out unchanged
+    params = dict(rows_per_tile=mr, cols_per_panel=nc, k_tile=kt, row_chunks=chunks, lanes=lanes, weight_k_axis=1)
     return NMKernel(s.mod["main"], pack, m * k * n, "x (m, k) row-major", (m, n), params)

@@ -89,6 +89,15 @@ def _broken_chain_model() -> onnx.ModelProto:
     return g.model(g.conv(mixed, C, E, relu6=False), [INPUT[0], E, *INPUT[2:]])
 
 
+def _flattened_classifier_model(channels: int) -> onnx.ModelProto:
+    """A 3×3 conv, max pooling, Flatten and a Gemm classifier over all C·H·W features (LeNet's head)."""
+    g = _Graph(2)
+    pooled = g.node("MaxPool", [g.conv("x", INPUT[1], channels, k=3)], kernel_shape=[2, 2], strides=[2, 2])
+    features = g.node("Flatten", [pooled])
+    weight = g.rng.normal(size=(channels * INPUT[2] * INPUT[3] // 4, 5))
+    return g.model(g.node("Gemm", [features, g.const(weight), g.const(g.rng.normal(size=5))]), [INPUT[0], 5])
+
+
 def _run(model: onnx.ModelProto, **options) -> tuple[np.ndarray, np.ndarray]:
     """(TVM build's output, onnxruntime's) on one random input."""
     x = np.random.default_rng(5).normal(size=INPUT).astype(np.float32)
@@ -116,7 +125,9 @@ def _main_ops(model: onnx.ModelProto) -> Counter:
     return ops
 
 
-@pytest.mark.parametrize("model", [_mobile_block_model, _broken_chain_model])
+@pytest.mark.parametrize("model", [_mobile_block_model, _broken_chain_model, lambda: _flattened_classifier_model(16),
+                                   lambda: _flattened_classifier_model(C)],
+                         ids=["mobile_block", "broken_chain", "flatten_16", f"flatten_{C}"])
 def test_blocked_build_computes_what_onnxruntime_computes(model):
     out, reference = _run(model())
     np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
@@ -141,6 +152,15 @@ def test_ops_that_cannot_run_blocked_end_the_chain():
     assert ops["blocked relax.maximum"] == ops["blocked relax.minimum"] == 2  # the clips run blocked
     # in: x (once for both convs) and the sum; out: a, the clips and the output
     assert ops[TO_BLOCKED] == 2 and ops[FROM_BLOCKED] == 4, ops
+
+
+def test_a_dense_classifier_reads_the_flattened_blocked_value():
+    """Flatten → Gemm: the classifier's kernel reads the blocked value flattened as it is, its weight rows
+    permuted (no transform out); not where padding channels would enter the row (C = 20 on 8 lanes)."""
+    folded = _main_ops(_flattened_classifier_model(16))
+    assert folded[FROM_BLOCKED] == 0 and folded["blocked relax.nn.max_pool2d"] == 1, folded
+    padded = _main_ops(_flattened_classifier_model(C))
+    assert padded[FROM_BLOCKED] == 1 and padded["blocked relax.nn.max_pool2d"] == 1, padded
 
 
 def test_nm_layers_stay_nchw_and_their_neighbours_blocked():

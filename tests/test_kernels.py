@@ -118,7 +118,7 @@ def test_nm_matmul_float64_and_float16():
         close(out.astype(np.float64), xd.astype(np.float64) @ approximate(wd, "2:4", axis=0).astype(np.float64), rtol)
 
 
-@pytest.mark.parametrize("m, k, n, bias", [(64, 256, 64, False), (7, 45, 33, True)])
+@pytest.mark.parametrize("m, k, n, bias", [(64, 256, 64, False), (7, 45, 33, True), (120, 64, 5, True)])
 def test_dense_matmul_matches_numpy(m, k, n, bias):
     rng = np.random.default_rng(k)
     w = rng.standard_normal((k, n)).astype(np.float32)
@@ -127,6 +127,14 @@ def test_dense_matmul_matches_numpy(m, k, n, bias):
     kernel = dense_matmul(m, k, n, bias=bias)
     out = build(kernel)(x, *kernel.pack(w), *([b] if bias else []))
     close(out, x @ w + (b if bias else 0))
+
+
+def test_a_narrow_dense_matmul_tiles_one_vector_wide_without_padding_rows():
+    """A classifier head (5 outputs) fills one vector per row, not two; 120 rows in 15 tiles of 8 run in parallel
+    chunks that divide the 15 tiles, not in 8 or 16 (which would read a padded copy of x)."""
+    kernel = dense_matmul(120, 512, 5)
+    assert kernel.params["cols_per_panel"] == kernel.params["lanes"] and kernel.params["rows_per_tile"] == 8
+    assert 15 % kernel.params["row_chunks"] == 0 and "x_padded" not in kernel.func.script(), kernel.params
 
 
 CONV_CASES = [

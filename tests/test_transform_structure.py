@@ -13,6 +13,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from tvm_tasd import approximate, decompose
+from tvm_tasd.blocked_layout import WEIGHT_K_AXIS_ATTR
 from tvm_tasd.hardware import load_target
 from tvm_tasd.schedules.selection import kernels_for
 from tvm_tasd.transform import LAYERS_ATTR, TASDRewrite
@@ -92,6 +93,8 @@ def _expected_linear(config: str, dense_kernel: bool = False) -> tvm.IRModule:
              "tasd.executed_macs": int(kernel.executed_macs), "tirx.is_scheduled": True,
              "op_pattern": 8,  # scheduled already; never fused with neighbours
              "global_symbol": symbol, "tasd.layers": ["w"]}
+    if dense_kernel:  # its weight rows may be permuted with its input's columns (a flatten of blocked channels)
+        attrs[WEIGHT_K_AXIS_ATTR] = 1
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4, 16), "float32"))
     w = relax.Var("w", relax.TensorType((16, 8), "float32"))

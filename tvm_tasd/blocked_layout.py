@@ -19,7 +19,11 @@ blocked layout through the ops that sit between convs:
   ONNX ``Clip`` as imported: ``maximum``/``minimum`` kernels) of one → the
   same op on the blocked values;
 * a ``mean`` over the plane (global average pooling), max and average
-  pooling → the same on the blocked value.
+  pooling → the same on the blocked value;
+* a flattened value read by a dense matmul kernel (a classifier after a
+  flatten) → the blocked value flattened as it is, the kernel's constant
+  weight rows permuted to match (kernels marked :data:`WEIGHT_K_AXIS_ATTR`;
+  not where padding channels would enter the flattened row).
 
 Each op carried over gets a ``from_blocked`` of its result for readers that
 need NCHW; dead-code elimination drops the ones nobody reads, so transforms
@@ -30,11 +34,12 @@ zero weights, and ``from_blocked`` drops them.
 
 Not handled (the value goes back to NCHW there): elementwise ops with an
 operand that is neither blocked, a scalar nor one value per channel, other
-activation functions (sigmoid, GELU), concatenation, reshapes.
+activation functions (sigmoid, GELU), concatenation, other reshapes.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -53,6 +58,10 @@ MEAN_OP = "relax.mean"
 #: Window pooling: TVM's pooling takes a blocked layout as it is (``NCHW16c``).
 POOL_OPS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d, "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
 CALL_TIR_OP = "relax.call_tir"
+RESHAPE_OP = "relax.reshape"
+#: Marks a layer kernel whose constant weight (its second operand) may have its k axis — the attribute's value —
+#: permuted as its input's columns are (a dense matmul).
+WEIGHT_K_AXIS_ATTR = "tasd.weight_k_axis"
 
 
 class LayoutTransforms:
@@ -141,6 +150,8 @@ class _Propagator(relax.PyExprMutator):
         if layout == TO_BLOCKED and isinstance(binding.var, relax.DataflowVar) and self._blocked_as(source, value):
             self.set_var_remap(binding.var, self.blocked[source])
             return
+        folded = self._flatten_folded(value)
+        value = value if folded is None else folded
         carried = None if layout is not None else self._carried(value)
         if carried is not None:
             source = self.builder_.emit(carried)
@@ -156,6 +167,29 @@ class _Propagator(relax.PyExprMutator):
         """Whether ``var`` is available blocked in the shape ``to_blocked`` makes."""
         known = self.blocked.get(var)
         return known is not None and static_shape(known) == static_shape(to_blocked)
+
+    def _flatten_folded(self, value) -> relax.Call | None:
+        """A weight-permutable kernel call on ``reshape(x, (B, C·H·W))`` of an x available blocked, as the same
+        kernel on the blocked value flattened, its weight's k axis in the blocked order; else None."""
+        func = self.builder_.get()[value.args[0]] if _op_name(value) == CALL_TIR_OP else None
+        if func is None or func.attrs is None or WEIGHT_K_AXIS_ATTR not in func.attrs:
+            return None
+        flat, weight, *rest = value.args[1]
+        reshape = self.matcher.bindings.get(flat)
+        if _op_name(reshape) != RESHAPE_OP or reshape.args[0] not in self.blocked:
+            return None
+        if not isinstance(weight, tvm.ir.Constant):
+            return None  # weights fed per run (calibration hooks) keep their order
+        batch, channels, height, width = static_shape(reshape.args[0])
+        z = self.blocked[reshape.args[0]]
+        blocks, lanes = static_shape(z)[1], static_shape(z)[-1]
+        if blocks * lanes != channels or static_shape(flat) != (batch, channels * height * width):
+            return None
+        # blocked row position (block, h, w, lane) ← NCHW row position ((block·L + lane)·H + h)·W + w
+        order = np.arange(channels * height * width).reshape(blocks, lanes, height, width).transpose(0, 2, 3, 1)
+        permuted = np.take(weight.value.numpy(), order.reshape(-1), axis=int(func.attrs[WEIGHT_K_AXIS_ATTR]))
+        blocked_flat = self.builder_.emit(relax.op.reshape(z, static_shape(flat)))
+        return relax.call_tir(value.args[0], [blocked_flat, relax.const(permuted), *rest], value.ty_args[0])
 
     def _carried(self, value) -> relax.Expr | None:
         """``value``'s op on the blocked operands, where it runs on them (module docstring), else None."""

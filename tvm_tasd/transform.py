@@ -52,7 +52,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from .blocked_layout import LayoutTransforms, PropagateBlockedLayout
+from .blocked_layout import WEIGHT_K_AXIS_ATTR, LayoutTransforms, PropagateBlockedLayout
 from .config import TASDConfig
 from .decompose import relative_error
 from .epilogue import Epilogue, find_epilogues
@@ -415,6 +415,7 @@ class _Rewriter(relax.PyExprMutator):
                 "tasd.density": float(runs.density),
                 "tasd.executed_macs": int(kernel.executed_macs),
                 **KERNEL_ATTRS,
+                **({WEIGHT_K_AXIS_ATTR: kernel.params["weight_k_axis"]} if "weight_k_axis" in kernel.params else {}),
             }
         )
         self.measured[layer.name] = (int(kernel.executed_macs), float(error), "dense" if runs.is_dense else "nm")
