@@ -47,6 +47,9 @@ TASKS_PER_CORE = 4
 #: at batch 1 1.7×, digits MLP at 120 1.6×, CREPE tiny at 1 1.1×, MiniLM 8 × 40 1.00× (at 2^17 it lost 5 %: its
 #: 320 × 384 residual adds want both cores).
 PARALLEL_MIN_WORK = 1 << 16
+#: Largest tile of :func:`schedule_transpose`: LLVM took 2.6× as long to compile an N:M matmul whose transposes
+#: were 16 × 16 (AVX-512 lanes) as with 8 × 8, which ran as fast (MiniLM's plans 1.01×, measured side by side).
+MAX_TRANSPOSE_TILE = 8
 #: The densest series (its share of the dense MACs) whose fused N:M kernel still beats the dense kernel of the same
 #: loop nest: an N:M entry costs a value and an index load beside its FMA, and at few activation rows the
 #: activation transpose and per-task set-up weigh more. Measured side by side (``benchmarks/kernel_choice.py``,
@@ -275,11 +278,13 @@ def _read_index(s, block, name: str) -> int:
 def schedule_transpose(s, block, source: str, tile: int):
     """Tile a transposing copy ``dst[.., a, b] = f(src[.., b, a])`` over its last two loops.
 
-    A ``tile``×``tile`` block of ``source`` is staged in registers with vector
-    loads along b and written back with vector stores along a; LLVM turns the
-    pair into shuffles, ~5× faster than an element-wise strided copy.
+    A ``tile``×``tile`` block of ``source`` (at most :data:`MAX_TRANSPOSE_TILE`)
+    is staged in registers with vector loads along b and written back with
+    vector stores along a; LLVM turns the pair into shuffles, ~5× faster than
+    an element-wise strided copy.
     Returns the loops outside the tile (outer loops, then the two tile loops).
     """
+    tile = min(tile, MAX_TRANSPOSE_TILE)
     *outer, a, b = s.get_loops(block)
     ao, ai = s.split(a, [None, tile])
     bo, bi = s.split(b, [None, tile])
