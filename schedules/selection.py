@@ -137,14 +137,16 @@ class Kernels:
 
     def has_blocked_conv2d(self, x_shape, w_shape, dtype: str, conv: dict) -> str | None:
         """``depthwise`` or ``conv`` where a family with scheduled dense kernels has a blocked kernel for a float32
-        undilated conv — depthwise, or ungrouped with a window of at most ``llvm_blocked.MAX_WINDOW_TAPS`` taps —
-        else None."""
+        undilated conv — depthwise, or ungrouped with a window of at most ``llvm_blocked.MAX_WINDOW_TAPS`` taps
+        (``MAX_STEM_TAPS`` for a stem on at most ``STEM_CHANNELS``) — else None."""
         if not self.dense_kernels or dtype != "float32" or any(int(d) != 1 for d in conv["dilation"]):
             return None
         (outputs, w_channels, kh, kw), channels = w_shape, x_shape[1]
         if conv["groups"] == channels == outputs and w_channels == 1:
             return "depthwise"
-        return "conv" if conv["groups"] == 1 and kh * kw <= llvm_blocked.MAX_WINDOW_TAPS else None
+        stem = channels <= llvm_blocked.STEM_CHANNELS
+        most_taps = llvm_blocked.MAX_STEM_TAPS if stem else llvm_blocked.MAX_WINDOW_TAPS
+        return "conv" if conv["groups"] == 1 and kh * kw <= most_taps else None
 
 
 def kernels_for(hardware, target: tvm.target.Target | None = None) -> Kernels:

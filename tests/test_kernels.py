@@ -17,6 +17,7 @@ from tvm_tasd import approximate, decompose
 tvm = pytest.importorskip("tvm")
 import tvm_ffi  # noqa: E402  (installed with tvm)
 
+from tvm_tasd.hardware import load_target  # noqa: E402
 from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
 from tvm_tasd.schedules.llvm_blocked import (  # noqa: E402
     MAX_TILE_POSITIONS,
@@ -31,6 +32,7 @@ from tvm_tasd.schedules.llvm_blocked import (  # noqa: E402
 )
 from tvm_tasd.schedules.llvm_common import CACHE_LINE, L1_BYTES, L1_WAYS, host_target, vectorize_run  # noqa: E402
 from tvm_tasd.schedules.llvm_conv2d import STACK_BYTES, _Geometry  # noqa: E402
+from tvm_tasd.schedules.selection import kernels_for  # noqa: E402
 
 
 def close(out, ref, rtol=1e-4):
@@ -399,7 +401,8 @@ def test_blocked_pointwise_conv_matches_numpy(x_shape, outputs, activation):
 
 @pytest.mark.parametrize("x_shape, outputs, k, stride, pad, blocked_input", [
     ((2, 3, 15, 15), 32, 3, 2, (0, 0, 1, 1), False), ((1, 16, 8, 8), 32, 3, 1, 1, True),
-    ((2, 12, 9, 7), 20, 5, 2, 2, True), ((1, 1, 10, 12), 24, 3, 1, 1, False), ((2, 24, 9, 9), 40, 1, 2, 0, True)])
+    ((2, 12, 9, 7), 20, 5, 2, 2, True), ((1, 1, 10, 12), 24, 3, 1, 1, False), ((2, 24, 9, 9), 40, 1, 2, 0, True),
+    ((1, 3, 17, 19), 16, 7, 2, (3, 3, 2, 2), False)])
 def test_blocked_window_conv_matches_torch(x_shape, outputs, k, stride, pad, blocked_input):
     """A conv with a window (strided, zero padding also uneven) or a strided 1 × 1 conv writes blocked channels
     from blocked or NCHW input (a stem on 3 channels, or 1)."""
@@ -416,6 +419,20 @@ def test_blocked_window_conv_matches_torch(x_shape, outputs, k, stride, pad, blo
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     ref = torch.nn.functional.conv2d(torch.from_numpy(padded), torch.from_numpy(w), stride=stride).numpy()
     close(from_blocked(out, outputs), epilogue(ref))
+
+
+def test_which_convs_run_blocked():
+    """Depthwise convs and windows up to 5 × 5; a stem on at most 4 channels up to 7 × 7; no long 1-D windows."""
+    kernels = kernels_for(load_target("cpu-emulated"))
+    conv = dict(groups=1, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
+
+    def kind(x_shape, w_shape, **changes):
+        return kernels.has_blocked_conv2d(x_shape, w_shape, "float32", {**conv, **changes})
+
+    assert kind((1, 32, 9, 9), (32, 1, 3, 3), groups=32) == "depthwise"
+    assert kind((1, 32, 9, 9), (64, 32, 5, 5)) == kind((1, 3, 64, 64), (64, 3, 7, 7)) == "conv"
+    assert kind((1, 32, 9, 9), (64, 32, 7, 7)) is kind((1, 1, 1024, 1), (128, 1, 512, 1)) is None
+    assert kind((1, 32, 9, 9), (64, 32, 3, 3), dilation=(2, 2)) is None
 
 
 def test_blocked_tiles_divide_and_fit_the_registers():
