@@ -28,7 +28,7 @@ import numpy as np
 import tvm
 from tvm import te
 
-from .llvm_common import CPUShape, NMKernel, float_dtype, output_stage, parallel
+from .llvm_common import CPUShape, NMKernel, float_dtype, output_stage, parallel, parallel_chunks
 from .llvm_conv2d import _padding, _pair
 from .nm_pack import ceil_div, pad_to
 
@@ -70,6 +70,11 @@ def reduction_chunk(positions: int, blocks: int, input_blocks: int, lanes: int, 
     if positions >= L2_STREAM_POSITIONS:
         return input_blocks
     return max(1, min(input_blocks, WEIGHT_CHUNK_BYTES // (blocks * steps_per_block * lanes * itemsize)))
+
+
+def _divisor_at_least(extent: int, wanted: int) -> int:
+    """The smallest divisor of ``extent`` that is at least ``wanted`` (or ``extent``, where ``wanted`` exceeds it)."""
+    return next(d for d in range(min(wanted, extent), extent + 1) if extent % d == 0)
 
 
 def _sizes(x_shape, w_shape, dtype, target) -> tuple[str, tuple[int, ...], tuple[int, ...], CPUShape]:
@@ -194,9 +199,14 @@ def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, pa
     chunk = reduction_chunk(rows * cols, blocks, in_blocks, lanes, kh * kw * in_lanes)
     tile = [h_in, w_in, ob_in]
     steps = [loop_h, loop_w, rci]
-    if chunk < in_blocks:  # each task walks the plane once per chunk of the reduction
+    if chunk < in_blocks:  # each task walks its rows of the plane once per chunk of the reduction; the rows are
+        # shared out so that one image still has tasks for every core (672 → 112 on 14 × 14: 0.20 → 0.10 ms)
         rcb_chunk, rcb = s.split(rcb, [None, chunk])
-        _register_tile(s, block, [b, ob_tile], [rcb_chunk, h_tile, w_tile, rcb, *steps, *tile], oi, tile, rcb_chunk)
+        row_tiles = oh // rows
+        groups = _divisor_at_least(row_tiles, parallel_chunks(batch * (out_blocks // blocks), row_tiles))
+        h_group, h_tile = s.split(h_tile, [groups, None])
+        _register_tile(s, block, [b, ob_tile, h_group], [rcb_chunk, h_tile, w_tile, rcb, *steps, *tile], oi, tile,
+                       rcb_chunk)
     else:
         _register_tile(s, block, [b, ob_tile, h_tile, w_tile], [rcb, *steps, *tile], oi, tile, rcb)
 
