@@ -66,9 +66,24 @@ SMALL_ROWS_NM_MAX_DENSITY = 0.25
 REDUCTION_STEPS_PER_UNIT = 16
 
 
-def nm_kernel_pays(op: str, density: float, rows: int) -> bool:
+#: The densest series whose N:M conv beats a dense conv in blocked channels (``llvm_blocked``, 1.2–1.8× the NCHW
+#: dense kernel), and the least work per moved value it needs: there the N:M kernel (NCHW) also needs a layout
+#: transform on each side, which moves C + O values per position against the conv's C · KH · KW · O MACs. Measured
+#: on the Xeon (``kernel_choice.py --target host``, blocked rows, transforms included), at 1:8: a 3 × 3 conv 64 → 64
+#: (288 MACs per moved value) 1.97× the blocked dense kernel, 672 → 112 (96) 1.20× at 16 images and 0.92× at one,
+#: 40 → 240 (34) 0.88×, 200 → 32 (28) 0.83×; 2:8 0.69–0.98× on those pointwise convs, 1.23× on the 3 × 3; 4:8
+#: 0.52–0.75×. (The digits CNN's 16 → 32 3 × 3 conv, 96, at 1:8: its plan ran 1.2× its dense build.)
+BLOCKED_NM_MAX_DENSITY = 0.125
+BLOCKED_NM_MIN_REUSE = 64
+
+
+def nm_kernel_pays(op: str, density: float, rows: int, transform_reuse: float | None = None) -> bool:
     """Whether the N:M kernel of a series of ``density`` beats the dense kernel for a layer (``op``: ``matmul`` or
-    ``conv2d``, alike here; ``rows``: its activation rows, the GEMM's M) (:data:`NM_MAX_DENSITY`)."""
+    ``conv2d``, alike here; ``rows``: its activation rows, the GEMM's M) (:data:`NM_MAX_DENSITY`);
+    ``transform_reuse`` for a conv whose dense kernel runs in blocked channels: its MACs per value the two layout
+    transforms move, C · KH · KW · O / (C + O) (:data:`BLOCKED_NM_MAX_DENSITY`)."""
+    if transform_reuse is not None:
+        return density <= BLOCKED_NM_MAX_DENSITY and transform_reuse >= BLOCKED_NM_MIN_REUSE
     return density <= (SMALL_ROWS_NM_MAX_DENSITY if rows < SMALL_ROWS else NM_MAX_DENSITY)
 
 

@@ -42,8 +42,9 @@ class KernelRule:
     ``matmul(target, m, k, n, patterns, dtype)`` and ``conv2d(target, x_shape,
     w_shape, patterns, dtype, **conv)`` build the scheduled kernels;
     ``dense_kernels`` says whether the family also has scheduled dense ones;
-    ``series_pays(op, density, rows)`` whether its N:M kernel beats them for
-    a layer (families that emulate a unit, or are one, always run the series);
+    ``series_pays(op, density, rows, transform_reuse)`` whether its N:M kernel beats them for
+    a layer (``transform_reuse``: where the dense one is a blocked conv, see ``llvm.nm_kernel_pays``; families that
+    emulate a unit, or are one, always run the series);
     ``nm_epilogue`` whether its N:M kernels take ``bias`` and
     ``output_activation`` (the scheduled dense kernels always do).
     """
@@ -53,7 +54,7 @@ class KernelRule:
     matmul: Callable
     conv2d: Callable
     dense_kernels: bool
-    series_pays: Callable[[str, float, int], bool] = lambda op, density, rows: True
+    series_pays: Callable[[str, float, int, float | None], bool] = lambda op, density, rows, reuse: True
     nm_epilogue: bool = False
 
 
@@ -102,9 +103,11 @@ class Kernels:
         """Whether dense layers have a scheduled kernel here (the CPU ones)."""
         return self.rule.dense_kernels
 
-    def series_pays(self, op: str, density: float, rows: int) -> bool:
-        """Whether a layer's N:M kernel (``op``, series ``density``, ``rows`` activation rows) beats the dense one."""
-        return self.rule.series_pays(op, density, rows)
+    def series_pays(self, op: str, density: float, rows: int, transform_reuse: float | None = None) -> bool:
+        """Whether a layer's N:M kernel (``op``, series ``density``, ``rows`` activation rows) beats the dense one
+        (``transform_reuse``: where that is a conv in blocked channels, :meth:`blocked_conv2d`, its MACs per value
+        the layout transforms around the N:M kernel would move)."""
+        return self.rule.series_pays(op, density, rows, transform_reuse)
 
     def takes_epilogue(self, dense: bool) -> bool:
         """Whether the layer's kernel (the dense one, or the N:M one) takes ``bias`` and ``output_activation``."""

@@ -154,6 +154,22 @@ def test_ops_that_cannot_run_blocked_end_the_chain():
     assert ops[TO_BLOCKED] == 2 and ops[FROM_BLOCKED] == 4, ops
 
 
+def test_a_series_too_dense_for_its_transforms_runs_the_blocked_dense_kernel():
+    """With ``nm_kernels="auto"`` a conv that runs blocked when dense keeps its N:M kernel (NCHW, a layout
+    transform on each side) only where that pays (``llvm.nm_kernel_pays``): at 2:8 the block's five convs run the
+    blocked dense kernel on the approximated weights (the depthwise conv is dense anyway, the classifier a matmul
+    that keeps its N:M kernel), computing what their N:M kernels compute."""
+    model = _mobile_block_model()
+    x = np.random.default_rng(5).normal(size=INPUT).astype(np.float32)
+    outs = {}
+    for nm_kernels, nm in (("auto", 1), ("always", 6)):
+        ex = build(from_onnx(model).mod, "cpu-emulated", config="2:8", nm_kernels=nm_kernels)
+        outs[nm_kernels] = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        kernels = Counter(layer["kernel"] for layer in ex.layers)
+        assert kernels["nm"] == nm and kernels["dense"] == 7 - nm, (nm_kernels, kernels)
+    np.testing.assert_allclose(outs["auto"], outs["always"], rtol=1e-5, atol=1e-5 * np.abs(outs["always"]).max())
+
+
 def test_a_dense_classifier_reads_the_flattened_blocked_value():
     """Flatten → Gemm: the classifier's kernel reads the blocked value flattened as it is, its weight rows
     permuted (no transform out); not where padding channels would enter the row (C = 20 on 8 lanes)."""

@@ -18,7 +18,14 @@ tvm = pytest.importorskip("tvm")
 import tvm_ffi  # noqa: E402  (installed with tvm)
 
 from tvm_tasd.hardware import load_target  # noqa: E402
-from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_matmul  # noqa: E402
+from tvm_tasd.schedules.llvm import (  # noqa: E402
+    build,
+    dense_conv2d,
+    dense_matmul,
+    nm_conv2d,
+    nm_kernel_pays,
+    nm_matmul,
+)
 from tvm_tasd.schedules.llvm_blocked import (  # noqa: E402
     MAX_TILE_POSITIONS,
     blocked_depthwise_conv2d,
@@ -421,6 +428,15 @@ def test_blocked_window_conv_matches_torch(x_shape, outputs, k, stride, pad, blo
     close(from_blocked(out, outputs), epilogue(ref))
 
 
+def test_an_nm_conv_in_a_blocked_build_must_pay_for_its_layout_transforms():
+    """Against the blocked dense conv a series pays only at 1/8 density and with enough MACs per value the two
+    transforms move (C · KH · KW · O / (C + O)); without blocked channels the plain density rule holds."""
+    assert nm_kernel_pays("conv2d", 1 / 8, 3136, transform_reuse=288)  # 3 × 3, 64 → 64
+    assert not nm_kernel_pays("conv2d", 1 / 8, 3136, transform_reuse=28)  # 1 × 1, 200 → 32
+    assert not nm_kernel_pays("conv2d", 1 / 4, 3136, transform_reuse=288)
+    assert nm_kernel_pays("conv2d", 1 / 4, 3136) and nm_kernel_pays("conv2d", 1 / 2, 3136)
+
+
 def test_which_convs_run_blocked():
     """Depthwise convs and windows up to 5 × 5; a stem on at most 4 channels up to 7 × 7; no long 1-D windows."""
     kernels = kernels_for(load_target("cpu-emulated"))
@@ -452,7 +468,8 @@ def test_blocked_tiles_divide_and_fit_the_registers():
 def test_a_cut_reduction_at_one_image_still_runs_in_parallel():
     """At one image a tile of 2 × 7 blocks (112 outputs) cuts its reduction into chunks, and the tasks then walk
     the plane once per chunk: the plane's rows are shared out among them (one task before: 0.5× the speed)."""
-    kernel = blocked_conv2d((1, 672, 14, 14), (112, 672, 1, 1), target=tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))
+    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernel = blocked_conv2d((1, 672, 14, 14), (112, 672, 1, 1), target=avx512)
     assert kernel.params["reduction_chunk"] < 42
     extents = []
     tvm_ffi.structural_walk(kernel.func.body, [(tvm.tirx.For, lambda loop: extents.append(int(loop.extent))

@@ -108,7 +108,10 @@ class TASDRewrite:
         ``"auto"``: where the kernel family also has scheduled dense kernels
         (the plain CPU kernels of ``cpu-emulated``), a layer whose series is
         too dense for its N:M kernel to beat the dense one
-        (``llvm.nm_kernel_pays``) runs the dense kernel on its approximated
+        (``llvm.nm_kernel_pays``; a conv that runs in blocked channels when
+        dense pays only at 1/8 density or less and with enough MACs per value
+        of the layout transform its N:M kernel needs on each side) runs the
+        dense kernel on its approximated
         weight: the same values, so the same outputs up to rounding, and its
         executed MACs are then the dense count. ``"always"``: every rewritten
         layer runs its series' N:M kernel (to study the kernels themselves).
@@ -347,8 +350,11 @@ class _Rewriter(relax.PyExprMutator):
     def _dense_runs_faster(self, layer: Layer, choice: Choice) -> bool:
         """Whether the dense kernel beats the series' N:M kernel for this layer (never for kernels that emulate
         a unit: :attr:`Kernels.series_pays` says so for them)."""
-        return (self.fastest_kernel and _dense_kernel_beats_tvm(layer)
-                and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m))
+        blocked = self._blocked(layer)
+        # the N:M conv would need a transform out of and back into blocked channels: C + O values per position
+        reuse = layer.k * layer.n / (layer.activation_shape[1] + layer.n) if blocked else None
+        return (self.fastest_kernel and (_dense_kernel_beats_tvm(layer) or blocked)
+                and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m, reuse))
 
     def _scheduled(self, layer: Layer, patterns: tuple | None, epilogue: Epilogue | None):
         """The layer's scheduled kernel (dense when ``patterns`` is None) and whether it applies ``epilogue``
