@@ -36,18 +36,19 @@ from .nm_pack import ceil_div, pad_to
 MAX_TILE_POSITIONS = 28
 
 
-def blocked_tile(height: int, width: int, blocks: int, registers: int) -> tuple[int, int, int]:
+def blocked_tile(height: int, width: int, blocks: int, registers: int, step: int = 1) -> tuple[int, int, int]:
     """(rows, columns, output-channel blocks) of the register tile: each dividing its extent (a tail would be a
     predicated tile: 3× slower measured), ``positions × blocks`` accumulators plus the ``blocks`` weight vectors
     and one broadcast in the registers (7 × 4 on 32 registers spilled: 3× slower), the most FMAs per load, then
-    the larger tile, then the longer run along a row."""
+    the larger tile, then the longer run along a row; rows and columns multiples of ``step`` (2: whole windows of
+    a 2 × 2 pooling)."""
     def rank(tile):
         rows, cols, b = tile
         p = rows * cols
         return p * b / (p + b), p * b, cols
 
-    tiles = [(r, c, b) for r in range(1, height + 1) if height % r == 0
-             for c in range(1, width + 1) if width % c == 0 and r * c <= MAX_TILE_POSITIONS
+    tiles = [(r, c, b) for r in range(step, height + 1, step) if height % r == 0
+             for c in range(step, width + 1, step) if width % c == 0 and r * c <= MAX_TILE_POSITIONS
              for b in range(1, blocks + 1) if blocks % b == 0 and r * c * b + b + 1 <= registers]
     return max(tiles, key=rank)
 
@@ -70,6 +71,12 @@ def reduction_chunk(positions: int, blocks: int, input_blocks: int, lanes: int, 
     if positions >= L2_STREAM_POSITIONS:
         return input_blocks
     return max(1, min(input_blocks, WEIGHT_CHUNK_BYTES // (blocks * steps_per_block * lanes * itemsize)))
+
+
+def pools(x_shape, w_shape, strides, padding, output_activation: str | None) -> bool:
+    """Whether :func:`blocked_conv2d` can take a 2 × 2 max pooling of stride 2 into its output stage."""
+    _, _, out_height, out_width = _window(x_shape, w_shape[2], w_shape[3], strides, padding)
+    return out_height % 2 == 0 and out_width % 2 == 0 and output_activation in POOLED_ACTIVATIONS
 
 
 def _divisor_at_least(extent: int, wanted: int) -> int:
@@ -102,9 +109,23 @@ def _register_tile(s: tvm.s_tir.Schedule, block, tasks: list, inner: list, lanes
     s.vectorize(s.get_loops(init)[-1])
 
 
-def _output(acc: te.Tensor, dtype: str, bias: bool, output_activation: str | None):
-    """``out`` from the accumulators (bias per blocked channel, activation), and the inputs it adds."""
-    return output_stage(acc.shape, lambda *i: acc[i], (1, 4), dtype, dtype, bias, output_activation)
+#: Output activations that never decrease, so a max pooling may come first: max(f(a), f(b)) = f(max(a, b)).
+POOLED_ACTIVATIONS = (None, "relu", "relu6")
+
+
+def _output(acc: te.Tensor, dtype: str, bias: bool, output_activation: str | None, pool: bool = False):
+    """``out`` from the accumulators (bias per blocked channel, activation; with ``pool`` the maximum of each
+    2 × 2 window, taken before the bias and activation, which keep the order of values), and the inputs it adds."""
+    if not pool:
+        return output_stage(acc.shape, lambda *i: acc[i], (1, 4), dtype, dtype, bias, output_activation)
+    batch, blocks, height, width, lanes = acc.shape
+
+    def window_max(b, ob, i, j, lane):
+        return te.max(te.max(acc[b, ob, 2 * i, 2 * j, lane], acc[b, ob, 2 * i, 2 * j + 1, lane]),
+                      te.max(acc[b, ob, 2 * i + 1, 2 * j, lane], acc[b, ob, 2 * i + 1, 2 * j + 1, lane]))
+
+    return output_stage((batch, blocks, height // 2, width // 2, lanes), window_max, (1, 4), dtype, dtype, bias,
+                        output_activation)
 
 
 def _window(x_shape, kh: int, kw: int, strides, padding) -> tuple[tuple, tuple, int, int]:
@@ -148,13 +169,15 @@ MAX_STEM_TAPS = 49
 
 def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, padding=0, dtype: str = "float32",
                    bias: bool = False, output_activation: str | None = None, blocked_input: bool = True,
-                   target: tvm.target.Target | None = None) -> NMKernel:
+                   output_pool: bool = False, target: tvm.target.Target | None = None) -> NMKernel:
     """``func(x, w_blocked, [bias], out)``: a dense conv for an NCHW ``x_shape`` and an OIHW ``w_shape`` (pointwise
     or any window; ``padding`` an int, (h, w) or (top, left, bottom, right)) whose output is in blocked channels,
     (B, ⌈O/L⌉, OH, OW, L), and whose input is too, (B, ⌈C/L⌉, H, W, L) — or, with ``blocked_input=False``, NCHW
     (a stem on 3 channels, which L lanes would pad five-fold); channels past C and O are zero-padded.
     ``pack(W)`` → ``[W (⌈O/L⌉, ⌈C/Li⌉, KH, KW, Li, L)]`` (Li = L, or 1 for an NCHW input); the bias and
-    ``output_activation`` applied in the output stage."""
+    ``output_activation`` applied in the output stage; ``output_pool``: and a 2 × 2 max pooling of stride 2
+    (output (B, ⌈O/L⌉, OH/2, OW/2, L); OH and OW even, the activation one of :data:`POOLED_ACTIVATIONS`), so the
+    full-size output is never written."""
     dtype, (batch, channels, height, width), (outputs, w_channels, kh, kw), cpu = _sizes(x_shape, w_shape, dtype,
                                                                                           target)
     if w_channels != channels:
@@ -162,6 +185,9 @@ def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, pa
     lanes = cpu.lanes(dtype)
     in_lanes = lanes if blocked_input else 1
     stride, pads, oh, ow = _window(x_shape, kh, kw, strides, padding)
+    if output_pool and not pools(x_shape, w_shape, strides, padding, output_activation):
+        raise ValueError(f"a 2 × 2 pooling in the output stage needs an even output plane (got {oh} × {ow}) and an "
+                         f"activation of {POOLED_ACTIVATIONS} (got {output_activation!r})")
     in_blocks, out_blocks = ceil_div(channels, in_lanes), ceil_div(outputs, lanes)
     x = te.placeholder((batch, in_blocks, height, width, lanes) if blocked_input else (batch, channels, height, width),
                        dtype, name="x")
@@ -183,8 +209,8 @@ def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, pa
                      lambda b, ob, i, j, oi: te.sum(tap(b, cb, i, j, rh, rw, *([ci] if blocked_input else []))
                                                     * w[ob, cb, rh, rw, ci, oi], axis=[cb, rh, rw, ci]),
                      name="acc")
-    out, extra = _output(acc, dtype, bias, output_activation)
-    rows, cols, blocks = blocked_tile(oh, ow, out_blocks, cpu.registers)
+    out, extra = _output(acc, dtype, bias, output_activation, output_pool)
+    rows, cols, blocks = blocked_tile(oh, ow, out_blocks, cpu.registers, step=2 if output_pool else 1)
 
     s = tvm.s_tir.Schedule(te.create_prim_func([x, w, *extra, out]).with_attr("tirx.noalias", True))
     if padded_input:
@@ -217,9 +243,9 @@ def blocked_conv2d(x_shape: Sequence[int], w_shape: Sequence[int], strides=1, pa
 
     layout = f"x (B, ⌈C/{lanes}⌉, H, W, {lanes})" if blocked_input else "x (B, C, H, W) NCHW"
     return NMKernel(s.mod["main"], pack, batch * oh * ow * channels * outputs * kh * kw, layout,
-                    (batch, out_blocks, oh, ow, lanes),
+                    tuple(int(d) for d in out.shape),
                     dict(rows=rows, cols=cols, blocks=blocks, blocked_lanes=lanes, reduction_chunk=chunk,
-                         blocked_input=blocked_input),
+                         blocked_input=blocked_input, output_pool=output_pool),
                     lambda values: pad_to(np.asarray(values, dtype), 0, lanes))
 
 

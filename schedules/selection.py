@@ -138,6 +138,12 @@ class Kernels:
             x_shape, w_shape, conv["strides"], conv["padding"], dtype, target=self.target,
             blocked_input=x_shape[1] > llvm_blocked.STEM_CHANNELS, **epilogue)
 
+    def blocked_conv2d_pools(self, x_shape, w_shape, dtype: str, conv: dict, activation: str | None) -> bool:
+        """Whether the blocked conv (ungrouped) can take a 2 × 2 max pooling after ``activation`` into its output
+        stage (``output_pool=True`` of :meth:`blocked_conv2d`)."""
+        return (self.has_blocked_conv2d(x_shape, w_shape, dtype, conv) == "conv"
+                and llvm_blocked.pools(x_shape, w_shape, conv["strides"], conv["padding"], activation))
+
     def has_blocked_conv2d(self, x_shape, w_shape, dtype: str, conv: dict) -> str | None:
         """``depthwise`` or ``conv`` where a family with scheduled dense kernels has a blocked kernel for a float32
         undilated conv — depthwise, or ungrouped with a window of at most ``llvm_blocked.MAX_WINDOW_TAPS`` taps

@@ -89,10 +89,12 @@ def _broken_chain_model() -> onnx.ModelProto:
     return g.model(g.conv(mixed, C, E, relu6=False), [INPUT[0], E, *INPUT[2:]])
 
 
-def _flattened_classifier_model(channels: int) -> onnx.ModelProto:
-    """A 3×3 conv, max pooling, Flatten and a Gemm classifier over all C·H·W features (LeNet's head)."""
+def _flattened_classifier_model(channels: int, window: int = 2) -> onnx.ModelProto:
+    """A 3×3 conv, max pooling (2 × 2, or 3 × 3 with padding 1) of stride 2, Flatten and a Gemm classifier over
+    all C·H·W features (LeNet's head)."""
     g = _Graph(2)
-    pooled = g.node("MaxPool", [g.conv("x", INPUT[1], channels, k=3)], kernel_shape=[2, 2], strides=[2, 2])
+    pooled = g.node("MaxPool", [g.conv("x", INPUT[1], channels, k=3)], kernel_shape=[window] * 2, strides=[2, 2],
+                    pads=[window // 2 - (window == 2)] * 4)
     features = g.node("Flatten", [pooled])
     weight = g.rng.normal(size=(channels * INPUT[2] * INPUT[3] // 4, 5))
     return g.model(g.node("Gemm", [features, g.const(weight), g.const(g.rng.normal(size=5))]), [INPUT[0], 5])
@@ -126,8 +128,8 @@ def _main_ops(model: onnx.ModelProto) -> Counter:
 
 
 @pytest.mark.parametrize("model", [_mobile_block_model, _broken_chain_model, lambda: _flattened_classifier_model(16),
-                                   lambda: _flattened_classifier_model(C)],
-                         ids=["mobile_block", "broken_chain", "flatten_16", f"flatten_{C}"])
+                                   lambda: _flattened_classifier_model(C), lambda: _flattened_classifier_model(16, 3)],
+                         ids=["mobile_block", "broken_chain", "flatten_16", f"flatten_{C}", "flatten_16_pool_3x3"])
 def test_blocked_build_computes_what_onnxruntime_computes(model):
     out, reference = _run(model())
     np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
@@ -173,10 +175,18 @@ def test_a_series_too_dense_for_its_transforms_runs_the_blocked_dense_kernel():
 def test_a_dense_classifier_reads_the_flattened_blocked_value():
     """Flatten → Gemm: the classifier's kernel reads the blocked value flattened as it is, its weight rows
     permuted (no transform out); not where padding channels would enter the row (C = 20 on 8 lanes)."""
-    folded = _main_ops(_flattened_classifier_model(16))
+    folded = _main_ops(_flattened_classifier_model(16, window=3))
     assert folded[FROM_BLOCKED] == 0 and folded["blocked relax.nn.max_pool2d"] == 1, folded
-    padded = _main_ops(_flattened_classifier_model(C))
+    padded = _main_ops(_flattened_classifier_model(C, window=3))
     assert padded[FROM_BLOCKED] == 1 and padded["blocked relax.nn.max_pool2d"] == 1, padded
+
+
+def test_a_2x2_max_pool_after_a_conv_runs_in_its_output_stage():
+    """conv → ReLU6 → 2 × 2 max pooling of stride 2: the blocked conv writes the pooled output (no pooling op, the
+    full-size output never written); a 3 × 3 pooling stays an op of its own (on the blocked value)."""
+    pooled = _main_ops(_flattened_classifier_model(16))
+    assert pooled["relax.nn.max_pool2d"] == 0 and pooled["relax.call_tir"] == 2, pooled  # the conv and the Gemm
+    assert _main_ops(_flattened_classifier_model(16, window=3))["relax.nn.max_pool2d"] == 1
 
 
 def test_nm_layers_stay_nchw_and_their_neighbours_blocked():

@@ -428,6 +428,28 @@ def test_blocked_window_conv_matches_torch(x_shape, outputs, k, stride, pad, blo
     close(from_blocked(out, outputs), epilogue(ref))
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_a_blocked_conv_pools_in_its_output_stage(activation):
+    """``output_pool``: the 2 × 2 / 2 max pooling of the activated output (taken first: the activations never
+    decrease), written blocked at half the plane; an odd plane or a hardswish is refused."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 20, 10, 6)).astype(np.float32)
+    w = rng.standard_normal((24, 20, 3, 3)).astype(np.float32)
+    kernel = blocked_conv2d(x.shape, w.shape, padding=1, bias=True, output_activation=activation, output_pool=True)
+    lanes = kernel.params["blocked_lanes"]
+    assert kernel.out_shape == (3, -(-24 // lanes), 5, 3, lanes) and kernel.params["rows"] % 2 == kernel.params["cols"] % 2 == 0
+    bias = rng.standard_normal(24).astype(np.float32)
+    out = build(kernel)(to_blocked(x, lanes), *kernel.pack(w), kernel.pack_bias(bias))
+    conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias), padding=1)
+    activated = NUMPY_ACTIVATIONS[activation](conv.numpy()) if activation else conv.numpy()
+    close(from_blocked(out, 24), torch.nn.functional.max_pool2d(torch.from_numpy(activated), 2).numpy())
+    with pytest.raises(ValueError, match="even output plane"):
+        blocked_conv2d((1, 20, 9, 6), w.shape, padding=1, output_activation=activation, output_pool=True)
+    with pytest.raises(ValueError, match="activation"):
+        blocked_conv2d(x.shape, w.shape, padding=1, output_activation="hardswish", output_pool=True)
+
+
 def test_an_nm_conv_in_a_blocked_build_must_pay_for_its_layout_transforms():
     """Against the blocked dense conv a series pays only at 1/8 density and with enough MACs per value the two
     transforms move (C · KH · KW · O / (C + O)); without blocked channels the plain density rule holds."""

@@ -15,10 +15,13 @@ by a bias and a hardswish or ReLU). :func:`find_epilogues` finds, in
   ``maximum`` then a ``minimum`` kernel); hardswish, ``y · clip(y + 3, 0, 6) / 6``
   in either association;
 
-or the activation alone. Every value between the layer and the last
-absorbed op must be read by the chain only. The rewrite emits the layer's
-kernel with the bias and activation in its output stage, binds the kernel's
-output to the last op's variable and drops the ops in between.
+or the activation alone; and after either, a 2 × 2 max pooling of stride 2
+(LeNet's and VGG's conv → ReLU → pool), which a kernel may take too
+(:attr:`Epilogue.pooled`: the blocked CPU convs). Every value between the
+layer and the last absorbed op must be read by the chain only. The rewrite
+emits the layer's kernel with the bias and activation (and pooling) in its
+output stage, binds the kernel's output to the last op's variable and drops
+the ops in between.
 
 Not absorbed: activations outside that list (GELU, sigmoid, …), a bias
 with values along another axis, anything a kernel family cannot apply in
@@ -46,6 +49,7 @@ class Epilogue:
     activation: str | None  # a name of OUTPUT_ACTIVATIONS
     output: relax.Var  # the last absorbed op's variable: the kernel's output is bound to it
     absorbed: frozenset  # the variables of every absorbed op but ``output``: their bindings are dropped
+    pooled: relax.Var | None = None  # a 2 × 2 / 2 max pooling, the one reader of ``output``, where one follows
 
 
 @relax.expr_functor.visitor
@@ -176,6 +180,17 @@ class _Chains:
             return None
         return "hardswish", out, [*bindings, out]
 
+    def max_pool(self, var):
+        """The binding of a 2 × 2 max pooling of stride 2 (NCHW, no padding) that is ``var``'s only reader."""
+        reader = self.only_reader(var)
+        if reader is None or _op(reader) != "relax.nn.max_pool2d":
+            return None
+        attrs = reader.value.attrs
+        window = [[int(v) for v in values] for values in (attrs.pool_size, attrs.strides, attrs.padding,
+                                                          attrs.dilation)]
+        plain = attrs.layout == "NCHW" and attrs.out_layout == "NCHW" and not attrs.ceil_mode
+        return reader if plain and window == [[2, 2], [2, 2], [0, 0, 0, 0], [1, 1]] else None
+
     def bias(self, var, channels: int, channel_axis: int, out_ndim: int, dtype: str):
         """(values, binding) of ``add(var, b)`` with one constant value of ``dtype`` per output channel."""
         reader = self.only_reader(var)
@@ -219,5 +234,6 @@ def find_epilogues(func: relax.Function, matcher: LayerMatcher) -> dict:
                 bindings += more
             if bindings:
                 absorbed = frozenset([binding.var, *(b.var for b in bindings)]) - {end.var}
-                found[binding.var] = Epilogue(bias, name, end.var, absorbed)
+                pooled = chains.max_pool(end.var) if axis == 1 else None
+                found[binding.var] = Epilogue(bias, name, end.var, absorbed, None if pooled is None else pooled.var)
     return found

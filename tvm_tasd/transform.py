@@ -285,11 +285,11 @@ class _Rewriter(relax.PyExprMutator):
             return super().visit_var_binding_(binding)
         activation = self.hook.layer_input(layer, self.visit_expr(binding.value.args[0]), self.builder_)
         epilogue = self.epilogues.get(binding.var)
-        new_value, fused = self._emit_layer(layer, choice, activation, epilogue)
+        new_value, output = self._emit_layer(layer, choice, activation, epilogue)
         var = binding.var
-        if fused:  # the kernel's output is the last absorbed op's value
-            self.dropped |= epilogue.absorbed | {epilogue.output}
-            var = epilogue.output
+        if output is not None:  # the kernel's output is the last absorbed op's value
+            self.dropped |= epilogue.absorbed | {epilogue.output, output}
+            var = output
         self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(new_value)))
 
     def _rewritten(self, layer: Layer, choice: Choice) -> bool:
@@ -364,6 +364,10 @@ class _Rewriter(relax.PyExprMutator):
         fused = epilogue is not None and self.kernels.takes_epilogue(dense=patterns is None)
         window = repr(sorted(layer.conv_window.items())) if layer.op == "conv2d" else ""
         options = {"bias": epilogue.bias is not None, "output_activation": epilogue.activation} if fused else {}
+        if (fused and epilogue.pooled is not None and patterns is None and self._blocked(layer)
+                and self.kernels.blocked_conv2d_pools(layer.activation_shape, layer.weight.shape, layer.dtype,
+                                                      layer.conv, epilogue.activation)):
+            options["output_pool"] = True
         key = (layer.op, layer.activation_shape, tuple(layer.weight_kn.shape), patterns, layer.dtype, window,
                tuple(sorted(options.items())))
         if key not in self.scheduled:
@@ -396,8 +400,10 @@ class _Rewriter(relax.PyExprMutator):
         return relax.call_tir(gvar, [x], relax.TensorType(shape, layer.dtype))
 
     def _emit_layer(self, layer: Layer, choice: Choice, activation, epilogue: Epilogue | None):
-        """The layer's kernel call (reshaped to the layer's output shape), and whether it applies ``epilogue``."""
+        """The layer's kernel call (reshaped to the layer's output shape), and the variable of the last op of
+        ``epilogue`` it applies (its activation, or the pooling after it), None where it applies none."""
         kernel, packed, error, runs, fused = self._kernel(layer, choice, epilogue)
+        pooled = kernel.params.get("output_pool", False)
         x = activation
         if layer.op == "matmul" and len(layer.activation_shape) != 2:
             x = self.builder_.emit(relax.op.reshape(activation, (layer.m, layer.k)))
@@ -427,14 +433,16 @@ class _Rewriter(relax.PyExprMutator):
         self.measured[layer.name] = (int(kernel.executed_macs), float(error), "dense" if runs.is_dense else "nm")
         applied = ""
         if fused:
-            applied = "_bias" * (epilogue.bias is not None) + f"_{epilogue.activation}" * bool(epilogue.activation)
+            applied = ("_bias" * (epilogue.bias is not None) + f"_{epilogue.activation}" * bool(epilogue.activation)
+                       + "_maxpool" * pooled)
         gvar = self._kernel_var(func, f"{layer.op}_{layer.m}x{layer.k}x{layer.n}_{runs}{applied}", layer)
         operands = self.hook.weight_operands(layer, kernel, packed)
         if fused and epilogue.bias is not None:
             operands.append(relax.const(kernel.pack_bias(epilogue.bias)))
         out = relax.call_tir(gvar, [x, *operands], relax.TensorType(out_shape, layer.dtype))
+        output = None if not fused else epilogue.pooled if pooled else epilogue.output
         if blocked:
-            return self.layout.from_blocked(self.builder_.emit(out), layer.weight.shape[0]), fused
+            return self.layout.from_blocked(self.builder_.emit(out), layer.weight.shape[0]), output
         if tuple(out_shape) != tuple(call_shape):
             out = relax.op.reshape(self.builder_.emit(out), call_shape)
-        return out, fused
+        return out, output
