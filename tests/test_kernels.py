@@ -438,7 +438,8 @@ def test_a_blocked_conv_pools_in_its_output_stage(activation):
     w = rng.standard_normal((24, 20, 3, 3)).astype(np.float32)
     kernel = blocked_conv2d(x.shape, w.shape, padding=1, bias=True, output_activation=activation, output_pool=True)
     lanes = kernel.params["blocked_lanes"]
-    assert kernel.out_shape == (3, -(-24 // lanes), 5, 3, lanes) and kernel.params["rows"] % 2 == kernel.params["cols"] % 2 == 0
+    assert kernel.out_shape == (3, -(-24 // lanes), 5, 3, lanes)
+    assert kernel.params["rows"] % 2 == kernel.params["cols"] % 2 == 0  # whole windows in every register tile
     bias = rng.standard_normal(24).astype(np.float32)
     out = build(kernel)(to_blocked(x, lanes), *kernel.pack(w), kernel.pack_bias(bias))
     conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias), padding=1)
