@@ -57,6 +57,8 @@ PLANS = Path(__file__).resolve().parent / "results" / "plans"
 PLAN_TARGETS = ("vegeta-m8", "cpu-emulated")
 #: Consecutive timed runs of one contender per round.
 BLOCK = 5
+#: Builds timed per TVM contender; its build time is their median (one build's time varied by ±10 % here).
+BUILD_REPEATS = 3
 #: Untimed runs before each block, for at least this long: onnxruntime's and TVM's worker threads spin for a while
 #: after a run, and a run right after the other runtime's loses its cores to them (a 0.03 ms digits-cnn run took
 #: 40 ms right after onnxruntime's; a block of tiny runs fits inside that window).
@@ -159,9 +161,14 @@ CASES: dict[str, Callable[[], Case]] = {
 
 
 def _timed_build(mod, target, **choice):
-    start = time.perf_counter()
-    ex = build(mod, "cpu-emulated", target=target, **choice)  # the plain CPU kernels, compiled for target
-    return ex, time.perf_counter() - start
+    """The executable and its build time: the median of :data:`BUILD_REPEATS` builds (one, where it tunes: a
+    second would find the first's database)."""
+    seconds = []
+    for _ in range(1 if "tuning" in choice else BUILD_REPEATS):
+        start = time.perf_counter()
+        ex = build(mod, "cpu-emulated", target=target, **choice)  # the plain CPU kernels, compiled for target
+        seconds.append(time.perf_counter() - start)
+    return ex, float(np.median(seconds))
 
 
 def _onnxruntime(path, feed):
@@ -322,6 +329,7 @@ def main(argv=None) -> None:
              "searched for cpu-emulated on this CPU's measured kernel speed-ups; or a uniform config); every other op "
              "through the default CPU schedules in all TVM builds (\"tuned\": "
              "or MetaSchedule's schedule where it timed faster, `--tune`; its build time includes the tuning). "
+             f"Build time: the median of {BUILD_REPEATS} builds (one with `--tune`). "
              "Each round times "
              f"a block of {BLOCK} runs per contender (its median), each block after ≥ {SETTLE_S * 1e3:.0f} ms of "
              f"untimed runs; ratios are taken within a round, then the median over {args.rounds} rounds (in "
