@@ -32,7 +32,15 @@ import numpy as np  # noqa: E402
 from tvm_tasd import TASDConfig, decompose  # noqa: E402
 from tvm_tasd.benchmarks.common import CPU_TARGETS, stamp, stamp_markdown, write  # noqa: E402
 from tvm_tasd.benchmarks.kernel_speed import interleave, tvm_timer  # noqa: E402
-from tvm_tasd.schedules.llvm import build, dense_conv2d, dense_matmul, nm_conv2d, nm_kernel_pays, nm_matmul  # noqa: E402
+from tvm_tasd.schedules.llvm import (  # noqa: E402
+    build,
+    dense_conv2d,
+    dense_matmul,
+    layout_transform_reuse,
+    nm_conv2d,
+    nm_kernel_pays,
+    nm_matmul,
+)
 from tvm_tasd.schedules.llvm_blocked import blocked_conv2d, from_blocked_func, to_blocked, to_blocked_func  # noqa: E402
 from tvm_tasd.schedules.llvm_common import NMKernel  # noqa: E402
 from tvm_tasd.schedules.llvm_default import default_schedule  # noqa: E402
@@ -105,8 +113,7 @@ def measure(rounds: int, max_wait: float, target) -> list[dict]:
         rows_ = x_shape[0] * x_shape[2] * x_shape[3]  # stride 1, same padding: one row per input position
         for config in CONFIGS:
             speedup = race_blocked(x, w, padding, config, rounds, max_wait, target)
-            reuse = np.prod(w_shape) / (w_shape[0] + w_shape[1])  # MACs per value the transforms move
-            rows.append(_row(name, "conv2d", rows_, config, speedup, transform_reuse=float(reuse)))
+            rows.append(_row(name, "conv2d", rows_, config, speedup, layout_transform_reuse(w_shape)))
     return rows
 
 

@@ -6,7 +6,8 @@
   implicit GEMM (``llvm_conv2d``);
 * :func:`dense_matmul`, :func:`dense_conv2d` — equally scheduled dense
   baselines (:func:`dense_conv2d_pays`: where the conv kernel beats TVM's own;
-  :func:`nm_kernel_pays`: where an N:M kernel beats the dense one);
+  :func:`nm_kernel_pays`: where an N:M kernel beats the dense one, with
+  :func:`layout_transform_reuse` for a conv a CPU build runs in blocked channels);
 * :func:`build` — compile any of them for this CPU and call/time it.
 
 Every constructor returns an :class:`NMKernel`: ``func`` (scheduled
@@ -15,7 +16,7 @@ output), ``pack`` (weights → the constant arrays, in argument order),
 ``executed_macs``, ``x_layout``, ``out_shape``, ``params`` (tiles chosen).
 """
 
-from .llvm_common import CompiledKernel, NMKernel, build, host_target, nm_kernel_pays
+from .llvm_common import CompiledKernel, NMKernel, build, host_target, layout_transform_reuse, nm_kernel_pays
 from .llvm_conv2d import dense_conv2d, dense_conv2d_pays, nm_conv2d
 from .llvm_dense import dense_matmul
 from .llvm_matmul import nm_matmul
@@ -28,6 +29,7 @@ __all__ = [
     "dense_conv2d_pays",
     "dense_matmul",
     "host_target",
+    "layout_transform_reuse",
     "nm_conv2d",
     "nm_kernel_pays",
     "nm_matmul",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -75,6 +75,13 @@ REDUCTION_STEPS_PER_UNIT = 16
 #: 0.52–0.75×. (The digits CNN's 16 → 32 3 × 3 conv, 96, at 1:8: its plan ran 1.2× its dense build.)
 BLOCKED_NM_MAX_DENSITY = 0.125
 BLOCKED_NM_MIN_REUSE = 64
+
+
+def layout_transform_reuse(w_shape: Sequence[int]) -> float:
+    """MACs per position over the values per position (C + O) the two layout transforms around an NCHW kernel move,
+    for an ungrouped conv of OIHW ``w_shape`` (what :func:`nm_kernel_pays` takes for blocked builds)."""
+    outputs, channels = int(w_shape[0]), int(w_shape[1])
+    return math.prod(int(d) for d in w_shape) / (outputs + channels)
 
 
 def nm_kernel_pays(op: str, density: float, rows: int, transform_reuse: float | None = None) -> bool:

@@ -28,7 +28,7 @@ from .llvm_common import (
     parallel,
     parallel_chunks,
 )
-from .nm_pack import ceil_div
+from .nm_pack import ceil_div, divisor_at_least
 
 #: Reduction rows per tile: a 256×32 fp32 W panel is 32 KiB (L1).
 K_TILE = 256
@@ -53,9 +53,8 @@ def _k_tile(k: int) -> int:
 def _row_chunks(row_tiles: int, wanted: int) -> int:
     """Parallel row chunks: ``wanted``, or up to twice as many where that divides the row tiles (15 tiles in 15
     chunks, not 16 of which one reads a padded copy of x)."""
-    if wanted >= row_tiles:
-        return row_tiles
-    return next((c for c in range(wanted, 2 * wanted + 1) if row_tiles % c == 0), wanted)
+    dividing = divisor_at_least(row_tiles, wanted)
+    return dividing if dividing <= 2 * wanted else wanted
 
 
 def dense_matmul(

@@ -32,6 +32,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def divisor_at_least(extent: int, wanted: int) -> int:
+    """The smallest divisor of ``extent`` that is at least ``wanted`` (``extent`` itself where ``wanted`` exceeds
+    it): a split of ``extent`` into at least ``wanted`` equal parts."""
+    return next(d for d in range(min(wanted, extent), extent + 1) if extent % d == 0)
+
+
 def pad_to(x: np.ndarray, axis: int, multiple: int, value=0) -> np.ndarray:
     """``x`` with ``value`` appended along ``axis`` up to a multiple of ``multiple`` (``x`` itself if it is one)."""
     pad = (-x.shape[axis]) % multiple

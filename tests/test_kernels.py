@@ -22,6 +22,7 @@ from tvm_tasd.schedules.llvm import (  # noqa: E402
     build,
     dense_conv2d,
     dense_matmul,
+    layout_transform_reuse,
     nm_conv2d,
     nm_kernel_pays,
     nm_matmul,
@@ -454,6 +455,7 @@ def test_a_blocked_conv_pools_in_its_output_stage(activation):
 def test_an_nm_conv_in_a_blocked_build_must_pay_for_its_layout_transforms():
     """Against the blocked dense conv a series pays only at 1/8 density and with enough MACs per value the two
     transforms move (C · KH · KW · O / (C + O)); without blocked channels the plain density rule holds."""
+    assert layout_transform_reuse((64, 64, 3, 3)) == 288 and layout_transform_reuse((32, 200, 1, 1)) < 28
     assert nm_kernel_pays("conv2d", 1 / 8, 3136, transform_reuse=288)  # 3 × 3, 64 → 64
     assert not nm_kernel_pays("conv2d", 1 / 8, 3136, transform_reuse=28)  # 1 × 1, 200 → 32
     assert not nm_kernel_pays("conv2d", 1 / 4, 3136, transform_reuse=288)

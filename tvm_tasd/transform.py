@@ -351,8 +351,8 @@ class _Rewriter(relax.PyExprMutator):
         """Whether the dense kernel beats the series' N:M kernel for this layer (never for kernels that emulate
         a unit: :attr:`Kernels.series_pays` says so for them)."""
         blocked = self._blocked(layer)
-        # the N:M conv would need a transform out of and back into blocked channels: C + O values per position
-        reuse = layer.k * layer.n / (layer.activation_shape[1] + layer.n) if blocked else None
+        # the N:M conv would need a transform out of and back into blocked channels around it
+        reuse = llvm.layout_transform_reuse(layer.weight.shape) if blocked else None
         return (self.fastest_kernel and (_dense_kernel_beats_tvm(layer) or blocked)
                 and not self.kernels.series_pays(layer.op, choice.weight.density, layer.m, reuse))
 
